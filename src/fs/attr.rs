@@ -1,0 +1,116 @@
+//! The mapping rules of contract §3: which kind a node appears as, and its
+//! attributes. Pure functions of cached state and mount options.
+
+use crate::zk::{NodeStat, NodeView};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Directory,
+    RegularFile,
+    Symlink,
+}
+
+/// Attributes of one inode, independent of fuser's types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub size: u64,
+    /// mtime = ctime, nanoseconds since the epoch, strictly increasing per change.
+    pub mtime_ns: u64,
+    /// Node creation time, milliseconds since the epoch.
+    pub crtime_ms: i64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Ownership and permission options of the mount.
+#[derive(Clone, Debug)]
+pub struct Presentation {
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    pub read_only: bool,
+}
+
+/// The kind a node appears as.
+///
+/// - the mount root is always a directory;
+/// - an ephemeral node is a file (it cannot have children);
+/// - a node with children is a directory;
+/// - a persistent childless node with empty data is a directory (so empty
+///   registration parents can be listed), unless this mount created it as a file;
+/// - anything else is a regular file.
+pub fn node_kind(stat: &NodeStat, is_root: bool, created_as_file: bool) -> FileKind {
+    if is_root {
+        FileKind::Directory
+    } else if stat.is_ephemeral() {
+        FileKind::RegularFile
+    } else if stat.num_children > 0 {
+        FileKind::Directory
+    } else if stat.data_length == 0 && !created_as_file {
+        FileKind::Directory
+    } else {
+        FileKind::RegularFile
+    }
+}
+
+/// Attributes of the node itself (role `Node`) or of its data file.
+pub fn attr_of(
+    ino: u64,
+    kind: FileKind,
+    view: &NodeView,
+    nlink: u32,
+    presentation: &Presentation,
+) -> Attr {
+    let mut perm = match kind {
+        FileKind::Directory => presentation.dir_mode,
+        FileKind::RegularFile => presentation.file_mode,
+        FileKind::Symlink => 0o777,
+    };
+    if presentation.read_only && kind != FileKind::Symlink {
+        perm &= !0o222;
+    }
+    let size = match kind {
+        FileKind::Directory => 0,
+        _ => view.stat.data_length.max(0) as u64,
+    };
+    Attr {
+        ino,
+        kind,
+        size,
+        mtime_ns: view.change_time_ns,
+        crtime_ms: view.stat.ctime,
+        perm,
+        nlink,
+        uid: presentation.uid,
+        gid: presentation.gid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(data_length: i32, num_children: i32, ephemeral_owner: i64) -> NodeStat {
+        NodeStat {
+            data_length,
+            num_children,
+            ephemeral_owner,
+            ..NodeStat::default()
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(node_kind(&stat(5, 0, 0), false, false), FileKind::RegularFile);
+        assert_eq!(node_kind(&stat(5, 2, 0), false, false), FileKind::Directory);
+        assert_eq!(node_kind(&stat(0, 0, 0), false, false), FileKind::Directory);
+        assert_eq!(node_kind(&stat(0, 0, 0), false, true), FileKind::RegularFile);
+        assert_eq!(node_kind(&stat(0, 0, 77), false, false), FileKind::RegularFile);
+        assert_eq!(node_kind(&stat(5, 0, 0), true, false), FileKind::Directory);
+    }
+}

@@ -1,0 +1,532 @@
+//! [`ZkFs`]: one method per filesystem operation, answering from the coherent
+//! cache and loading through it on a miss. Plain Rust types in and out.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::debug;
+
+use super::attr::{self, Attr, FileKind, Presentation};
+use super::error::FsError;
+use super::inode::{Inode, InodeTable, ROOT_INO, Role};
+use super::name::NodeName;
+use super::xattr;
+use crate::zk::path;
+use crate::zk::{Change, NodeEvent, NodeEventKind, NodeView, Store, ZkBackend};
+
+/// Directories with more children than this report nlink 1 ("unknown")
+/// instead of counting subdirectories on every stat.
+const NLINK_COUNT_LIMIT: usize = 4096;
+
+/// Mount-level settings the core needs.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Absolute ZooKeeper path presented as the mount root.
+    pub root: String,
+    /// Name of the hidden data file of directory nodes (`--data-name`).
+    pub data_name: String,
+    pub presentation: Presentation,
+}
+
+/// A kernel cache entry to drop. Sent to an [`Invalidator`], which must not
+/// block (the FUSE adapter queues them for a dedicated thread).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Attributes and cached pages of an inode.
+    Inode(u64),
+    /// The dentry `name` in directory inode `parent`.
+    Entry { parent: u64, name: String },
+}
+
+pub trait Invalidator: Send + Sync + 'static {
+    fn invalidate(&self, invalidation: Invalidation);
+}
+
+/// Session facts shown as the root's `user.zkfs.*` attributes.
+pub trait MountStatus: Send + Sync + 'static {
+    /// (name without the `user.zkfs.` prefix, value)
+    fn attributes(&self) -> Vec<(String, String)>;
+}
+
+/// Reply to a lookup.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub attr: Attr,
+}
+
+/// One directory entry with the attributes `readdirplus` needs.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+struct OpenFile {
+    /// The content as of `open`: reads through one handle are consistent.
+    data: Arc<[u8]>,
+}
+
+struct OpenDir {
+    ino: u64,
+    /// Built at the first readdir (offset 0) and reused for later offsets.
+    listing: Option<Arc<Vec<DirEntry>>>,
+}
+
+pub struct ZkFs<B: ZkBackend> {
+    store: Store<B>,
+    config: FsConfig,
+    inodes: Mutex<InodeTable>,
+    files: Mutex<HashMap<u64, OpenFile>>,
+    dirs: Mutex<HashMap<u64, OpenDir>>,
+    next_fh: AtomicU64,
+    /// Empty nodes this mount created as files (they stay files, contract §3).
+    created_as_file: Mutex<HashSet<String>>,
+    invalidator: Box<dyn Invalidator>,
+    status: Box<dyn MountStatus>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<B: ZkBackend> ZkFs<B> {
+    pub fn new(
+        store: Store<B>,
+        config: FsConfig,
+        invalidator: Box<dyn Invalidator>,
+        status: Box<dyn MountStatus>,
+    ) -> Self {
+        ZkFs {
+            inodes: Mutex::new(InodeTable::new(&config.root)),
+            store,
+            config,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            created_as_file: Mutex::new(HashSet::new()),
+            invalidator,
+            status,
+        }
+    }
+
+    pub fn store(&self) -> &Store<B> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    fn inode(&self, ino: u64) -> Result<Inode, FsError> {
+        lock(&self.inodes)
+            .get(ino)
+            .cloned()
+            .ok_or_else(|| FsError::Stale(format!("inode {ino}")))
+    }
+
+    fn kind_of(&self, path: &str, view: &NodeView) -> FileKind {
+        let is_root = path == self.config.root;
+        let created_as_file = lock(&self.created_as_file).contains(path);
+        attr::node_kind(&view.stat, is_root, created_as_file)
+    }
+
+    /// 2 + subdirectories when every child is cached, else 1 ("unknown").
+    fn nlink(&self, path: &str, kind: FileKind) -> u32 {
+        if kind != FileKind::Directory {
+            return 1;
+        }
+        let Some(children) = self.store.peek_children(path) else {
+            return 1;
+        };
+        if children.len() > NLINK_COUNT_LIMIT {
+            return 1;
+        }
+        let mut subdirs = 0;
+        for name in &children {
+            let child = path::join(path, name);
+            match self.store.peek(&child) {
+                Some(view) if self.kind_of(&child, &view) == FileKind::Directory => subdirs += 1,
+                Some(_) => {}
+                None => return 1,
+            }
+        }
+        2 + subdirs
+    }
+
+    fn attr_for(&self, ino: u64, path: &str, role: Role, kind: FileKind, view: &NodeView) -> Attr {
+        match role {
+            Role::Node => {
+                let nlink = self.nlink(path, kind);
+                attr::attr_of(ino, kind, view, nlink, &self.config.presentation)
+            }
+            Role::DataFile => {
+                attr::attr_of(ino, FileKind::RegularFile, view, 1, &self.config.presentation)
+            }
+        }
+    }
+
+    /// Load a node through the cache, mapping errors to `FsError`.
+    async fn view(&self, path: &str) -> Result<NodeView, FsError> {
+        self.store
+            .node(path)
+            .await
+            .map_err(|e| FsError::zk(path, "getData", e))
+    }
+
+    /// Whether the cache proves `name` absent under `parent` without asking ZooKeeper.
+    fn known_absent(&self, parent: &str, name: &str) -> bool {
+        let Some(view) = self.store.peek(parent) else {
+            return false;
+        };
+        if view.stale {
+            return false;
+        }
+        if view.stat.num_children == 0 {
+            return true;
+        }
+        self.store
+            .peek_children(parent)
+            .is_some_and(|c| c.binary_search_by(|n| n.as_str().cmp(name)).is_err())
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
+        let dir = self.inode(parent)?;
+        if dir.kind != FileKind::Directory || dir.role != Role::Node {
+            return Err(FsError::NotDir(dir.path));
+        }
+        let Ok(name) = NodeName::parse(name) else {
+            // A name ZooKeeper cannot store cannot exist.
+            return Err(FsError::NotFound(format!("{}/{}", dir.path, name.to_string_lossy())));
+        };
+        let child = path::join(&dir.path, name.as_str());
+        let is_data_name = name.as_str() == self.config.data_name;
+        let absent = self.known_absent(&dir.path, name.as_str());
+        let found = if absent {
+            None
+        } else {
+            match self.store.node(&child).await {
+                Ok(view) => Some(view),
+                Err(crate::zk::ZkError::NoNode) => None,
+                Err(e) => return Err(FsError::zk(&child, "getData", e)),
+            }
+        };
+        let mut inodes_guard;
+        let attr = match found {
+            Some(view) => {
+                let kind = self.kind_of(&child, &view);
+                inodes_guard = lock(&self.inodes);
+                let ino = inodes_guard.resolve(&child, Role::Node, kind, view.stat.czxid);
+                drop(inodes_guard);
+                self.attr_for(ino, &child, Role::Node, kind, &view)
+            }
+            None if is_data_name => {
+                // The directory's own data file: always openable.
+                let view = self.view(&dir.path).await?;
+                inodes_guard = lock(&self.inodes);
+                let ino = inodes_guard.resolve(
+                    &dir.path,
+                    Role::DataFile,
+                    FileKind::RegularFile,
+                    view.stat.czxid,
+                );
+                drop(inodes_guard);
+                self.attr_for(ino, &dir.path, Role::DataFile, FileKind::RegularFile, &view)
+            }
+            None => return Err(FsError::NotFound(child)),
+        };
+        lock(&self.inodes).add_lookup(attr.ino);
+        Ok(Entry { attr })
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        lock(&self.inodes).forget(ino, n);
+    }
+
+    /// Count one more kernel reference (an entry returned by `readdirplus`).
+    pub fn remember_lookup(&self, ino: u64) {
+        lock(&self.inodes).add_lookup(ino);
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let inode = self.inode(ino)?;
+        let view = self.view(&inode.path).await?;
+        if inode.role == Role::DataFile {
+            return Ok(self.attr_for(ino, &inode.path, Role::DataFile, FileKind::RegularFile, &view));
+        }
+        let kind = self.kind_of(&inode.path, &view);
+        if ino != ROOT_INO && (kind != inode.kind || view.stat.czxid != inode.czxid) {
+            return Err(FsError::Stale(inode.path));
+        }
+        Ok(self.attr_for(ino, &inode.path, Role::Node, kind, &view))
+    }
+
+    /// Open a file for reading. Returns (handle, keep the kernel's cached pages).
+    pub async fn open(&self, ino: u64, write: bool) -> Result<(u64, bool), FsError> {
+        let inode = self.inode(ino)?;
+        if inode.role == Role::Node && inode.kind == FileKind::Directory {
+            return Err(FsError::IsDir(inode.path));
+        }
+        if write {
+            return Err(FsError::ReadOnly(inode.path));
+        }
+        let (data, view) = self
+            .store
+            .data(&inode.path)
+            .await
+            .map_err(|e| FsError::zk(&inode.path, "getData", e))?;
+        if inode.role == Role::Node && ino != ROOT_INO && view.stat.czxid != inode.czxid {
+            return Err(FsError::Stale(inode.path));
+        }
+        let keep_cache = {
+            let mut inodes = lock(&self.inodes);
+            match inodes.get_mut(ino) {
+                Some(i) => {
+                    let keep = i.cached_mzxid == Some(view.stat.mzxid);
+                    i.cached_mzxid = Some(view.stat.mzxid);
+                    keep
+                }
+                None => false,
+            }
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(fh, OpenFile { data });
+        Ok((fh, keep_cache))
+    }
+
+    /// Bytes `[offset, offset+size)` of an open file's content.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<(Arc<[u8]>, usize, usize), FsError> {
+        let files = lock(&self.files);
+        let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
+        let len = file.data.len();
+        let start = (offset as usize).min(len);
+        let end = start.saturating_add(size as usize).min(len);
+        Ok((file.data.clone(), start, end))
+    }
+
+    pub fn release(&self, fh: u64) {
+        lock(&self.files).remove(&fh);
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let inode = self.inode(ino)?;
+        if inode.kind != FileKind::Directory || inode.role != Role::Node {
+            return Err(FsError::NotDir(inode.path));
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, OpenDir { ino, listing: None });
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    /// The listing of an open directory; built (and every child's stat loaded,
+    /// pipelined) at offset 0, reused for later offsets.
+    pub async fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        let ino = {
+            let dirs = lock(&self.dirs);
+            let dir = dirs.get(&fh).ok_or(FsError::BadFileHandle)?;
+            if offset != 0
+                && let Some(listing) = &dir.listing
+            {
+                return Ok(listing.clone());
+            }
+            dir.ino
+        };
+        let listing = Arc::new(self.list(ino).await?);
+        if let Some(dir) = lock(&self.dirs).get_mut(&fh) {
+            dir.listing = Some(listing.clone());
+        }
+        Ok(listing)
+    }
+
+    async fn list(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let dir = self.inode(ino)?;
+        let view = self.view(&dir.path).await?;
+        let names = if view.stat.num_children == 0 && !view.stale {
+            Vec::new()
+        } else {
+            self.store
+                .children(&dir.path)
+                .await
+                .map_err(|e| FsError::zk(&dir.path, "getChildren", e))?
+        };
+        let child_paths: Vec<String> = names.iter().map(|n| path::join(&dir.path, n)).collect();
+        let views = self.store.load_many(&child_paths).await;
+
+        let mut entries = Vec::with_capacity(names.len() + 3);
+        let dir_attr = self.attr_for(ino, &dir.path, Role::Node, FileKind::Directory, &view);
+        entries.push(DirEntry {
+            name: ".".into(),
+            attr: dir_attr,
+        });
+        let parent_attr = match path::parent(&dir.path).filter(|_| ino != ROOT_INO) {
+            Some(parent) => {
+                let pino = lock(&self.inodes).node_ino(parent);
+                match (pino, self.store.peek(parent)) {
+                    (Some(pino), Some(pview)) => {
+                        self.attr_for(pino, parent, Role::Node, FileKind::Directory, &pview)
+                    }
+                    _ => dir_attr,
+                }
+            }
+            None => dir_attr,
+        };
+        entries.push(DirEntry {
+            name: "..".into(),
+            attr: parent_attr,
+        });
+        if view.stat.data_length > 0 && !names.iter().any(|n| *n == self.config.data_name) {
+            let dino = lock(&self.inodes).resolve(
+                &dir.path,
+                Role::DataFile,
+                FileKind::RegularFile,
+                view.stat.czxid,
+            );
+            entries.push(DirEntry {
+                name: self.config.data_name.clone(),
+                attr: self.attr_for(dino, &dir.path, Role::DataFile, FileKind::RegularFile, &view),
+            });
+        }
+        for ((name, child), result) in names.into_iter().zip(child_paths).zip(views) {
+            let view = match result {
+                Ok(view) => view,
+                // Deleted since the listing: leave it out.
+                Err(crate::zk::ZkError::NoNode) => continue,
+                Err(e) => return Err(FsError::zk(&child, "getData", e)),
+            };
+            let kind = self.kind_of(&child, &view);
+            let cino = lock(&self.inodes).resolve(&child, Role::Node, kind, view.stat.czxid);
+            entries.push(DirEntry {
+                name,
+                attr: self.attr_for(cino, &child, Role::Node, kind, &view),
+            });
+        }
+        Ok(entries)
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, FsError> {
+        let inode = self.inode(ino)?;
+        let name = name.to_str().ok_or_else(|| FsError::NoXattr(inode.path.clone()))?;
+        if ino == ROOT_INO
+            && let Some(key) = name.strip_prefix(xattr::MOUNT_PREFIX)
+        {
+            return self
+                .mount_attributes()
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_bytes())
+                .ok_or(FsError::NoXattr(inode.path));
+        }
+        if name == xattr::ACL {
+            let acl = self
+                .store
+                .acl(&inode.path)
+                .await
+                .map_err(|e| FsError::zk(&inode.path, "getACL", e))?;
+            let text: Vec<String> = acl.iter().map(|a| a.to_string()).collect();
+            return Ok(text.join(",").into_bytes());
+        }
+        if name == xattr::DATA && inode.kind == FileKind::Directory && inode.role == Role::Node {
+            let (data, _) = self
+                .store
+                .data(&inode.path)
+                .await
+                .map_err(|e| FsError::zk(&inode.path, "getData", e))?;
+            return Ok(data.to_vec());
+        }
+        let view = self.view(&inode.path).await?;
+        xattr::stat_value(name, &view.stat)
+            .map(String::into_bytes)
+            .ok_or(FsError::NoXattr(inode.path))
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {
+        let inode = self.inode(ino)?;
+        let mut names: Vec<String> = xattr::STAT_NAMES.iter().map(|s| s.to_string()).collect();
+        names.push(xattr::ACL.to_string());
+        if inode.kind == FileKind::Directory && inode.role == Role::Node {
+            names.push(xattr::DATA.to_string());
+        }
+        if ino == ROOT_INO {
+            for (key, _) in self.mount_attributes() {
+                names.push(format!("{}{key}", xattr::MOUNT_PREFIX));
+            }
+        }
+        Ok(names)
+    }
+
+    fn mount_attributes(&self) -> Vec<(String, String)> {
+        let mut attrs = self.status.attributes();
+        let (nodes, bytes) = self.store.usage();
+        attrs.push(("cached_nodes".into(), nodes.to_string()));
+        attrs.push(("cached_bytes".into(), bytes.to_string()));
+        attrs.push(("inodes".into(), lock(&self.inodes).len().to_string()));
+        attrs
+    }
+
+    /// Apply a watch event: update the cache, drop kernel caches for what
+    /// changed. Returns a path worth re-reading in the background.
+    pub fn apply_event(&self, event: &NodeEvent) -> Option<String> {
+        let changes = self.store.apply_event(event);
+        self.invalidate(&changes);
+        (event.kind == NodeEventKind::DataChanged).then(|| event.path.clone())
+    }
+
+    /// Re-read a node after a data change so the next read hits the cache.
+    pub async fn refresh(&self, path: &str) {
+        self.store.refresh(path).await;
+    }
+
+    /// Compare the cache with the server after events may have been lost.
+    pub async fn resync(&self) {
+        let changes = self.store.resync().await;
+        debug!(changes = changes.len(), "cache resynchronised");
+        self.invalidate(&changes);
+    }
+
+    fn invalidate(&self, changes: &[Change]) {
+        let mut out = Vec::new();
+        {
+            let mut inodes = lock(&self.inodes);
+            for change in changes {
+                let p = change.path();
+                self.collect_invalidations(&inodes, p, &mut out);
+                if !matches!(change, Change::Data(_))
+                    && let Some(parent) = path::parent(p)
+                    && path::is_within(parent, &self.config.root)
+                {
+                    self.collect_invalidations(&inodes, parent, &mut out);
+                }
+                if matches!(change, Change::Deleted(_)) {
+                    inodes.detach(p);
+                    lock(&self.created_as_file).remove(p);
+                }
+            }
+        }
+        for inv in out {
+            self.invalidator.invalidate(inv);
+        }
+    }
+
+    /// Invalidate the inodes of `p` and its dentry in its parent directory.
+    fn collect_invalidations(&self, inodes: &InodeTable, p: &str, out: &mut Vec<Invalidation>) {
+        for ino in inodes.current(p) {
+            out.push(Invalidation::Inode(ino));
+        }
+        if p == self.config.root {
+            return;
+        }
+        if let Some(parent) = path::parent(p)
+            && let Some(pino) = inodes.node_ino(parent)
+        {
+            out.push(Invalidation::Entry {
+                parent: pino,
+                name: path::basename(p).to_string(),
+            });
+        }
+    }
+}

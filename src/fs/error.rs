@@ -1,0 +1,114 @@
+//! Filesystem errors and the one table that turns them into errno values.
+
+use std::fmt;
+
+use tracing::Level;
+
+use crate::zk::ZkError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsError {
+    /// No such node (or name the node cannot have).
+    NotFound(String),
+    NotDir(String),
+    IsDir(String),
+    /// A modification on a read-only mount.
+    ReadOnly(String),
+    /// The inode no longer denotes the node (deleted, re-created or changed kind).
+    Stale(String),
+    /// No such extended attribute.
+    NoXattr(String),
+    /// An operation zkfs refuses by design (hard links, chmod, ...).
+    NotPermitted(String, &'static str),
+    BadFileHandle,
+    /// A ZooKeeper call failed.
+    Zk {
+        path: String,
+        op: &'static str,
+        error: ZkError,
+    },
+}
+
+impl FsError {
+    pub fn zk(path: &str, op: &'static str, error: ZkError) -> Self {
+        match error {
+            ZkError::NoNode => FsError::NotFound(path.to_string()),
+            error => FsError::Zk {
+                path: path.to_string(),
+                op,
+                error,
+            },
+        }
+    }
+
+    /// The errno for this error. Every judgement call is written down here.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound(_) => libc::ENOENT,
+            FsError::NotDir(_) => libc::ENOTDIR,
+            FsError::IsDir(_) => libc::EISDIR,
+            FsError::ReadOnly(_) => libc::EROFS,
+            // POSIX's "stale file handle": the object behind an inode or open
+            // file changed identity on the server.
+            FsError::Stale(_) => libc::ESTALE,
+            FsError::NoXattr(_) => libc::ENODATA,
+            FsError::NotPermitted(..) => libc::EPERM,
+            FsError::BadFileHandle => libc::EBADF,
+            FsError::Zk { error, .. } => match error {
+                ZkError::NoNode => libc::ENOENT,
+                ZkError::NodeExists => libc::EEXIST,
+                ZkError::NotEmpty => libc::ENOTEMPTY,
+                // Someone else changed the node since we read it.
+                ZkError::BadVersion => libc::ESTALE,
+                ZkError::NoAuth => libc::EACCES,
+                // Our own deadline (--op-timeout) passed.
+                ZkError::Timeout => libc::ETIMEDOUT,
+                // Not connected and nothing cached to serve: an I/O error, not
+                // ENOTCONN, which users read as "the FUSE daemon died".
+                ZkError::ConnectionLoss | ZkError::SessionExpired => libc::EIO,
+                ZkError::Unimplemented => libc::ENOSYS,
+                ZkError::Other(_) => libc::EIO,
+            },
+        }
+    }
+
+    /// How loudly to log this error: routine answers at debug, trouble at warn.
+    pub fn level(&self) -> Level {
+        match self {
+            FsError::NotFound(_) | FsError::NoXattr(_) | FsError::NotDir(_) | FsError::IsDir(_) => {
+                Level::DEBUG
+            }
+            _ => Level::WARN,
+        }
+    }
+}
+
+impl fmt::Display for FsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FsError::NotFound(p) => write!(f, "{p}: no such node"),
+            FsError::NotDir(p) => write!(f, "{p}: not a directory"),
+            FsError::IsDir(p) => write!(f, "{p}: is a directory"),
+            FsError::ReadOnly(p) => write!(f, "{p}: mount is read-only"),
+            FsError::Stale(p) => write!(f, "{p}: node changed identity (deleted, re-created or changed kind)"),
+            FsError::NoXattr(p) => write!(f, "{p}: no such extended attribute"),
+            FsError::NotPermitted(p, why) => write!(f, "{p}: {why}"),
+            FsError::BadFileHandle => write!(f, "unknown file handle"),
+            FsError::Zk { path, op, error } => write!(f, "{path}: ZooKeeper {op} failed: {error}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_table() {
+        assert_eq!(FsError::zk("/a", "getData", ZkError::NoNode).errno(), libc::ENOENT);
+        assert_eq!(FsError::zk("/a", "setData", ZkError::BadVersion).errno(), libc::ESTALE);
+        assert_eq!(FsError::zk("/a", "getData", ZkError::NoAuth).errno(), libc::EACCES);
+        assert_eq!(FsError::zk("/a", "getData", ZkError::Timeout).errno(), libc::ETIMEDOUT);
+        assert_eq!(FsError::ReadOnly("/a".into()).errno(), libc::EROFS);
+    }
+}

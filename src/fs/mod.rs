@@ -1,0 +1,20 @@
+//! The filesystem core: how ZooKeeper nodes appear as files, directories and
+//! extended attributes, one async method per filesystem operation.
+//!
+//! Owns the inode table, validated names, the mapping rules (contract §3), open
+//! handles and the error → errno table. It knows nothing of fuser or the
+//! kernel protocol (the `crate::fuse` adapter calls it) and never talks to
+//! ZooKeeper directly: everything goes through [`crate::zk::Store`].
+//! Cache hits complete without awaiting anything, so the adapter can answer
+//! them on the calling thread.
+
+pub mod attr;
+pub mod core;
+pub mod error;
+pub mod inode;
+pub mod name;
+pub mod xattr;
+
+pub use self::core::{DirEntry, Entry, FsConfig, Invalidation, Invalidator, MountStatus, ZkFs};
+pub use attr::{Attr, FileKind};
+pub use error::FsError;

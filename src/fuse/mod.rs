@@ -1,0 +1,370 @@
+//! The fuser adapter: a thin layer that turns kernel requests into calls on
+//! the filesystem core ([`crate::fs::ZkFs`]) and its results into replies.
+//!
+//! Owns the kernel-facing choices (TTLs, open flags, init capabilities) and
+//! the thread that sends invalidations. Cache hits are answered on the FUSE
+//! worker thread; anything that must wait for ZooKeeper continues on the tokio
+//! runtime, bounded by `--op-timeout`, so no worker ever blocks on the network.
+//! It must not contain filesystem semantics.
+
+pub mod invalidate;
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use tracing::{Level, event};
+
+use crate::fs::{Attr, FileKind, FsError, ZkFs};
+use crate::zk::{ZkBackend, ZkError};
+
+/// How long the kernel may keep entries and attributes without asking. Every
+/// change we learn of is invalidated explicitly; the TTL is a safety net.
+const TTL: Duration = Duration::from_secs(1);
+
+pub struct ZkFuse<B: ZkBackend> {
+    fs: Arc<ZkFs<B>>,
+    runtime: tokio::runtime::Handle,
+    op_timeout: Duration,
+}
+
+fn to_file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Directory => FileType::Directory,
+        FileKind::RegularFile => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn to_file_attr(attr: &Attr) -> FileAttr {
+    let mtime = UNIX_EPOCH + Duration::from_nanos(attr.mtime_ns);
+    let crtime = UNIX_EPOCH + Duration::from_millis(attr.crtime_ms.max(0) as u64);
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime,
+        kind: to_file_type(attr.kind),
+        perm: attr.perm,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+impl<B: ZkBackend> ZkFuse<B> {
+    pub fn new(fs: Arc<ZkFs<B>>, runtime: tokio::runtime::Handle, op_timeout: Duration) -> Self {
+        ZkFuse {
+            fs,
+            runtime,
+            op_timeout,
+        }
+    }
+
+    /// Run `fut`; answer on this thread if it completes without waiting (a
+    /// cache hit), else finish it on the runtime. Errors are logged once here.
+    fn dispatch<T, F, R>(&self, op: &'static str, fut: F, reply: R)
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, FsError>> + Send + 'static,
+        R: FnOnce(Result<T, FsError>) + Send + 'static,
+    {
+        let _guard = self.runtime.enter();
+        let timeout = self.op_timeout;
+        let mut fut = Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(FsError::Zk {
+                    path: String::new(),
+                    op,
+                    error: ZkError::Timeout,
+                }),
+            }
+        });
+        let report = move |r: Result<T, FsError>| {
+            if let Err(e) = &r {
+                log_error(op, e);
+            }
+            reply(r)
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => report(r),
+            Poll::Pending => {
+                self.runtime.spawn(async move { report(fut.await) });
+            }
+        }
+    }
+}
+
+fn log_error(op: &'static str, e: &FsError) {
+    let errno = e.errno();
+    match e.level() {
+        Level::DEBUG => event!(Level::DEBUG, op, errno, "{e}"),
+        _ => event!(Level::WARN, op, errno, "{e}"),
+    }
+}
+
+impl<B: ZkBackend> Filesystem for ZkFuse<B> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            if let Err(unsupported) = config.add_capabilities(flag) {
+                tracing::debug!(?unsupported, "kernel lacks capability");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        self.dispatch("lookup", async move { fs.lookup(parent.0, &name).await }, move |r| match r {
+            Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fs = self.fs.clone();
+        self.dispatch("getattr", async move { fs.getattr(ino.0).await }, move |r| match r {
+            Ok(attr) => reply.attr(&TTL, &to_file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let fs = self.fs.clone();
+        self.dispatch("open", async move { fs.open(ino.0, write).await }, move |r| match r {
+            Ok((fh, keep_cache)) => {
+                let flags = if keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags)
+            }
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok((data, start, end)) => reply.data(&data[start..end]),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => {
+                log_error("opendir", &e);
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let fs = self.fs.clone();
+        self.dispatch("readdir", async move { fs.readdir(fh.0, offset).await }, move |r| match r {
+            Ok(entries) => {
+                for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+                    let full = reply.add(
+                        INodeNo(entry.attr.ino),
+                        (i + 1) as u64,
+                        to_file_type(entry.attr.kind),
+                        &entry.name,
+                    );
+                    if full {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let fs = self.fs.clone();
+        let fs2 = self.fs.clone();
+        self.dispatch(
+            "readdirplus",
+            async move { fs.readdir(fh.0, offset).await },
+            move |r| match r {
+                Ok(entries) => {
+                    for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+                        let full = reply.add(
+                            INodeNo(entry.attr.ino),
+                            (i + 1) as u64,
+                            &entry.name,
+                            &TTL,
+                            &to_file_attr(&entry.attr),
+                            Generation(0),
+                        );
+                        if full {
+                            break;
+                        }
+                        // The kernel takes a reference on every entry but . and ..
+                        if entry.name != "." && entry.name != ".." {
+                            fs2.remember_lookup(entry.attr.ino);
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (nodes, _) = self.fs.store().usage();
+        reply.statfs(0, 0, 0, nodes as u64, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        self.dispatch("getxattr", async move { fs.getxattr(ino.0, &name).await }, move |r| match r {
+            Ok(value) => reply_xattr(reply, size, &value),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for name in names {
+                    buf.extend_from_slice(name.as_bytes());
+                    buf.push(0);
+                }
+                reply_xattr(reply, size, &buf)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+}
+
+/// getxattr/listxattr protocol: size 0 asks for the length; too small is ERANGE.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}

@@ -1,0 +1,43 @@
+//! zkfs: a FUSE filesystem presenting a ZooKeeper subtree as a directory.
+//!
+//! Layers, bottom up: [`zk`] (ZooKeeper session and coherent node cache),
+//! [`fs`] (filesystem semantics, no fuser), [`fuse`] (thin fuser adapter),
+//! and the process-level pieces: [`cli`], [`daemon`] (`zkfs mount`) and
+//! [`control`] (`zkfs status` / `zkfs unmount`).
+
+mod cli;
+mod control;
+mod daemon;
+mod fs;
+mod fuse;
+mod zk;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let args = cli::expand_mount_options(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command {
+        Command::Mount(args) => daemon::mount(args),
+        Command::Unmount(args) => control::unmount(&args.mountpoint),
+        Command::Status(args) => match control::status(&args.mountpoint, args.json) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("zkfs: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The in-memory node cache: what ZooKeeper last told us about each node.
+//!
+//! A plain data structure with no I/O and no locking of its own (the
+//! [`crate::zk::store::Store`] wraps it in a mutex). It owns the byte budget for
+//! cached data (`--cache-size`, least recently used data dropped first; the
+//! `Stat` of a node is always kept) and the per-node "change time" that makes
+//! mtimes strictly increasing. It must not decide how nodes look as files.
+
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use lru::LruCache;
+
+use super::backend::NodeStat;
+
+/// Everything cached about one node.
+#[derive(Debug, Clone)]
+pub struct CachedNode {
+    pub stat: NodeStat,
+    /// `None` when the data was evicted (the stat is still valid).
+    pub data: Option<Arc<[u8]>>,
+    /// Child names, once listed; kept current from watch events afterwards.
+    pub children: Option<BTreeSet<String>>,
+    /// An event said the data or stat changed since we fetched it.
+    pub stale: bool,
+    /// The child list may miss changes (an event raced a listing).
+    pub children_stale: bool,
+    /// Bumped by every event that touches this node, so a fetch that was in
+    /// flight during an event does not mark the entry fresh.
+    pub seq: u64,
+    /// Nanoseconds since the epoch; strictly increases with every data change
+    /// this cache observes (see [`next_change_time`]).
+    pub change_time_ns: u64,
+}
+
+/// The node cache. Paths are absolute ZooKeeper paths (in the client's chroot).
+pub struct NodeCache {
+    nodes: HashMap<String, CachedNode>,
+    /// Fetches in flight for nodes that are not cached: events seen for the
+    /// path meanwhile, and how many fetches are pending.
+    pending: HashMap<String, (u64, usize)>,
+    /// Paths whose data is held, least recently used first out; value = bytes.
+    lru: LruCache<String, usize>,
+    data_bytes: usize,
+    data_limit: usize,
+}
+
+/// The displayed change time for a node whose stat moved from `prev` to `stat`.
+///
+/// ZooKeeper mtimes have millisecond resolution and two changes may share one
+/// millisecond (or the leader's clock may step back). Readers reload when the
+/// mtime grows, so the shown time is the server mtime plus a sub-millisecond
+/// part taken from the mzxid, and never less than one microsecond after the
+/// previous shown time of the same node.
+pub fn next_change_time(prev: Option<(i64, u64)>, stat: &NodeStat) -> u64 {
+    let base = (stat.mtime.max(0) as u64)
+        .saturating_mul(1_000_000)
+        .saturating_add((stat.mzxid.rem_euclid(1000) as u64) * 1000);
+    match prev {
+        Some((prev_mzxid, prev_ns)) if prev_mzxid == stat.mzxid => prev_ns,
+        Some((_, prev_ns)) => base.max(prev_ns + 1000),
+        None => base,
+    }
+}
+
+/// Taken before a fetch is sent, handed back with its answer: tells whether
+/// an event touched the node while the request was in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchTicket {
+    seq: u64,
+    cached: bool,
+}
+
+/// Whether `new` describes the same or a later state of the node than `old`.
+fn is_not_older(new: &NodeStat, old: &NodeStat) -> bool {
+    new.mzxid > old.mzxid || (new.mzxid == old.mzxid && new.pzxid >= old.pzxid)
+}
+
+impl NodeCache {
+    pub fn new(data_limit: usize) -> Self {
+        NodeCache {
+            nodes: HashMap::new(),
+            pending: HashMap::new(),
+            lru: LruCache::unbounded(),
+            data_bytes: 0,
+            data_limit,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Option<&CachedNode> {
+        self.nodes.get(path)
+    }
+
+    pub fn get_mut(&mut self, path: &str) -> Option<&mut CachedNode> {
+        self.nodes.get_mut(path)
+    }
+
+    /// Data of a cached node, marking it recently used.
+    pub fn data(&mut self, path: &str) -> Option<Arc<[u8]>> {
+        let data = self.nodes.get(path)?.data.clone()?;
+        self.lru.promote(path);
+        Some(data)
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn data_bytes(&self) -> usize {
+        self.data_bytes
+    }
+
+    /// Start a fetch of `path`; pass the ticket to `store_*` and `end_fetch`.
+    pub fn begin_fetch(&mut self, path: &str) -> FetchTicket {
+        match self.nodes.get(path) {
+            Some(node) => FetchTicket {
+                seq: node.seq,
+                cached: true,
+            },
+            None => {
+                let entry = self.pending.entry(path.to_string()).or_insert((0, 0));
+                entry.1 += 1;
+                FetchTicket {
+                    seq: entry.0,
+                    cached: false,
+                }
+            }
+        }
+    }
+
+    /// Finish a fetch started with `begin_fetch` (whatever its outcome).
+    pub fn end_fetch(&mut self, path: &str, ticket: FetchTicket) {
+        if ticket.cached {
+            return;
+        }
+        if let Some(entry) = self.pending.get_mut(path) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                self.pending.remove(path);
+            }
+        }
+    }
+
+    /// Whether no event touched `path` since `ticket` was taken.
+    pub fn is_quiet_since(&self, path: &str, ticket: FetchTicket) -> bool {
+        match (self.nodes.get(path), ticket.cached) {
+            (Some(node), true) => node.seq == ticket.seq,
+            (None, false) => self.pending.get(path).is_none_or(|e| e.0 == ticket.seq),
+            // Created or deleted (in our cache) while the request was in flight.
+            _ => false,
+        }
+    }
+
+    /// Record an event for a node that is not cached but may be being fetched.
+    fn note_uncached_event(&mut self, path: &str) {
+        if let Some(entry) = self.pending.get_mut(path) {
+            entry.0 += 1;
+        }
+    }
+
+    /// Record the answer of a `getData` fetched under `ticket`. Returns true
+    /// when the stat or data differs from what was cached.
+    pub fn store_data(
+        &mut self,
+        path: &str,
+        data: Vec<u8>,
+        stat: NodeStat,
+        ticket: FetchTicket,
+    ) -> bool {
+        let quiet = self.is_quiet_since(path, ticket);
+        let changed;
+        match self.nodes.get_mut(path) {
+            Some(node) => {
+                if !is_not_older(&stat, &node.stat) {
+                    return false;
+                }
+                changed = node.stat != stat;
+                node.change_time_ns =
+                    next_change_time(Some((node.stat.mzxid, node.change_time_ns)), &stat);
+                node.stat = stat;
+                if let Some(children) = &node.children
+                    && children.len() != stat.num_children as usize
+                {
+                    node.children_stale = true;
+                }
+                if quiet {
+                    node.stale = false;
+                }
+            }
+            None => {
+                changed = true;
+                self.nodes.insert(
+                    path.to_string(),
+                    CachedNode {
+                        stat,
+                        data: None,
+                        children: None,
+                        stale: !quiet,
+                        children_stale: false,
+                        seq: 0,
+                        change_time_ns: next_change_time(None, &stat),
+                    },
+                );
+            }
+        }
+        self.set_data(path, data.into());
+        changed
+    }
+
+    /// Record the answer of a `getChildren2` fetched under `ticket`.
+    pub fn store_children(
+        &mut self,
+        path: &str,
+        names: Vec<String>,
+        stat: NodeStat,
+        ticket: FetchTicket,
+    ) {
+        let quiet = self.is_quiet_since(path, ticket);
+        let Some(node) = self.nodes.get_mut(path) else {
+            return;
+        };
+        if stat.czxid != node.stat.czxid {
+            // A different incarnation of the node: its stat will be refetched.
+            node.stale = true;
+            return;
+        }
+        node.children = Some(names.into_iter().collect());
+        node.children_stale = !quiet;
+        if is_not_older(&stat, &node.stat) && stat.mzxid == node.stat.mzxid {
+            node.stat.pzxid = stat.pzxid;
+            node.stat.cversion = stat.cversion;
+            node.stat.num_children = stat.num_children;
+        }
+    }
+
+    fn set_data(&mut self, path: &str, data: Arc<[u8]>) {
+        let Some(node) = self.nodes.get_mut(path) else {
+            return;
+        };
+        let new_len = data.len();
+        if let Some(old) = node.data.replace(data) {
+            self.data_bytes -= old.len();
+        }
+        self.data_bytes += new_len;
+        self.lru.put(path.to_string(), new_len);
+        self.evict();
+    }
+
+    fn evict(&mut self) {
+        while self.data_bytes > self.data_limit {
+            let Some((path, _)) = self.lru.pop_lru() else {
+                break;
+            };
+            if let Some(node) = self.nodes.get_mut(&path)
+                && let Some(old) = node.data.take()
+            {
+                self.data_bytes -= old.len();
+            }
+        }
+    }
+
+    /// Forget a node entirely (it was deleted).
+    pub fn remove(&mut self, path: &str) -> Option<CachedNode> {
+        self.note_uncached_event(path);
+        let node = self.nodes.remove(path)?;
+        if let Some(data) = &node.data {
+            self.data_bytes -= data.len();
+        }
+        self.lru.pop(path);
+        Some(node)
+    }
+
+    /// Note that `name` appeared under `parent`.
+    pub fn add_child(&mut self, parent: &str, name: &str) {
+        self.note_uncached_event(parent);
+        if let Some(node) = self.nodes.get_mut(parent) {
+            node.seq += 1;
+            match &mut node.children {
+                Some(children) => {
+                    children.insert(name.to_string());
+                    node.stat.num_children = children.len() as i32;
+                }
+                None => {
+                    node.stat.num_children += 1;
+                    node.stale = true;
+                }
+            }
+        }
+    }
+
+    /// Note that `name` vanished from under `parent`.
+    pub fn remove_child(&mut self, parent: &str, name: &str) {
+        self.note_uncached_event(parent);
+        if let Some(node) = self.nodes.get_mut(parent) {
+            node.seq += 1;
+            match &mut node.children {
+                Some(children) => {
+                    children.remove(name);
+                    node.stat.num_children = children.len() as i32;
+                }
+                None => {
+                    node.stat.num_children = (node.stat.num_children - 1).max(0);
+                    node.stale = true;
+                }
+            }
+        }
+    }
+
+    /// Mark a node's data and stat as outdated.
+    pub fn mark_stale(&mut self, path: &str) -> bool {
+        self.note_uncached_event(path);
+        match self.nodes.get_mut(path) {
+            Some(node) => {
+                node.seq += 1;
+                node.stale = true;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(mzxid: i64, mtime: i64) -> NodeStat {
+        NodeStat {
+            czxid: 1,
+            mzxid,
+            pzxid: 1,
+            mtime,
+            ..NodeStat::default()
+        }
+    }
+
+    #[test]
+    fn change_time_strictly_increases_within_one_millisecond() {
+        let s1 = stat(999, 5);
+        let t1 = next_change_time(None, &s1);
+        // Next zxid wraps the sub-millisecond part to 0 in the same millisecond.
+        let s2 = stat(1000, 5);
+        let t2 = next_change_time(Some((999, t1)), &s2);
+        assert!(t2 > t1, "{t2} > {t1}");
+        // Clock stepping back on a new leader still moves forward.
+        let s3 = stat(1001, 4);
+        let t3 = next_change_time(Some((1000, t2)), &s3);
+        assert!(t3 > t2);
+        // Same mzxid: same time.
+        assert_eq!(next_change_time(Some((1001, t3)), &s3), t3);
+    }
+
+    #[test]
+    fn lru_bounds_data_bytes_but_keeps_stats() {
+        let mut cache = NodeCache::new(10);
+        let t = cache.begin_fetch("/a");
+        cache.store_data("/a", vec![0; 6], stat(1, 1), t);
+        let t = cache.begin_fetch("/b");
+        cache.store_data("/b", vec![0; 6], stat(2, 1), t);
+        assert!(cache.data_bytes() <= 10);
+        assert!(cache.get("/a").is_some_and(|n| n.data.is_none()));
+        assert!(cache.get("/b").is_some_and(|n| n.data.is_some()));
+        assert_eq!(cache.node_count(), 2);
+    }
+
+    #[test]
+    fn older_answers_do_not_overwrite_newer() {
+        let mut cache = NodeCache::new(1000);
+        let t = cache.begin_fetch("/a");
+        cache.store_data("/a", b"new".to_vec(), stat(5, 1), t);
+        let t = cache.begin_fetch("/a");
+        assert!(!cache.store_data("/a", b"old".to_vec(), stat(4, 1), t));
+        assert_eq!(cache.data("/a").as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn fetch_racing_an_event_stays_stale() {
+        let mut cache = NodeCache::new(1000);
+        let t = cache.begin_fetch("/a");
+        cache.store_data("/a", b"1".to_vec(), stat(5, 1), t);
+        let t = cache.begin_fetch("/a");
+        cache.mark_stale("/a");
+        cache.store_data("/a", b"2".to_vec(), stat(6, 1), t);
+        assert!(cache.get("/a").is_some_and(|n| n.stale));
+        let t = cache.begin_fetch("/a");
+        cache.store_data("/a", b"3".to_vec(), stat(7, 1), t);
+        assert!(cache.get("/a").is_some_and(|n| !n.stale));
+    }
+
+    #[test]
+    fn first_fetch_racing_an_event_stays_stale() {
+        // The event for an uncached node arrives before the (older) answer.
+        let mut cache = NodeCache::new(1000);
+        let t = cache.begin_fetch("/a");
+        cache.mark_stale("/a");
+        cache.store_data("/a", b"old".to_vec(), stat(5, 1), t);
+        cache.end_fetch("/a", t);
+        assert!(cache.get("/a").is_some_and(|n| n.stale));
+    }
+}

@@ -1,0 +1,451 @@
+//! The real ZooKeeper session: one `zookeeper_client::Client` (rebuilt after
+//! expiry), every call bounded by `--op-timeout`, and the task that follows
+//! connection state and the persistent recursive watch on the mount root.
+//!
+//! Owns connection state, the request counter and the workarounds for the
+//! client's known gaps (watches forgotten after reconnect; events lost during
+//! a disconnect, ZOOKEEPER-4698). It reports node events and "resync needed"
+//! upward through a channel and must not touch the cache itself.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+use zookeeper_client as zk;
+
+use super::backend::{AclEntry, NodeEvent, NodeEventKind, NodeStat, ZkBackend, ZkError};
+
+/// Connection settings of a mount.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// `host:port[,host:port...][/chroot]`
+    pub servers: String,
+    /// The watched subtree (absolute, inside the chroot).
+    pub root: String,
+    pub session_timeout: Duration,
+    pub op_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Connection state as shown by `zkfs status` and `user.zkfs.state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    Connected,
+    /// Lost the connection; the session may still be alive.
+    Disconnected,
+    /// The session expired; building a new one.
+    Reconnecting,
+    /// Shut down.
+    Closed,
+}
+
+impl ConnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Connected => "connected",
+            ConnState::Disconnected => "disconnected",
+            ConnState::Reconnecting => "expired-reconnecting",
+            ConnState::Closed => "closed",
+        }
+    }
+}
+
+/// What the session reports to the layer that owns the cache.
+#[derive(Debug)]
+pub enum SessionEvent {
+    Node(NodeEvent),
+    /// Events may have been lost (reconnect or new session): compare the cache with the server.
+    Resync,
+}
+
+#[derive(Debug)]
+struct Status {
+    state: ConnState,
+    session_id: i64,
+    /// When we last knew the server to be reachable (now, while connected).
+    last_contact: SystemTime,
+}
+
+/// A point-in-time copy of the session's status.
+#[derive(Clone, Debug)]
+pub struct StatusSnapshot {
+    pub state: ConnState,
+    pub session_id: i64,
+    pub last_contact: SystemTime,
+    pub requests: u64,
+    pub servers: String,
+}
+
+pub struct ZkSession {
+    config: SessionConfig,
+    /// `None` once closed.
+    client: RwLock<Option<zk::Client>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    status: Mutex<Status>,
+    connected: AtomicBool,
+    requests: AtomicU64,
+}
+
+fn map_error(e: zk::Error) -> ZkError {
+    match e {
+        zk::Error::NoNode => ZkError::NoNode,
+        zk::Error::NodeExists => ZkError::NodeExists,
+        zk::Error::NotEmpty => ZkError::NotEmpty,
+        zk::Error::BadVersion => ZkError::BadVersion,
+        zk::Error::NoAuth => ZkError::NoAuth,
+        zk::Error::ConnectionLoss => ZkError::ConnectionLoss,
+        zk::Error::SessionExpired | zk::Error::ClientClosed => ZkError::SessionExpired,
+        zk::Error::Timeout => ZkError::Timeout,
+        zk::Error::Unimplemented => ZkError::Unimplemented,
+        other => ZkError::Other(other.to_string()),
+    }
+}
+
+pub fn map_stat(s: &zk::Stat) -> NodeStat {
+    NodeStat {
+        czxid: s.czxid,
+        mzxid: s.mzxid,
+        pzxid: s.pzxid,
+        ctime: s.ctime,
+        mtime: s.mtime,
+        version: s.version,
+        cversion: s.cversion,
+        aversion: s.aversion,
+        ephemeral_owner: s.ephemeral_owner,
+        data_length: s.data_length,
+        num_children: s.num_children,
+    }
+}
+
+/// Connect once, bounded by `timeout`.
+async fn connect(config: &SessionConfig, timeout: Duration) -> Result<zk::Client, String> {
+    let connector = zk::Client::connector().with_session_timeout(config.session_timeout);
+    match tokio::time::timeout(timeout, connector.connect(&config.servers)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(format!("cannot connect to ZooKeeper at {}: {e}", config.servers)),
+        Err(_) => Err(format!(
+            "cannot connect to ZooKeeper at {}: no server answered within {:?}",
+            config.servers, timeout
+        )),
+    }
+}
+
+impl ZkSession {
+    /// Connect (bounded by `connect_timeout`) and check that the root exists.
+    pub async fn connect(config: SessionConfig) -> Result<ZkSession, String> {
+        let client = connect(&config, config.connect_timeout).await?;
+        let session_id = client.session_id().0;
+        info!(servers = %config.servers, session = %format!("{session_id:#x}"), "connected to ZooKeeper");
+        let session = ZkSession {
+            client: RwLock::new(Some(client)),
+            shutdown: tokio::sync::watch::Sender::new(false),
+            status: Mutex::new(Status {
+                state: ConnState::Connected,
+                session_id,
+                last_contact: SystemTime::now(),
+            }),
+            connected: AtomicBool::new(true),
+            requests: AtomicU64::new(0),
+            config,
+        };
+        match session.get_data(&session.config.root).await {
+            Ok(_) => Ok(session),
+            Err(ZkError::NoNode) => Err(format!(
+                "root {} does not exist on {}",
+                session.config.root, session.config.servers
+            )),
+            Err(e) => Err(format!(
+                "cannot read root {} on {}: {e}",
+                session.config.root, session.config.servers
+            )),
+        }
+    }
+
+    fn client(&self) -> Option<zk::Client> {
+        self.client.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Close the session (its ephemeral nodes vanish at once) and wait, bounded,
+    /// until the server acknowledged it.
+    pub async fn close(&self) {
+        self.shutdown.send_replace(true);
+        let client = self.client.write().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(client) = client else {
+            return;
+        };
+        let mut state = client.state_watcher();
+        drop(client);
+        let wait = async {
+            while !state.changed().await.is_terminated() {}
+        };
+        if tokio::time::timeout(Duration::from_secs(3), wait).await.is_err() {
+            warn!("ZooKeeper did not confirm closing the session");
+        }
+        self.set_state(ConnState::Closed);
+        info!("ZooKeeper session closed");
+    }
+
+    fn set_state(&self, state: ConnState) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if status.state == ConnState::Connected && state != ConnState::Connected {
+            status.last_contact = SystemTime::now();
+        }
+        status.state = state;
+        self.connected
+            .store(state == ConnState::Connected, Ordering::SeqCst);
+    }
+
+    pub fn status(&self) -> StatusSnapshot {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        StatusSnapshot {
+            state: status.state,
+            session_id: status.session_id,
+            last_contact: if status.state == ConnState::Connected {
+                SystemTime::now()
+            } else {
+                status.last_contact
+            },
+            requests: self.requests.load(Ordering::Relaxed),
+            servers: self.config.servers.clone(),
+        }
+    }
+
+    /// Bound a client future by `--op-timeout` and count it.
+    fn bounded<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, zk::Error>> + Send + 'static,
+    ) -> impl Future<Output = Result<T, ZkError>> + Send + 'static {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let timeout = tokio::time::timeout(self.config.op_timeout, fut);
+        async move {
+            match timeout.await {
+                Ok(r) => r.map_err(map_error),
+                Err(_) => Err(ZkError::Timeout),
+            }
+        }
+    }
+
+    /// Follow connection state and the root watch until the process ends.
+    /// Node events and resync requests go to `events`.
+    pub async fn run(&self, events: mpsc::UnboundedSender<SessionEvent>) {
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            let Some(client) = self.client() else {
+                return;
+            };
+            let end = tokio::select! {
+                end = self.follow(&client, &events) => end,
+                _ = shutdown.wait_for(|closed| *closed) => FollowEnd::Closed,
+            };
+            drop(client);
+            match end {
+                FollowEnd::Closed => {
+                    self.set_state(ConnState::Closed);
+                    return;
+                }
+                FollowEnd::Expired => {}
+            }
+            self.set_state(ConnState::Reconnecting);
+            let fresh = tokio::select! {
+                fresh = self.rebuild() => fresh,
+                _ = shutdown.wait_for(|closed| *closed) => return,
+            };
+            let id = fresh.session_id().0;
+            *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+            self.status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .session_id = id;
+            info!(session = %format!("{id:#x}"), "new ZooKeeper session after expiry");
+            self.set_state(ConnState::Connected);
+            let _ = events.send(SessionEvent::Resync);
+        }
+    }
+
+    /// Build a new client after expiry, retrying with backoff until it works.
+    async fn rebuild(&self) -> zk::Client {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match connect(&self.config, self.config.connect_timeout).await {
+                Ok(client) => return client,
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?delay, "reconnect failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Add the persistent recursive watch on the root, retrying while the
+    /// connection is up. `None` when the session ended meanwhile.
+    async fn add_watch(
+        &self,
+        client: &zk::Client,
+        state: &mut zk::StateWatcher,
+    ) -> Option<zk::PersistentWatcher> {
+        loop {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let attempt = tokio::time::timeout(
+                self.config.op_timeout,
+                client.watch(&self.config.root, zk::AddWatchMode::PersistentRecursive),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(watcher)) => return Some(watcher),
+                Ok(Err(zk::Error::Unimplemented)) => {
+                    error!(
+                        "ZooKeeper server does not support persistent recursive watches \
+                         (needs 3.6 or newer); the cache cannot be kept coherent"
+                    );
+                }
+                Ok(Err(e)) => warn!(root = %self.config.root, error = %e, "cannot add root watch; retrying"),
+                Err(_) => warn!(root = %self.config.root, "adding root watch timed out; retrying"),
+            }
+            if state.peek_state().is_terminated() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn follow(
+        &self,
+        client: &zk::Client,
+        events: &mpsc::UnboundedSender<SessionEvent>,
+    ) -> FollowEnd {
+        let mut state = client.state_watcher();
+        let Some(mut watcher) = self.add_watch(client, &mut state).await else {
+            return FollowEnd::Expired;
+        };
+        let mut was_disconnected = false;
+        loop {
+            tokio::select! {
+                event = watcher.changed() => {
+                    let kind = match event.event_type {
+                        zk::EventType::NodeCreated => NodeEventKind::Created,
+                        zk::EventType::NodeDeleted => NodeEventKind::Deleted,
+                        zk::EventType::NodeDataChanged => NodeEventKind::DataChanged,
+                        // Session changes come through the state watcher;
+                        // persistent recursive watches never send child events.
+                        _ => continue,
+                    };
+                    debug!(path = %event.path, ?kind, "watch event");
+                    if events.send(SessionEvent::Node(NodeEvent { kind, path: event.path })).is_err() {
+                        return FollowEnd::Closed;
+                    }
+                }
+                new_state = state.changed() => {
+                    match new_state {
+                        zk::SessionState::Disconnected => {
+                            warn!("lost connection to ZooKeeper; serving cached data");
+                            was_disconnected = true;
+                            self.set_state(ConnState::Disconnected);
+                        }
+                        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                            self.set_state(ConnState::Connected);
+                            if was_disconnected {
+                                was_disconnected = false;
+                                info!("reconnected to ZooKeeper; re-adding watch and resynchronising");
+                                // zookeeper-client 0.11.2 does not resend persistent
+                                // watches on reconnect: drop ours and add it again.
+                                drop(watcher);
+                                match self.add_watch(client, &mut state).await {
+                                    Some(w) => watcher = w,
+                                    None => return FollowEnd::Expired,
+                                }
+                                let _ = events.send(SessionEvent::Resync);
+                            }
+                        }
+                        zk::SessionState::Expired => {
+                            warn!("ZooKeeper session expired; building a new one");
+                            return FollowEnd::Expired;
+                        }
+                        zk::SessionState::AuthFailed => {
+                            error!("ZooKeeper authentication failed; building a new session");
+                            return FollowEnd::Expired;
+                        }
+                        zk::SessionState::Closed => return FollowEnd::Closed,
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum FollowEnd {
+    Expired,
+    Closed,
+}
+
+impl ZkBackend for ZkSession {
+    fn get_data(
+        &self,
+        path: &str,
+    ) -> impl Future<Output = Result<(Vec<u8>, NodeStat), ZkError>> + Send {
+        let fut = self.client().map(|c| c.get_data(path));
+        let bounded = fut.map(|f| self.bounded(f));
+        async move {
+            match bounded {
+                Some(b) => b.await.map(|(data, stat)| (data, map_stat(&stat))),
+                None => Err(ZkError::SessionExpired),
+            }
+        }
+    }
+
+    fn get_children(
+        &self,
+        path: &str,
+    ) -> impl Future<Output = Result<(Vec<String>, NodeStat), ZkError>> + Send {
+        let fut = self.client().map(|c| c.get_children(path));
+        let bounded = fut.map(|f| self.bounded(f));
+        async move {
+            match bounded {
+                Some(b) => b.await.map(|(names, stat)| (names, map_stat(&stat))),
+                None => Err(ZkError::SessionExpired),
+            }
+        }
+    }
+
+    fn get_acl(&self, path: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {
+        let client = self.client();
+        let path = path.to_string();
+        let bounded = self.bounded(async move {
+            let Some(client) = client else {
+                return Err(zk::Error::ClientClosed);
+            };
+            client
+                .get_acl(&path).await.map(|(acls, _)| {
+                acls.iter()
+                    .map(|a| AclEntry {
+                        scheme: a.scheme().to_string(),
+                        id: a.id().to_string(),
+                        perms: permission_bits(a.permission()),
+                    })
+                    .collect::<Vec<_>>()
+            })
+        });
+        bounded
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+}
+
+fn permission_bits(p: zk::Permission) -> i32 {
+    [
+        (zk::Permission::READ, 1),
+        (zk::Permission::WRITE, 2),
+        (zk::Permission::CREATE, 4),
+        (zk::Permission::DELETE, 8),
+        (zk::Permission::ADMIN, 16),
+    ]
+    .iter()
+    .filter(|(perm, _)| p.has(*perm))
+    .map(|(_, bit)| bit)
+    .sum()
+}

@@ -1,0 +1,393 @@
+//! The coherent cache: [`NodeCache`] + a [`ZkBackend`], kept in step by watch
+//! events and re-synchronised after a reconnect or a new session.
+//!
+//! Owns the rules "when may a read be answered from memory" (cached and not
+//! stale, or stale while ZooKeeper is unreachable) and "what did an event or a
+//! resync change" (reported as [`Change`]s for the layer above to turn into
+//! kernel invalidations). It must not know about inodes or FUSE.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::{debug, warn};
+
+use super::backend::{AclEntry, NodeEvent, NodeEventKind, NodeStat, ZkBackend, ZkError};
+use super::cache::{CachedNode, FetchTicket, NodeCache};
+use super::path;
+
+/// How many requests a bulk load keeps in flight on the session at once.
+const PIPELINE_DEPTH: usize = 1024;
+
+/// A change the store learnt of (from an event or a resync), by path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The node's data or stat changed.
+    Data(String),
+    /// The node appeared (its parent's child list changed).
+    Created(String),
+    /// The node is gone (its parent's child list changed).
+    Deleted(String),
+}
+
+impl Change {
+    pub fn path(&self) -> &str {
+        match self {
+            Change::Data(p) | Change::Created(p) | Change::Deleted(p) => p,
+        }
+    }
+}
+
+/// A snapshot of one cached node.
+#[derive(Clone, Debug)]
+pub struct NodeView {
+    pub stat: NodeStat,
+    /// `None` when evicted; [`Store::data`] fetches it again.
+    pub data: Option<Arc<[u8]>>,
+    pub change_time_ns: u64,
+    /// The cached entry is known to be outdated (served because ZooKeeper is unreachable).
+    pub stale: bool,
+}
+
+impl NodeView {
+    fn of(node: &CachedNode) -> Self {
+        NodeView {
+            stat: node.stat,
+            data: node.data.clone(),
+            change_time_ns: node.change_time_ns,
+            stale: node.stale,
+        }
+    }
+}
+
+/// Cache + backend. All methods take `&self`; the cache sits behind one mutex
+/// that is never held across an `.await`.
+pub struct Store<B: ZkBackend> {
+    backend: B,
+    cache: Mutex<NodeCache>,
+}
+
+impl<B: ZkBackend> Store<B> {
+    pub fn new(backend: B, data_limit: usize) -> Self {
+        Store {
+            backend,
+            cache: Mutex::new(NodeCache::new(data_limit)),
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn cache(&self) -> MutexGuard<'_, NodeCache> {
+        // A panic while holding the lock leaves the cache usable: every
+        // mutation keeps it consistent step by step.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (cached nodes, cached data bytes)
+    pub fn usage(&self) -> (usize, usize) {
+        let cache = self.cache();
+        (cache.node_count(), cache.data_bytes())
+    }
+
+    /// What is cached about `path`, without asking ZooKeeper.
+    pub fn peek(&self, path: &str) -> Option<NodeView> {
+        self.cache().get(path).map(NodeView::of)
+    }
+
+    /// Cached child names of `path` if they were listed (fresh or not).
+    pub fn peek_children(&self, path: &str) -> Option<Vec<String>> {
+        let cache = self.cache();
+        let node = cache.get(path)?;
+        node.children.as_ref().map(|c| c.iter().cloned().collect())
+    }
+
+    /// Whether a cached answer for `path` may be used without asking ZooKeeper.
+    fn usable(&self, node: &CachedNode) -> bool {
+        !node.stale || !self.backend.is_connected()
+    }
+
+    /// The node's stat (and data, if cached). Loads it on first access or when stale.
+    pub async fn node(&self, path: &str) -> Result<NodeView, ZkError> {
+        if let Some(node) = self.cache().get(path)
+            && self.usable(node)
+        {
+            return Ok(NodeView::of(node));
+        }
+        self.fetch_data(path).await
+    }
+
+    /// The node's data; fetched when not cached, evicted or stale.
+    pub async fn data(&self, path: &str) -> Result<(Arc<[u8]>, NodeView), ZkError> {
+        {
+            let mut cache = self.cache();
+            let usable = cache.get(path).is_some_and(|n| self.usable(n));
+            if usable && let Some(data) = cache.data(path) {
+                let view = cache.get(path).map(NodeView::of);
+                if let Some(view) = view {
+                    return Ok((data, view));
+                }
+            }
+        }
+        let view = self.fetch_data(path).await?;
+        match view.data.clone() {
+            Some(data) => Ok((data, view)),
+            // Evicted again at once (data larger than the whole cache budget).
+            None => {
+                let (data, stat) = self.backend.get_data(path).await?;
+                Ok((data.into(), NodeView { stat, ..view }))
+            }
+        }
+    }
+
+    /// Child names of `path`, sorted. Listed on first access, then kept
+    /// current from watch events.
+    pub async fn children(&self, path: &str) -> Result<Vec<String>, ZkError> {
+        {
+            let cache = self.cache();
+            if let Some(node) = cache.get(path)
+                && let Some(children) = &node.children
+                && (!node.children_stale || !self.backend.is_connected())
+            {
+                return Ok(children.iter().cloned().collect());
+            }
+        }
+        // The node itself must be cached for its child list to be kept.
+        self.node(path).await?;
+        let ticket = self.cache().begin_fetch(path);
+        let result = self.backend.get_children(path).await;
+        let mut cache = self.cache();
+        cache.end_fetch(path, ticket);
+        match result {
+            Ok((mut names, stat)) => {
+                names.sort();
+                cache.store_children(path, names.clone(), stat, ticket);
+                Ok(names)
+            }
+            Err(e) => {
+                if e == ZkError::NoNode && cache.is_quiet_since(path, ticket) {
+                    cache.remove(path);
+                }
+                // Unreachable: the last known list beats an error.
+                if e.is_connectivity()
+                    && let Some(children) = cache.get(path).and_then(|n| n.children.as_ref())
+                {
+                    return Ok(children.iter().cloned().collect());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_data(&self, path: &str) -> Result<NodeView, ZkError> {
+        let ticket = self.cache().begin_fetch(path);
+        let result = self.backend.get_data(path).await;
+        let mut cache = self.cache();
+        cache.end_fetch(path, ticket);
+        self.record_data(&mut cache, path, ticket, result).map(|(v, _)| v)
+    }
+
+    /// Store one `getData` answer; returns the view and whether it changed.
+    fn record_data(
+        &self,
+        cache: &mut NodeCache,
+        path: &str,
+        ticket: FetchTicket,
+        result: Result<(Vec<u8>, NodeStat), ZkError>,
+    ) -> Result<(NodeView, bool), ZkError> {
+        match result {
+            Ok((data, stat)) => {
+                let changed = cache.store_data(path, data, stat, ticket);
+                let view = cache.get(path).map(NodeView::of).ok_or(ZkError::NoNode)?;
+                Ok((view, changed))
+            }
+            Err(ZkError::NoNode) => {
+                if cache.is_quiet_since(path, ticket) && cache.remove(path).is_some() {
+                    if let Some(parent) = path::parent(path) {
+                        cache.remove_child(parent, path::basename(path));
+                    }
+                    return Err(ZkError::NoNode);
+                }
+                Err(ZkError::NoNode)
+            }
+            Err(e) if e.is_connectivity() => match cache.get(path) {
+                // ZooKeeper unreachable: serve the last known state.
+                Some(node) => Ok((NodeView::of(node), false)),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Load many nodes at once with up to [`PIPELINE_DEPTH`] requests in
+    /// flight; results in the order of `paths`. Fresh cached nodes are not asked for.
+    pub async fn load_many(&self, paths: &[String]) -> Vec<Result<NodeView, ZkError>> {
+        let mut results: Vec<Option<Result<NodeView, ZkError>>> = Vec::with_capacity(paths.len());
+        let mut to_fetch = Vec::new();
+        {
+            let cache = self.cache();
+            for (i, p) in paths.iter().enumerate() {
+                match cache.get(p) {
+                    Some(node) if self.usable(node) => results.push(Some(Ok(NodeView::of(node)))),
+                    _ => {
+                        results.push(None);
+                        to_fetch.push(i);
+                    }
+                }
+            }
+        }
+        for chunk in to_fetch.chunks(PIPELINE_DEPTH) {
+            let tickets: Vec<FetchTicket> = {
+                let mut cache = self.cache();
+                chunk.iter().map(|&i| cache.begin_fetch(&paths[i])).collect()
+            };
+            let answers =
+                await_all(chunk.iter().map(|&i| self.backend.get_data(&paths[i])).collect()).await;
+            let mut cache = self.cache();
+            for ((&i, ticket), answer) in chunk.iter().zip(tickets).zip(answers) {
+                cache.end_fetch(&paths[i], ticket);
+                results[i] = Some(
+                    self.record_data(&mut cache, &paths[i], ticket, answer)
+                        .map(|(v, _)| v),
+                );
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(ZkError::Other("not loaded".into()))))
+            .collect()
+    }
+
+    /// The node's ACL (not cached: asked for on each call).
+    pub async fn acl(&self, path: &str) -> Result<Vec<AclEntry>, ZkError> {
+        self.backend.get_acl(path).await
+    }
+
+    /// Apply one watch event to the cache; returns what changed.
+    pub fn apply_event(&self, event: &NodeEvent) -> Vec<Change> {
+        let mut cache = self.cache();
+        let path = event.path.as_str();
+        let parent = path::parent(path);
+        let name = path::basename(path);
+        match event.kind {
+            NodeEventKind::Created => {
+                cache.mark_stale(path);
+                if let Some(parent) = parent {
+                    cache.add_child(parent, name);
+                }
+                vec![Change::Created(path.to_string())]
+            }
+            NodeEventKind::Deleted => {
+                cache.remove(path);
+                if let Some(parent) = parent {
+                    cache.remove_child(parent, name);
+                }
+                vec![Change::Deleted(path.to_string())]
+            }
+            NodeEventKind::DataChanged => {
+                cache.mark_stale(path);
+                vec![Change::Data(path.to_string())]
+            }
+        }
+    }
+
+    /// Re-read a node whose data changed, so the next read is a cache hit.
+    /// Does nothing for nodes that are not cached.
+    pub async fn refresh(&self, path: &str) {
+        if self.peek(path).is_none() {
+            return;
+        }
+        if let Err(e) = self.fetch_data(path).await
+            && e != ZkError::NoNode
+        {
+            debug!(path, error = %e, "background refresh failed; next read retries");
+        }
+    }
+
+    /// Compare every cached node with the server (after a reconnect or a new
+    /// session: events during the gap may be lost) and return what changed.
+    pub async fn resync(&self) -> Vec<Change> {
+        let (paths, listed): (Vec<String>, Vec<String>) = {
+            let cache = self.cache();
+            let paths = cache.paths();
+            let listed = paths
+                .iter()
+                .filter(|p| cache.get(p).is_some_and(|n| n.children.is_some()))
+                .cloned()
+                .collect();
+            (paths, listed)
+        };
+        let mut changes = Vec::new();
+        for chunk in paths.chunks(PIPELINE_DEPTH) {
+            let tickets: Vec<FetchTicket> = {
+                let mut cache = self.cache();
+                chunk.iter().map(|p| cache.begin_fetch(p)).collect()
+            };
+            let answers =
+                await_all(chunk.iter().map(|p| self.backend.get_data(p)).collect()).await;
+            let mut cache = self.cache();
+            for ((p, ticket), answer) in chunk.iter().zip(tickets).zip(answers) {
+                cache.end_fetch(p, ticket);
+                match answer {
+                    Ok((data, stat)) => {
+                        if cache.store_data(p, data, stat, ticket) {
+                            changes.push(Change::Data(p.clone()));
+                        }
+                    }
+                    Err(ZkError::NoNode) => {
+                        if cache.remove(p).is_some() {
+                            if let Some(parent) = path::parent(p) {
+                                cache.remove_child(parent, path::basename(p));
+                            }
+                            changes.push(Change::Deleted(p.clone()));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(path = %p, error = %e, "resync could not read node; it stays stale");
+                        cache.mark_stale(p);
+                    }
+                }
+            }
+        }
+        for chunk in listed.chunks(PIPELINE_DEPTH) {
+            let tickets: Vec<FetchTicket> = {
+                let mut cache = self.cache();
+                chunk.iter().map(|p| cache.begin_fetch(p)).collect()
+            };
+            let answers =
+                await_all(chunk.iter().map(|p| self.backend.get_children(p)).collect()).await;
+            let mut cache = self.cache();
+            for ((p, ticket), answer) in chunk.iter().zip(tickets).zip(answers) {
+                cache.end_fetch(p, ticket);
+                let Ok((names, stat)) = answer else {
+                    continue;
+                };
+                let before: Vec<String> = cache
+                    .get(p)
+                    .and_then(|n| n.children.as_ref())
+                    .map(|c| c.iter().cloned().collect())
+                    .unwrap_or_default();
+                for gone in before.iter().filter(|n| !names.contains(n)) {
+                    let child = path::join(p, gone);
+                    cache.remove(&child);
+                    changes.push(Change::Deleted(child));
+                }
+                for new in names.iter().filter(|n| !before.contains(n)) {
+                    changes.push(Change::Created(path::join(p, new)));
+                }
+                cache.store_children(p, names, stat, ticket);
+            }
+        }
+        changes
+    }
+}
+
+/// Await futures of requests that were all sent already (the backend sends a
+/// request when its method is called), so they are pipelined on the session.
+async fn await_all<T, F: Future<Output = T>>(futures: Vec<F>) -> Vec<T> {
+    let mut out = Vec::with_capacity(futures.len());
+    for f in futures {
+        out.push(f.await);
+    }
+    out
+}
