@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount SERVERS (host:port[,host:port...][/chroot]) on MOUNTPOINT.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Unmount a zkfs mount and wait for its daemon to close its ZooKeeper session.
     Unmount(UnmountArgs),
     /// Show the state of a zkfs mount; exit status 0 only when connected.
@@ -172,7 +172,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => value * 60_000.0,
         _ => return Err(format!("invalid duration unit in '{s}' (use ms, s or m)")),
     };
-    if !(millis >= 1.0 && millis < 1e12) {
+    if !(1.0..1e12).contains(&millis) {
         return Err(format!("duration '{s}' must be at least 1ms"));
     }
     Ok(Duration::from_micros((millis * 1000.0) as u64))
@@ -181,7 +181,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `512`, `64K`, `256M`, `1G` (binary multiples; optional `iB`/`B` suffix).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (number, mult) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
         Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
@@ -265,10 +268,20 @@ mod tests {
             .map(OsString::from)
             .collect();
         let out = expand_mount_options(args);
-        let out: Vec<String> = out.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        let out: Vec<String> = out
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             out,
-            ["zkfs", "mount", "--read-only", "--session-timeout=4s", "s", "m"]
+            [
+                "zkfs",
+                "mount",
+                "--read-only",
+                "--session-timeout=4s",
+                "s",
+                "m"
+            ]
         );
         let cli = Cli::try_parse_from(out).expect("parses");
         let Command::Mount(m) = cli.command else {

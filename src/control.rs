@@ -23,8 +23,7 @@ const STATUS_KEYS: &[&str] = &[
 fn getxattr(path: &Path, name: &str) -> Result<String, std::io::Error> {
     let cpath = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let cname =
-        CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cname = CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut buf = vec![0u8; 4096];
     // SAFETY: valid C strings and a buffer of the stated length.
     let n = unsafe {
@@ -54,10 +53,7 @@ fn describe(path: &Path, e: &std::io::Error) -> Failure {
         }
         _ => format!("{}: {e}", path.display()),
     };
-    Failure {
-        message,
-        code: 1,
-    }
+    Failure { message, code: 1 }
 }
 
 fn json_escape(s: &str) -> String {
@@ -94,7 +90,10 @@ pub fn status(mountpoint: &Path, json: bool) -> Result<bool, Failure> {
     if json {
         let mut fields: Vec<String> = Vec::new();
         for (k, v) in &values {
-            let numeric = matches!(*k, "cached_nodes" | "cached_bytes" | "last_contact" | "requests" | "pid");
+            let numeric = matches!(
+                *k,
+                "cached_nodes" | "cached_bytes" | "last_contact" | "requests" | "pid"
+            );
             if numeric && v.parse::<u128>().is_ok() {
                 fields.push(format!("\"{k}\":{v}"));
             } else {
@@ -102,7 +101,10 @@ pub fn status(mountpoint: &Path, json: bool) -> Result<bool, Failure> {
             }
         }
         fields.push(format!("\"last_contact_age_ms\":{age_ms}"));
-        fields.push(format!("\"mountpoint\":\"{}\"", json_escape(&mountpoint.to_string_lossy())));
+        fields.push(format!(
+            "\"mountpoint\":\"{}\"",
+            json_escape(&mountpoint.to_string_lossy())
+        ));
         println!("{{{}}}", fields.join(","));
     } else {
         println!("mountpoint:   {}", mountpoint.display());
@@ -161,7 +163,12 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
                     mountpoint.display()
                 )));
             }
-            _ => return Err(fail(format!("cannot unmount {}: {err}", mountpoint.display()))),
+            _ => {
+                return Err(fail(format!(
+                    "cannot unmount {}: {err}",
+                    mountpoint.display()
+                )));
+            }
         }
     }
     if let Some(pid) = pid {

@@ -50,7 +50,10 @@ enum Reporter {
 
 impl Reporter {
     fn from_env() -> Self {
-        match std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse::<RawFd>().ok()) {
+        match std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<RawFd>().ok())
+        {
             Some(fd) if fd > 2 => {
                 // Keep it out of helpers we start (fusermount3 would hold it open).
                 // SAFETY: the parent created this descriptor for us and passed its number.
@@ -354,7 +357,9 @@ fn run_foreground(
     if auto_unmount {
         options.push(fuser::MountOption::AutoUnmount);
     } else {
-        warn!("not root and no --allow-other: auto-unmount unavailable; after a crash run `zkfs unmount`");
+        warn!(
+            "not root and no --allow-other: auto-unmount unavailable; after a crash run `zkfs unmount`"
+        );
     }
     let mut config = fuser::Config::default();
     config.mount_options = options;
@@ -367,9 +372,8 @@ fn run_foreground(
     };
     config.n_threads = Some(4);
 
-    let mut fuse_session = fuser::Session::new(adapter, &mountpoint, &config).map_err(|e| {
-        Failure::new(format!("cannot mount on {}: {e}", mountpoint.display()))
-    })?;
+    let mut fuse_session = fuser::Session::new(adapter, &mountpoint, &config)
+        .map_err(|e| Failure::new(format!("cannot mount on {}: {e}", mountpoint.display())))?;
     invalidate::spawn_sender(invalidations, fuse_session.notifier())
         .map_err(|e| Failure::new(format!("cannot start invalidation thread: {e}")))?;
 

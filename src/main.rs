@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let result = match cli.command {
-        Command::Mount(args) => daemon::mount(args),
+        Command::Mount(args) => daemon::mount(*args),
         Command::Unmount(args) => control::unmount(&args.mountpoint),
         Command::Status(args) => match control::status(&args.mountpoint, args.json) {
             Ok(true) => Ok(()),

@@ -49,9 +49,7 @@ pub fn node_kind(stat: &NodeStat, is_root: bool, created_as_file: bool) -> FileK
         FileKind::Directory
     } else if stat.is_ephemeral() {
         FileKind::RegularFile
-    } else if stat.num_children > 0 {
-        FileKind::Directory
-    } else if stat.data_length == 0 && !created_as_file {
+    } else if stat.num_children > 0 || (stat.data_length == 0 && !created_as_file) {
         FileKind::Directory
     } else {
         FileKind::RegularFile
@@ -106,11 +104,20 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(node_kind(&stat(5, 0, 0), false, false), FileKind::RegularFile);
+        assert_eq!(
+            node_kind(&stat(5, 0, 0), false, false),
+            FileKind::RegularFile
+        );
         assert_eq!(node_kind(&stat(5, 2, 0), false, false), FileKind::Directory);
         assert_eq!(node_kind(&stat(0, 0, 0), false, false), FileKind::Directory);
-        assert_eq!(node_kind(&stat(0, 0, 0), false, true), FileKind::RegularFile);
-        assert_eq!(node_kind(&stat(0, 0, 77), false, false), FileKind::RegularFile);
+        assert_eq!(
+            node_kind(&stat(0, 0, 0), false, true),
+            FileKind::RegularFile
+        );
+        assert_eq!(
+            node_kind(&stat(0, 0, 77), false, false),
+            FileKind::RegularFile
+        );
         assert_eq!(node_kind(&stat(5, 0, 0), true, false), FileKind::Directory);
     }
 }

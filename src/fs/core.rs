@@ -115,10 +115,6 @@ impl<B: ZkBackend> ZkFs<B> {
         &self.store
     }
 
-    pub fn config(&self) -> &FsConfig {
-        &self.config
-    }
-
     fn inode(&self, ino: u64) -> Result<Inode, FsError> {
         lock(&self.inodes)
             .get(ino)
@@ -161,9 +157,13 @@ impl<B: ZkBackend> ZkFs<B> {
                 let nlink = self.nlink(path, kind);
                 attr::attr_of(ino, kind, view, nlink, &self.config.presentation)
             }
-            Role::DataFile => {
-                attr::attr_of(ino, FileKind::RegularFile, view, 1, &self.config.presentation)
-            }
+            Role::DataFile => attr::attr_of(
+                ino,
+                FileKind::RegularFile,
+                view,
+                1,
+                &self.config.presentation,
+            ),
         }
     }
 
@@ -198,7 +198,11 @@ impl<B: ZkBackend> ZkFs<B> {
         }
         let Ok(name) = NodeName::parse(name) else {
             // A name ZooKeeper cannot store cannot exist.
-            return Err(FsError::NotFound(format!("{}/{}", dir.path, name.to_string_lossy())));
+            return Err(FsError::NotFound(format!(
+                "{}/{}",
+                dir.path,
+                name.to_string_lossy()
+            )));
         };
         let child = path::join(&dir.path, name.as_str());
         let is_data_name = name.as_str() == self.config.data_name;
@@ -253,7 +257,13 @@ impl<B: ZkBackend> ZkFs<B> {
         let inode = self.inode(ino)?;
         let view = self.view(&inode.path).await?;
         if inode.role == Role::DataFile {
-            return Ok(self.attr_for(ino, &inode.path, Role::DataFile, FileKind::RegularFile, &view));
+            return Ok(self.attr_for(
+                ino,
+                &inode.path,
+                Role::DataFile,
+                FileKind::RegularFile,
+                &view,
+            ));
         }
         let kind = self.kind_of(&inode.path, &view);
         if ino != ROOT_INO && (kind != inode.kind || view.stat.czxid != inode.czxid) {
@@ -296,7 +306,12 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     /// Bytes `[offset, offset+size)` of an open file's content.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<(Arc<[u8]>, usize, usize), FsError> {
+    pub fn read(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<(Arc<[u8]>, usize, usize), FsError> {
         let files = lock(&self.files);
         let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
         let len = file.data.len();
@@ -379,7 +394,7 @@ impl<B: ZkBackend> ZkFs<B> {
             name: "..".into(),
             attr: parent_attr,
         });
-        if view.stat.data_length > 0 && !names.iter().any(|n| *n == self.config.data_name) {
+        if view.stat.data_length > 0 && !names.contains(&self.config.data_name) {
             let dino = lock(&self.inodes).resolve(
                 &dir.path,
                 Role::DataFile,
@@ -388,7 +403,13 @@ impl<B: ZkBackend> ZkFs<B> {
             );
             entries.push(DirEntry {
                 name: self.config.data_name.clone(),
-                attr: self.attr_for(dino, &dir.path, Role::DataFile, FileKind::RegularFile, &view),
+                attr: self.attr_for(
+                    dino,
+                    &dir.path,
+                    Role::DataFile,
+                    FileKind::RegularFile,
+                    &view,
+                ),
             });
         }
         for ((name, child), result) in names.into_iter().zip(child_paths).zip(views) {
@@ -410,7 +431,9 @@ impl<B: ZkBackend> ZkFs<B> {
 
     pub async fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, FsError> {
         let inode = self.inode(ino)?;
-        let name = name.to_str().ok_or_else(|| FsError::NoXattr(inode.path.clone()))?;
+        let name = name
+            .to_str()
+            .ok_or_else(|| FsError::NoXattr(inode.path.clone()))?;
         if ino == ROOT_INO
             && let Some(key) = name.strip_prefix(xattr::MOUNT_PREFIX)
         {

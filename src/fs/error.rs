@@ -18,8 +18,6 @@ pub enum FsError {
     Stale(String),
     /// No such extended attribute.
     NoXattr(String),
-    /// An operation zkfs refuses by design (hard links, chmod, ...).
-    NotPermitted(String, &'static str),
     BadFileHandle,
     /// A ZooKeeper call failed.
     Zk {
@@ -52,7 +50,6 @@ impl FsError {
             // file changed identity on the server.
             FsError::Stale(_) => libc::ESTALE,
             FsError::NoXattr(_) => libc::ENODATA,
-            FsError::NotPermitted(..) => libc::EPERM,
             FsError::BadFileHandle => libc::EBADF,
             FsError::Zk { error, .. } => match error {
                 ZkError::NoNode => libc::ENOENT,
@@ -90,9 +87,11 @@ impl fmt::Display for FsError {
             FsError::NotDir(p) => write!(f, "{p}: not a directory"),
             FsError::IsDir(p) => write!(f, "{p}: is a directory"),
             FsError::ReadOnly(p) => write!(f, "{p}: mount is read-only"),
-            FsError::Stale(p) => write!(f, "{p}: node changed identity (deleted, re-created or changed kind)"),
+            FsError::Stale(p) => write!(
+                f,
+                "{p}: node changed identity (deleted, re-created or changed kind)"
+            ),
             FsError::NoXattr(p) => write!(f, "{p}: no such extended attribute"),
-            FsError::NotPermitted(p, why) => write!(f, "{p}: {why}"),
             FsError::BadFileHandle => write!(f, "unknown file handle"),
             FsError::Zk { path, op, error } => write!(f, "{path}: ZooKeeper {op} failed: {error}"),
         }
@@ -105,10 +104,22 @@ mod tests {
 
     #[test]
     fn errno_table() {
-        assert_eq!(FsError::zk("/a", "getData", ZkError::NoNode).errno(), libc::ENOENT);
-        assert_eq!(FsError::zk("/a", "setData", ZkError::BadVersion).errno(), libc::ESTALE);
-        assert_eq!(FsError::zk("/a", "getData", ZkError::NoAuth).errno(), libc::EACCES);
-        assert_eq!(FsError::zk("/a", "getData", ZkError::Timeout).errno(), libc::ETIMEDOUT);
+        assert_eq!(
+            FsError::zk("/a", "getData", ZkError::NoNode).errno(),
+            libc::ENOENT
+        );
+        assert_eq!(
+            FsError::zk("/a", "setData", ZkError::BadVersion).errno(),
+            libc::ESTALE
+        );
+        assert_eq!(
+            FsError::zk("/a", "getData", ZkError::NoAuth).errno(),
+            libc::EACCES
+        );
+        assert_eq!(
+            FsError::zk("/a", "getData", ZkError::Timeout).errno(),
+            libc::ETIMEDOUT
+        );
         assert_eq!(FsError::ReadOnly("/a".into()).errno(), libc::EROFS);
     }
 }

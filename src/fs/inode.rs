@@ -110,6 +110,7 @@ impl InodeTable {
         ino
     }
 
+    #[cfg(test)]
     /// Whether `ino` is still the current inode of its (path, role).
     pub fn is_current(&self, ino: u64) -> bool {
         self.by_ino

@@ -15,6 +15,9 @@ pub mod inode;
 pub mod name;
 pub mod xattr;
 
-pub use self::core::{DirEntry, Entry, FsConfig, Invalidation, Invalidator, MountStatus, ZkFs};
+pub use self::core::{FsConfig, Invalidation, Invalidator, MountStatus, ZkFs};
 pub use attr::{Attr, FileKind};
 pub use error::FsError;
+
+#[cfg(test)]
+mod tests;

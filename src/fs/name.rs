@@ -47,7 +47,9 @@ impl NodeName {
         }
         // ZooKeeper rejects U+0000-001F, U+007F-009F and a few others.
         if s.chars().any(|c| {
-            c.is_control() || ('\u{e000}'..='\u{f8ff}').contains(&c) || ('\u{fff0}'..='\u{ffff}').contains(&c)
+            c.is_control()
+                || ('\u{e000}'..='\u{f8ff}').contains(&c)
+                || ('\u{fff0}'..='\u{ffff}').contains(&c)
         }) {
             return Err(NameError::Control);
         }
@@ -72,6 +74,9 @@ mod tests {
         assert_eq!(NodeName::parse_str("a/b"), Err(NameError::Slash));
         assert_eq!(NodeName::parse_str("a\nb"), Err(NameError::Control));
         use std::os::unix::ffi::OsStrExt;
-        assert_eq!(NodeName::parse(OsStr::from_bytes(b"\xff")), Err(NameError::NotUtf8));
+        assert_eq!(
+            NodeName::parse(OsStr::from_bytes(b"\xff")),
+            Err(NameError::NotUtf8)
+        );
     }
 }

@@ -16,9 +16,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use tracing::{Level, event};
 
@@ -139,10 +139,14 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let fs = self.fs.clone();
         let name = name.to_os_string();
-        self.dispatch("lookup", async move { fs.lookup(parent.0, &name).await }, move |r| match r {
-            Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.dispatch(
+            "lookup",
+            async move { fs.lookup(parent.0, &name).await },
+            move |r| match r {
+                Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -151,10 +155,14 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
-        self.dispatch("getattr", async move { fs.getattr(ino.0).await }, move |r| match r {
-            Ok(attr) => reply.attr(&TTL, &to_file_attr(&attr)),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.dispatch(
+            "getattr",
+            async move { fs.getattr(ino.0).await },
+            move |r| match r {
+                Ok(attr) => reply.attr(&TTL, &to_file_attr(&attr)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn setattr(
@@ -181,17 +189,21 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let fs = self.fs.clone();
-        self.dispatch("open", async move { fs.open(ino.0, write).await }, move |r| match r {
-            Ok((fh, keep_cache)) => {
-                let flags = if keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags)
-            }
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.dispatch(
+            "open",
+            async move { fs.open(ino.0, write).await },
+            move |r| match r {
+                Ok((fh, keep_cache)) => {
+                    let flags = if keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn read(
@@ -255,23 +267,27 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         mut reply: ReplyDirectory,
     ) {
         let fs = self.fs.clone();
-        self.dispatch("readdir", async move { fs.readdir(fh.0, offset).await }, move |r| match r {
-            Ok(entries) => {
-                for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-                    let full = reply.add(
-                        INodeNo(entry.attr.ino),
-                        (i + 1) as u64,
-                        to_file_type(entry.attr.kind),
-                        &entry.name,
-                    );
-                    if full {
-                        break;
+        self.dispatch(
+            "readdir",
+            async move { fs.readdir(fh.0, offset).await },
+            move |r| match r {
+                Ok(entries) => {
+                    for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+                        let full = reply.add(
+                            INodeNo(entry.attr.ino),
+                            (i + 1) as u64,
+                            to_file_type(entry.attr.kind),
+                            &entry.name,
+                        );
+                        if full {
+                            break;
+                        }
                     }
+                    reply.ok()
                 }
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(&e)),
-        });
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn readdirplus(
@@ -333,10 +349,14 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let fs = self.fs.clone();
         let name = name.to_os_string();
-        self.dispatch("getxattr", async move { fs.getxattr(ino.0, &name).await }, move |r| match r {
-            Ok(value) => reply_xattr(reply, size, &value),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.dispatch(
+            "getxattr",
+            async move { fs.getxattr(ino.0, &name).await },
+            move |r| match r {
+                Ok(value) => reply_xattr(reply, size, &value),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {

@@ -7,7 +7,6 @@
 //! mtimes strictly increasing. It must not decide how nodes look as files.
 
 use std::collections::{BTreeSet, HashMap};
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use lru::LruCache;
@@ -90,10 +89,6 @@ impl NodeCache {
 
     pub fn get(&self, path: &str) -> Option<&CachedNode> {
         self.nodes.get(path)
-    }
-
-    pub fn get_mut(&mut self, path: &str) -> Option<&mut CachedNode> {
-        self.nodes.get_mut(path)
     }
 
     /// Data of a cached node, marking it recently used.

@@ -17,5 +17,5 @@ pub mod path;
 pub mod session;
 pub mod store;
 
-pub use backend::{AclEntry, NodeEvent, NodeEventKind, NodeStat, ZkBackend, ZkError};
+pub use backend::{NodeEvent, NodeEventKind, NodeStat, ZkBackend, ZkError};
 pub use store::{Change, NodeView, Store};

@@ -125,7 +125,10 @@ async fn connect(config: &SessionConfig, timeout: Duration) -> Result<zk::Client
     let connector = zk::Client::connector().with_session_timeout(config.session_timeout);
     match tokio::time::timeout(timeout, connector.connect(&config.servers)).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(format!("cannot connect to ZooKeeper at {}: {e}", config.servers)),
+        Ok(Err(e)) => Err(format!(
+            "cannot connect to ZooKeeper at {}: {e}",
+            config.servers
+        )),
         Err(_) => Err(format!(
             "cannot connect to ZooKeeper at {}: no server answered within {:?}",
             config.servers, timeout
@@ -165,23 +168,31 @@ impl ZkSession {
     }
 
     fn client(&self) -> Option<zk::Client> {
-        self.client.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Close the session (its ephemeral nodes vanish at once) and wait, bounded,
     /// until the server acknowledged it.
     pub async fn close(&self) {
         self.shutdown.send_replace(true);
-        let client = self.client.write().unwrap_or_else(|e| e.into_inner()).take();
+        let client = self
+            .client
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let Some(client) = client else {
             return;
         };
         let mut state = client.state_watcher();
         drop(client);
-        let wait = async {
-            while !state.changed().await.is_terminated() {}
-        };
-        if tokio::time::timeout(Duration::from_secs(3), wait).await.is_err() {
+        let wait = async { while !state.changed().await.is_terminated() {} };
+        if tokio::time::timeout(Duration::from_secs(3), wait)
+            .await
+            .is_err()
+        {
             warn!("ZooKeeper did not confirm closing the session");
         }
         self.set_state(ConnState::Closed);
@@ -302,7 +313,9 @@ impl ZkSession {
                          (needs 3.6 or newer); the cache cannot be kept coherent"
                     );
                 }
-                Ok(Err(e)) => warn!(root = %self.config.root, error = %e, "cannot add root watch; retrying"),
+                Ok(Err(e)) => {
+                    warn!(root = %self.config.root, error = %e, "cannot add root watch; retrying")
+                }
                 Err(_) => warn!(root = %self.config.root, "adding root watch timed out; retrying"),
             }
             if state.peek_state().is_terminated() {
@@ -413,12 +426,11 @@ impl ZkBackend for ZkSession {
     fn get_acl(&self, path: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {
         let client = self.client();
         let path = path.to_string();
-        let bounded = self.bounded(async move {
+        self.bounded(async move {
             let Some(client) = client else {
                 return Err(zk::Error::ClientClosed);
             };
-            client
-                .get_acl(&path).await.map(|(acls, _)| {
+            client.get_acl(&path).await.map(|(acls, _)| {
                 acls.iter()
                     .map(|a| AclEntry {
                         scheme: a.scheme().to_string(),
@@ -427,8 +439,7 @@ impl ZkBackend for ZkSession {
                     })
                     .collect::<Vec<_>>()
             })
-        });
-        bounded
+        })
     }
 
     fn is_connected(&self) -> bool {

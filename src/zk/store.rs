@@ -74,10 +74,6 @@ impl<B: ZkBackend> Store<B> {
         }
     }
 
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
-
     fn cache(&self) -> MutexGuard<'_, NodeCache> {
         // A panic while holding the lock leaves the cache usable: every
         // mutation keeps it consistent step by step.
@@ -184,7 +180,8 @@ impl<B: ZkBackend> Store<B> {
         let result = self.backend.get_data(path).await;
         let mut cache = self.cache();
         cache.end_fetch(path, ticket);
-        self.record_data(&mut cache, path, ticket, result).map(|(v, _)| v)
+        self.record_data(&mut cache, path, ticket, result)
+            .map(|(v, _)| v)
     }
 
     /// Store one `getData` answer; returns the view and whether it changed.
@@ -239,10 +236,18 @@ impl<B: ZkBackend> Store<B> {
         for chunk in to_fetch.chunks(PIPELINE_DEPTH) {
             let tickets: Vec<FetchTicket> = {
                 let mut cache = self.cache();
-                chunk.iter().map(|&i| cache.begin_fetch(&paths[i])).collect()
+                chunk
+                    .iter()
+                    .map(|&i| cache.begin_fetch(&paths[i]))
+                    .collect()
             };
-            let answers =
-                await_all(chunk.iter().map(|&i| self.backend.get_data(&paths[i])).collect()).await;
+            let answers = await_all(
+                chunk
+                    .iter()
+                    .map(|&i| self.backend.get_data(&paths[i]))
+                    .collect(),
+            )
+            .await;
             let mut cache = self.cache();
             for ((&i, ticket), answer) in chunk.iter().zip(tickets).zip(answers) {
                 cache.end_fetch(&paths[i], ticket);
@@ -323,8 +328,7 @@ impl<B: ZkBackend> Store<B> {
                 let mut cache = self.cache();
                 chunk.iter().map(|p| cache.begin_fetch(p)).collect()
             };
-            let answers =
-                await_all(chunk.iter().map(|p| self.backend.get_data(p)).collect()).await;
+            let answers = await_all(chunk.iter().map(|p| self.backend.get_data(p)).collect()).await;
             let mut cache = self.cache();
             for ((p, ticket), answer) in chunk.iter().zip(tickets).zip(answers) {
                 cache.end_fetch(p, ticket);

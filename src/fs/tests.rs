@@ -1,0 +1,433 @@
+//! Tests of the filesystem core against the in-memory fake ZooKeeper: the
+//! mapping rules, cache hits without round trips, coherence from events and
+//! resync, and a randomized reference-model test in which "another client"
+//! changes the tree (with events delivered, or lost and recovered by resync).
+
+use std::ffi::OsStr;
+use std::sync::{Arc, Mutex};
+
+use super::inode::ROOT_INO;
+use super::*;
+use crate::fs::attr::Presentation;
+use crate::zk::fake::FakeZk;
+use crate::zk::{NodeEvent, Store};
+
+#[derive(Default, Clone)]
+struct Recorder(Arc<Mutex<Vec<Invalidation>>>);
+
+impl Invalidator for Recorder {
+    fn invalidate(&self, invalidation: Invalidation) {
+        self.0.lock().expect("recorder lock").push(invalidation);
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Invalidation> {
+        std::mem::take(&mut *self.0.lock().expect("recorder lock"))
+    }
+}
+
+struct NoStatus;
+
+impl MountStatus for NoStatus {
+    fn attributes(&self) -> Vec<(String, String)> {
+        vec![("state".into(), "connected".into())]
+    }
+}
+
+struct Harness {
+    zk: Arc<FakeZk>,
+    fs: ZkFs<Arc<FakeZk>>,
+    invalidations: Recorder,
+}
+
+fn harness_with_limit(limit: usize) -> Harness {
+    let zk = Arc::new(FakeZk::new());
+    let invalidations = Recorder::default();
+    let fs = ZkFs::new(
+        Store::new(zk.clone(), limit),
+        FsConfig {
+            root: "/".into(),
+            data_name: ".data".into(),
+            presentation: Presentation {
+                uid: 1000,
+                gid: 1000,
+                file_mode: 0o644,
+                dir_mode: 0o755,
+                read_only: true,
+            },
+        },
+        Box::new(invalidations.clone()),
+        Box::new(NoStatus),
+    );
+    Harness {
+        zk,
+        fs,
+        invalidations,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with_limit(1 << 20)
+}
+
+impl Harness {
+    /// "Another client" changes the tree; the watch delivers the events.
+    fn apply(&self, events: Result<Vec<NodeEvent>, crate::zk::ZkError>) {
+        for event in events.expect("fake zk mutation") {
+            self.fs.apply_event(&event);
+        }
+    }
+
+    async fn resolve(&self, path: &str) -> Result<Attr, FsError> {
+        let mut ino = ROOT_INO;
+        let mut attr = self.fs.getattr(ROOT_INO).await?;
+        for element in path.split('/').filter(|e| !e.is_empty()) {
+            attr = self.fs.lookup(ino, OsStr::new(element)).await?.attr;
+            ino = attr.ino;
+        }
+        Ok(attr)
+    }
+
+    async fn cat(&self, path: &str) -> Result<Vec<u8>, FsError> {
+        let attr = self.resolve(path).await?;
+        let (fh, _) = self.fs.open(attr.ino, false).await?;
+        let (data, start, end) = self.fs.read(fh, 0, 1 << 30)?;
+        self.fs.release(fh);
+        Ok(data[start..end].to_vec())
+    }
+
+    async fn ls(&self, path: &str) -> Result<Vec<(String, FileKind)>, FsError> {
+        let attr = self.resolve(path).await?;
+        let fh = self.fs.opendir(attr.ino)?;
+        let listing = self.fs.readdir(fh, 0).await?;
+        self.fs.releasedir(fh);
+        Ok(listing
+            .iter()
+            .filter(|e| e.name != "." && e.name != "..")
+            .map(|e| (e.name.clone(), e.attr.kind))
+            .collect())
+    }
+}
+
+fn names(listing: &[(String, FileKind)]) -> Vec<&str> {
+    listing.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[tokio::test]
+async fn mapping_rules() {
+    let h = harness();
+    h.apply(h.zk.create("/config", b"", 0));
+    h.apply(h.zk.create("/config/app.json", b"{\"a\":1}", 0));
+    h.apply(h.zk.create("/svc", b"team", 0));
+    h.apply(h.zk.create("/svc/web", b"", 0));
+    h.apply(h.zk.create("/svc/web/10.0.0.5:8080", b"", 77));
+
+    let app = h.resolve("/config/app.json").await.expect("file");
+    assert_eq!(app.kind, FileKind::RegularFile);
+    assert_eq!(app.size, 7);
+    assert_eq!(app.perm, 0o444, "read-only mount drops write bits");
+    assert_eq!(h.cat("/config/app.json").await.expect("cat"), b"{\"a\":1}");
+
+    // A directory node with data shows it as .data; empty persistent → directory.
+    assert_eq!(
+        h.resolve("/svc").await.expect("dir").kind,
+        FileKind::Directory
+    );
+    assert_eq!(names(&h.ls("/svc").await.expect("ls")), [".data", "web"]);
+    assert_eq!(h.cat("/svc/.data").await.expect(".data"), b"team");
+    // An ephemeral node is a file even when empty.
+    let eph = h
+        .resolve("/svc/web/10.0.0.5:8080")
+        .await
+        .expect("ephemeral");
+    assert_eq!(eph.kind, FileKind::RegularFile);
+    assert_eq!(eph.size, 0);
+    // .data of a directory without data: not listed, still openable, empty.
+    assert_eq!(names(&h.ls("/config").await.expect("ls")), ["app.json"]);
+    assert_eq!(h.cat("/config/.data").await.expect(".data"), b"");
+    // Names ZooKeeper cannot store cannot exist.
+    assert_eq!(
+        h.resolve("/config/a\nb").await.map(|_| ()),
+        Err(FsError::NotFound("/config/a\nb".into()))
+    );
+}
+
+#[tokio::test]
+async fn real_child_named_like_data_file_wins() {
+    let h = harness();
+    h.apply(h.zk.create("/d", b"own", 0));
+    h.apply(h.zk.create("/d/.data", b"child", 0));
+    assert_eq!(names(&h.ls("/d").await.expect("ls")), [".data"]);
+    assert_eq!(h.cat("/d/.data").await.expect("cat"), b"child");
+    assert_eq!(
+        h.fs.getxattr(
+            h.resolve("/d").await.expect("d").ino,
+            OsStr::new("user.zk.data")
+        )
+        .await
+        .expect("xattr"),
+        b"own"
+    );
+}
+
+#[tokio::test]
+async fn cached_reads_make_no_requests() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"x", 0));
+    h.apply(h.zk.create("/a/b", b"hello", 0));
+    assert_eq!(h.cat("/a/b").await.expect("cat"), b"hello");
+    h.ls("/a").await.expect("ls");
+    let before = h.zk.requests();
+    for _ in 0..10 {
+        assert_eq!(h.cat("/a/b").await.expect("cat"), b"hello");
+        h.ls("/a").await.expect("ls");
+        h.resolve("/a/b").await.expect("stat");
+    }
+    assert_eq!(
+        h.zk.requests(),
+        before,
+        "cache hits must not contact ZooKeeper"
+    );
+}
+
+#[tokio::test]
+async fn another_clients_changes_become_visible() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let before = h.resolve("/cfg").await.expect("stat");
+    assert_eq!(h.cat("/cfg").await.expect("cat"), b"v1");
+    h.invalidations.take();
+
+    h.apply(h.zk.set("/cfg", b"version-2"));
+    assert!(
+        h.invalidations
+            .take()
+            .contains(&Invalidation::Inode(before.ino)),
+        "data change invalidates the inode"
+    );
+    assert_eq!(h.cat("/cfg").await.expect("cat"), b"version-2");
+    let after = h.resolve("/cfg").await.expect("stat");
+    assert_eq!(after.ino, before.ino);
+    assert_eq!(after.size, 9);
+    assert!(
+        after.mtime_ns > before.mtime_ns,
+        "mtime grows even within one millisecond"
+    );
+
+    h.apply(h.zk.create("/new", b"n", 0));
+    assert_eq!(names(&h.ls("/").await.expect("ls")), ["cfg", "new"]);
+
+    h.apply(h.zk.delete("/cfg"));
+    assert!(h.invalidations.take().contains(&Invalidation::Entry {
+        parent: ROOT_INO,
+        name: "cfg".into()
+    }));
+    assert!(matches!(h.resolve("/cfg").await, Err(FsError::NotFound(_))));
+    assert!(matches!(
+        h.fs.getattr(before.ino).await,
+        Err(FsError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn file_gaining_a_child_becomes_a_directory_with_a_new_inode() {
+    let h = harness();
+    h.apply(h.zk.create("/f", b"data", 0));
+    let file = h.resolve("/f").await.expect("file");
+    assert_eq!(file.kind, FileKind::RegularFile);
+    h.apply(h.zk.create("/f/child", b"c", 0));
+    let dir = h.resolve("/f").await.expect("dir");
+    assert_eq!(dir.kind, FileKind::Directory);
+    assert_ne!(dir.ino, file.ino);
+    assert!(matches!(
+        h.fs.getattr(file.ino).await,
+        Err(FsError::Stale(_))
+    ));
+    assert_eq!(names(&h.ls("/f").await.expect("ls")), [".data", "child"]);
+
+    // Deleted and re-created: a new inode too.
+    h.apply(h.zk.delete("/f/child"));
+    h.apply(h.zk.create("/f/child", b"again", 0));
+    let child = h.resolve("/f/child").await.expect("child");
+    h.apply(h.zk.delete("/f/child"));
+    h.apply(h.zk.create("/f/child", b"third", 0));
+    assert_ne!(h.resolve("/f/child").await.expect("child").ino, child.ino);
+}
+
+#[tokio::test]
+async fn disconnected_serves_cache_and_fails_uncached() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"1", 0));
+    h.apply(h.zk.create("/b", b"2", 0));
+    assert_eq!(h.cat("/a").await.expect("cat"), b"1");
+    h.zk.set_connected(false);
+    assert_eq!(h.cat("/a").await.expect("cached"), b"1");
+    let err = h.cat("/b").await.expect_err("uncached while down");
+    assert_eq!(err.errno(), libc::EIO);
+    // A stale entry is still served while down.
+    h.fs.apply_event(&NodeEvent {
+        kind: crate::zk::NodeEventKind::DataChanged,
+        path: "/a".into(),
+    });
+    assert_eq!(h.cat("/a").await.expect("stale but served"), b"1");
+}
+
+#[tokio::test]
+async fn resync_recovers_lost_events() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"1", 0));
+    h.apply(h.zk.create("/gone", b"x", 0));
+    assert_eq!(names(&h.ls("/").await.expect("ls")), ["a", "gone"]);
+    assert_eq!(h.cat("/a").await.expect("cat"), b"1");
+    // Changes while disconnected: the events are lost.
+    h.zk.set("/a", b"2").expect("set");
+    h.zk.delete("/gone").expect("delete");
+    h.zk.create("/fresh", b"f", 0).expect("create");
+    h.invalidations.take();
+    h.fs.resync().await;
+    assert!(!h.invalidations.take().is_empty());
+    assert_eq!(h.cat("/a").await.expect("cat"), b"2");
+    assert_eq!(names(&h.ls("/").await.expect("ls")), ["a", "fresh"]);
+}
+
+#[tokio::test]
+async fn cache_size_bounds_data_and_reloads_evicted() {
+    let h = harness_with_limit(10);
+    h.apply(h.zk.create("/a", b"123456", 0));
+    h.apply(h.zk.create("/b", b"abcdef", 0));
+    assert_eq!(h.cat("/a").await.expect("a"), b"123456");
+    assert_eq!(h.cat("/b").await.expect("b"), b"abcdef");
+    assert!(h.fs.store().usage().1 <= 10);
+    assert_eq!(h.cat("/a").await.expect("a again"), b"123456");
+}
+
+#[tokio::test]
+async fn xattrs() {
+    let h = harness();
+    h.apply(h.zk.create("/n", b"abc", 0));
+    h.apply(h.zk.set("/n", b"abcd"));
+    let ino = h.resolve("/n").await.expect("n").ino;
+    let get = |name: &'static str| h.fs.getxattr(ino, OsStr::new(name));
+    assert_eq!(get("user.zk.version").await.expect("version"), b"1");
+    assert_eq!(get("user.zk.data_length").await.expect("len"), b"4");
+    assert_eq!(get("user.zk.ephemeral_owner").await.expect("owner"), b"0x0");
+    assert_eq!(
+        get("user.zk.acl").await.expect("acl"),
+        b"world:anyone:cdrwa"
+    );
+    assert!(matches!(
+        get("user.zk.nope").await,
+        Err(FsError::NoXattr(_))
+    ));
+    assert!(matches!(
+        get("user.zk.data").await,
+        Err(FsError::NoXattr(_))
+    ));
+    let root_names = h.fs.listxattr(ROOT_INO).expect("list");
+    assert!(root_names.iter().any(|n| n == "user.zkfs.state"));
+    assert_eq!(
+        h.fs.getxattr(ROOT_INO, OsStr::new("user.zkfs.state"))
+            .await
+            .expect("state"),
+        b"connected"
+    );
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce by seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The reference model is the fake's own tree; the check walks it and
+/// compares what the filesystem shows: every directory's listing, every
+/// file's content and every node's kind.
+async fn check_against_model(h: &Harness, seed: u64, step: usize) {
+    for p in h.zk.all_paths() {
+        let Some(stat) = h.zk.stat(&p) else { continue };
+        let data = h.zk.data(&p).unwrap_or_default();
+        let expected_kind = attr::node_kind(&stat, p == "/", false);
+        let attr = h
+            .resolve(&p)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed} step {step}: resolve {p}: {e}"));
+        assert_eq!(
+            attr.kind, expected_kind,
+            "seed {seed} step {step}: kind of {p}"
+        );
+        if expected_kind == FileKind::Directory {
+            let mut expected: Vec<String> = h.zk.children(&p);
+            if !data.is_empty() && !expected.iter().any(|n| n == ".data") {
+                expected.push(".data".into());
+            }
+            expected.sort();
+            let mut shown: Vec<String> = h
+                .ls(&p)
+                .await
+                .expect("ls")
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            shown.sort();
+            assert_eq!(shown, expected, "seed {seed} step {step}: listing of {p}");
+        } else {
+            let content = h.cat(&p).await.expect("cat");
+            assert_eq!(content, data, "seed {seed} step {step}: content of {p}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn randomized_other_client_changes_match_reference_model() {
+    for seed in 1..=40u64 {
+        let h = harness();
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let names = ["a", "b", "c", ".data"];
+        for step in 0..60 {
+            let paths = h.zk.all_paths();
+            let target = &paths[rng.below(paths.len())];
+            let name = names[rng.below(names.len())];
+            let payload = format!("v{step}").into_bytes();
+            let payload = if rng.below(4) == 0 {
+                Vec::new()
+            } else {
+                payload
+            };
+            let result = match rng.below(4) {
+                0 | 1 => h.zk.create(
+                    &crate::zk::path::join(target, name),
+                    &payload,
+                    if rng.below(5) == 0 { 42 } else { 0 },
+                ),
+                2 => h.zk.set(target, &payload),
+                _ if target != "/" => h.zk.delete(target),
+                _ => continue,
+            };
+            h.zk.tick(rng.below(2) as i64);
+            let Ok(events) = result else { continue };
+            // Usually the watch delivers the event; sometimes it is lost
+            // (disconnect) and a resync must repair the cache.
+            if rng.below(6) == 0 {
+                h.fs.resync().await;
+            } else {
+                for event in &events {
+                    h.fs.apply_event(event);
+                }
+            }
+            if step % 5 == 0 {
+                check_against_model(&h, seed, step).await;
+            }
+        }
+        check_against_model(&h, seed, 60).await;
+    }
+}

@@ -1,0 +1,230 @@
+//! An in-memory ZooKeeper for unit and property tests: a tree of nodes with
+//! real-looking `Stat`s, a request counter, a connectivity switch, and
+//! mutations that return the watch events a persistent recursive watch on `/`
+//! would deliver. Never used instead of the real server in integration tests.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::backend::{AclEntry, NodeEvent, NodeEventKind, NodeStat, ZkBackend, ZkError};
+use super::path;
+
+struct State {
+    nodes: BTreeMap<String, (Vec<u8>, NodeStat)>,
+    zxid: i64,
+    now_ms: i64,
+}
+
+pub struct FakeZk {
+    state: Mutex<State>,
+    connected: AtomicBool,
+    requests: AtomicU64,
+}
+
+impl Default for FakeZk {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeZk {
+    pub fn new() -> Self {
+        let mut nodes = BTreeMap::new();
+        nodes.insert("/".to_string(), (Vec::new(), NodeStat::default()));
+        FakeZk {
+            state: Mutex::new(State {
+                nodes,
+                zxid: 0,
+                now_ms: 1_700_000_000_000,
+            }),
+            connected: AtomicBool::new(true),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::SeqCst);
+    }
+
+    /// Advance the server clock (mtimes are in milliseconds).
+    pub fn tick(&self, ms: i64) {
+        self.state().now_ms += ms;
+    }
+
+    pub fn exists(&self, p: &str) -> bool {
+        self.state().nodes.contains_key(p)
+    }
+
+    pub fn data(&self, p: &str) -> Option<Vec<u8>> {
+        self.state().nodes.get(p).map(|(d, _)| d.clone())
+    }
+
+    pub fn stat(&self, p: &str) -> Option<NodeStat> {
+        self.state().nodes.get(p).map(|(_, s)| *s)
+    }
+
+    pub fn children(&self, p: &str) -> Vec<String> {
+        let state = self.state();
+        Self::children_of(&state, p)
+    }
+
+    pub fn all_paths(&self) -> Vec<String> {
+        self.state().nodes.keys().cloned().collect()
+    }
+
+    fn children_of(state: &State, p: &str) -> Vec<String> {
+        state
+            .nodes
+            .keys()
+            .filter(|k| k.as_str() != "/" && path::parent(k) == Some(p))
+            .map(|k| path::basename(k).to_string())
+            .collect()
+    }
+
+    /// Create a node (parent must exist). `owner` ≠ 0 makes it ephemeral.
+    pub fn create(&self, p: &str, data: &[u8], owner: i64) -> Result<Vec<NodeEvent>, ZkError> {
+        let mut state = self.state();
+        let parent = path::parent(p).ok_or(ZkError::NodeExists)?.to_string();
+        if state.nodes.contains_key(p) {
+            return Err(ZkError::NodeExists);
+        }
+        let parent_stat = state
+            .nodes
+            .get(&parent)
+            .map(|(_, s)| *s)
+            .ok_or(ZkError::NoNode)?;
+        if parent_stat.ephemeral_owner != 0 {
+            return Err(ZkError::Other("NoChildrenForEphemerals".into()));
+        }
+        state.zxid += 1;
+        let zxid = state.zxid;
+        let now = state.now_ms;
+        state.nodes.insert(
+            p.to_string(),
+            (
+                data.to_vec(),
+                NodeStat {
+                    czxid: zxid,
+                    mzxid: zxid,
+                    pzxid: zxid,
+                    ctime: now,
+                    mtime: now,
+                    ephemeral_owner: owner,
+                    data_length: data.len() as i32,
+                    ..NodeStat::default()
+                },
+            ),
+        );
+        if let Some((_, s)) = state.nodes.get_mut(&parent) {
+            s.num_children += 1;
+            s.cversion += 1;
+            s.pzxid = zxid;
+        }
+        Ok(vec![NodeEvent {
+            kind: NodeEventKind::Created,
+            path: p.to_string(),
+        }])
+    }
+
+    pub fn set(&self, p: &str, data: &[u8]) -> Result<Vec<NodeEvent>, ZkError> {
+        let mut state = self.state();
+        state.zxid += 1;
+        let (zxid, now) = (state.zxid, state.now_ms);
+        let (d, s) = state.nodes.get_mut(p).ok_or(ZkError::NoNode)?;
+        *d = data.to_vec();
+        s.mzxid = zxid;
+        s.mtime = now;
+        s.version += 1;
+        s.data_length = data.len() as i32;
+        Ok(vec![NodeEvent {
+            kind: NodeEventKind::DataChanged,
+            path: p.to_string(),
+        }])
+    }
+
+    pub fn delete(&self, p: &str) -> Result<Vec<NodeEvent>, ZkError> {
+        let mut state = self.state();
+        if !state.nodes.contains_key(p) {
+            return Err(ZkError::NoNode);
+        }
+        if !Self::children_of(&state, p).is_empty() {
+            return Err(ZkError::NotEmpty);
+        }
+        state.zxid += 1;
+        let zxid = state.zxid;
+        state.nodes.remove(p);
+        if let Some(parent) = path::parent(p)
+            && let Some((_, s)) = state.nodes.get_mut(parent)
+        {
+            s.num_children -= 1;
+            s.cversion += 1;
+            s.pzxid = zxid;
+        }
+        Ok(vec![NodeEvent {
+            kind: NodeEventKind::Deleted,
+            path: p.to_string(),
+        }])
+    }
+
+    fn check(&self) -> Result<(), ZkError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.connected.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(ZkError::ConnectionLoss)
+        }
+    }
+}
+
+impl ZkBackend for FakeZk {
+    fn get_data(
+        &self,
+        p: &str,
+    ) -> impl Future<Output = Result<(Vec<u8>, NodeStat), ZkError>> + Send {
+        let result = self
+            .check()
+            .and_then(|()| self.state().nodes.get(p).cloned().ok_or(ZkError::NoNode));
+        std::future::ready(result)
+    }
+
+    fn get_children(
+        &self,
+        p: &str,
+    ) -> impl Future<Output = Result<(Vec<String>, NodeStat), ZkError>> + Send {
+        let result = self.check().and_then(|()| {
+            let state = self.state();
+            let stat = state.nodes.get(p).map(|(_, s)| *s).ok_or(ZkError::NoNode)?;
+            Ok((Self::children_of(&state, p), stat))
+        });
+        std::future::ready(result)
+    }
+
+    fn get_acl(&self, p: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {
+        let result = self.check().and_then(|()| {
+            if self.exists(p) {
+                Ok(vec![AclEntry {
+                    scheme: "world".into(),
+                    id: "anyone".into(),
+                    perms: 31,
+                }])
+            } else {
+                Err(ZkError::NoNode)
+            }
+        });
+        std::future::ready(result)
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+}
