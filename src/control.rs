@@ -123,6 +123,17 @@ pub fn status(mountpoint: &Path, json: bool) -> Result<bool, Failure> {
     Ok(connected)
 }
 
+/// Whether `pid` is running (a zombie waiting for its parent counts as gone).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
 /// `zkfs unmount`: unmount, then wait (bounded) for the daemon to exit so its
 /// ZooKeeper session is closed when we return.
 pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
@@ -173,8 +184,7 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
     }
     if let Some(pid) = pid {
         let deadline = Instant::now() + Duration::from_secs(10);
-        // SAFETY: signal 0 only checks that the process exists.
-        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+        while process_alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -1,0 +1,261 @@
+//! Reads through a real kernel FUSE mount of a real ZooKeeper server:
+//! mapping, attributes, xattrs, coherence with another client's changes,
+//! cache hits without round trips, status.
+
+mod common;
+#[path = "support/zkops.rs"]
+mod zkops;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use common::{Mount, shared_zk, unique_root, wait_until};
+use zkops::{Other, requests, sh, xattr, xattr_string};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A seeded subtree under a unique root, mounted with that root as chroot.
+fn seeded(tag: &str) -> (Other, String, Mount) {
+    let zk = shared_zk();
+    let root = unique_root(tag);
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"");
+    other.create(&format!("{root}/config/app.json"), b"{\"threads\": 8}\n");
+    other.create(&format!("{root}/services"), b"{\"team\":\"payments\"}");
+    other.create(&format!("{root}/services/web"), b"");
+    other.create(
+        &format!("{root}/services/web/10.0.0.5:8080"),
+        b"{\"pid\": 4242}",
+    );
+    other.create(&format!("{root}/empty"), b"");
+    let mount = Mount::start(&format!("{zk}{root}"), &[]);
+    (other, root, mount)
+}
+
+#[test]
+fn data_kinds_attributes_and_data_file() {
+    let (_other, _root, mount) = seeded("kinds");
+    let m = mount.path();
+
+    assert_eq!(
+        fs::read_to_string(m.join("config/app.json")).expect("cat"),
+        "{\"threads\": 8}\n"
+    );
+    let meta = fs::metadata(m.join("config/app.json")).expect("stat");
+    assert!(meta.is_file());
+    assert_eq!(meta.len(), 15);
+    assert_eq!(meta.mode() & 0o777, 0o444, "read-only mount: no write bits");
+
+    assert!(fs::metadata(m.join("config")).expect("stat").is_dir());
+    assert!(fs::metadata(m.join("empty")).expect("empty node").is_dir());
+    let mut names: Vec<String> = fs::read_dir(m.join("services"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".data", "web"]);
+    assert_eq!(
+        fs::read_to_string(m.join("services/.data")).expect(".data"),
+        "{\"team\":\"payments\"}"
+    );
+    // .data of a directory without data: not listed but openable (empty).
+    assert_eq!(fs::read(m.join("config/.data")).expect("empty .data"), b"");
+    assert!(fs::metadata(m.join("nope")).is_err());
+
+    // Real shell tools.
+    let ls = sh("ls", &["-l", &m.join("services/web").to_string_lossy()]);
+    assert!(ls.contains("10.0.0.5:8080"), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("-r--r--r--") && l.contains(" 13 ")),
+        "{ls}"
+    );
+    let cat = sh(
+        "cat",
+        &[&m.join("services/web/10.0.0.5:8080").to_string_lossy()],
+    );
+    assert_eq!(cat, "{\"pid\": 4242}");
+    let stat = sh(
+        "stat",
+        &["-c", "%F %s", &m.join("config/app.json").to_string_lossy()],
+    );
+    assert_eq!(stat.trim(), "regular file 15");
+    let version = sh(
+        "getfattr",
+        &[
+            "--only-values",
+            "-n",
+            "user.zk.version",
+            &m.join("config/app.json").to_string_lossy(),
+        ],
+    );
+    assert_eq!(version, "0");
+}
+
+#[test]
+fn extended_attributes() {
+    let (other, root, mount) = seeded("xattr");
+    let m = mount.path();
+    other.set(&format!("{root}/config/app.json"), b"{}");
+    wait_until("new size visible", DEADLINE, || {
+        fs::metadata(m.join("config/app.json")).is_ok_and(|x| x.len() == 2)
+    });
+    let f = m.join("config/app.json");
+    assert_eq!(xattr_string(&f, "user.zk.version"), "1");
+    assert_eq!(xattr_string(&f, "user.zk.data_length"), "2");
+    assert_eq!(xattr_string(&f, "user.zk.num_children"), "0");
+    assert_eq!(xattr_string(&f, "user.zk.ephemeral_owner"), "0x0");
+    assert_eq!(xattr_string(&f, "user.zk.acl"), "world:anyone:cdrwa");
+    for name in [
+        "user.zk.cversion",
+        "user.zk.aversion",
+        "user.zk.czxid",
+        "user.zk.mzxid",
+        "user.zk.pzxid",
+        "user.zk.ctime",
+        "user.zk.mtime",
+    ] {
+        assert!(!xattr_string(&f, name).is_empty(), "{name}");
+    }
+    assert_eq!(
+        xattr_string(&m.join("services"), "user.zk.data"),
+        "{\"team\":\"payments\"}"
+    );
+    assert_eq!(
+        xattr(&f, "user.zk.bogus").map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ENODATA))
+    );
+    assert_eq!(xattr_string(m, "user.zkfs.state"), "connected");
+    assert!(xattr_string(m, "user.zkfs.session_id").starts_with("0x"));
+    let dump = sh("getfattr", &["-d", "-m", "-", &f.to_string_lossy()]);
+    assert!(dump.contains("user.zk.mzxid="), "{dump}");
+}
+
+#[test]
+fn another_clients_changes_become_visible() {
+    let (other, root, mount) = seeded("coherent");
+    let m = mount.path();
+    let app = m.join("config/app.json");
+    assert_eq!(fs::read_to_string(&app).expect("cat"), "{\"threads\": 8}\n");
+
+    // setData → cat shows it.
+    other.set(&format!("{root}/config/app.json"), b"{\"threads\": 16}\n");
+    wait_until("setData visible through cat", DEADLINE, || {
+        fs::read_to_string(&app).is_ok_and(|s| s == "{\"threads\": 16}\n")
+    });
+
+    // create → ls shows it.
+    assert_eq!(fs::read_dir(m.join("services/web")).expect("ls").count(), 1);
+    other.create(
+        &format!("{root}/services/web/10.0.0.6:8080"),
+        b"{\"pid\": 7}",
+    );
+    wait_until("new child in ls", DEADLINE, || {
+        fs::read_dir(m.join("services/web")).is_ok_and(|d| d.count() == 2)
+    });
+    assert_eq!(
+        fs::read_to_string(m.join("services/web/10.0.0.6:8080")).expect("cat new"),
+        "{\"pid\": 7}"
+    );
+
+    // delete → ENOENT.
+    other.delete(&format!("{root}/services/web/10.0.0.5:8080"));
+    wait_until("deleted node is ENOENT", DEADLINE, || {
+        fs::metadata(m.join("services/web/10.0.0.5:8080"))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    });
+    let ls = sh("ls", &[&m.join("services/web").to_string_lossy()]);
+    assert_eq!(ls.trim(), "10.0.0.6:8080");
+
+    // A child added to a file node turns it into a directory with .data.
+    assert!(fs::metadata(&app).expect("file").is_file());
+    other.create(&format!("{root}/config/app.json/override"), b"x");
+    wait_until("file became a directory", DEADLINE, || {
+        fs::metadata(&app).is_ok_and(|x| x.is_dir())
+    });
+    assert_eq!(
+        fs::read_to_string(app.join(".data")).expect(".data"),
+        "{\"threads\": 16}\n"
+    );
+    assert_eq!(
+        fs::read_to_string(app.join("override")).expect("child"),
+        "x"
+    );
+}
+
+#[test]
+fn mtime_strictly_increases_with_every_change() {
+    let (other, root, mount) = seeded("mtime");
+    let f = mount.path().join("config/app.json");
+    let mut last = fs::metadata(&f).expect("stat").modified().expect("mtime");
+    for i in 0..20 {
+        let value = format!("v{i}");
+        other.set(&format!("{root}/config/app.json"), value.as_bytes());
+        wait_until("change visible", DEADLINE, || {
+            fs::read_to_string(&f).is_ok_and(|s| s == value)
+        });
+        let now = fs::metadata(&f).expect("stat").modified().expect("mtime");
+        assert!(now > last, "change {i}: mtime {now:?} must exceed {last:?}");
+        last = now;
+    }
+}
+
+#[test]
+fn cached_reads_do_not_contact_zookeeper() {
+    let (_other, _root, mount) = seeded("hits");
+    let m = mount.path();
+    let app = m.join("config/app.json");
+    fs::read(&app).expect("first read loads");
+    fs::read_dir(m.join("services/web")).expect("ls").count();
+    let before = requests(m);
+    for _ in 0..50 {
+        assert_eq!(fs::read(&app).expect("cat").len(), 15);
+        fs::metadata(&app).expect("stat");
+        fs::read_dir(m.join("services/web")).expect("ls").count();
+        sh("cat", &[&app.to_string_lossy()]);
+    }
+    assert_eq!(
+        requests(m),
+        before,
+        "cache hits must not send ZooKeeper requests"
+    );
+}
+
+#[test]
+fn status_reports_the_session() {
+    let (other, _root, mount) = seeded("status");
+    let mp = mount.path().to_string_lossy().into_owned();
+    let out = common::run_zkfs(&["status", &mp]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("state:        connected"), "{text}");
+    let json = common::run_zkfs(&["status", "--json", &mp]);
+    assert!(json.status.success());
+    let json = String::from_utf8_lossy(&json.stdout);
+    assert!(json.contains("\"state\":\"connected\""), "{json}");
+    assert!(json.contains("\"cached_nodes\":"), "{json}");
+    assert!(json.contains("\"last_contact_age_ms\":"), "{json}");
+    // The session id is a real one: it differs from the other client's.
+    let id = xattr_string(mount.path(), "user.zkfs.session_id");
+    assert_ne!(id, format!("{:#x}", other.session_id()));
+}
+
+#[test]
+fn root_option_presents_a_subtree() {
+    let zk = shared_zk();
+    let root = unique_root("rootopt");
+    let other = Other::connect(&zk);
+    other.ensure(&format!("{root}/a/b"));
+    other.create(&format!("{root}/a/b/leaf"), b"leaf");
+    let mount = Mount::start(&zk, &["--root", &format!("{root}/a")]);
+    assert_eq!(
+        fs::read_to_string(mount.path().join("b/leaf")).expect("cat"),
+        "leaf"
+    );
+    other.set(&format!("{root}/a/b/leaf"), b"leaf2");
+    wait_until("change under --root visible", DEADLINE, || {
+        fs::read_to_string(mount.path().join("b/leaf")).is_ok_and(|s| s == "leaf2")
+    });
+}
