@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses a subset
 //! Small synchronous wrappers used by the integration tests: a separate
 //! ZooKeeper client driven from plain test threads, shell-tool helpers and
 //! xattr reads through the kernel.
