@@ -84,6 +84,8 @@ pub struct ZkSession {
     /// `None` once closed.
     client: RwLock<Option<zk::Client>>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// The root watch added by `connect`, taken by the first `follow`.
+    initial_watcher: Mutex<Option<zk::PersistentWatcher>>,
     status: Mutex<Status>,
     connected: AtomicBool,
     requests: AtomicU64,
@@ -145,6 +147,7 @@ impl ZkSession {
         let session = ZkSession {
             client: RwLock::new(Some(client)),
             shutdown: tokio::sync::watch::Sender::new(false),
+            initial_watcher: Mutex::new(None),
             status: Mutex::new(Status {
                 state: ConnState::Connected,
                 session_id,
@@ -155,7 +158,7 @@ impl ZkSession {
             config,
         };
         match session.get_data(&session.config.root).await {
-            Ok(_) => Ok(session),
+            Ok(_) => Ok(()),
             Err(ZkError::NoNode) => Err(format!(
                 "root {} does not exist on {}",
                 session.config.root, session.config.servers
@@ -164,7 +167,34 @@ impl ZkSession {
                 "cannot read root {} on {}: {e}",
                 session.config.root, session.config.servers
             )),
-        }
+        }?;
+        // Add the root watch now, so an old server is refused at start and no
+        // event between mount and the first `run` iteration is missed.
+        let client = session
+            .client()
+            .ok_or("ZooKeeper client closed during start")?;
+        let watch = tokio::time::timeout(
+            session.config.op_timeout,
+            client.watch(&session.config.root, zk::AddWatchMode::PersistentRecursive),
+        )
+        .await;
+        let watcher = match watch {
+            Ok(Ok(watcher)) => watcher,
+            Ok(Err(zk::Error::Unimplemented)) => {
+                return Err(format!(
+                    "ZooKeeper at {} does not support persistent recursive watches \
+                     (server older than 3.6); zkfs needs 3.6 or newer",
+                    session.config.servers
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("cannot watch root {}: {e}", session.config.root)),
+            Err(_) => return Err(format!("watching root {} timed out", session.config.root)),
+        };
+        *session
+            .initial_watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+        Ok(session)
     }
 
     fn client(&self) -> Option<zk::Client> {
@@ -331,8 +361,17 @@ impl ZkSession {
         events: &mpsc::UnboundedSender<SessionEvent>,
     ) -> FollowEnd {
         let mut state = client.state_watcher();
-        let Some(mut watcher) = self.add_watch(client, &mut state).await else {
-            return FollowEnd::Expired;
+        let initial = self
+            .initial_watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut watcher = match initial {
+            Some(watcher) => watcher,
+            None => match self.add_watch(client, &mut state).await {
+                Some(watcher) => watcher,
+                None => return FollowEnd::Expired,
+            },
         };
         let mut was_disconnected = false;
         loop {
