@@ -110,6 +110,28 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `mount -t fuse.zkfs` (mount.fuse3) runs `zkfs SERVERS MOUNTPOINT -o ...`
+/// without a subcommand: treat a first argument that is not a subcommand or
+/// a help/version flag as the start of `mount`'s arguments.
+pub fn default_to_mount(mut args: Vec<OsString>) -> Vec<OsString> {
+    const KNOWN: &[&str] = &[
+        "mount",
+        "unmount",
+        "status",
+        "help",
+        "-h",
+        "--help",
+        "-V",
+        "--version",
+    ];
+    if let Some(first) = args.get(1)
+        && !KNOWN.contains(&first.to_string_lossy().as_ref())
+    {
+        args.insert(1, "mount".into());
+    }
+    args
+}
+
 /// Generic mount options accepted in `-o` (fstab, mount(8)) and ignored.
 const IGNORED_OPTIONS: &[&str] = &[
     "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev", "dev",
@@ -289,6 +311,21 @@ mod tests {
         };
         assert!(m.read_only);
         assert_eq!(m.session_timeout, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn mount_helper_form_without_subcommand() {
+        let args: Vec<OsString> = ["zkfs", "127.0.0.1:2181/x", "/mnt/zk", "-o", "rw,ro"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let cli =
+            Cli::try_parse_from(expand_mount_options(default_to_mount(args))).expect("parses");
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        assert!(m.read_only);
+        assert_eq!(m.servers, "127.0.0.1:2181/x");
     }
 
     #[test]

@@ -141,7 +141,10 @@ pub fn init_logging(level: Option<&str>, file: Option<&Path>) -> Result<(), Fail
                 .with_writer(std::sync::Mutex::new(f))
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
     }
     Ok(())
 }
@@ -379,8 +382,21 @@ fn run_foreground(
 
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     {
+        // The follow loop must not die silently (the cache would go stale
+        // forever): restart it if it ever panics.
         let session = session.clone();
-        runtime.spawn(async move { session.run(events_tx).await });
+        runtime.spawn(async move {
+            loop {
+                let (session, events) = (session.clone(), events_tx.clone());
+                match tokio::spawn(async move { session.run(events).await }).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "session task failed; restarting it");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
     }
     {
         let fs = fs.clone();

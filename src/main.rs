@@ -19,7 +19,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let args = cli::expand_mount_options(std::env::args_os().collect());
+    let args = cli::expand_mount_options(cli::default_to_mount(std::env::args_os().collect()));
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => e.exit(),

@@ -115,6 +115,14 @@ impl<B: ZkBackend> ZkFs<B> {
         &self.store
     }
 
+    /// The path behind an inode, for log lines.
+    pub fn describe(&self, ino: u64) -> String {
+        lock(&self.inodes)
+            .get(ino)
+            .map(|i| i.path.clone())
+            .unwrap_or_else(|| format!("inode {ino}"))
+    }
+
     fn inode(&self, ino: u64) -> Result<Inode, FsError> {
         lock(&self.inodes)
             .get(ino)
@@ -129,9 +137,12 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     /// 2 + subdirectories when every child is cached, else 1 ("unknown").
-    fn nlink(&self, path: &str, kind: FileKind) -> u32 {
+    fn nlink(&self, path: &str, kind: FileKind, view: &NodeView) -> u32 {
         if kind != FileKind::Directory {
             return 1;
+        }
+        if view.stat.num_children == 0 && !view.stale {
+            return 2;
         }
         let Some(children) = self.store.peek_children(path) else {
             return 1;
@@ -154,7 +165,7 @@ impl<B: ZkBackend> ZkFs<B> {
     fn attr_for(&self, ino: u64, path: &str, role: Role, kind: FileKind, view: &NodeView) -> Attr {
         match role {
             Role::Node => {
-                let nlink = self.nlink(path, kind);
+                let nlink = self.nlink(path, kind, view);
                 attr::attr_of(ino, kind, view, nlink, &self.config.presentation)
             }
             Role::DataFile => attr::attr_of(

@@ -80,7 +80,7 @@ impl<B: ZkBackend> ZkFuse<B> {
 
     /// Run `fut`; answer on this thread if it completes without waiting (a
     /// cache hit), else finish it on the runtime. Errors are logged once here.
-    fn dispatch<T, F, R>(&self, op: &'static str, fut: F, reply: R)
+    fn dispatch<T, F, R>(&self, op: &'static str, ino: u64, fut: F, reply: R)
     where
         T: Send + 'static,
         F: Future<Output = Result<T, FsError>> + Send + 'static,
@@ -88,11 +88,12 @@ impl<B: ZkBackend> ZkFuse<B> {
     {
         let _guard = self.runtime.enter();
         let timeout = self.op_timeout;
+        let fs = self.fs.clone();
         let mut fut = Box::pin(async move {
             match tokio::time::timeout(timeout, fut).await {
                 Ok(r) => r,
                 Err(_) => Err(FsError::Zk {
-                    path: String::new(),
+                    path: fs.describe(ino),
                     op,
                     error: ZkError::Timeout,
                 }),
@@ -141,6 +142,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         let name = name.to_os_string();
         self.dispatch(
             "lookup",
+            parent.0,
             async move { fs.lookup(parent.0, &name).await },
             move |r| match r {
                 Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
@@ -157,6 +159,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         let fs = self.fs.clone();
         self.dispatch(
             "getattr",
+            ino.0,
             async move { fs.getattr(ino.0).await },
             move |r| match r {
                 Ok(attr) => reply.attr(&TTL, &to_file_attr(&attr)),
@@ -191,6 +194,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         let fs = self.fs.clone();
         self.dispatch(
             "open",
+            ino.0,
             async move { fs.open(ino.0, write).await },
             move |r| match r {
                 Ok((fh, keep_cache)) => {
@@ -261,7 +265,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
@@ -269,6 +273,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         let fs = self.fs.clone();
         self.dispatch(
             "readdir",
+            ino.0,
             async move { fs.readdir(fh.0, offset).await },
             move |r| match r {
                 Ok(entries) => {
@@ -293,7 +298,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
@@ -302,6 +307,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         let fs2 = self.fs.clone();
         self.dispatch(
             "readdirplus",
+            ino.0,
             async move { fs.readdir(fh.0, offset).await },
             move |r| match r {
                 Ok(entries) => {
@@ -351,6 +357,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         let name = name.to_os_string();
         self.dispatch(
             "getxattr",
+            ino.0,
             async move { fs.getxattr(ino.0, &name).await },
             move |r| match r {
                 Ok(value) => reply_xattr(reply, size, &value),

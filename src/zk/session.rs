@@ -160,8 +160,14 @@ impl ZkSession {
         match session.get_data(&session.config.root).await {
             Ok(_) => Ok(()),
             Err(ZkError::NoNode) => Err(format!(
-                "root {} does not exist on {}",
-                session.config.root, session.config.servers
+                "root node {} does not exist on {}{}",
+                session.config.root,
+                session.config.servers,
+                if session.config.servers.contains('/') {
+                    " (paths are inside the chroot)"
+                } else {
+                    ""
+                }
             )),
             Err(e) => Err(format!(
                 "cannot read root {} on {}: {e}",
@@ -173,6 +179,7 @@ impl ZkSession {
         let client = session
             .client()
             .ok_or("ZooKeeper client closed during start")?;
+        session.requests.fetch_add(1, Ordering::Relaxed);
         let watch = tokio::time::timeout(
             session.config.op_timeout,
             client.watch(&session.config.root, zk::AddWatchMode::PersistentRecursive),
@@ -381,7 +388,13 @@ impl ZkSession {
                         zk::EventType::NodeCreated => NodeEventKind::Created,
                         zk::EventType::NodeDeleted => NodeEventKind::Deleted,
                         zk::EventType::NodeDataChanged => NodeEventKind::DataChanged,
-                        // Session changes come through the state watcher;
+                        // The client closes the watcher after a terminal
+                        // session event: never poll it again after one.
+                        zk::EventType::Session if event.session_state.is_terminated() => {
+                            warn!(state = %event.session_state, "ZooKeeper session ended; building a new one");
+                            return FollowEnd::Expired;
+                        }
+                        // Other session changes come through the state watcher;
                         // persistent recursive watches never send child events.
                         _ => continue,
                     };

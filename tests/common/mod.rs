@@ -751,7 +751,7 @@ impl Mount {
             .args(extra_args)
             .arg(servers)
             .arg(&mount.mountpoint)
-            .env("ZKFS_LOG", "debug")
+            .env("ZKFS_LOG", "zkfs=debug,zookeeper_client=info,warn")
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(log)
