@@ -84,6 +84,22 @@ pub struct MountArgs {
     #[arg(long, default_value = ".data", value_parser = parse_data_name, help_heading = "Presentation")]
     pub data_name: String,
 
+    /// File holding digest credentials `user:password` for the ZooKeeper
+    /// session (or set ZKFS_AUTH=user:password). Never put secrets on argv.
+    #[arg(long, help_heading = "ZooKeeper")]
+    pub auth_file: Option<PathBuf>,
+    /// ACL of nodes this mount creates: `open` (world:anyone:cdrwa) or
+    /// `creator` (auth::cdrwa: only this mount's identity; needs credentials).
+    #[arg(long, default_value = "open", value_parser = ["open", "creator"], help_heading = "Writes")]
+    pub new_node_acl: String,
+    /// Write with setData version -1 (last writer wins) instead of failing
+    /// close with ESTALE when someone else changed the node since open.
+    #[arg(long, help_heading = "Writes")]
+    pub last_writer_wins: bool,
+    /// Largest node data accepted (EFBIG beyond it); match the server's jute.maxbuffer.
+    #[arg(long, default_value = "1047552", value_parser = parse_size, help_heading = "Writes")]
+    pub max_data: u64,
+
     /// Bound on cached node data (e.g. 256M, 1G; bare number = bytes). Least
     /// recently used data is dropped first; node metadata is always kept.
     #[arg(long, default_value = "256M", value_parser = parse_size, help_heading = "Cache")]

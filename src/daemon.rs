@@ -22,7 +22,7 @@ use crate::fs::attr::Presentation;
 use crate::fs::{FsConfig, MountStatus, ZkFs};
 use crate::fuse::{ZkFuse, invalidate};
 use crate::zk::Store;
-use crate::zk::session::{SessionConfig, SessionEvent, ZkSession};
+use crate::zk::session::{Credentials, NewNodeAcl, SessionConfig, SessionEvent, ZkSession};
 
 /// Environment variable naming the pipe a background daemon reports readiness on.
 const READY_FD_ENV: &str = "ZKFS_READY_FD";
@@ -149,9 +149,41 @@ pub fn init_logging(level: Option<&str>, file: Option<&Path>) -> Result<(), Fail
     Ok(())
 }
 
+/// Digest credentials from `--auth-file` or `ZKFS_AUTH` (never from argv).
+fn load_credentials(args: &MountArgs) -> Result<Option<Credentials>, Failure> {
+    let text = match &args.auth_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| Failure::new(format!("auth file {}: {e}", path.display())))?,
+        None => match std::env::var("ZKFS_AUTH") {
+            Ok(v) => v,
+            Err(_) => return Ok(None),
+        },
+    };
+    let text = text.trim_end_matches(['\n', '\r']).to_string();
+    if !text.contains(':') || text.starts_with(':') {
+        let origin = args
+            .auth_file
+            .as_ref()
+            .map_or("ZKFS_AUTH".to_string(), |p| {
+                format!("auth file {}", p.display())
+            });
+        return Err(Failure::new(format!("{origin}: expected user:password")));
+    }
+    if args.new_node_acl == "creator" && text.is_empty() {
+        return Err(Failure::new("--new-node-acl creator needs credentials"));
+    }
+    Ok(Some(Credentials(text)))
+}
+
 /// `zkfs mount`. Returns once the mount is ready (background) or unmounted (foreground).
 pub fn mount(args: MountArgs) -> Result<(), Failure> {
     let mountpoint = check_mountpoint(&args.mountpoint)?;
+    let credentials = load_credentials(&args)?;
+    if args.new_node_acl == "creator" && credentials.is_none() {
+        return Err(Failure::new(
+            "--new-node-acl creator needs credentials (--auth-file or ZKFS_AUTH)",
+        ));
+    }
     if !args.foreground {
         return spawn_background(&args);
     }
@@ -306,6 +338,12 @@ fn run_foreground(
         session_timeout: args.session_timeout,
         op_timeout: args.op_timeout,
         connect_timeout: args.connect_timeout,
+        credentials: load_credentials(&args)?,
+        new_node_acl: if args.new_node_acl == "creator" {
+            NewNodeAcl::Creator
+        } else {
+            NewNodeAcl::Open
+        },
     };
     let session = Arc::new(
         runtime
@@ -313,10 +351,7 @@ fn run_foreground(
             .map_err(Failure::new)?,
     );
 
-    if !args.read_only {
-        info!("writes are not supported yet: mounting read-only");
-    }
-    let read_only = true;
+    let read_only = args.read_only;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs_config = FsConfig {
@@ -329,6 +364,9 @@ fn run_foreground(
             dir_mode: args.dir_mode,
             read_only,
         },
+        max_data: args.max_data as usize,
+        last_writer_wins: args.last_writer_wins,
+        chrooted: args.servers.contains('/'),
     };
     let (invalidator, invalidations) = invalidate::channel();
     let store = Store::new(session.clone(), args.cache_size as usize);

@@ -46,7 +46,7 @@ fn data_kinds_attributes_and_data_file() {
     let meta = fs::metadata(m.join("config/app.json")).expect("stat");
     assert!(meta.is_file());
     assert_eq!(meta.len(), 15);
-    assert_eq!(meta.mode() & 0o777, 0o444, "read-only mount: no write bits");
+    assert_eq!(meta.mode() & 0o777, 0o644);
 
     assert!(fs::metadata(m.join("config")).expect("stat").is_dir());
     assert!(fs::metadata(m.join("empty")).expect("empty node").is_dir());
@@ -69,7 +69,7 @@ fn data_kinds_attributes_and_data_file() {
     assert!(ls.contains("10.0.0.5:8080"), "{ls}");
     assert!(
         ls.lines()
-            .any(|l| l.starts_with("-r--r--r--") && l.contains(" 13 ")),
+            .any(|l| l.starts_with("-rw-r--r--") && l.contains(" 13 ")),
         "{ls}"
     );
     let cat = sh(

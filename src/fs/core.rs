@@ -28,6 +28,12 @@ pub struct FsConfig {
     /// Name of the hidden data file of directory nodes (`--data-name`).
     pub data_name: String,
     pub presentation: Presentation,
+    /// Largest data accepted by a write (EFBIG beyond).
+    pub max_data: usize,
+    /// setData with version -1 instead of the version seen at open.
+    pub last_writer_wins: bool,
+    /// The connection string has a chroot (so `/zookeeper` is not reserved).
+    pub chrooted: bool,
 }
 
 /// A kernel cache entry to drop. Sent to an [`Invalidator`], which must not
@@ -63,9 +69,22 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
-struct OpenFile {
+pub(super) struct OpenFile {
+    pub(super) ino: u64,
+    /// Node whose data this handle reads/writes (the directory for `.data`).
+    pub(super) path: String,
     /// The content as of `open`: reads through one handle are consistent.
-    data: Arc<[u8]>,
+    pub(super) data: Arc<[u8]>,
+    /// Present for handles opened for writing.
+    pub(super) writer: Option<Arc<tokio::sync::Mutex<super::write::Writer>>>,
+}
+
+/// How a file is opened.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+    pub append: bool,
 }
 
 struct OpenDir {
@@ -75,19 +94,22 @@ struct OpenDir {
 }
 
 pub struct ZkFs<B: ZkBackend> {
-    store: Store<B>,
-    config: FsConfig,
-    inodes: Mutex<InodeTable>,
-    files: Mutex<HashMap<u64, OpenFile>>,
+    pub(super) store: Store<B>,
+    pub(super) config: FsConfig,
+    pub(super) inodes: Mutex<InodeTable>,
+    pub(super) files: Mutex<HashMap<u64, OpenFile>>,
+    /// Files created through this mount and not yet sent (path → inode):
+    /// the node is created with its complete content when the file is closed.
+    pub(super) pending: Mutex<HashMap<String, u64>>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
-    next_fh: AtomicU64,
+    pub(super) next_fh: AtomicU64,
     /// Empty nodes this mount created as files (they stay files, contract §3).
-    created_as_file: Mutex<HashSet<String>>,
+    pub(super) created_as_file: Mutex<HashSet<String>>,
     invalidator: Box<dyn Invalidator>,
     status: Box<dyn MountStatus>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -103,6 +125,7 @@ impl<B: ZkBackend> ZkFs<B> {
             store,
             config,
             files: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             created_as_file: Mutex::new(HashSet::new()),
@@ -123,14 +146,14 @@ impl<B: ZkBackend> ZkFs<B> {
             .unwrap_or_else(|| format!("inode {ino}"))
     }
 
-    fn inode(&self, ino: u64) -> Result<Inode, FsError> {
+    pub(super) fn inode(&self, ino: u64) -> Result<Inode, FsError> {
         lock(&self.inodes)
             .get(ino)
             .cloned()
             .ok_or_else(|| FsError::Stale(format!("inode {ino}")))
     }
 
-    fn kind_of(&self, path: &str, view: &NodeView) -> FileKind {
+    pub(super) fn kind_of(&self, path: &str, view: &NodeView) -> FileKind {
         let is_root = path == self.config.root;
         let created_as_file = lock(&self.created_as_file).contains(path);
         attr::node_kind(&view.stat, is_root, created_as_file)
@@ -162,7 +185,14 @@ impl<B: ZkBackend> ZkFs<B> {
         2 + subdirs
     }
 
-    fn attr_for(&self, ino: u64, path: &str, role: Role, kind: FileKind, view: &NodeView) -> Attr {
+    pub(super) fn attr_for(
+        &self,
+        ino: u64,
+        path: &str,
+        role: Role,
+        kind: FileKind,
+        view: &NodeView,
+    ) -> Attr {
         match role {
             Role::Node => {
                 let nlink = self.nlink(path, kind, view);
@@ -179,7 +209,7 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     /// Load a node through the cache, mapping errors to `FsError`.
-    async fn view(&self, path: &str) -> Result<NodeView, FsError> {
+    pub(super) async fn view(&self, path: &str) -> Result<NodeView, FsError> {
         self.store
             .node(path)
             .await
@@ -216,6 +246,12 @@ impl<B: ZkBackend> ZkFs<B> {
             )));
         };
         let child = path::join(&dir.path, name.as_str());
+        let pending = lock(&self.pending).get(&child).copied();
+        if let Some(ino) = pending {
+            let attr = self.pending_attr(ino).await;
+            lock(&self.inodes).add_lookup(ino);
+            return Ok(Entry { attr });
+        }
         let is_data_name = name.as_str() == self.config.data_name;
         let absent = self.known_absent(&dir.path, name.as_str());
         let found = if absent {
@@ -266,6 +302,18 @@ impl<B: ZkBackend> ZkFs<B> {
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let inode = self.inode(ino)?;
+        if inode.czxid == super::write::PENDING_CZXID {
+            return Ok(self.pending_attr(ino).await);
+        }
+        let mut attr = self.node_attr(ino, &inode).await?;
+        if let Some(size) = self.unsent_size(ino).await {
+            attr.size = size;
+        }
+        Ok(attr)
+    }
+
+    async fn node_attr(&self, ino: u64, inode: &Inode) -> Result<Attr, FsError> {
+        let inode = inode.clone();
         let view = self.view(&inode.path).await?;
         if inode.role == Role::DataFile {
             return Ok(self.attr_for(
@@ -283,14 +331,17 @@ impl<B: ZkBackend> ZkFs<B> {
         Ok(self.attr_for(ino, &inode.path, Role::Node, kind, &view))
     }
 
-    /// Open a file for reading. Returns (handle, keep the kernel's cached pages).
-    pub async fn open(&self, ino: u64, write: bool) -> Result<(u64, bool), FsError> {
+    /// Open a file. Returns (handle, keep the kernel's cached pages).
+    pub async fn open(&self, ino: u64, mode: OpenMode) -> Result<(u64, bool), FsError> {
         let inode = self.inode(ino)?;
         if inode.role == Role::Node && inode.kind == FileKind::Directory {
             return Err(FsError::IsDir(inode.path));
         }
-        if write {
+        if mode.write && self.config.presentation.read_only {
             return Err(FsError::ReadOnly(inode.path));
+        }
+        if inode.czxid == super::write::PENDING_CZXID {
+            return self.open_pending(ino, &inode.path, mode);
         }
         let (data, view) = self
             .store
@@ -299,6 +350,10 @@ impl<B: ZkBackend> ZkFs<B> {
             .map_err(|e| FsError::zk(&inode.path, "getData", e))?;
         if inode.role == Role::Node && ino != ROOT_INO && view.stat.czxid != inode.czxid {
             return Err(FsError::Stale(inode.path));
+        }
+        if mode.write {
+            let writer = super::write::Writer::existing(&data, view.stat.version, mode);
+            return Ok((self.add_handle(ino, &inode.path, data, Some(writer)), false));
         }
         let keep_cache = {
             let mut inodes = lock(&self.inodes);
@@ -311,28 +366,50 @@ impl<B: ZkBackend> ZkFs<B> {
                 None => false,
             }
         };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(fh, OpenFile { data });
-        Ok((fh, keep_cache))
+        Ok((self.add_handle(ino, &inode.path, data, None), keep_cache))
     }
 
-    /// Bytes `[offset, offset+size)` of an open file's content.
-    pub fn read(
+    pub(super) fn add_handle(
+        &self,
+        ino: u64,
+        path: &str,
+        data: Arc<[u8]>,
+        writer: Option<super::write::Writer>,
+    ) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(
+            fh,
+            OpenFile {
+                ino,
+                path: path.to_string(),
+                data,
+                writer: writer.map(|w| Arc::new(tokio::sync::Mutex::new(w))),
+            },
+        );
+        fh
+    }
+
+    /// Bytes `[offset, offset+size)` of an open file's content (the handle's
+    /// own buffer for write handles).
+    pub async fn read(
         &self,
         fh: u64,
         offset: u64,
         size: u32,
     ) -> Result<(Arc<[u8]>, usize, usize), FsError> {
-        let files = lock(&self.files);
-        let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
-        let len = file.data.len();
+        let (data, writer) = {
+            let files = lock(&self.files);
+            let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
+            (file.data.clone(), file.writer.clone())
+        };
+        let data = match writer {
+            Some(w) => Arc::from(w.lock().await.content()),
+            None => data,
+        };
+        let len = data.len();
         let start = (offset as usize).min(len);
         let end = start.saturating_add(size as usize).min(len);
-        Ok((file.data.clone(), start, end))
-    }
-
-    pub fn release(&self, fh: u64) {
-        lock(&self.files).remove(&fh);
+        Ok((data, start, end))
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
@@ -436,6 +513,17 @@ impl<B: ZkBackend> ZkFs<B> {
                 name,
                 attr: self.attr_for(cino, &child, Role::Node, kind, &view),
             });
+        }
+        let pending: Vec<(String, u64)> = lock(&self.pending)
+            .iter()
+            .filter(|(p, _)| path::parent(p) == Some(dir.path.as_str()))
+            .map(|(p, ino)| (path::basename(p).to_string(), *ino))
+            .collect();
+        for (name, pino) in pending {
+            if !entries.iter().any(|e| e.name == name) {
+                let attr = self.pending_attr(pino).await;
+                entries.push(DirEntry { name, attr });
+            }
         }
         Ok(entries)
     }
@@ -543,6 +631,33 @@ impl<B: ZkBackend> ZkFs<B> {
         }
         for inv in out {
             self.invalidator.invalidate(inv);
+        }
+    }
+
+    /// Drop kernel caches for `p` (inodes, dentry) and its parent directory.
+    pub(super) fn invalidate_path(&self, p: &str) {
+        let mut out = Vec::new();
+        {
+            let inodes = lock(&self.inodes);
+            self.collect_invalidations(&inodes, p, &mut out);
+            if let Some(parent) = path::parent(p)
+                && path::is_within(parent, &self.config.root)
+            {
+                self.collect_invalidations(&inodes, parent, &mut out);
+            }
+        }
+        for inv in out {
+            self.invalidator.invalidate(inv);
+        }
+    }
+
+    /// Drop the parent's cached attributes (listing changed) after a create here.
+    pub(super) fn invalidate_entry_of(&self, p: &str) {
+        if let Some(parent) = path::parent(p) {
+            let pino = lock(&self.inodes).node_ino(parent);
+            if let Some(pino) = pino {
+                self.invalidator.invalidate(Invalidation::Inode(pino));
+            }
         }
     }
 

@@ -19,6 +19,23 @@ pub enum FsError {
     /// No such extended attribute.
     NoXattr(String),
     BadFileHandle,
+    /// A name ZooKeeper cannot store, with the reason.
+    InvalidName(String, String),
+    Exists(String),
+    NotEmpty(String),
+    /// (path, size asked for, limit)
+    TooBig(String, usize, usize),
+    /// Someone else changed the node since this mount read it.
+    Conflict {
+        path: String,
+        detail: String,
+    },
+    /// Refused by design (hard links, chmod, device nodes, ...).
+    NotPermitted(String, &'static str),
+    Unsupported(String, &'static str),
+    Busy(String, &'static str),
+    /// Cannot be done in one transaction; `mv` falls back to copy + delete.
+    CrossDevice(String, &'static str),
     /// A ZooKeeper call failed.
     Zk {
         path: String,
@@ -51,6 +68,19 @@ impl FsError {
             FsError::Stale(_) => libc::ESTALE,
             FsError::NoXattr(_) => libc::ENODATA,
             FsError::BadFileHandle => libc::EBADF,
+            FsError::InvalidName(..) => libc::EINVAL,
+            FsError::Exists(_) => libc::EEXIST,
+            FsError::NotEmpty(_) => libc::ENOTEMPTY,
+            // Past --max-data (the server's jute.maxbuffer would refuse it).
+            FsError::TooBig(..) => libc::EFBIG,
+            // A version conflict on close/fsync/rename: the handle's view of
+            // the node is stale, as NFS reports it.
+            FsError::Conflict { .. } => libc::ESTALE,
+            FsError::NotPermitted(..) => libc::EPERM,
+            FsError::Unsupported(..) => libc::EINVAL,
+            FsError::Busy(..) => libc::EBUSY,
+            // What mv(1) understands as "copy, then delete".
+            FsError::CrossDevice(..) => libc::EXDEV,
             FsError::Zk { error, .. } => match error {
                 ZkError::NoNode => libc::ENOENT,
                 ZkError::NodeExists => libc::EEXIST,
@@ -72,9 +102,12 @@ impl FsError {
     /// How loudly to log this error: routine answers at debug, trouble at warn.
     pub fn level(&self) -> Level {
         match self {
-            FsError::NotFound(_) | FsError::NoXattr(_) | FsError::NotDir(_) | FsError::IsDir(_) => {
-                Level::DEBUG
-            }
+            FsError::NotFound(_)
+            | FsError::NoXattr(_)
+            | FsError::NotDir(_)
+            | FsError::IsDir(_)
+            | FsError::Exists(_)
+            | FsError::NotEmpty(_) => Level::DEBUG,
             _ => Level::WARN,
         }
     }
@@ -93,6 +126,18 @@ impl fmt::Display for FsError {
             ),
             FsError::NoXattr(p) => write!(f, "{p}: no such extended attribute"),
             FsError::BadFileHandle => write!(f, "unknown file handle"),
+            FsError::InvalidName(p, why) => write!(f, "{p}: invalid name: {why}"),
+            FsError::Exists(p) => write!(f, "{p}: node exists"),
+            FsError::NotEmpty(p) => write!(f, "{p}: node has children"),
+            FsError::TooBig(p, size, max) => write!(
+                f,
+                "{p}: {size} bytes exceed the data limit of {max} bytes (--max-data, server jute.maxbuffer)"
+            ),
+            FsError::Conflict { path, detail } => write!(f, "{path}: write conflict: {detail}"),
+            FsError::NotPermitted(p, why) => write!(f, "{p}: {why}"),
+            FsError::Unsupported(p, what) => write!(f, "{p}: {what} is not supported"),
+            FsError::Busy(p, why) => write!(f, "{p}: {why}"),
+            FsError::CrossDevice(p, why) => write!(f, "{p}: {why}"),
             FsError::Zk { path, op, error } => write!(f, "{path}: ZooKeeper {op} failed: {error}"),
         }
     }

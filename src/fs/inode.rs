@@ -131,6 +131,23 @@ impl InodeTable {
         self.by_key.get(&(path.to_string(), Role::Node)).copied()
     }
 
+    /// `ino` now denotes the node at `path` (after a rename): re-key it, and
+    /// supersede whatever inode `path` had.
+    pub fn move_to(&mut self, ino: u64, path: &str, kind: FileKind, czxid: i64) {
+        let Some(inode) = self.by_ino.get_mut(&ino) else {
+            return;
+        };
+        let old_key = (inode.path.clone(), inode.role);
+        inode.path = path.to_string();
+        inode.kind = kind;
+        inode.czxid = czxid;
+        inode.cached_mzxid = None;
+        if self.by_key.get(&old_key) == Some(&ino) {
+            self.by_key.remove(&old_key);
+        }
+        self.by_key.insert((path.to_string(), Role::Node), ino);
+    }
+
     /// The node at `path` is gone: later lookups must get new inodes.
     pub fn detach(&mut self, path: &str) {
         for role in [Role::Node, Role::DataFile] {

@@ -13,11 +13,13 @@ pub mod core;
 pub mod error;
 pub mod inode;
 pub mod name;
+pub mod write;
 pub mod xattr;
 
-pub use self::core::{FsConfig, Invalidation, Invalidator, MountStatus, ZkFs};
+pub use self::core::{FsConfig, Invalidation, Invalidator, MountStatus, OpenMode, ZkFs};
 pub use attr::{Attr, FileKind};
 pub use error::FsError;
+pub use write::RenameFlags;
 
 #[cfg(test)]
 mod tests;

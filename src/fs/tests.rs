@@ -54,8 +54,11 @@ fn harness_with_limit(limit: usize) -> Harness {
                 gid: 1000,
                 file_mode: 0o644,
                 dir_mode: 0o755,
-                read_only: true,
+                read_only: false,
             },
+            max_data: 1000,
+            last_writer_wins: false,
+            chrooted: false,
         },
         Box::new(invalidations.clone()),
         Box::new(NoStatus),
@@ -91,9 +94,9 @@ impl Harness {
 
     async fn cat(&self, path: &str) -> Result<Vec<u8>, FsError> {
         let attr = self.resolve(path).await?;
-        let (fh, _) = self.fs.open(attr.ino, false).await?;
-        let (data, start, end) = self.fs.read(fh, 0, 1 << 30)?;
-        self.fs.release(fh);
+        let (fh, _) = self.fs.open(attr.ino, OpenMode::default()).await?;
+        let (data, start, end) = self.fs.read(fh, 0, 1 << 30).await?;
+        self.fs.release(fh).await?;
         Ok(data[start..end].to_vec())
     }
 
@@ -126,7 +129,7 @@ async fn mapping_rules() {
     let app = h.resolve("/config/app.json").await.expect("file");
     assert_eq!(app.kind, FileKind::RegularFile);
     assert_eq!(app.size, 7);
-    assert_eq!(app.perm, 0o444, "read-only mount drops write bits");
+    assert_eq!(app.perm, 0o644);
     assert_eq!(h.cat("/config/app.json").await.expect("cat"), b"{\"a\":1}");
 
     // A directory node with data shows it as .data; empty persistent → directory.
@@ -430,4 +433,297 @@ async fn randomized_other_client_changes_match_reference_model() {
         }
         check_against_model(&h, seed, 60).await;
     }
+}
+
+// ---------------------------------------------------------------- writes
+
+impl Harness {
+    /// Deliver the watch events our own writes caused.
+    fn deliver_own(&self) {
+        for event in self.zk.take_own_events() {
+            self.fs.apply_event(&event);
+        }
+    }
+
+    async fn write_file(&self, path: &str, content: &[u8], mode: OpenMode) -> Result<(), FsError> {
+        let (dir, name) = path.rsplit_once('/').expect("absolute path");
+        let dir_ino = self
+            .resolve(if dir.is_empty() { "/" } else { dir })
+            .await?
+            .ino;
+        let fh = match self.fs.lookup(dir_ino, OsStr::new(name)).await {
+            Ok(entry) => self.fs.open(entry.attr.ino, mode).await?.0,
+            Err(FsError::NotFound(_)) => {
+                self.fs
+                    .create(dir_ino, OsStr::new(name), mode, false)
+                    .await?
+                    .1
+            }
+            Err(e) => return Err(e),
+        };
+        self.fs.write(fh, 0, content).await?;
+        let result = self.fs.flush(fh).await;
+        self.fs.release(fh).await?;
+        self.deliver_own();
+        result
+    }
+}
+
+const WRITE_TRUNC: OpenMode = OpenMode {
+    write: true,
+    truncate: true,
+    append: false,
+};
+
+#[tokio::test]
+async fn created_file_appears_complete_at_close() {
+    let h = harness();
+    let root = ROOT_INO;
+    let (entry, fh) =
+        h.fs.create(root, OsStr::new("new.json"), WRITE_TRUNC, true)
+            .await
+            .expect("create");
+    h.fs.write(fh, 0, b"{\"a\":").await.expect("write");
+    h.fs.write(fh, 5, b"1}").await.expect("write");
+    assert!(
+        !h.zk.exists("/new.json"),
+        "nothing reaches ZooKeeper before close"
+    );
+    // The writer sees its own file meanwhile.
+    assert_eq!(h.fs.getattr(entry.attr.ino).await.expect("attr").size, 7);
+    assert_eq!(names(&h.ls("/").await.expect("ls")), ["new.json"]);
+    h.fs.flush(fh).await.expect("close sends");
+    h.fs.release(fh).await.expect("release");
+    assert_eq!(h.zk.data("/new.json").as_deref(), Some(&b"{\"a\":1}"[..]));
+    assert_eq!(
+        h.zk.stat("/new.json").map(|s| s.version),
+        Some(0),
+        "one create, no setData"
+    );
+    h.deliver_own();
+    assert_eq!(h.cat("/new.json").await.expect("read back"), b"{\"a\":1}");
+    // O_EXCL against an existing node.
+    let err =
+        h.fs.create(root, OsStr::new("new.json"), WRITE_TRUNC, true)
+            .await;
+    assert_eq!(err.map(|_| ()).map_err(|e| e.errno()), Err(libc::EEXIST));
+    // touch: an empty file stays a file.
+    let (_, fh) =
+        h.fs.create(root, OsStr::new("empty"), WRITE_TRUNC, false)
+            .await
+            .expect("touch");
+    h.fs.release(fh).await.expect("release");
+    h.deliver_own();
+    assert_eq!(
+        h.resolve("/empty").await.expect("stat").kind,
+        FileKind::RegularFile
+    );
+}
+
+#[tokio::test]
+async fn one_versioned_set_data_per_close_and_conflicts_are_estale() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v0", 0));
+    h.write_file("/cfg", b"v1", WRITE_TRUNC)
+        .await
+        .expect("write");
+    assert_eq!(h.zk.stat("/cfg").map(|s| s.version), Some(1));
+    assert_eq!(h.cat("/cfg").await.expect("read-your-writes"), b"v1");
+
+    // Another client writes between our open and our close.
+    let ino = h.resolve("/cfg").await.expect("cfg").ino;
+    let (fh, _) = h.fs.open(ino, WRITE_TRUNC).await.expect("open");
+    h.apply(h.zk.set("/cfg", b"theirs"));
+    h.fs.write(fh, 0, b"ours").await.expect("buffered");
+    let err = h.fs.flush(fh).await.expect_err("conflict");
+    assert_eq!(err.errno(), libc::ESTALE);
+    assert!(err.to_string().contains("expected version 1"), "{err}");
+    h.fs.release(fh).await.expect("reported once");
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"theirs"[..]));
+}
+
+#[tokio::test]
+async fn append_offsets_and_truncate() {
+    let h = harness();
+    h.apply(h.zk.create("/f", b"hello", 0));
+    let append = OpenMode {
+        write: true,
+        truncate: false,
+        append: true,
+    };
+    h.write_file("/f", b" world", append).await.expect("append");
+    assert_eq!(h.zk.data("/f").as_deref(), Some(&b"hello world"[..]));
+    let ino = h.resolve("/f").await.expect("f").ino;
+    // truncate(2) on a closed file: one setData.
+    h.fs.setattr(ino, None, None, None, Some(5), None)
+        .await
+        .expect("truncate");
+    assert_eq!(h.zk.data("/f").as_deref(), Some(&b"hello"[..]));
+    h.deliver_own();
+    // Writes at offsets beyond the end fill with zeros.
+    let rw = OpenMode {
+        write: true,
+        truncate: false,
+        append: false,
+    };
+    let (fh, _) = h.fs.open(ino, rw).await.expect("open");
+    h.fs.write(fh, 7, b"!").await.expect("write");
+    h.fs.release(fh).await.expect("close");
+    assert_eq!(h.zk.data("/f").as_deref(), Some(&b"hello\0\0!"[..]));
+}
+
+#[tokio::test]
+async fn refusals_have_precise_errnos() {
+    let h = harness();
+    h.apply(h.zk.create("/f", b"x", 0));
+    let root = ROOT_INO;
+    let ino = h.resolve("/f").await.expect("f").ino;
+    let errno = |r: Result<(), FsError>| r.map_err(|e| e.errno());
+    // Too big (max_data is 1000 in this harness) at the write that crosses it.
+    let (fh, _) = h.fs.open(ino, WRITE_TRUNC).await.expect("open");
+    h.fs.write(fh, 0, &[b'a'; 600])
+        .await
+        .expect("first half fits");
+    assert_eq!(
+        errno(h.fs.write(fh, 600, &[b'b'; 600]).await.map(|_| ())),
+        Err(libc::EFBIG)
+    );
+    h.fs.release(fh).await.expect("close");
+    assert_eq!(
+        errno(
+            h.fs.create(root, OsStr::new("a\u{1}b"), WRITE_TRUNC, false)
+                .await
+                .map(|_| ())
+        ),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        errno(h.fs.mkdir(root, OsStr::new("zookeeper")).await.map(|_| ())),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        errno(
+            h.fs.mknod(root, OsStr::new("fifo"), false)
+                .await
+                .map(|_| ())
+        ),
+        Err(libc::EPERM)
+    );
+    assert_eq!(errno(h.fs.link(ino).map(|_| ())), Err(libc::EPERM));
+    assert_eq!(
+        errno(
+            h.fs.setattr(ino, Some(0o600), None, None, None, None)
+                .await
+                .map(|_| ())
+        ),
+        Err(libc::EPERM)
+    );
+    assert_eq!(
+        errno(
+            h.fs.setattr(ino, None, Some(0), None, None, None)
+                .await
+                .map(|_| ())
+        ),
+        Err(libc::EPERM)
+    );
+    // chmod to the mode already shown, and times, are accepted (sed -i, touch).
+    h.fs.setattr(ino, Some(0o100644), Some(1000), Some(1000), None, None)
+        .await
+        .expect("no-op");
+}
+
+#[tokio::test]
+async fn mkdir_unlink_rmdir_and_data_file() {
+    let h = harness();
+    let root = ROOT_INO;
+    h.fs.mkdir(root, OsStr::new("d")).await.expect("mkdir");
+    h.deliver_own();
+    assert_eq!(h.resolve("/d").await.expect("d").kind, FileKind::Directory);
+    h.write_file("/d/child", b"c", WRITE_TRUNC)
+        .await
+        .expect("child");
+    h.write_file("/d/.data", b"own data", WRITE_TRUNC)
+        .await
+        .expect("dir data");
+    assert_eq!(h.zk.data("/d").as_deref(), Some(&b"own data"[..]));
+    let errno = |r: Result<(), FsError>| r.map_err(|e| e.errno());
+    assert_eq!(
+        errno(h.fs.rmdir(root, OsStr::new("d")).await),
+        Err(libc::ENOTEMPTY)
+    );
+    let d = h.resolve("/d").await.expect("d").ino;
+    h.fs.unlink(d, OsStr::new(".data"))
+        .await
+        .expect("empty the data");
+    assert_eq!(h.zk.data("/d").as_deref(), Some(&b""[..]));
+    h.fs.unlink(d, OsStr::new("child")).await.expect("rm");
+    h.deliver_own();
+    assert_eq!(
+        errno(h.fs.unlink(root, OsStr::new("d")).await),
+        Err(libc::EISDIR)
+    );
+    h.fs.rmdir(root, OsStr::new("d")).await.expect("rmdir");
+    h.deliver_own();
+    assert!(!h.zk.exists("/d"));
+    assert!(matches!(h.resolve("/d").await, Err(FsError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn rename_is_one_transaction() {
+    let h = harness();
+    let root = ROOT_INO;
+    h.apply(h.zk.create("/a", b"A", 0));
+    h.apply(h.zk.create("/b", b"B", 0));
+    let a = h.resolve("/a").await.expect("a");
+    let flags = RenameFlags::default();
+    // Onto an existing file: setData target + delete source.
+    h.fs.rename(root, OsStr::new("a"), root, OsStr::new("b"), flags)
+        .await
+        .expect("mv a b");
+    h.deliver_own();
+    assert!(!h.zk.exists("/a"));
+    assert_eq!(h.zk.data("/b").as_deref(), Some(&b"A"[..]));
+    // The kernel keeps a's inode under the new name: it must still work.
+    assert_eq!(h.fs.getattr(a.ino).await.expect("moved inode").size, 1);
+    // To a new name: create + delete.
+    h.fs.rename(root, OsStr::new("b"), root, OsStr::new("c"), flags)
+        .await
+        .expect("mv b c");
+    h.deliver_own();
+    assert_eq!(h.zk.data("/c").as_deref(), Some(&b"A"[..]));
+    assert!(!h.zk.exists("/b"));
+    // NOREPLACE, children, conflicts.
+    h.apply(h.zk.create("/d", b"D", 0));
+    let noreplace = RenameFlags {
+        noreplace: true,
+        exchange: false,
+    };
+    let errno = |r: Result<(), FsError>| r.map_err(|e| e.errno());
+    assert_eq!(
+        errno(
+            h.fs.rename(root, OsStr::new("c"), root, OsStr::new("d"), noreplace)
+                .await
+        ),
+        Err(libc::EEXIST)
+    );
+    h.apply(h.zk.create("/p", b"", 0));
+    h.apply(h.zk.create("/p/kid", b"k", 0));
+    assert_eq!(
+        errno(
+            h.fs.rename(root, OsStr::new("p"), root, OsStr::new("q"), flags)
+                .await
+        ),
+        Err(libc::EXDEV)
+    );
+    // The source changed behind our back (event not yet seen): nothing happens.
+    h.resolve("/c").await.expect("cache c");
+    h.zk.set("/c", b"changed").expect("silent change");
+    assert_eq!(
+        errno(
+            h.fs.rename(root, OsStr::new("c"), root, OsStr::new("e"), flags)
+                .await
+        ),
+        Err(libc::ESTALE)
+    );
+    assert!(h.zk.exists("/c") && !h.zk.exists("/e"));
 }

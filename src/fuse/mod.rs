@@ -17,12 +17,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
 };
 use tracing::{Level, event};
 
-use crate::fs::{Attr, FileKind, FsError, ZkFs};
+use crate::fs::{Attr, FileKind, FsError, OpenMode, RenameFlags, ZkFs};
 use crate::zk::{ZkBackend, ZkError};
 
 /// How long the kernel may keep entries and attributes without asking. Every
@@ -62,6 +62,16 @@ fn to_file_attr(attr: &Attr) -> FileAttr {
         rdev: 0,
         blksize: 4096,
         flags: 0,
+    }
+}
+
+/// How `open(2)` flags map onto a write handle.
+fn open_mode(flags: i32) -> OpenMode {
+    let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+    OpenMode {
+        write: write || flags & libc::O_TRUNC != 0,
+        truncate: flags & libc::O_TRUNC != 0,
+        append: flags & libc::O_APPEND != 0,
     }
 }
 
@@ -171,31 +181,41 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<fuser::TimeOrNow>,
         _mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        let fs = self.fs.clone();
+        let fh = fh.map(|f| f.0);
+        self.dispatch(
+            "setattr",
+            ino.0,
+            async move { fs.setattr(ino.0, mode, uid, gid, size, fh).await },
+            move |r| match r {
+                Ok(attr) => reply.attr(&TTL, &to_file_attr(&attr)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let mode = open_mode(flags.0);
         let fs = self.fs.clone();
         self.dispatch(
             "open",
             ino.0,
-            async move { fs.open(ino.0, write).await },
+            async move { fs.open(ino.0, mode).await },
             move |r| match r {
                 Ok((fh, keep_cache)) => {
                     let flags = if keep_cache {
@@ -213,7 +233,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -221,35 +241,288 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok((data, start, end)) => reply.data(&data[start..end]),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let fs = self.fs.clone();
+        self.dispatch(
+            "read",
+            ino.0,
+            async move { fs.read(fh.0, offset, size).await },
+            move |r| match r {
+                Ok((data, start, end)) => reply.data(&data[start..end]),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let fs = self.fs.clone();
+        let data = data.to_vec();
+        self.dispatch(
+            "write",
+            ino.0,
+            async move { fs.write(fh.0, offset, &data).await },
+            move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        let fs = self.fs.clone();
+        self.dispatch(
+            "release",
+            ino.0,
+            async move { fs.release(fh.0).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        let fs = self.fs.clone();
+        self.dispatch(
+            "flush",
+            ino.0,
+            async move { fs.flush(fh.0).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.dispatch(
+            "fsync",
+            ino.0,
+            async move { fs.flush(fh.0).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        let mode = open_mode(flags);
+        let exclusive = flags & libc::O_EXCL != 0;
+        self.dispatch(
+            "create",
+            parent.0,
+            async move { fs.create(parent.0, &name, mode, exclusive).await },
+            move |r| match r {
+                Ok((entry, fh)) => reply.created(
+                    &TTL,
+                    &to_file_attr(&entry.attr),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        let is_regular = mode & libc::S_IFMT == libc::S_IFREG;
+        self.dispatch(
+            "mknod",
+            parent.0,
+            async move { fs.mknod(parent.0, &name, is_regular).await },
+            move |r| match r {
+                Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        self.dispatch(
+            "mkdir",
+            parent.0,
+            async move { fs.mkdir(parent.0, &name).await },
+            move |r| match r {
+                Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        self.dispatch(
+            "unlink",
+            parent.0,
+            async move { fs.unlink(parent.0, &name).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        self.dispatch(
+            "rmdir",
+            parent.0,
+            async move { fs.rmdir(parent.0, &name).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        let (name, newname) = (name.to_os_string(), newname.to_os_string());
+        let flags = RenameFlags {
+            noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
+        };
+        self.dispatch(
+            "rename",
+            parent.0,
+            async move {
+                fs.rename(parent.0, &name, newparent.0, &newname, flags)
+                    .await
+            },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.link(ino.0) {
+            Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
+            Err(e) => {
+                log_error("link", &e);
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        // Attributes mirror ZooKeeper's Stat; they cannot be set.
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctls (tools probe some, e.g. for reflinks): the usual answer.
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

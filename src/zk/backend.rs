@@ -100,6 +100,43 @@ impl fmt::Display for ZkError {
 
 impl std::error::Error for ZkError {}
 
+/// How a node is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateMode {
+    Persistent,
+    /// Owned by this mount's session; vanishes when the session ends.
+    Ephemeral,
+}
+
+/// One operation of a ZooKeeper `multi` transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// `acl: None` means the mount's default ACL for new nodes.
+    Create {
+        path: String,
+        data: Vec<u8>,
+        mode: CreateMode,
+        acl: Option<Vec<AclEntry>>,
+    },
+    SetData {
+        path: String,
+        data: Vec<u8>,
+        version: Option<i32>,
+    },
+    Delete {
+        path: String,
+        version: Option<i32>,
+    },
+}
+
+/// Result of one successful `multi` operation, in the order of the ops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteResult {
+    Created(NodeStat),
+    Set(NodeStat),
+    Deleted,
+}
+
 /// What a watch event says happened to a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeEventKind {
@@ -133,6 +170,32 @@ pub trait ZkBackend: Send + Sync + 'static {
     /// Whether the session is connected right now (reads of stale entries go
     /// to the server only then; otherwise the last known value is served).
     fn is_connected(&self) -> bool;
+
+    /// Create a node; `acl: None` means the mount's default ACL.
+    fn create(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: CreateMode,
+        acl: Option<&[AclEntry]>,
+    ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send;
+    /// `setData`; `version: None` overwrites whatever is there.
+    fn set_data(
+        &self,
+        path: &str,
+        data: &[u8],
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send;
+    fn delete(
+        &self,
+        path: &str,
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<(), ZkError>> + Send;
+    /// All of `ops` or none of them.
+    fn multi(
+        &self,
+        ops: &[WriteOp],
+    ) -> impl Future<Output = Result<Vec<WriteResult>, ZkError>> + Send;
 }
 
 impl<T: ZkBackend> ZkBackend for std::sync::Arc<T> {
@@ -153,5 +216,35 @@ impl<T: ZkBackend> ZkBackend for std::sync::Arc<T> {
     }
     fn is_connected(&self) -> bool {
         (**self).is_connected()
+    }
+    fn create(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: CreateMode,
+        acl: Option<&[AclEntry]>,
+    ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send {
+        (**self).create(path, data, mode, acl)
+    }
+    fn set_data(
+        &self,
+        path: &str,
+        data: &[u8],
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send {
+        (**self).set_data(path, data, version)
+    }
+    fn delete(
+        &self,
+        path: &str,
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<(), ZkError>> + Send {
+        (**self).delete(path, version)
+    }
+    fn multi(
+        &self,
+        ops: &[WriteOp],
+    ) -> impl Future<Output = Result<Vec<WriteResult>, ZkError>> + Send {
+        (**self).multi(ops)
     }
 }

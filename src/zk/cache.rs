@@ -280,10 +280,9 @@ impl NodeCache {
                     children.insert(name.to_string());
                     node.stat.num_children = children.len() as i32;
                 }
-                None => {
-                    node.stat.num_children += 1;
-                    node.stale = true;
-                }
+                // Not idempotent to count here (our own create and its
+                // event both arrive): let the next read refetch the stat.
+                None => node.stale = true,
             }
         }
     }
@@ -298,10 +297,7 @@ impl NodeCache {
                     children.remove(name);
                     node.stat.num_children = children.len() as i32;
                 }
-                None => {
-                    node.stat.num_children = (node.stat.num_children - 1).max(0);
-                    node.stale = true;
-                }
+                None => node.stale = true,
             }
         }
     }

@@ -8,7 +8,10 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::backend::{AclEntry, NodeEvent, NodeEventKind, NodeStat, ZkBackend, ZkError};
+use super::backend::{
+    AclEntry, CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult, ZkBackend,
+    ZkError,
+};
 use super::path;
 
 struct State {
@@ -19,6 +22,9 @@ struct State {
 
 pub struct FakeZk {
     state: Mutex<State>,
+    /// Events caused by writes through the backend trait (our own writes),
+    /// waiting for a test to deliver them like the watch would.
+    own_events: Mutex<Vec<NodeEvent>>,
     connected: AtomicBool,
     requests: AtomicU64,
 }
@@ -39,6 +45,7 @@ impl FakeZk {
                 zxid: 0,
                 now_ms: 1_700_000_000_000,
             }),
+            own_events: Mutex::new(Vec::new()),
             connected: AtomicBool::new(true),
             requests: AtomicU64::new(0),
         }
@@ -136,8 +143,30 @@ impl FakeZk {
         }])
     }
 
+    /// Watch events caused by our own writes since the last call.
+    pub fn take_own_events(&self) -> Vec<NodeEvent> {
+        std::mem::take(&mut *self.own_events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub fn set(&self, p: &str, data: &[u8]) -> Result<Vec<NodeEvent>, ZkError> {
+        self.set_versioned(p, data, None)
+    }
+
+    fn set_versioned(
+        &self,
+        p: &str,
+        data: &[u8],
+        version: Option<i32>,
+    ) -> Result<Vec<NodeEvent>, ZkError> {
         let mut state = self.state();
+        let current = state
+            .nodes
+            .get(p)
+            .map(|(_, s)| s.version)
+            .ok_or(ZkError::NoNode)?;
+        if version.is_some_and(|v| v != current) {
+            return Err(ZkError::BadVersion);
+        }
         state.zxid += 1;
         let (zxid, now) = (state.zxid, state.now_ms);
         let (d, s) = state.nodes.get_mut(p).ok_or(ZkError::NoNode)?;
@@ -153,9 +182,18 @@ impl FakeZk {
     }
 
     pub fn delete(&self, p: &str) -> Result<Vec<NodeEvent>, ZkError> {
+        self.delete_versioned(p, None)
+    }
+
+    fn delete_versioned(&self, p: &str, version: Option<i32>) -> Result<Vec<NodeEvent>, ZkError> {
         let mut state = self.state();
-        if !state.nodes.contains_key(p) {
-            return Err(ZkError::NoNode);
+        let current = state
+            .nodes
+            .get(p)
+            .map(|(_, s)| s.version)
+            .ok_or(ZkError::NoNode)?;
+        if version.is_some_and(|v| v != current) {
+            return Err(ZkError::BadVersion);
         }
         if !Self::children_of(&state, p).is_empty() {
             return Err(ZkError::NotEmpty);
@@ -226,5 +264,117 @@ impl ZkBackend for FakeZk {
 
     fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    fn create(
+        &self,
+        p: &str,
+        data: &[u8],
+        mode: CreateMode,
+        _acl: Option<&[AclEntry]>,
+    ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send {
+        let owner = if mode == CreateMode::Ephemeral { 1 } else { 0 };
+        let result = self
+            .check()
+            .and_then(|()| self.create(p, data, owner))
+            .and_then(|events| {
+                self.queue(events);
+                self.stat(p).ok_or(ZkError::NoNode)
+            });
+        std::future::ready(result)
+    }
+
+    fn set_data(
+        &self,
+        p: &str,
+        data: &[u8],
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send {
+        let result = self
+            .check()
+            .and_then(|()| self.set_versioned(p, data, version))
+            .and_then(|events| {
+                self.queue(events);
+                self.stat(p).ok_or(ZkError::NoNode)
+            });
+        std::future::ready(result)
+    }
+
+    fn delete(
+        &self,
+        p: &str,
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<(), ZkError>> + Send {
+        let result = self
+            .check()
+            .and_then(|()| self.delete_versioned(p, version))
+            .map(|events| self.queue(events));
+        std::future::ready(result)
+    }
+
+    fn multi(
+        &self,
+        ops: &[WriteOp],
+    ) -> impl Future<Output = Result<Vec<WriteResult>, ZkError>> + Send {
+        std::future::ready(self.check().and_then(|()| self.apply_multi(ops)))
+    }
+}
+
+impl FakeZk {
+    fn queue(&self, events: Vec<NodeEvent>) {
+        self.own_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(events);
+    }
+
+    /// All or nothing: roll the tree back when one op fails.
+    fn apply_multi(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>, ZkError> {
+        let snapshot = {
+            let s = self.state();
+            (s.nodes.clone(), s.zxid)
+        };
+        let mut results = Vec::new();
+        let mut events = Vec::new();
+        for op in ops {
+            let step = match op {
+                WriteOp::Create {
+                    path, data, mode, ..
+                } => {
+                    let owner = if *mode == CreateMode::Ephemeral { 1 } else { 0 };
+                    self.create(path, data, owner).and_then(|e| {
+                        events.extend(e);
+                        self.stat(path)
+                            .map(WriteResult::Created)
+                            .ok_or(ZkError::NoNode)
+                    })
+                }
+                WriteOp::SetData {
+                    path,
+                    data,
+                    version,
+                } => self.set_versioned(path, data, *version).and_then(|e| {
+                    events.extend(e);
+                    self.stat(path).map(WriteResult::Set).ok_or(ZkError::NoNode)
+                }),
+                WriteOp::Delete { path, version } => {
+                    self.delete_versioned(path, *version).map(|e| {
+                        events.extend(e);
+                        WriteResult::Deleted
+                    })
+                }
+            };
+            match step {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    let mut s = self.state();
+                    s.nodes = snapshot.0;
+                    s.zxid = snapshot.1;
+                    return Err(e);
+                }
+            }
+        }
+        self.queue(events);
+        Ok(results)
     }
 }

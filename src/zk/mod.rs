@@ -17,5 +17,7 @@ pub mod path;
 pub mod session;
 pub mod store;
 
-pub use backend::{NodeEvent, NodeEventKind, NodeStat, ZkBackend, ZkError};
+pub use backend::{
+    CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult, ZkBackend, ZkError,
+};
 pub use store::{Change, NodeView, Store};

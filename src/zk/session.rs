@@ -16,7 +16,36 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use zookeeper_client as zk;
 
-use super::backend::{AclEntry, NodeEvent, NodeEventKind, NodeStat, ZkBackend, ZkError};
+use super::backend::{
+    AclEntry, CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult, ZkBackend,
+    ZkError,
+};
+
+/// Digest credentials (`user:password`). Never printed.
+#[derive(Clone)]
+pub struct Credentials(pub String);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
+}
+
+impl Credentials {
+    /// The user part, for ACL checks and log lines.
+    pub fn user(&self) -> &str {
+        self.0.split_once(':').map_or(self.0.as_str(), |(u, _)| u)
+    }
+}
+
+/// ACL given to nodes this mount creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewNodeAcl {
+    /// `world:anyone:cdrwa`: anyone may read and change them.
+    Open,
+    /// `auth::cdrwa`: only the mount's authenticated identity (needs --auth-file).
+    Creator,
+}
 
 /// Connection settings of a mount.
 #[derive(Clone, Debug)]
@@ -28,6 +57,9 @@ pub struct SessionConfig {
     pub session_timeout: Duration,
     pub op_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Digest credentials added to every session (re-applied after expiry).
+    pub credentials: Option<Credentials>,
+    pub new_node_acl: NewNodeAcl,
 }
 
 /// Connection state as shown by `zkfs status` and `user.zkfs.state`.
@@ -124,7 +156,14 @@ pub fn map_stat(s: &zk::Stat) -> NodeStat {
 
 /// Connect once, bounded by `timeout`.
 async fn connect(config: &SessionConfig, timeout: Duration) -> Result<zk::Client, String> {
-    let connector = zk::Client::connector().with_session_timeout(config.session_timeout);
+    let mut connector = zk::Client::connector().with_session_timeout(config.session_timeout);
+    if let Some(credentials) = &config.credentials {
+        debug!(
+            user = credentials.user(),
+            "session authenticates with digest credentials"
+        );
+        connector = connector.with_auth("digest", credentials.0.as_bytes());
+    }
     match tokio::time::timeout(timeout, connector.connect(&config.servers)).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(format!(
@@ -497,6 +536,132 @@ impl ZkBackend for ZkSession {
     fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
     }
+
+    fn create(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: CreateMode,
+        acl: Option<&[AclEntry]>,
+    ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send {
+        let client = self.client();
+        let (path, data) = (path.to_string(), data.to_vec());
+        let acl: Option<Vec<zk::Acl>> = acl.map(|a| a.iter().map(to_acl).collect());
+        let default = self.config.new_node_acl;
+        self.bounded(async move {
+            let client = client.ok_or(zk::Error::ClientClosed)?;
+            let options = create_options(mode, &acl, default);
+            client
+                .create(&path, &data, &options)
+                .await
+                .map(|(stat, _)| map_stat(&stat))
+        })
+    }
+
+    fn set_data(
+        &self,
+        path: &str,
+        data: &[u8],
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send {
+        let client = self.client();
+        let (path, data) = (path.to_string(), data.to_vec());
+        self.bounded(async move {
+            let client = client.ok_or(zk::Error::ClientClosed)?;
+            client
+                .set_data(&path, &data, version)
+                .await
+                .map(|stat| map_stat(&stat))
+        })
+    }
+
+    fn delete(
+        &self,
+        path: &str,
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<(), ZkError>> + Send {
+        let client = self.client();
+        let path = path.to_string();
+        self.bounded(async move {
+            let client = client.ok_or(zk::Error::ClientClosed)?;
+            client.delete(&path, version).await
+        })
+    }
+
+    fn multi(
+        &self,
+        ops: &[WriteOp],
+    ) -> impl Future<Output = Result<Vec<WriteResult>, ZkError>> + Send {
+        let client = self.client();
+        let ops = ops.to_vec();
+        let default = self.config.new_node_acl;
+        self.bounded(async move {
+            let client = client.ok_or(zk::Error::ClientClosed)?;
+            let mut writer = client.new_multi_writer();
+            for op in &ops {
+                match op {
+                    WriteOp::Create {
+                        path,
+                        data,
+                        mode,
+                        acl,
+                    } => {
+                        let acl: Option<Vec<zk::Acl>> =
+                            acl.as_ref().map(|a| a.iter().map(to_acl).collect());
+                        writer.add_create(path, data, &create_options(*mode, &acl, default))?;
+                    }
+                    WriteOp::SetData {
+                        path,
+                        data,
+                        version,
+                    } => writer.add_set_data(path, data, *version)?,
+                    WriteOp::Delete { path, version } => writer.add_delete(path, *version)?,
+                }
+            }
+            let results = writer.commit().await.map_err(zk::Error::from)?;
+            Ok(results
+                .into_iter()
+                .map(|r| match r {
+                    zk::MultiWriteResult::Create { stat, .. } => {
+                        WriteResult::Created(map_stat(&stat))
+                    }
+                    zk::MultiWriteResult::SetData { stat } => WriteResult::Set(map_stat(&stat)),
+                    _ => WriteResult::Deleted,
+                })
+                .collect())
+        })
+    }
+}
+
+fn to_acl(entry: &AclEntry) -> zk::Acl {
+    let permission = [
+        (1, zk::Permission::READ),
+        (2, zk::Permission::WRITE),
+        (4, zk::Permission::CREATE),
+        (8, zk::Permission::DELETE),
+        (16, zk::Permission::ADMIN),
+    ]
+    .iter()
+    .filter(|(bit, _)| entry.perms & bit != 0)
+    .fold(zk::Permission::NONE, |acc, (_, p)| acc | *p);
+    zk::Acl::new(permission, zk::AuthId::new(&entry.scheme, &entry.id))
+}
+
+fn create_options<'a>(
+    mode: CreateMode,
+    acl: &'a Option<Vec<zk::Acl>>,
+    default: NewNodeAcl,
+) -> zk::CreateOptions<'a> {
+    let mode = match mode {
+        CreateMode::Persistent => zk::CreateMode::Persistent,
+        CreateMode::Ephemeral => zk::CreateMode::Ephemeral,
+    };
+    let acls = match (acl, default) {
+        (Some(acl), _) => zk::Acls::new(acl),
+        (None, NewNodeAcl::Open) => zk::Acls::anyone_all(),
+        (None, NewNodeAcl::Creator) => zk::Acls::creator_all(),
+    };
+    mode.with_acls(acls)
 }
 
 fn permission_bits(p: zk::Permission) -> i32 {

@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing::{debug, warn};
 
-use super::backend::{AclEntry, NodeEvent, NodeEventKind, NodeStat, ZkBackend, ZkError};
+use super::backend::{
+    AclEntry, CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult, ZkBackend,
+    ZkError,
+};
 use super::cache::{CachedNode, FetchTicket, NodeCache};
 use super::path;
 
@@ -266,6 +269,165 @@ impl<B: ZkBackend> Store<B> {
     /// The node's ACL (not cached: asked for on each call).
     pub async fn acl(&self, path: &str) -> Result<Vec<AclEntry>, ZkError> {
         self.backend.get_acl(path).await
+    }
+
+    /// Record a node we just wrote (created or set) with its new stat.
+    fn record_written(&self, path: &str, data: Vec<u8>, stat: NodeStat, ticket: FetchTicket) {
+        let mut cache = self.cache();
+        cache.end_fetch(path, ticket);
+        cache.store_data(path, data, stat, ticket);
+    }
+
+    fn record_created(&self, path: &str, data: Vec<u8>, stat: NodeStat, ticket: FetchTicket) {
+        self.record_written(path, data, stat, ticket);
+        if let Some(parent) = path::parent(path) {
+            self.cache().add_child(parent, path::basename(path));
+        }
+    }
+
+    fn record_deleted(&self, path: &str) {
+        let mut cache = self.cache();
+        cache.remove(path);
+        if let Some(parent) = path::parent(path) {
+            cache.remove_child(parent, path::basename(path));
+        }
+    }
+
+    /// After a write failed with an unknown outcome (connection lost or our
+    /// deadline passed), look at the node once more: if it holds exactly what
+    /// we wrote, newer than `before`, the write was applied.
+    async fn written_anyway(
+        &self,
+        path: &str,
+        data: &[u8],
+        before: Option<i64>,
+    ) -> Option<NodeStat> {
+        match self.backend.get_data(path).await {
+            Ok((now, stat)) if now == data && before.is_none_or(|m| stat.mzxid > m) => Some(stat),
+            _ => None,
+        }
+    }
+
+    /// Create a node and cache it (read-your-writes).
+    pub async fn create(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        mode: CreateMode,
+        acl: Option<&[AclEntry]>,
+    ) -> Result<NodeStat, ZkError> {
+        let ticket = self.cache().begin_fetch(path);
+        match self.backend.create(path, &data, mode, acl).await {
+            Ok(stat) => {
+                self.record_created(path, data, stat, ticket);
+                Ok(stat)
+            }
+            Err(e) if e.is_connectivity() => {
+                let applied = self.written_anyway(path, &data, None).await;
+                match applied {
+                    Some(stat) if stat.num_children == 0 => {
+                        self.record_created(path, data, stat, ticket);
+                        Ok(stat)
+                    }
+                    _ => {
+                        self.cache().end_fetch(path, ticket);
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => {
+                self.cache().end_fetch(path, ticket);
+                Err(e)
+            }
+        }
+    }
+
+    /// `setData` and cache the result (read-your-writes).
+    pub async fn set_data(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        version: Option<i32>,
+    ) -> Result<NodeStat, ZkError> {
+        let before = self.peek(path).map(|v| v.stat.mzxid);
+        let ticket = self.cache().begin_fetch(path);
+        match self.backend.set_data(path, &data, version).await {
+            Ok(stat) => {
+                self.record_written(path, data, stat, ticket);
+                Ok(stat)
+            }
+            Err(e) if e.is_connectivity() => match self.written_anyway(path, &data, before).await {
+                Some(stat) if version.is_none_or(|v| stat.version == v + 1) => {
+                    self.record_written(path, data, stat, ticket);
+                    Ok(stat)
+                }
+                _ => {
+                    self.cache().end_fetch(path, ticket);
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                self.cache().end_fetch(path, ticket);
+                if e == ZkError::BadVersion || e == ZkError::NoNode {
+                    self.cache().mark_stale(path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<(), ZkError> {
+        let mut result = self.backend.delete(path, version).await;
+        if let Err(e) = &result
+            && e.is_connectivity()
+            && self.backend.get_data(path).await == Err(ZkError::NoNode)
+        {
+            // The outcome was unknown; the node is gone, so it was applied.
+            result = Ok(());
+        }
+        match &result {
+            Ok(()) | Err(ZkError::NoNode) => self.record_deleted(path),
+            Err(_) => {
+                self.cache().mark_stale(path);
+            }
+        }
+        result
+    }
+
+    /// Run a transaction and apply its results to the cache.
+    pub async fn multi(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>, ZkError> {
+        let results = self.backend.multi(ops).await;
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                let mut cache = self.cache();
+                for op in ops {
+                    match op {
+                        WriteOp::Create { path, .. }
+                        | WriteOp::SetData { path, .. }
+                        | WriteOp::Delete { path, .. } => {
+                            cache.mark_stale(path);
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
+        for (op, result) in ops.iter().zip(&results) {
+            match (op, result) {
+                (WriteOp::Create { path, data, .. }, WriteResult::Created(stat)) => {
+                    let ticket = self.cache().begin_fetch(path);
+                    self.record_created(path, data.clone(), *stat, ticket);
+                }
+                (WriteOp::SetData { path, data, .. }, WriteResult::Set(stat)) => {
+                    let ticket = self.cache().begin_fetch(path);
+                    self.record_written(path, data.clone(), *stat, ticket);
+                }
+                (WriteOp::Delete { path, .. }, _) => self.record_deleted(path),
+                _ => {}
+            }
+        }
+        Ok(results)
     }
 
     /// Apply one watch event to the cache; returns what changed.

@@ -1,0 +1,650 @@
+//! The write half of the filesystem core (contract §7): write handles that
+//! buffer the whole content and send it as one versioned `setData` (or one
+//! `create`) at close/fsync, and create, mkdir, unlink, rmdir, rename (one
+//! `multi`), truncate and the refusals. Plain Rust types in and out, like
+//! `core.rs`; nothing here knows about fuser.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
+
+use super::attr::{Attr, FileKind};
+use super::core::{Entry, OpenMode, ZkFs, lock};
+use super::error::FsError;
+use super::inode::Role;
+use super::name::NodeName;
+use crate::zk::path;
+use crate::zk::{CreateMode, WriteOp, WriteResult, ZkBackend, ZkError};
+
+/// czxid of an inode whose node is not created yet (it is, at close).
+pub const PENDING_CZXID: i64 = -1;
+
+/// The state of one write handle.
+#[derive(Debug)]
+pub struct Writer {
+    buf: Vec<u8>,
+    /// The node version this content is based on (None: node not created yet).
+    base_version: Option<i32>,
+    dirty: bool,
+    append: bool,
+}
+
+impl Writer {
+    pub fn existing(data: &[u8], version: i32, mode: OpenMode) -> Writer {
+        Writer {
+            buf: if mode.truncate {
+                Vec::new()
+            } else {
+                data.to_vec()
+            },
+            base_version: Some(version),
+            // `> file` must empty the node even when nothing is written.
+            dirty: mode.truncate,
+            append: mode.append,
+        }
+    }
+
+    fn new_file(mode: OpenMode) -> Writer {
+        Writer {
+            buf: Vec::new(),
+            base_version: None,
+            dirty: true,
+            append: mode.append,
+        }
+    }
+
+    pub fn content(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Flags of `rename(2)` the core understands.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RenameFlags {
+    pub noreplace: bool,
+    pub exchange: bool,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl<B: ZkBackend> ZkFs<B> {
+    fn writable(&self, path: &str) -> Result<(), FsError> {
+        if self.config.presentation.read_only {
+            Err(FsError::ReadOnly(path.to_string()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The parent directory's path and a validated new name under it.
+    fn new_child(&self, parent: u64, name: &OsStr) -> Result<(String, String), FsError> {
+        let dir = self.inode(parent)?;
+        self.writable(&dir.path)?;
+        if dir.kind != FileKind::Directory || dir.role != Role::Node {
+            return Err(FsError::NotDir(dir.path));
+        }
+        let shown = path::join(&dir.path, &name.to_string_lossy());
+        let name = NodeName::parse(name)
+            .map_err(|e| FsError::InvalidName(shown.clone(), e.to_string()))?;
+        if !self.config.chrooted && dir.path == "/" && name.as_str() == "zookeeper" {
+            return Err(FsError::InvalidName(
+                shown,
+                "/zookeeper is reserved by ZooKeeper".into(),
+            ));
+        }
+        let child = path::join(&dir.path, name.as_str());
+        Ok((dir.path, child))
+    }
+
+    /// Whether `name` under `dir` is the virtual data file (no real child has that name).
+    async fn is_data_file(&self, dir: &str, name: &str) -> Result<bool, FsError> {
+        if name != self.config.data_name {
+            return Ok(false);
+        }
+        match self.store.node(&path::join(dir, name)).await {
+            Ok(_) => Ok(false),
+            Err(ZkError::NoNode) => Ok(true),
+            Err(e) => Err(FsError::zk(dir, "getData", e)),
+        }
+    }
+
+    /// Attributes of a file created here and not yet sent.
+    pub(super) async fn pending_attr(&self, ino: u64) -> Attr {
+        let size = self.unsent_size(ino).await.unwrap_or(0);
+        Attr {
+            ino,
+            kind: FileKind::RegularFile,
+            size,
+            mtime_ns: now_ns(),
+            crtime_ms: (now_ns() / 1_000_000) as i64,
+            perm: self.config.presentation.file_mode,
+            nlink: 1,
+            uid: self.config.presentation.uid,
+            gid: self.config.presentation.gid,
+        }
+    }
+
+    /// Size of the content a write handle of `ino` holds but has not sent.
+    pub(super) async fn unsent_size(&self, ino: u64) -> Option<u64> {
+        let writers: Vec<_> = lock(&self.files)
+            .values()
+            .filter(|f| f.ino == ino)
+            .filter_map(|f| f.writer.clone())
+            .collect();
+        let mut size = None;
+        for w in writers {
+            let w = w.lock().await;
+            if w.dirty {
+                size = Some(w.buf.len() as u64);
+            }
+        }
+        size
+    }
+
+    pub(super) fn open_pending(
+        &self,
+        ino: u64,
+        path: &str,
+        mode: OpenMode,
+    ) -> Result<(u64, bool), FsError> {
+        let writer = Writer::new_file(mode);
+        Ok((
+            self.add_handle(ino, path, Arc::from(&[][..]), Some(writer)),
+            false,
+        ))
+    }
+
+    /// `open(O_CREAT)`: a new file whose node appears, with its complete
+    /// content, when the file is closed. An existing node is opened instead
+    /// (`EEXIST` with `O_EXCL`).
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: OpenMode,
+        exclusive: bool,
+    ) -> Result<(Entry, u64), FsError> {
+        let (dir, child) = self.new_child(parent, name)?;
+        let mode = OpenMode {
+            write: true,
+            ..mode
+        };
+        if self.is_data_file(&dir, path::basename(&child)).await? {
+            if exclusive {
+                return Err(FsError::Exists(child));
+            }
+            let entry = self.lookup(parent, name).await?;
+            let (fh, _) = self.open(entry.attr.ino, mode).await?;
+            return Ok((entry, fh));
+        }
+        let pending = lock(&self.pending).get(&child).copied();
+        let exists = match pending {
+            Some(_) => true,
+            None => match self.store.node(&child).await {
+                Ok(_) => true,
+                Err(ZkError::NoNode) => false,
+                Err(e) => return Err(FsError::zk(&child, "getData", e)),
+            },
+        };
+        if exists {
+            if exclusive {
+                return Err(FsError::Exists(child));
+            }
+            let entry = self.lookup(parent, name).await?;
+            let (fh, _) = self.open(entry.attr.ino, mode).await?;
+            return Ok((entry, fh));
+        }
+        let ino =
+            lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, PENDING_CZXID);
+        lock(&self.inodes).add_lookup(ino);
+        lock(&self.pending).insert(child.clone(), ino);
+        let (fh, _) = self.open_pending(ino, &child, mode)?;
+        let attr = self.pending_attr(ino).await;
+        self.invalidate_entry_of(&child);
+        Ok((Entry { attr }, fh))
+    }
+
+    /// `mknod`: regular files only (created empty at once); the rest cannot be stored.
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        is_regular: bool,
+    ) -> Result<Entry, FsError> {
+        let (_, child) = self.new_child(parent, name)?;
+        if !is_regular {
+            return Err(FsError::NotPermitted(
+                child,
+                "device nodes, FIFOs and sockets cannot be stored in ZooKeeper",
+            ));
+        }
+        lock(&self.created_as_file).insert(child.clone());
+        if let Err(e) = self
+            .store
+            .create(&child, Vec::new(), CreateMode::Persistent, None)
+            .await
+        {
+            lock(&self.created_as_file).remove(&child);
+            return Err(create_error(&child, e));
+        }
+        self.lookup(parent, name).await
+    }
+
+    /// `mkdir`: a persistent empty node (shown as a directory).
+    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
+        let (_, child) = self.new_child(parent, name)?;
+        self.store
+            .create(&child, Vec::new(), CreateMode::Persistent, None)
+            .await
+            .map_err(|e| create_error(&child, e))?;
+        self.lookup(parent, name).await
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let (path, writer) = self.writer_of(fh)?;
+        let mut w = writer.lock().await;
+        let start = if w.append {
+            w.buf.len()
+        } else {
+            offset as usize
+        };
+        let end = start.saturating_add(data.len());
+        if end > self.config.max_data {
+            return Err(FsError::TooBig(path, end, self.config.max_data));
+        }
+        if w.buf.len() < end {
+            w.buf.resize(end, 0);
+        }
+        w.buf[start..end].copy_from_slice(data);
+        w.dirty = true;
+        Ok(data.len() as u32)
+    }
+
+    fn writer_of(&self, fh: u64) -> Result<(String, Arc<tokio::sync::Mutex<Writer>>), FsError> {
+        let files = lock(&self.files);
+        let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
+        match &file.writer {
+            Some(w) => Ok((file.path.clone(), w.clone())),
+            None => Err(FsError::BadFileHandle),
+        }
+    }
+
+    /// `close`/`fsync`: send the handle's content if it changed (one
+    /// `setData` with the version seen at open, or one `create`).
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let (ino, path, writer) = {
+            let files = lock(&self.files);
+            let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
+            match &file.writer {
+                Some(w) => (file.ino, file.path.clone(), w.clone()),
+                None => return Ok(()),
+            }
+        };
+        let mut w = writer.lock().await;
+        if !w.dirty {
+            return Ok(());
+        }
+        let result = self.send(ino, &path, &mut w).await;
+        // Reported once (on this close); the content is not sent again.
+        w.dirty = false;
+        result
+    }
+
+    async fn send(&self, ino: u64, path: &str, w: &mut Writer) -> Result<(), FsError> {
+        let data = w.buf.clone();
+        let Some(version) = w.base_version else {
+            if !lock(&self.pending).contains_key(path) {
+                // Unlinked before it was ever sent: nothing to create.
+                return Ok(());
+            }
+            let result = self
+                .store
+                .create(path, data, CreateMode::Persistent, None)
+                .await;
+            lock(&self.pending).remove(path);
+            return match result {
+                Ok(stat) => {
+                    lock(&self.created_as_file).insert(path.to_string());
+                    if let Some(inode) = lock(&self.inodes).get_mut(ino) {
+                        inode.czxid = stat.czxid;
+                    }
+                    w.base_version = Some(stat.version);
+                    self.invalidate_entry_of(path);
+                    Ok(())
+                }
+                Err(ZkError::NodeExists) => {
+                    lock(&self.inodes).detach(path);
+                    Err(FsError::Conflict {
+                        path: path.to_string(),
+                        detail: "another client created the node while this file was open; \
+                                 it keeps the other client's data"
+                            .into(),
+                    })
+                }
+                Err(e) => {
+                    lock(&self.inodes).detach(path);
+                    Err(create_error(path, e))
+                }
+            };
+        };
+        let expected = if self.config.last_writer_wins {
+            None
+        } else {
+            Some(version)
+        };
+        match self.store.set_data(path, data, expected).await {
+            Ok(stat) => {
+                w.base_version = Some(stat.version);
+                if let Some(inode) = lock(&self.inodes).get_mut(ino) {
+                    inode.cached_mzxid = None;
+                }
+                Ok(())
+            }
+            Err(ZkError::BadVersion) => {
+                let actual = match self.store.node(path).await {
+                    Ok(v) => v.stat.version.to_string(),
+                    Err(e) => format!("unknown ({e})"),
+                };
+                Err(FsError::Conflict {
+                    path: path.to_string(),
+                    detail: format!(
+                        "changed by another client since open: expected version {version}, \
+                         node is at version {actual}; it keeps the other writer's data"
+                    ),
+                })
+            }
+            Err(ZkError::NoNode) => Err(FsError::Conflict {
+                path: path.to_string(),
+                detail: "deleted by another client while this file was open".into(),
+            }),
+            Err(e) => Err(FsError::zk(path, "setData", e)),
+        }
+    }
+
+    /// Last close of a handle: send what was not sent yet, then forget it.
+    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+        let result = self.flush(fh).await;
+        lock(&self.files).remove(&fh);
+        result
+    }
+
+    /// `truncate`/`ftruncate`, `chmod`, `chown`, `utimes` (times: accepted, no-op).
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        fh: Option<u64>,
+    ) -> Result<Attr, FsError> {
+        let inode = self.inode(ino)?;
+        let p = &self.config.presentation;
+        if mode.is_some() || uid.is_some() || gid.is_some() || size.is_some() {
+            self.writable(&inode.path)?;
+        }
+        let current = self.getattr(ino).await?;
+        if let Some(mode) = mode
+            && (mode & 0o7777) as u16 != current.perm
+        {
+            return Err(FsError::NotPermitted(
+                inode.path,
+                "chmod: ZooKeeper nodes have no mode bits (set --file-mode/--dir-mode)",
+            ));
+        }
+        if uid.is_some_and(|u| u != p.uid) || gid.is_some_and(|g| g != p.gid) {
+            return Err(FsError::NotPermitted(
+                inode.path,
+                "chown: ZooKeeper nodes have no owner (set --uid/--gid)",
+            ));
+        }
+        if let Some(size) = size {
+            let size = size as usize;
+            if size > self.config.max_data {
+                return Err(FsError::TooBig(inode.path, size, self.config.max_data));
+            }
+            if current.kind == FileKind::Directory {
+                return Err(FsError::IsDir(inode.path));
+            }
+            let handle = fh.and_then(|fh| self.writer_of(fh).ok());
+            match handle {
+                Some((_, writer)) => {
+                    let mut w = writer.lock().await;
+                    w.buf.resize(size, 0);
+                    w.dirty = true;
+                }
+                None => {
+                    // truncate(2) on a closed file: one versioned setData now.
+                    let (data, view) = self
+                        .store
+                        .data(&inode.path)
+                        .await
+                        .map_err(|e| FsError::zk(&inode.path, "getData", e))?;
+                    let mut data = data.to_vec();
+                    data.resize(size, 0);
+                    let mut w = Writer::existing(&[], view.stat.version, OpenMode::default());
+                    w.buf = data;
+                    w.dirty = true;
+                    self.send(ino, &inode.path, &mut w).await?;
+                }
+            }
+        }
+        self.getattr(ino).await
+    }
+
+    /// `unlink`: delete the node; on the data file, empty the directory's data.
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        let (dir, child) = self.new_child(parent, name)?;
+        if lock(&self.pending).remove(&child).is_some() {
+            lock(&self.inodes).detach(&child);
+            return Ok(());
+        }
+        if self.is_data_file(&dir, path::basename(&child)).await? {
+            self.store
+                .set_data(&dir, Vec::new(), None)
+                .await
+                .map_err(|e| FsError::zk(&dir, "setData", e))?;
+            self.invalidate_path(&dir);
+            return Ok(());
+        }
+        let view = self.view(&child).await?;
+        if self.kind_of(&child, &view) == FileKind::Directory {
+            return Err(FsError::IsDir(child));
+        }
+        self.delete(&child).await
+    }
+
+    /// `rmdir`: delete a directory node (`ENOTEMPTY` when it has children).
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        let (_, child) = self.new_child(parent, name)?;
+        let view = self.view(&child).await?;
+        if self.kind_of(&child, &view) != FileKind::Directory {
+            return Err(FsError::NotDir(child));
+        }
+        self.delete(&child).await
+    }
+
+    async fn delete(&self, p: &str) -> Result<(), FsError> {
+        match self.store.delete(p, None).await {
+            Ok(()) => {
+                self.forget_path(p);
+                Ok(())
+            }
+            Err(ZkError::NotEmpty) => Err(FsError::NotEmpty(p.to_string())),
+            Err(e) => Err(FsError::zk(p, "delete", e)),
+        }
+    }
+
+    /// `rename` of a childless node as one `multi`: create-at-target (or
+    /// set-target) + delete-source, checked against the versions we know.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), FsError> {
+        let (src_dir, src) = self.new_child(parent, name)?;
+        let (dst_dir, dst) = self.new_child(new_parent, new_name)?;
+        if flags.exchange {
+            return Err(FsError::Unsupported(src, "RENAME_EXCHANGE"));
+        }
+        if src == dst {
+            return Ok(());
+        }
+        if lock(&self.pending).contains_key(&src) {
+            return Err(FsError::Busy(
+                src,
+                "the file is still open and not yet created in ZooKeeper; close it first",
+            ));
+        }
+        if self.is_data_file(&src_dir, path::basename(&src)).await?
+            || self.is_data_file(&dst_dir, path::basename(&dst)).await?
+        {
+            return Err(FsError::CrossDevice(
+                src,
+                "a directory's data file moves by copy (mv falls back to copying)",
+            ));
+        }
+        let src_view = self.view(&src).await?;
+        if src_view.stat.num_children > 0 {
+            return Err(FsError::CrossDevice(
+                src,
+                "a node with children cannot be renamed in one transaction (mv falls back to copying)",
+            ));
+        }
+        let src_kind = self.kind_of(&src, &src_view);
+        let (data, src_view) = self
+            .store
+            .data(&src)
+            .await
+            .map_err(|e| FsError::zk(&src, "getData", e))?;
+        let acl = self
+            .store
+            .acl(&src)
+            .await
+            .map_err(|e| FsError::zk(&src, "getACL", e))?;
+        let dst_view = match self.store.node(&dst).await {
+            Ok(v) => Some(v),
+            Err(ZkError::NoNode) => None,
+            Err(e) => return Err(FsError::zk(&dst, "getData", e)),
+        };
+        let versioned = !self.config.last_writer_wins;
+        let src_version = versioned.then_some(src_view.stat.version);
+        let mode = if src_view.stat.is_ephemeral() {
+            CreateMode::Ephemeral
+        } else {
+            CreateMode::Persistent
+        };
+        let create = WriteOp::Create {
+            path: dst.clone(),
+            data: data.to_vec(),
+            mode,
+            acl: Some(acl),
+        };
+        let delete_src = WriteOp::Delete {
+            path: src.clone(),
+            version: src_version,
+        };
+        let ops = match &dst_view {
+            None => vec![create, delete_src],
+            Some(_) if flags.noreplace => return Err(FsError::Exists(dst)),
+            Some(v) => {
+                let dst_kind = self.kind_of(&dst, v);
+                match (src_kind, dst_kind) {
+                    (FileKind::Directory, FileKind::Directory) => {
+                        if v.stat.num_children > 0 {
+                            return Err(FsError::NotEmpty(dst));
+                        }
+                        vec![
+                            WriteOp::Delete {
+                                path: dst.clone(),
+                                version: versioned.then_some(v.stat.version),
+                            },
+                            create,
+                            delete_src,
+                        ]
+                    }
+                    (_, FileKind::Directory) => return Err(FsError::IsDir(dst)),
+                    (FileKind::Directory, _) => return Err(FsError::NotDir(dst)),
+                    _ => vec![
+                        WriteOp::SetData {
+                            path: dst.clone(),
+                            data: data.to_vec(),
+                            version: versioned.then_some(v.stat.version),
+                        },
+                        delete_src,
+                    ],
+                }
+            }
+        };
+        let results = self.store.multi(&ops).await.map_err(|e| match e {
+            ZkError::BadVersion => FsError::Conflict {
+                path: src.clone(),
+                detail: format!("{src} or {dst} changed by another client; nothing was renamed"),
+            },
+            ZkError::NodeExists => FsError::Exists(dst.clone()),
+            ZkError::NotEmpty => FsError::NotEmpty(dst.clone()),
+            e => FsError::zk(&src, "multi (rename)", e),
+        })?;
+        // The kernel moves the source inode to the new name: make our inode
+        // table agree, with the identity of the node now at `dst`.
+        let new_czxid = results.iter().find_map(|r| match r {
+            WriteResult::Created(s) | WriteResult::Set(s) => Some(s.czxid),
+            WriteResult::Deleted => None,
+        });
+        let was_file = lock(&self.created_as_file).remove(&src);
+        if was_file {
+            lock(&self.created_as_file).insert(dst.clone());
+        }
+        let dst_kind = match self.store.peek(&dst) {
+            Some(v) => self.kind_of(&dst, &v),
+            None => src_kind,
+        };
+        {
+            let mut inodes = lock(&self.inodes);
+            if let Some(ino) = inodes.node_ino(&src) {
+                inodes.move_to(ino, &dst, dst_kind, new_czxid.unwrap_or(PENDING_CZXID));
+            }
+        }
+        self.invalidate_path(&src);
+        self.invalidate_path(&dst);
+        info!(from = %src, to = %dst, "renamed");
+        Ok(())
+    }
+
+    /// `link(2)`: ZooKeeper has no hard links.
+    pub fn link(&self, ino: u64) -> Result<Entry, FsError> {
+        let inode = self.inode(ino)?;
+        self.writable(&inode.path)?;
+        Err(FsError::NotPermitted(
+            inode.path,
+            "ZooKeeper nodes cannot have hard links",
+        ))
+    }
+
+    fn forget_path(&self, p: &str) {
+        lock(&self.created_as_file).remove(p);
+        self.invalidate_path(p);
+        lock(&self.inodes).detach(p);
+    }
+}
+
+fn create_error(path: &str, e: ZkError) -> FsError {
+    match e {
+        ZkError::NodeExists => FsError::Exists(path.to_string()),
+        ZkError::Other(msg) if msg.to_lowercase().contains("ephemeral") => {
+            warn!(path, "cannot create a child of an ephemeral node");
+            FsError::NotPermitted(path.to_string(), "ephemeral nodes cannot have children")
+        }
+        e => FsError::zk(path, "create", e),
+    }
+}
