@@ -28,6 +28,11 @@ pub struct Writer {
     /// The node version this content is based on (None: node not created yet).
     base_version: Option<i32>,
     dirty: bool,
+    /// Data was written (or the size set) through this handle since open.
+    /// `flush` runs at every close of a duplicated descriptor (the shell's
+    /// `>` closes one right after open), so only then does it send; the
+    /// last close (`release`) sends whatever is left.
+    written: bool,
     append: bool,
 }
 
@@ -42,6 +47,7 @@ impl Writer {
             base_version: Some(version),
             // `> file` must empty the node even when nothing is written.
             dirty: mode.truncate,
+            written: false,
             append: mode.append,
         }
     }
@@ -51,6 +57,7 @@ impl Writer {
             buf: Vec::new(),
             base_version: None,
             dirty: true,
+            written: false,
             append: mode.append,
         }
     }
@@ -264,6 +271,7 @@ impl<B: ZkBackend> ZkFs<B> {
         }
         w.buf[start..end].copy_from_slice(data);
         w.dirty = true;
+        w.written = true;
         Ok(data.len() as u32)
     }
 
@@ -279,6 +287,15 @@ impl<B: ZkBackend> ZkFs<B> {
     /// `close`/`fsync`: send the handle's content if it changed (one
     /// `setData` with the version seen at open, or one `create`).
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        self.send_handle(fh, false).await
+    }
+
+    /// `fsync`: send now, written or not.
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        self.send_handle(fh, true).await
+    }
+
+    async fn send_handle(&self, fh: u64, force: bool) -> Result<(), FsError> {
         let (ino, path, writer) = {
             let files = lock(&self.files);
             let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
@@ -288,7 +305,7 @@ impl<B: ZkBackend> ZkFs<B> {
             }
         };
         let mut w = writer.lock().await;
-        if !w.dirty {
+        if !w.dirty || !(force || w.written) {
             return Ok(());
         }
         let result = self.send(ino, &path, &mut w).await;
@@ -304,14 +321,18 @@ impl<B: ZkBackend> ZkFs<B> {
                 // Unlinked before it was ever sent: nothing to create.
                 return Ok(());
             }
+            // Before the node exists, so nobody sees it as an empty directory.
+            lock(&self.created_as_file).insert(path.to_string());
             let result = self
                 .store
                 .create(path, data, CreateMode::Persistent, None)
                 .await;
             lock(&self.pending).remove(path);
+            if result.is_err() {
+                lock(&self.created_as_file).remove(path);
+            }
             return match result {
                 Ok(stat) => {
-                    lock(&self.created_as_file).insert(path.to_string());
                     if let Some(inode) = lock(&self.inodes).get_mut(ino) {
                         inode.czxid = stat.czxid;
                     }
@@ -334,6 +355,14 @@ impl<B: ZkBackend> ZkFs<B> {
                 }
             };
         };
+        // A file this mount empties stays a file here (it would otherwise
+        // turn into an empty directory under the user's feet).
+        let is_node = lock(&self.inodes)
+            .get(ino)
+            .is_some_and(|i| i.role == Role::Node);
+        if data.is_empty() && is_node {
+            lock(&self.created_as_file).insert(path.to_string());
+        }
         let expected = if self.config.last_writer_wins {
             None
         } else {
@@ -370,7 +399,7 @@ impl<B: ZkBackend> ZkFs<B> {
 
     /// Last close of a handle: send what was not sent yet, then forget it.
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
-        let result = self.flush(fh).await;
+        let result = self.send_handle(fh, true).await;
         lock(&self.files).remove(&fh);
         result
     }
@@ -419,6 +448,7 @@ impl<B: ZkBackend> ZkFs<B> {
                     let mut w = writer.lock().await;
                     w.buf.resize(size, 0);
                     w.dirty = true;
+                    w.written = true;
                 }
                 None => {
                     // truncate(2) on a closed file: one versioned setData now.
@@ -442,6 +472,16 @@ impl<B: ZkBackend> ZkFs<B> {
     /// `unlink`: delete the node; on the data file, empty the directory's data.
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         let (dir, child) = self.new_child(parent, name)?;
+        // The kernel sends `release` asynchronously: a close just before this
+        // unlink may still be creating the node. Wait for such sends.
+        let writers: Vec<_> = lock(&self.files)
+            .values()
+            .filter(|f| f.path == child)
+            .filter_map(|f| f.writer.clone())
+            .collect();
+        for writer in writers {
+            drop(writer.lock().await);
+        }
         if lock(&self.pending).remove(&child).is_some() {
             lock(&self.inodes).detach(&child);
             return Ok(());

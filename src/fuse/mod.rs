@@ -137,6 +137,8 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
+            // O_TRUNC arrives with open, not as a separate truncate.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
@@ -332,7 +334,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.dispatch(
             "fsync",
             ino.0,
-            async move { fs.flush(fh.0).await },
+            async move { fs.fsync(fh.0).await },
             move |r| match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),

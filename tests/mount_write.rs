@@ -1,0 +1,326 @@
+//! Writes through a real kernel FUSE mount of a real ZooKeeper server
+//! (contract §7): one versioned setData per close, conflicts, create/mkdir/
+//! rm/rename with real tools, every refusal's errno, digest ACLs.
+
+mod common;
+#[path = "support/zkops.rs"]
+mod zkops;
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Mount, TempDir, shared_zk, unique_root};
+use zkops::{Other, xattr_string};
+use zookeeper_client::{Acls, CreateMode};
+
+fn mounted(tag: &str, extra: &[&str]) -> (Other, String, Mount) {
+    let zk = shared_zk();
+    let root = unique_root(tag);
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    let mount = Mount::start(&format!("{zk}{root}"), extra);
+    (other, root, mount)
+}
+
+fn get(other: &Other, path: &str) -> (Vec<u8>, i32) {
+    let fut = other.client.get_data(path);
+    let (data, stat) = other
+        .rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), fut).await })
+        .unwrap_or_else(|_| panic!("get {path}: timed out"))
+        .unwrap_or_else(|e| panic!("get {path}: {e}"));
+    (data, stat.version)
+}
+
+fn exists(other: &Other, path: &str) -> bool {
+    let fut = other.client.check_stat(path);
+    other
+        .rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), fut).await })
+        .expect("check_stat in time")
+        .expect("check_stat")
+        .is_some()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn cp_of_900_kib_is_one_version_and_readers_never_see_a_mix() {
+    let (other, root, mount) = mounted("cp900", &[]);
+    let node = format!("{root}/blob");
+    let old = vec![b'o'; 900 * 1024];
+    other.create(&node, &old);
+    let dir = TempDir::new("cp900-src");
+    let src = dir.path().join("new");
+    let new: Vec<u8> = (0..900 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    fs::write(&src, &new).expect("write source");
+
+    // A separate client polls the node during the copy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (stop, node, zk) = (stop.clone(), node.clone(), shared_zk());
+        let (old, new) = (old.clone(), new.clone());
+        std::thread::spawn(move || {
+            let reader = Other::connect(&zk);
+            let mut reads = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let (data, _) = get(&reader, &node);
+                assert!(
+                    data == old || data == new,
+                    "a reader saw a mix of old and new content"
+                );
+                reads += 1;
+            }
+            reads
+        })
+    };
+    run(Command::new("cp").arg(&src).arg(mount.path().join("blob")));
+    stop.store(true, Ordering::SeqCst);
+    let reads = poller.join().expect("poller");
+    assert!(reads > 0);
+    let (data, version) = get(&other, &node);
+    assert!(data == new, "node holds the new content");
+    assert_eq!(version, 1, "exactly one setData for the whole copy");
+    assert_eq!(
+        xattr_string(&mount.path().join("blob"), "user.zk.version"),
+        "1"
+    );
+    assert_eq!(fs::read(mount.path().join("blob")).expect("read back"), new);
+}
+
+#[test]
+fn concurrent_change_makes_close_fail_with_estale() {
+    let (other, root, mount) = mounted("conflict", &[]);
+    other.create(&format!("{root}/cfg"), b"original");
+    let path = mount.path().join("cfg");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .expect("open");
+    other.set(&format!("{root}/cfg"), b"theirs");
+    f.write_all(b"ours").expect("buffered write");
+    let fd = f.into_raw_fd();
+    // SAFETY: fd is ours and closed exactly once.
+    let rc = unsafe { libc::close(fd) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(rc, -1, "close must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+    assert_eq!(get(&other, &format!("{root}/cfg")).0, b"theirs");
+    assert!(
+        mount.log().contains("expected version 0"),
+        "log names the versions"
+    );
+
+    // With --last-writer-wins the same sequence overwrites.
+    let (other, root, mount) = mounted("lww", &["--last-writer-wins"]);
+    other.create(&format!("{root}/cfg"), b"original");
+    let path = mount.path().join("cfg");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .expect("open");
+    other.set(&format!("{root}/cfg"), b"theirs");
+    f.write_all(b"ours").expect("write");
+    f.sync_all().expect("fsync sends");
+    drop(f);
+    assert_eq!(get(&other, &format!("{root}/cfg")).0, b"ours");
+}
+
+#[test]
+fn editing_tools_produce_the_expected_content() {
+    let (other, root, mount) = mounted("tools", &[]);
+    let m = mount.path();
+    let node = |n: &str| format!("{root}/{n}");
+    other.create(&node("conf"), b"threads=8\nmode=fast\n");
+
+    run(Command::new("sed")
+        .args(["-i", "s/threads=8/threads=16/"])
+        .arg(m.join("conf")));
+    assert_eq!(get(&other, &node("conf")).0, b"threads=16\nmode=fast\n");
+
+    run(Command::new("ex")
+        .args(["-s", "-c", "%s/mode=fast/mode=safe/", "-c", "wq"])
+        .arg(m.join("conf")));
+    assert_eq!(get(&other, &node("conf")).0, b"threads=16\nmode=safe\n");
+
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo extra=1 >> '{}'", m.join("conf").display())));
+    assert_eq!(
+        get(&other, &node("conf")).0,
+        b"threads=16\nmode=safe\nextra=1\n"
+    );
+
+    fs::write(m.join("tmp"), b"replacement\n").expect("write tmp");
+    run(Command::new("mv")
+        .arg("-T")
+        .arg(m.join("tmp"))
+        .arg(m.join("conf")));
+    assert_eq!(get(&other, &node("conf")).0, b"replacement\n");
+    assert!(!exists(&other, &node("tmp")));
+
+    run(Command::new("truncate")
+        .args(["-s", "0"])
+        .arg(m.join("conf")));
+    assert_eq!(get(&other, &node("conf")).0, b"");
+    assert!(
+        fs::metadata(m.join("conf")).expect("stat").is_file(),
+        "stays a file"
+    );
+
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo hi > '{}'", m.join("fresh").display())));
+    assert_eq!(get(&other, &node("fresh")), (b"hi\n".to_vec(), 0));
+
+    run(Command::new("touch").arg(m.join("empty")));
+    run(Command::new("touch").arg(m.join("empty")));
+    assert!(fs::metadata(m.join("empty")).expect("stat").is_file());
+    assert_eq!(get(&other, &node("empty")).0, b"");
+
+    // Nothing left behind by the tools (swap files, sed temp files).
+    let mut names: Vec<String> = fs::read_dir(m)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["conf", "empty", "fresh"]);
+}
+
+#[test]
+fn mkdir_p_then_rm_r_leaves_nothing() {
+    let (other, root, mount) = mounted("tree", &[]);
+    let m = mount.path();
+    run(Command::new("mkdir").arg("-p").arg(m.join("a/b/c")));
+    assert!(exists(&other, &format!("{root}/a/b/c")));
+    assert!(fs::metadata(m.join("a/b/c")).expect("stat").is_dir());
+    fs::write(m.join("a/b/c/leaf"), b"x").expect("write leaf");
+    fs::write(m.join("a/.data"), b"a's own data").expect("dir data");
+    assert_eq!(get(&other, &format!("{root}/a")).0, b"a's own data");
+    run(Command::new("rm").arg("-r").arg(m.join("a")));
+    assert!(!exists(&other, &format!("{root}/a")));
+    assert_eq!(fs::read_dir(m).expect("ls").count(), 0);
+    // rmdir of a non-empty directory.
+    fs::create_dir(m.join("d")).expect("mkdir");
+    fs::write(m.join("d/f"), b"x").expect("write");
+    assert_eq!(errno_of(fs::remove_dir(m.join("d"))), Some(libc::ENOTEMPTY));
+}
+
+#[test]
+fn every_refusal_has_its_errno() {
+    let (other, root, mount) = mounted("refuse", &["--max-data", "100K"]);
+    let m = mount.path();
+    other.create(&format!("{root}/f"), b"data");
+    let f = m.join("f");
+
+    let mut big = fs::File::create(m.join("big")).expect("create");
+    assert_eq!(
+        errno_of(big.write_all(&vec![b'x'; 200 * 1024])),
+        Some(libc::EFBIG)
+    );
+    drop(big);
+    assert_eq!(
+        errno_of(fs::write(m.join("bad\u{1}name"), b"x")),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(
+        errno_of(fs::hard_link(&f, m.join("hard"))),
+        Some(libc::EPERM)
+    );
+    let fifo = std::ffi::CString::new(m.join("fifo").to_string_lossy().as_bytes()).expect("cstr");
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno_of(fs::set_permissions(
+            &f,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600)
+        )),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno_of(std::os::unix::fs::chown(&f, Some(12345), None)),
+        Some(libc::EPERM)
+    );
+    // Times are accepted (touch on an existing file).
+    run(Command::new("touch").arg(&f));
+    assert_eq!(get(&other, &format!("{root}/f")).0, b"data");
+    assert!(
+        mount.log().contains("exceed the data limit"),
+        "EFBIG is logged with the path"
+    );
+
+    // A read-only mount refuses everything with EROFS.
+    let ro = Mount::start(&format!("{}{root}", shared_zk()), &["--read-only"]);
+    let r = ro.path();
+    assert_eq!(errno_of(fs::write(r.join("f"), b"x")), Some(libc::EROFS));
+    assert_eq!(errno_of(fs::write(r.join("new"), b"x")), Some(libc::EROFS));
+    assert_eq!(errno_of(fs::create_dir(r.join("d"))), Some(libc::EROFS));
+    assert_eq!(errno_of(fs::remove_file(r.join("f"))), Some(libc::EROFS));
+    assert_eq!(fs::metadata(r.join("f")).expect("stat").mode() & 0o222, 0);
+}
+
+#[test]
+fn digest_acl_needs_the_right_auth_file() {
+    let zk = shared_zk();
+    let root = unique_root("acl");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    // An owner authenticated as alice creates a node only alice may use.
+    let owner = Other::connect(&zk);
+    owner
+        .rt
+        .block_on(owner.client.auth("digest", b"alice:secret"))
+        .expect("auth");
+    let options = CreateMode::Persistent.with_acls(Acls::creator_all());
+    let private = format!("{root}/private");
+    let fut = owner.client.create(&private, b"top secret", &options);
+    owner.rt.block_on(fut).expect("create private");
+
+    let dir = TempDir::new("acl-auth");
+    let good = dir.path().join("alice");
+    fs::write(&good, "alice:secret\n").expect("auth file");
+    let with = Mount::start(
+        &format!("{zk}{root}"),
+        &["--auth-file", &good.to_string_lossy()],
+    );
+    assert_eq!(
+        fs::read(with.path().join("private")).expect("read with auth"),
+        b"top secret"
+    );
+    fs::write(with.path().join("private"), b"changed").expect("write with auth");
+    assert!(!with.log().contains("secret"), "credentials never logged");
+
+    let without = Mount::start(&format!("{zk}{root}"), &[]);
+    assert_eq!(
+        errno_of(fs::read(without.path().join("private"))),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        errno_of(fs::write(without.path().join("private"), b"x")),
+        Some(libc::EACCES)
+    );
+}
