@@ -14,7 +14,7 @@ use super::inode::{Inode, InodeTable, ROOT_INO, Role};
 use super::name::NodeName;
 use super::xattr;
 use crate::zk::path;
-use crate::zk::{Change, NodeEvent, NodeEventKind, NodeView, Store, ZkBackend};
+use crate::zk::{Change, NodeEvent, NodeView, Store, ZkBackend};
 
 /// Directories with more children than this report nlink 1 ("unknown")
 /// instead of counting subdirectories on every stat.
@@ -593,9 +593,9 @@ impl<B: ZkBackend> ZkFs<B> {
     /// Apply a watch event: update the cache, drop kernel caches for what
     /// changed. Returns a path worth re-reading in the background.
     pub fn apply_event(&self, event: &NodeEvent) -> Option<String> {
-        let changes = self.store.apply_event(event);
+        let (changes, refresh) = self.store.apply_event(event);
         self.invalidate(&changes);
-        (event.kind == NodeEventKind::DataChanged).then(|| event.path.clone())
+        refresh.then(|| event.path.clone())
     }
 
     /// Re-read a node after a data change so the next read hits the cache.

@@ -270,7 +270,7 @@ async fn disconnected_serves_cache_and_fails_uncached() {
     assert_eq!(err.errno(), libc::EIO);
     // A stale entry is still served while down.
     h.fs.apply_event(&NodeEvent {
-        kind: crate::zk::NodeEventKind::DataChanged,
+        kind: crate::zk::backend::NodeEventKind::DataChanged,
         path: "/a".into(),
     });
     assert_eq!(h.cat("/a").await.expect("stale but served"), b"1");
@@ -726,4 +726,23 @@ async fn rename_is_one_transaction() {
         Err(libc::ESTALE)
     );
     assert!(h.zk.exists("/c") && !h.zk.exists("/e"));
+}
+
+#[tokio::test]
+async fn echo_of_own_write_needs_no_refetch_but_foreign_changes_do() {
+    let h = harness();
+    h.apply(h.zk.create("/f", b"v0", 0));
+    h.write_file("/f", b"mine", WRITE_TRUNC)
+        .await
+        .expect("write");
+    let before = h.zk.requests();
+    assert_eq!(h.cat("/f").await.expect("read-your-writes"), b"mine");
+    assert_eq!(
+        h.zk.requests(),
+        before,
+        "our own write's event needs no round trip"
+    );
+    // A foreign change right after ours is still seen.
+    h.apply(h.zk.set("/f", b"theirs"));
+    assert_eq!(h.cat("/f").await.expect("foreign change"), b"theirs");
 }

@@ -138,7 +138,7 @@ pub enum WriteResult {
 }
 
 /// What a watch event says happened to a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NodeEventKind {
     Created,
     Deleted,

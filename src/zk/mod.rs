@@ -17,7 +17,5 @@ pub mod path;
 pub mod session;
 pub mod store;
 
-pub use backend::{
-    CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult, ZkBackend, ZkError,
-};
+pub use backend::{CreateMode, NodeEvent, NodeStat, WriteOp, WriteResult, ZkBackend, ZkError};
 pub use store::{Change, NodeView, Store};

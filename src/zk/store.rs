@@ -6,8 +6,10 @@
 //! resync change" (reported as [`Change`]s for the layer above to turn into
 //! kernel invalidations). It must not know about inodes or FUSE.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
@@ -67,13 +69,65 @@ impl NodeView {
 pub struct Store<B: ZkBackend> {
     backend: B,
     cache: Mutex<NodeCache>,
+    /// Watch events our own writes will cause (counted per path and kind,
+    /// with the time of the write): the cache already holds their result, so
+    /// they need no refetch. Cleared by a resync; old entries are ignored.
+    own_events: Mutex<HashMap<(String, NodeEventKind), (u32, Instant)>>,
 }
+
+/// How long an expected own event may take to arrive before it is ignored.
+const OWN_EVENT_WINDOW: Duration = Duration::from_secs(10);
 
 impl<B: ZkBackend> Store<B> {
     pub fn new(backend: B, data_limit: usize) -> Self {
         Store {
             backend,
             cache: Mutex::new(NodeCache::new(data_limit)),
+            own_events: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn own(&self) -> MutexGuard<'_, HashMap<(String, NodeEventKind), (u32, Instant)>> {
+        self.own_events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn expect_own(&self, path: &str, kind: NodeEventKind) {
+        let mut own = self.own();
+        let entry = own
+            .entry((path.to_string(), kind))
+            .or_insert((0, Instant::now()));
+        entry.0 += 1;
+        entry.1 = Instant::now();
+    }
+
+    fn unexpect_own(&self, path: &str, kind: NodeEventKind) {
+        let mut own = self.own();
+        let key = (path.to_string(), kind);
+        if let Some(entry) = own.get_mut(&key) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                own.remove(&key);
+            }
+        }
+    }
+
+    /// Whether this event is the echo of one of our own writes.
+    fn take_own(&self, path: &str, kind: NodeEventKind) -> bool {
+        let mut own = self.own();
+        let key = (path.to_string(), kind);
+        match own.get_mut(&key) {
+            Some(entry) if entry.1.elapsed() < OWN_EVENT_WINDOW => {
+                entry.0 -= 1;
+                if entry.0 == 0 {
+                    own.remove(&key);
+                }
+                true
+            }
+            Some(_) => {
+                own.remove(&key);
+                false
+            }
+            None => false,
         }
     }
 
@@ -317,7 +371,12 @@ impl<B: ZkBackend> Store<B> {
         acl: Option<&[AclEntry]>,
     ) -> Result<NodeStat, ZkError> {
         let ticket = self.cache().begin_fetch(path);
-        match self.backend.create(path, &data, mode, acl).await {
+        self.expect_own(path, NodeEventKind::Created);
+        let result = self.backend.create(path, &data, mode, acl).await;
+        if result.is_err() {
+            self.unexpect_own(path, NodeEventKind::Created);
+        }
+        match result {
             Ok(stat) => {
                 self.record_created(path, data, stat, ticket);
                 Ok(stat)
@@ -351,7 +410,12 @@ impl<B: ZkBackend> Store<B> {
     ) -> Result<NodeStat, ZkError> {
         let before = self.peek(path).map(|v| v.stat.mzxid);
         let ticket = self.cache().begin_fetch(path);
-        match self.backend.set_data(path, &data, version).await {
+        self.expect_own(path, NodeEventKind::DataChanged);
+        let result = self.backend.set_data(path, &data, version).await;
+        if result.is_err() {
+            self.unexpect_own(path, NodeEventKind::DataChanged);
+        }
+        match result {
             Ok(stat) => {
                 self.record_written(path, data, stat, ticket);
                 Ok(stat)
@@ -396,7 +460,23 @@ impl<B: ZkBackend> Store<B> {
 
     /// Run a transaction and apply its results to the cache.
     pub async fn multi(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>, ZkError> {
+        let expected: Vec<(&str, NodeEventKind)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Create { path, .. } => Some((path.as_str(), NodeEventKind::Created)),
+                WriteOp::SetData { path, .. } => Some((path.as_str(), NodeEventKind::DataChanged)),
+                WriteOp::Delete { .. } => None,
+            })
+            .collect();
+        for (path, kind) in &expected {
+            self.expect_own(path, *kind);
+        }
         let results = self.backend.multi(ops).await;
+        if results.is_err() {
+            for (path, kind) in &expected {
+                self.unexpect_own(path, *kind);
+            }
+        }
         let results = match results {
             Ok(r) => r,
             Err(e) => {
@@ -430,15 +510,20 @@ impl<B: ZkBackend> Store<B> {
         Ok(results)
     }
 
-    /// Apply one watch event to the cache; returns what changed.
-    pub fn apply_event(&self, event: &NodeEvent) -> Vec<Change> {
+    /// Apply one watch event to the cache; returns what changed and whether
+    /// the node is worth re-reading (not when the event echoes our own write,
+    /// whose result the cache already holds).
+    pub fn apply_event(&self, event: &NodeEvent) -> (Vec<Change>, bool) {
+        let own = self.take_own(&event.path, event.kind);
         let mut cache = self.cache();
         let path = event.path.as_str();
         let parent = path::parent(path);
         let name = path::basename(path);
-        match event.kind {
+        let changes = match event.kind {
             NodeEventKind::Created => {
-                cache.mark_stale(path);
+                if !own {
+                    cache.mark_stale(path);
+                }
                 if let Some(parent) = parent {
                     cache.add_child(parent, name);
                 }
@@ -452,10 +537,13 @@ impl<B: ZkBackend> Store<B> {
                 vec![Change::Deleted(path.to_string())]
             }
             NodeEventKind::DataChanged => {
-                cache.mark_stale(path);
+                if !own {
+                    cache.mark_stale(path);
+                }
                 vec![Change::Data(path.to_string())]
             }
-        }
+        };
+        (changes, !own && event.kind == NodeEventKind::DataChanged)
     }
 
     /// Re-read a node whose data changed, so the next read is a cache hit.
@@ -474,6 +562,9 @@ impl<B: ZkBackend> Store<B> {
     /// Compare every cached node with the server (after a reconnect or a new
     /// session: events during the gap may be lost) and return what changed.
     pub async fn resync(&self) -> Vec<Change> {
+        // Events may have been lost: expectations of our own could now
+        // swallow someone else's change.
+        self.own().clear();
         let (paths, listed): (Vec<String>, Vec<String>) = {
             let cache = self.cache();
             let paths = cache.paths();
