@@ -332,13 +332,15 @@ fn run_foreground(
         .build()
         .map_err(|e| Failure::new(format!("cannot start runtime: {e}")))?;
 
+    let credentials = load_credentials(&args)?;
+    let identity = credentials.as_ref().map(|c| c.user().to_string());
     let session_config = SessionConfig {
         servers: args.servers.clone(),
         root: args.root.clone(),
         session_timeout: args.session_timeout,
         op_timeout: args.op_timeout,
         connect_timeout: args.connect_timeout,
-        credentials: load_credentials(&args)?,
+        credentials: credentials.clone(),
         new_node_acl: if args.new_node_acl == "creator" {
             NewNodeAcl::Creator
         } else {
@@ -363,6 +365,7 @@ fn run_foreground(
             file_mode: args.file_mode,
             dir_mode: args.dir_mode,
             read_only,
+            identity,
         },
         max_data: args.max_data as usize,
         last_writer_wins: args.last_writer_wins,

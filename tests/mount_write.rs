@@ -299,6 +299,21 @@ fn digest_acl_needs_the_right_auth_file() {
     let private = format!("{root}/private");
     let fut = owner.client.create(&private, b"top secret", &options);
     owner.rt.block_on(fut).expect("create private");
+    // Readable by anyone, writable by alice only.
+    let shared_acl = [
+        zookeeper_client::Acl::new(
+            zookeeper_client::Permission::ALL,
+            zookeeper_client::AuthId::new("auth", ""),
+        ),
+        zookeeper_client::Acl::new(
+            zookeeper_client::Permission::READ,
+            zookeeper_client::AuthId::new("world", "anyone"),
+        ),
+    ];
+    let options = CreateMode::Persistent.with_acls(Acls::new(&shared_acl));
+    let readable = format!("{root}/readable");
+    let fut = owner.client.create(&readable, b"public", &options);
+    owner.rt.block_on(fut).expect("create readable");
 
     let dir = TempDir::new("acl-auth");
     let good = dir.path().join("alice");
@@ -312,6 +327,13 @@ fn digest_acl_needs_the_right_auth_file() {
         b"top secret"
     );
     fs::write(with.path().join("private"), b"changed").expect("write with auth");
+    let mode = |m: &Mount| {
+        fs::metadata(m.path().join("readable"))
+            .expect("stat")
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&with), 0o644, "alice may write");
     assert!(!with.log().contains("secret"), "credentials never logged");
 
     let without = Mount::start(&format!("{zk}{root}"), &[]);
@@ -323,4 +345,19 @@ fn digest_acl_needs_the_right_auth_file() {
         errno_of(fs::write(without.path().join("private"), b"x")),
         Some(libc::EACCES)
     );
+    assert_eq!(mode(&without), 0o444, "write bits follow the ACL");
+    assert_eq!(
+        fs::read(without.path().join("readable")).expect("read"),
+        b"public"
+    );
+    // The refusal surfaces when the content is sent (fsync/close).
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(without.path().join("readable"))
+        .expect("open (as root, mode bits are not enforced)");
+    f.write_all(b"x").expect("buffered");
+    assert_eq!(errno_of(f.sync_all()), Some(libc::EACCES));
+    drop(f);
+    assert_eq!(get(&other, &readable).0, b"public");
 }

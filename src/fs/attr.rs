@@ -1,7 +1,7 @@
 //! The mapping rules of contract §3: which kind a node appears as, and its
 //! attributes. Pure functions of cached state and mount options.
 
-use crate::zk::{NodeStat, NodeView};
+use crate::zk::{AclEntry, NodeStat, NodeView};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FileKind {
@@ -34,6 +34,22 @@ pub struct Presentation {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub read_only: bool,
+    /// Digest user of the session, to judge which ACL entries apply to us.
+    pub identity: Option<String>,
+}
+
+/// Whether an ACL lets this session write: an entry with WRITE for
+/// `world:anyone`, for our digest user, or of a scheme we cannot judge
+/// here (ip, sasl, x509, ...; the server decides, EACCES if it refuses).
+pub fn may_write(acl: &[AclEntry], identity: Option<&str>) -> bool {
+    acl.iter()
+        .filter(|a| a.perms & 2 != 0)
+        .any(|a| match a.scheme.as_str() {
+            "world" => a.id == "anyone",
+            "digest" => identity.is_some_and(|user| a.id.split(':').next() == Some(user)),
+            "auth" => identity.is_some(),
+            _ => true,
+        })
 }
 
 /// The kind a node appears as.
@@ -69,7 +85,11 @@ pub fn attr_of(
         FileKind::RegularFile => presentation.file_mode,
         FileKind::Symlink => 0o777,
     };
-    if presentation.read_only && kind != FileKind::Symlink {
+    let acl_denies = view
+        .acl
+        .as_ref()
+        .is_some_and(|acl| !may_write(acl, presentation.identity.as_deref()));
+    if (presentation.read_only || acl_denies) && kind != FileKind::Symlink {
         perm &= !0o222;
     }
     let size = match kind {
@@ -100,6 +120,24 @@ mod tests {
             ephemeral_owner,
             ..NodeStat::default()
         }
+    }
+
+    #[test]
+    fn write_permission_from_acl() {
+        let entry = |scheme: &str, id: &str, perms| AclEntry {
+            scheme: scheme.into(),
+            id: id.into(),
+            perms,
+        };
+        assert!(may_write(&[entry("world", "anyone", 31)], None));
+        assert!(!may_write(&[entry("world", "anyone", 1)], None));
+        let alice = [
+            entry("digest", "alice:hash=", 31),
+            entry("world", "anyone", 1),
+        ];
+        assert!(may_write(&alice, Some("alice")));
+        assert!(!may_write(&alice, Some("bob")));
+        assert!(!may_write(&alice, None));
     }
 
     #[test]

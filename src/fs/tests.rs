@@ -55,6 +55,7 @@ fn harness_with_limit(limit: usize) -> Harness {
                 file_mode: 0o644,
                 dir_mode: 0o755,
                 read_only: false,
+                identity: None,
             },
             max_data: 1000,
             last_writer_wins: false,

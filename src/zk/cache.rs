@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use lru::LruCache;
 
-use super::backend::NodeStat;
+use super::backend::{AclEntry, NodeStat};
 
 /// Everything cached about one node.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct CachedNode {
     /// Nanoseconds since the epoch; strictly increases with every data change
     /// this cache observes (see [`next_change_time`]).
     pub change_time_ns: u64,
+    /// The node's ACL and the `aversion` it was read at.
+    pub acl: Option<(i32, Arc<[AclEntry]>)>,
 }
 
 /// The node cache. Paths are absolute ZooKeeper paths (in the client's chroot).
@@ -199,12 +201,20 @@ impl NodeCache {
                         children_stale: false,
                         seq: 0,
                         change_time_ns: next_change_time(None, &stat),
+                        acl: None,
                     },
                 );
             }
         }
         self.set_data(path, data.into());
         changed
+    }
+
+    /// Record a node's ACL, read when its stat said `aversion`.
+    pub fn store_acl(&mut self, path: &str, aversion: i32, acl: Vec<AclEntry>) {
+        if let Some(node) = self.nodes.get_mut(path) {
+            node.acl = Some((aversion, acl.into()));
+        }
     }
 
     /// Record the answer of a `getChildren2` fetched under `ticket`.

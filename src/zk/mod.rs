@@ -17,5 +17,7 @@ pub mod path;
 pub mod session;
 pub mod store;
 
-pub use backend::{CreateMode, NodeEvent, NodeStat, WriteOp, WriteResult, ZkBackend, ZkError};
+pub use backend::{
+    AclEntry, CreateMode, NodeEvent, NodeStat, WriteOp, WriteResult, ZkBackend, ZkError,
+};
 pub use store::{Change, NodeView, Store};

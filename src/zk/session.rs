@@ -517,7 +517,9 @@ impl ZkBackend for ZkSession {
     fn get_acl(&self, path: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {
         let client = self.client();
         let path = path.to_string();
-        self.bounded(async move {
+        // Spawned so the request leaves now (the trait's contract), not when
+        // the caller first polls.
+        let task = tokio::spawn(self.bounded(async move {
             let Some(client) = client else {
                 return Err(zk::Error::ClientClosed);
             };
@@ -530,7 +532,11 @@ impl ZkBackend for ZkSession {
                     })
                     .collect::<Vec<_>>()
             })
-        })
+        }));
+        async move {
+            task.await
+                .unwrap_or_else(|e| Err(ZkError::Other(format!("getACL task failed: {e}"))))
+        }
     }
 
     fn is_connected(&self) -> bool {

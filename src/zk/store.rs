@@ -49,6 +49,8 @@ pub struct NodeView {
     /// `None` when evicted; [`Store::data`] fetches it again.
     pub data: Option<Arc<[u8]>>,
     pub change_time_ns: u64,
+    /// The ACL, when known for the current `aversion`.
+    pub acl: Option<Arc<[AclEntry]>>,
     /// The cached entry is known to be outdated (served because ZooKeeper is unreachable).
     pub stale: bool,
 }
@@ -59,6 +61,11 @@ impl NodeView {
             stat: node.stat,
             data: node.data.clone(),
             change_time_ns: node.change_time_ns,
+            acl: node
+                .acl
+                .as_ref()
+                .filter(|(aversion, _)| *aversion == node.stat.aversion)
+                .map(|(_, acl)| acl.clone()),
             stale: node.stale,
         }
     }
@@ -234,9 +241,16 @@ impl<B: ZkBackend> Store<B> {
 
     async fn fetch_data(&self, path: &str) -> Result<NodeView, ZkError> {
         let ticket = self.cache().begin_fetch(path);
-        let result = self.backend.get_data(path).await;
+        // The ACL travels with the data (pipelined): write bits depend on it.
+        let (result, acl) = tokio::join!(self.backend.get_data(path), self.backend.get_acl(path));
         let mut cache = self.cache();
         cache.end_fetch(path, ticket);
+        if let (Ok((_, stat)), Ok(acl)) = (&result, acl) {
+            let aversion = stat.aversion;
+            let recorded = self.record_data(&mut cache, path, ticket, result);
+            cache.store_acl(path, aversion, acl);
+            return recorded.and_then(|_| cache.get(path).map(NodeView::of).ok_or(ZkError::NoNode));
+        }
         self.record_data(&mut cache, path, ticket, result)
             .map(|(v, _)| v)
     }
@@ -298,20 +312,34 @@ impl<B: ZkBackend> Store<B> {
                     .map(|&i| cache.begin_fetch(&paths[i]))
                     .collect()
             };
-            let answers = await_all(
-                chunk
-                    .iter()
-                    .map(|&i| self.backend.get_data(&paths[i]))
-                    .collect(),
-            )
-            .await;
+            let (answers, acls) = tokio::join!(
+                await_all(
+                    chunk
+                        .iter()
+                        .map(|&i| self.backend.get_data(&paths[i]))
+                        .collect()
+                ),
+                await_all(
+                    chunk
+                        .iter()
+                        .map(|&i| self.backend.get_acl(&paths[i]))
+                        .collect()
+                )
+            );
             let mut cache = self.cache();
-            for ((&i, ticket), answer) in chunk.iter().zip(tickets).zip(answers) {
+            for (((&i, ticket), answer), acl) in chunk.iter().zip(tickets).zip(answers).zip(acls) {
                 cache.end_fetch(&paths[i], ticket);
-                results[i] = Some(
-                    self.record_data(&mut cache, &paths[i], ticket, answer)
-                        .map(|(v, _)| v),
-                );
+                let aversion = answer.as_ref().ok().map(|(_, s)| s.aversion);
+                let recorded = self.record_data(&mut cache, &paths[i], ticket, answer);
+                if let (Some(aversion), Ok(acl)) = (aversion, acl) {
+                    cache.store_acl(&paths[i], aversion, acl);
+                }
+                results[i] = Some(recorded.and_then(|_| {
+                    cache
+                        .get(&paths[i])
+                        .map(NodeView::of)
+                        .ok_or(ZkError::NoNode)
+                }));
             }
         }
         results
