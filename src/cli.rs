@@ -100,6 +100,11 @@ pub struct MountArgs {
     #[arg(long, default_value = "1047552", value_parser = parse_size, help_heading = "Writes")]
     pub max_data: u64,
 
+    /// `auto`: show pointer nodes (data = the path of another node in the
+    /// mount) as symlinks; `off`: show them as files.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "off"], help_heading = "Presentation")]
+    pub pointers: String,
+
     /// Bound on cached node data (e.g. 256M, 1G; bare number = bytes). Least
     /// recently used data is dropped first; node metadata is always kept.
     #[arg(long, default_value = "256M", value_parser = parse_size, help_heading = "Cache")]

@@ -370,6 +370,8 @@ fn run_foreground(
         max_data: args.max_data as usize,
         last_writer_wins: args.last_writer_wins,
         chrooted: args.servers.contains('/'),
+        pointers: args.pointers == "auto",
+        mountpoint: mountpoint.clone(),
     };
     let (invalidator, invalidations) = invalidate::channel();
     let store = Store::new(session.clone(), args.cache_size as usize);

@@ -57,15 +57,25 @@ pub fn may_write(acl: &[AclEntry], identity: Option<&str>) -> bool {
 /// - the mount root is always a directory;
 /// - an ephemeral node is a file (it cannot have children);
 /// - a node with children is a directory;
+/// - a pointer (see `pointer.rs`) is a symlink;
 /// - a persistent childless node with empty data is a directory (so empty
 ///   registration parents can be listed), unless this mount created it as a file;
 /// - anything else is a regular file.
-pub fn node_kind(stat: &NodeStat, is_root: bool, created_as_file: bool) -> FileKind {
+pub fn node_kind(
+    stat: &NodeStat,
+    is_root: bool,
+    created_as_file: bool,
+    is_pointer: bool,
+) -> FileKind {
     if is_root {
         FileKind::Directory
     } else if stat.is_ephemeral() {
         FileKind::RegularFile
-    } else if stat.num_children > 0 || (stat.data_length == 0 && !created_as_file) {
+    } else if stat.num_children > 0 {
+        FileKind::Directory
+    } else if is_pointer {
+        FileKind::Symlink
+    } else if stat.data_length == 0 && !created_as_file {
         FileKind::Directory
     } else {
         FileKind::RegularFile
@@ -143,19 +153,40 @@ mod tests {
     #[test]
     fn kinds() {
         assert_eq!(
-            node_kind(&stat(5, 0, 0), false, false),
-            FileKind::RegularFile
-        );
-        assert_eq!(node_kind(&stat(5, 2, 0), false, false), FileKind::Directory);
-        assert_eq!(node_kind(&stat(0, 0, 0), false, false), FileKind::Directory);
-        assert_eq!(
-            node_kind(&stat(0, 0, 0), false, true),
+            node_kind(&stat(5, 0, 0), false, false, false),
             FileKind::RegularFile
         );
         assert_eq!(
-            node_kind(&stat(0, 0, 77), false, false),
+            node_kind(&stat(5, 2, 0), false, false, false),
+            FileKind::Directory
+        );
+        assert_eq!(
+            node_kind(&stat(0, 0, 0), false, false, false),
+            FileKind::Directory
+        );
+        assert_eq!(
+            node_kind(&stat(0, 0, 0), false, true, false),
             FileKind::RegularFile
         );
-        assert_eq!(node_kind(&stat(5, 0, 0), true, false), FileKind::Directory);
+        assert_eq!(
+            node_kind(&stat(0, 0, 77), false, false, false),
+            FileKind::RegularFile
+        );
+        assert_eq!(
+            node_kind(&stat(5, 0, 0), true, false, false),
+            FileKind::Directory
+        );
+        assert_eq!(
+            node_kind(&stat(5, 0, 0), false, false, true),
+            FileKind::Symlink
+        );
+        assert_eq!(
+            node_kind(&stat(5, 1, 0), false, false, true),
+            FileKind::Directory
+        );
+        assert_eq!(
+            node_kind(&stat(5, 0, 9), false, false, true),
+            FileKind::RegularFile
+        );
     }
 }

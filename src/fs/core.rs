@@ -12,6 +12,7 @@ use super::attr::{self, Attr, FileKind, Presentation};
 use super::error::FsError;
 use super::inode::{Inode, InodeTable, ROOT_INO, Role};
 use super::name::NodeName;
+use super::pointer;
 use super::xattr;
 use crate::zk::path;
 use crate::zk::{Change, NodeEvent, NodeView, Store, ZkBackend};
@@ -34,6 +35,18 @@ pub struct FsConfig {
     pub last_writer_wins: bool,
     /// The connection string has a chroot (so `/zookeeper` is not reserved).
     pub chrooted: bool,
+    /// Show pointer nodes as symlinks (`--pointers auto`).
+    pub pointers: bool,
+    /// Where the mount is, to resolve absolute `ln -s` targets.
+    pub mountpoint: std::path::PathBuf,
+}
+
+/// Which nodes are pointers, and to what (by the mzxid the data was read at),
+/// plus the reverse map so a target appearing or vanishing re-kinds them.
+#[derive(Default)]
+pub(super) struct PointerIndex {
+    pub(super) by_path: HashMap<String, (i64, Option<String>)>,
+    pub(super) by_target: HashMap<String, HashSet<String>>,
 }
 
 /// A kernel cache entry to drop. Sent to an [`Invalidator`], which must not
@@ -105,6 +118,7 @@ pub struct ZkFs<B: ZkBackend> {
     pub(super) next_fh: AtomicU64,
     /// Empty nodes this mount created as files (they stay files, contract §3).
     pub(super) created_as_file: Mutex<HashSet<String>>,
+    pub(super) pointers: Mutex<PointerIndex>,
     invalidator: Box<dyn Invalidator>,
     status: Box<dyn MountStatus>,
 }
@@ -129,6 +143,7 @@ impl<B: ZkBackend> ZkFs<B> {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             created_as_file: Mutex::new(HashSet::new()),
+            pointers: Mutex::new(PointerIndex::default()),
             invalidator,
             status,
         }
@@ -156,7 +171,70 @@ impl<B: ZkBackend> ZkFs<B> {
     pub(super) fn kind_of(&self, path: &str, view: &NodeView) -> FileKind {
         let is_root = path == self.config.root;
         let created_as_file = lock(&self.created_as_file).contains(path);
-        attr::node_kind(&view.stat, is_root, created_as_file)
+        let is_pointer = self
+            .pointer_target(path, view)
+            .is_some_and(|target| self.store.peek(&target).is_some());
+        attr::node_kind(&view.stat, is_root, created_as_file, is_pointer)
+    }
+
+    /// The node `path` points to, if its data is a pointer (whether or not
+    /// the target exists). Needs the data: `prepare_pointer` loads it.
+    pub(super) fn pointer_target(&self, path: &str, view: &NodeView) -> Option<String> {
+        let stat = &view.stat;
+        if !self.config.pointers
+            || stat.num_children > 0
+            || stat.is_ephemeral()
+            || stat.data_length < 2
+            || stat.data_length as usize > pointer::MAX_POINTER_LEN
+            || path == self.config.root
+        {
+            return None;
+        }
+        let mut index = lock(&self.pointers);
+        if let Some((mzxid, target)) = index.by_path.get(path)
+            && *mzxid == stat.mzxid
+        {
+            return target.clone();
+        }
+        let target = pointer::parse_pointer(view.data.as_deref()?, &self.config.root);
+        index
+            .by_path
+            .insert(path.to_string(), (stat.mzxid, target.clone()));
+        if let Some(t) = &target {
+            index
+                .by_target
+                .entry(t.clone())
+                .or_default()
+                .insert(path.to_string());
+        }
+        target
+    }
+
+    /// Make `kind_of` exact for a possible pointer: its data and its target
+    /// must be known. Costs nothing for nodes that cannot be pointers.
+    pub(super) async fn prepare_pointer(&self, path: &str, view: &NodeView) {
+        let stat = &view.stat;
+        if !self.config.pointers
+            || stat.num_children > 0
+            || stat.is_ephemeral()
+            || stat.data_length < 2
+            || stat.data_length as usize > pointer::MAX_POINTER_LEN
+        {
+            return;
+        }
+        let mut view = view.clone();
+        if view.data.is_none() {
+            match self.store.data(path).await {
+                Ok((data, _)) => view.data = Some(data),
+                Err(_) => return,
+            }
+        }
+        if let Some(target) = self.pointer_target(path, &view)
+            && self.store.peek(&target).is_none()
+        {
+            // Absent is a fine answer (a dangling pointer is a file).
+            let _ = self.store.node(&target).await;
+        }
     }
 
     /// 2 + subdirectories when every child is cached, else 1 ("unknown").
@@ -196,7 +274,13 @@ impl<B: ZkBackend> ZkFs<B> {
         match role {
             Role::Node => {
                 let nlink = self.nlink(path, kind, view);
-                attr::attr_of(ino, kind, view, nlink, &self.config.presentation)
+                let mut attr = attr::attr_of(ino, kind, view, nlink, &self.config.presentation);
+                if kind == FileKind::Symlink
+                    && let Some(target) = self.pointer_target(path, view)
+                {
+                    attr.size = pointer::relative_link(path, &target).len() as u64;
+                }
+                attr
             }
             Role::DataFile => attr::attr_of(
                 ino,
@@ -266,6 +350,7 @@ impl<B: ZkBackend> ZkFs<B> {
         let mut inodes_guard;
         let attr = match found {
             Some(view) => {
+                self.prepare_pointer(&child, &view).await;
                 let kind = self.kind_of(&child, &view);
                 inodes_guard = lock(&self.inodes);
                 let ino = inodes_guard.resolve(&child, Role::Node, kind, view.stat.czxid);
@@ -315,6 +400,7 @@ impl<B: ZkBackend> ZkFs<B> {
     async fn node_attr(&self, ino: u64, inode: &Inode) -> Result<Attr, FsError> {
         let inode = inode.clone();
         let view = self.view(&inode.path).await?;
+        self.prepare_pointer(&inode.path, &view).await;
         if inode.role == Role::DataFile {
             return Ok(self.attr_for(
                 ino,
@@ -459,6 +545,23 @@ impl<B: ZkBackend> ZkFs<B> {
         };
         let child_paths: Vec<String> = names.iter().map(|n| path::join(&dir.path, n)).collect();
         let views = self.store.load_many(&child_paths).await;
+        // Pointer children need their targets known to get their kind right.
+        let mut targets = Vec::new();
+        for (child, view) in child_paths.iter().zip(&views) {
+            if let Ok(view) = view {
+                if view.data.is_none() {
+                    self.prepare_pointer(child, view).await;
+                } else if let Some(t) = self.pointer_target(child, view)
+                    && self.store.peek(&t).is_none()
+                {
+                    targets.push(t);
+                }
+            }
+        }
+        if !targets.is_empty() {
+            // Missing targets are an answer too (dangling pointers are files).
+            let _ = self.store.load_many(&targets).await;
+        }
 
         let mut entries = Vec::with_capacity(names.len() + 3);
         let dir_attr = self.attr_for(ino, &dir.path, Role::Node, FileKind::Directory, &view);
@@ -526,6 +629,19 @@ impl<B: ZkBackend> ZkFs<B> {
             }
         }
         Ok(entries)
+    }
+
+    /// The relative path a symlink (pointer node) shows.
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let inode = self.inode(ino)?;
+        let view = self.view(&inode.path).await?;
+        self.prepare_pointer(&inode.path, &view).await;
+        match self.pointer_target(&inode.path, &view) {
+            Some(target) if inode.kind == FileKind::Symlink => {
+                Ok(pointer::relative_link(&inode.path, &target).into_bytes())
+            }
+            _ => Err(FsError::NotSymlink(inode.path)),
+        }
     }
 
     pub async fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, FsError> {
@@ -623,9 +739,29 @@ impl<B: ZkBackend> ZkFs<B> {
                 {
                     self.collect_invalidations(&inodes, parent, &mut out);
                 }
+                if matches!(change, Change::Deleted(_) | Change::Created(_)) {
+                    // Pointers to this node change kind (symlink <-> file).
+                    let pointing: Vec<String> = lock(&self.pointers)
+                        .by_target
+                        .get(p)
+                        .map(|s| s.iter().cloned().collect())
+                        .unwrap_or_default();
+                    for q in pointing {
+                        self.collect_invalidations(&inodes, &q, &mut out);
+                    }
+                }
                 if matches!(change, Change::Deleted(_)) {
                     inodes.detach(p);
                     lock(&self.created_as_file).remove(p);
+                    let mut index = lock(&self.pointers);
+                    if let Some((_, Some(target))) = index.by_path.remove(p)
+                        && let Some(set) = index.by_target.get_mut(&target)
+                    {
+                        set.remove(p);
+                        if set.is_empty() {
+                            index.by_target.remove(&target);
+                        }
+                    }
                 }
             }
         }

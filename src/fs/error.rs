@@ -19,6 +19,8 @@ pub enum FsError {
     /// No such extended attribute.
     NoXattr(String),
     BadFileHandle,
+    /// readlink on something that is not a pointer.
+    NotSymlink(String),
     /// A name ZooKeeper cannot store, with the reason.
     InvalidName(String, String),
     Exists(String),
@@ -68,6 +70,7 @@ impl FsError {
             FsError::Stale(_) => libc::ESTALE,
             FsError::NoXattr(_) => libc::ENODATA,
             FsError::BadFileHandle => libc::EBADF,
+            FsError::NotSymlink(_) => libc::EINVAL,
             FsError::InvalidName(..) => libc::EINVAL,
             FsError::Exists(_) => libc::EEXIST,
             FsError::NotEmpty(_) => libc::ENOTEMPTY,
@@ -126,6 +129,7 @@ impl fmt::Display for FsError {
             ),
             FsError::NoXattr(p) => write!(f, "{p}: no such extended attribute"),
             FsError::BadFileHandle => write!(f, "unknown file handle"),
+            FsError::NotSymlink(p) => write!(f, "{p}: not a pointer node"),
             FsError::InvalidName(p, why) => write!(f, "{p}: invalid name: {why}"),
             FsError::Exists(p) => write!(f, "{p}: node exists"),
             FsError::NotEmpty(p) => write!(f, "{p}: node has children"),

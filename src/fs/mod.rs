@@ -13,6 +13,7 @@ pub mod core;
 pub mod error;
 pub mod inode;
 pub mod name;
+pub mod pointer;
 pub mod write;
 pub mod xattr;
 

@@ -60,6 +60,8 @@ fn harness_with_limit(limit: usize) -> Harness {
             max_data: 1000,
             last_writer_wins: false,
             chrooted: false,
+            pointers: true,
+            mountpoint: "/mnt/zk".into(),
         },
         Box::new(invalidations.clone()),
         Box::new(NoStatus),
@@ -360,7 +362,8 @@ async fn check_against_model(h: &Harness, seed: u64, step: usize) {
     for p in h.zk.all_paths() {
         let Some(stat) = h.zk.stat(&p) else { continue };
         let data = h.zk.data(&p).unwrap_or_default();
-        let expected_kind = attr::node_kind(&stat, p == "/", false);
+        let is_pointer = super::pointer::parse_pointer(&data, "/").is_some_and(|t| h.zk.exists(&t));
+        let expected_kind = attr::node_kind(&stat, p == "/", false, is_pointer);
         let attr = h
             .resolve(&p)
             .await
@@ -369,7 +372,15 @@ async fn check_against_model(h: &Harness, seed: u64, step: usize) {
             attr.kind, expected_kind,
             "seed {seed} step {step}: kind of {p}"
         );
-        if expected_kind == FileKind::Directory {
+        if expected_kind == FileKind::Symlink {
+            let target = super::pointer::parse_pointer(&data, "/").expect("pointer");
+            let link = h.fs.readlink(attr.ino).await.expect("readlink");
+            assert_eq!(
+                String::from_utf8(link).expect("utf8"),
+                super::pointer::relative_link(&p, &target),
+                "seed {seed} step {step}: link of {p}"
+            );
+        } else if expected_kind == FileKind::Directory {
             let mut expected: Vec<String> = h.zk.children(&p);
             if !data.is_empty() && !expected.iter().any(|n| n == ".data") {
                 expected.push(".data".into());
@@ -401,11 +412,12 @@ async fn randomized_other_client_changes_match_reference_model() {
             let paths = h.zk.all_paths();
             let target = &paths[rng.below(paths.len())];
             let name = names[rng.below(names.len())];
-            let payload = format!("v{step}").into_bytes();
-            let payload = if rng.below(4) == 0 {
-                Vec::new()
-            } else {
-                payload
+            let payload = match rng.below(6) {
+                0 => Vec::new(),
+                // Pointers to nodes that may or may not exist.
+                1 => format!("/{}", names[rng.below(3)]).into_bytes(),
+                2 => format!("/{}/{}\n", names[rng.below(3)], names[rng.below(3)]).into_bytes(),
+                _ => format!("v{step}").into_bytes(),
             };
             let result = match rng.below(4) {
                 0 | 1 => h.zk.create(

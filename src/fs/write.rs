@@ -5,6 +5,7 @@
 //! `core.rs`; nothing here knows about fuser.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use super::core::{Entry, OpenMode, ZkFs, lock};
 use super::error::FsError;
 use super::inode::Role;
 use super::name::NodeName;
+use super::pointer;
 use crate::zk::path;
 use crate::zk::{CreateMode, WriteOp, WriteResult, ZkBackend, ZkError};
 
@@ -659,6 +661,40 @@ impl<B: ZkBackend> ZkFs<B> {
         self.invalidate_path(&dst);
         info!(from = %src, to = %dst, "renamed");
         Ok(())
+    }
+
+    /// `ln -s TARGET LINK`: a persistent node whose data is TARGET resolved
+    /// to an absolute node path (no trailing newline).
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+    ) -> Result<Entry, FsError> {
+        let (dir, child) = self.new_child(parent, name)?;
+        if !self.config.pointers {
+            return Err(FsError::NotPermitted(
+                child,
+                "--pointers off: symlinks cannot be created",
+            ));
+        }
+        let node =
+            pointer::resolve_target(target, &dir, &self.config.mountpoint, &self.config.root)
+                .map_err(|why| FsError::CrossDevice(child.clone(), why))?;
+        match self.store.node(&node).await {
+            Ok(_) => {}
+            Err(ZkError::NoNode) => {
+                return Err(FsError::NotFound(format!(
+                    "{child} -> {node}: the target node does not exist (a dangling pointer would be a plain file)"
+                )));
+            }
+            Err(e) => return Err(FsError::zk(&node, "getData", e)),
+        }
+        self.store
+            .create(&child, node.into_bytes(), CreateMode::Persistent, None)
+            .await
+            .map_err(|e| create_error(&child, e))?;
+        self.lookup(parent, name).await
     }
 
     /// `link(2)`: ZooKeeper has no hard links.

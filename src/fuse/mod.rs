@@ -477,6 +477,40 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         );
     }
 
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.dispatch(
+            "readlink",
+            ino.0,
+            async move { fs.readlink(ino.0).await },
+            move |r| match r {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let fs = self.fs.clone();
+        let (name, target) = (link_name.to_os_string(), target.to_path_buf());
+        self.dispatch(
+            "symlink",
+            parent.0,
+            async move { fs.symlink(parent.0, &name, &target).await },
+            move |r| match r {
+                Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
     fn link(
         &self,
         _req: &Request,

@@ -1,0 +1,217 @@
+//! Pointer nodes as symlinks through a real mount (contract §5).
+
+mod common;
+#[path = "support/zkops.rs"]
+mod zkops;
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Mount, shared_zk, unique_root, wait_until};
+use zkops::Other;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn bank(tag: &str, extra: &[&str]) -> (Other, String, Mount) {
+    let zk = shared_zk();
+    let root = unique_root(tag);
+    let other = Other::connect(&zk);
+    other.ensure(&format!("{root}/configs"));
+    other.ensure(&format!("{root}/pointers"));
+    other.create(&format!("{root}/configs/v1"), b"config one\n");
+    other.create(&format!("{root}/configs/v2"), b"config two\n");
+    let mount = Mount::start(&format!("{zk}{root}"), extra);
+    (other, root, mount)
+}
+
+fn data(other: &Other, path: &str) -> Vec<u8> {
+    let fut = other.client.get_data(path);
+    other
+        .rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), fut).await })
+        .expect("in time")
+        .expect("get_data")
+        .0
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pointer_set_elsewhere_is_a_symlink_that_follows_changes() {
+    let (other, root, mount) = bank("ptr", &[]);
+    let m = mount.path();
+    other.create(&format!("{root}/pointers/current"), b"/configs/v1");
+    let ptr = m.join("pointers/current");
+    wait_until("pointer visible", DEADLINE, || {
+        ptr.symlink_metadata().is_ok()
+    });
+    let meta = ptr.symlink_metadata().expect("lstat");
+    assert!(meta.file_type().is_symlink());
+    assert_eq!(
+        fs::read_link(&ptr).expect("readlink").to_string_lossy(),
+        "../configs/v1"
+    );
+    assert_eq!(
+        meta.len(),
+        "../configs/v1".len() as u64,
+        "lstat size = link text length"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.mode() & 0o777, 0o777);
+    assert_eq!(fs::read_to_string(&ptr).expect("cat ptr"), "config one\n");
+
+    // Flip the pointer from another client.
+    other.set(&format!("{root}/pointers/current"), b"/configs/v2\n");
+    wait_until("flipped pointer followed", DEADLINE, || {
+        fs::read_to_string(&ptr).is_ok_and(|s| s == "config two\n")
+    });
+    // Change the target's data.
+    other.set(&format!("{root}/configs/v2"), b"config two, edited\n");
+    wait_until("target change seen through the pointer", DEADLINE, || {
+        fs::read_to_string(&ptr).is_ok_and(|s| s == "config two, edited\n")
+    });
+    // The target vanishes: the pointer becomes a file with its text.
+    other.delete(&format!("{root}/configs/v2"));
+    wait_until("dangling pointer is a file", DEADLINE, || {
+        ptr.symlink_metadata().is_ok_and(|m| m.is_file())
+    });
+    assert_eq!(fs::read_to_string(&ptr).expect("text"), "/configs/v2\n");
+    // ...and a symlink again when the target reappears.
+    other.create(&format!("{root}/configs/v2"), b"back\n");
+    wait_until("pointer again", DEADLINE, || {
+        ptr.symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+    });
+    assert_eq!(fs::read_to_string(&ptr).expect("cat"), "back\n");
+}
+
+#[test]
+fn only_real_paths_inside_the_mount_are_pointers() {
+    let (other, root, mount) = bank("ptr-kinds", &[]);
+    let m = mount.path();
+    other.create(&format!("{root}/logpath"), b"/var/log/app");
+    other.create(&format!("{root}/nl"), b"/configs/v1\n");
+    let logpath = m.join("logpath");
+    assert!(logpath.symlink_metadata().expect("lstat").is_file());
+    assert_eq!(fs::read_to_string(&logpath).expect("cat"), "/var/log/app");
+    assert!(
+        m.join("nl")
+            .symlink_metadata()
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_to_string(m.join("nl")).expect("cat"),
+        "config one\n"
+    );
+
+    // With --root, a pointer to a node outside the subtree is a file.
+    let sub = Mount::start(&shared_zk(), &["--root", &format!("{root}/pointers")]);
+    other.create(
+        &format!("{root}/pointers/outside"),
+        format!("{root}/configs/v1").as_bytes(),
+    );
+    other.create(
+        &format!("{root}/pointers/inside"),
+        format!("{root}/pointers/outside").as_bytes(),
+    );
+    wait_until("listed", DEADLINE, || {
+        sub.path().join("inside").symlink_metadata().is_ok()
+    });
+    assert!(
+        sub.path()
+            .join("outside")
+            .symlink_metadata()
+            .expect("lstat")
+            .is_file()
+    );
+    assert!(
+        sub.path()
+            .join("inside")
+            .symlink_metadata()
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_link(sub.path().join("inside"))
+            .expect("readlink")
+            .to_string_lossy(),
+        "outside"
+    );
+}
+
+#[test]
+fn ln_s_and_atomic_flips_write_absolute_paths() {
+    let (other, root, mount) = bank("ln", &[]);
+    let m = mount.path().display().to_string();
+    sh(&format!("cd '{m}/pointers' && ln -s ../configs/v1 current"));
+    assert_eq!(
+        data(&other, &format!("{root}/pointers/current")),
+        b"/configs/v1"
+    );
+    assert_eq!(
+        fs::read_to_string(format!("{m}/pointers/current")).expect("cat"),
+        "config one\n"
+    );
+
+    sh(&format!(
+        "cd '{m}/pointers' && ln -sfn ../configs/v2 current"
+    ));
+    assert_eq!(
+        data(&other, &format!("{root}/pointers/current")),
+        b"/configs/v2"
+    );
+
+    sh(&format!(
+        "cd '{m}/pointers' && ln -s '{m}/configs/v1' tmp && mv -T tmp current"
+    ));
+    assert_eq!(
+        data(&other, &format!("{root}/pointers/current")),
+        b"/configs/v1"
+    );
+    assert!(fs::symlink_metadata(format!("{m}/pointers/tmp")).is_err());
+    assert_eq!(
+        fs::read_to_string(format!("{m}/pointers/current")).expect("cat"),
+        "config one\n"
+    );
+
+    // Writing through the link writes the target.
+    fs::write(format!("{m}/pointers/current"), b"via link\n").expect("write through");
+    assert_eq!(data(&other, &format!("{root}/configs/v1")), b"via link\n");
+
+    // A target outside the mount is refused.
+    let err = std::os::unix::fs::symlink("/etc/passwd", format!("{m}/pointers/bad"))
+        .expect_err("refused");
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV));
+    assert!(mount.log().contains("outside the mount"));
+}
+
+#[test]
+fn chains_resolve_and_cycles_are_eloop() {
+    let (other, root, mount) = bank("cycle", &[]);
+    let m = mount.path();
+    other.create(&format!("{root}/a"), b"/b");
+    other.create(&format!("{root}/b"), b"/a");
+    other.create(&format!("{root}/c"), b"/pointers/d");
+    other.create(&format!("{root}/pointers/d"), b"/configs/v2");
+    assert_eq!(
+        fs::read_to_string(m.join("c")).expect("chain"),
+        "config two\n"
+    );
+    let err = fs::read(m.join("a")).expect_err("cycle");
+    assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+}
