@@ -100,6 +100,12 @@ pub struct MountArgs {
     #[arg(long, default_value = "1047552", value_parser = parse_size, help_heading = "Writes")]
     pub max_data: u64,
 
+    /// Files created in directories matching GLOB (relative to the mount
+    /// root; `*` one element, `**` any depth) become ephemeral nodes owned by
+    /// the mount's session: service registrations. Repeatable.
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob, help_heading = "Writes")]
+    pub ephemeral: Vec<String>,
+
     /// `auto`: show pointer nodes (data = the path of another node in the
     /// mount) as symlinks; `off`: show them as files.
     #[arg(long, default_value = "auto", value_parser = ["auto", "off"], help_heading = "Presentation")]
@@ -263,6 +269,10 @@ pub fn parse_root(s: &str) -> Result<String, String> {
         NodeName::parse_str(element).map_err(|e| format!("root '{s}': {e}"))?;
     }
     Ok(trimmed.to_string())
+}
+
+pub fn parse_glob(s: &str) -> Result<String, String> {
+    crate::fs::glob::DirGlob::parse(s).map(|_| s.to_string())
 }
 
 pub fn parse_data_name(s: &str) -> Result<String, String> {

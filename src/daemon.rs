@@ -19,6 +19,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::MountArgs;
 use crate::fs::attr::Presentation;
+use crate::fs::glob::DirGlob;
 use crate::fs::{FsConfig, MountStatus, ZkFs};
 use crate::fuse::{ZkFuse, invalidate};
 use crate::zk::Store;
@@ -372,6 +373,12 @@ fn run_foreground(
         chrooted: args.servers.contains('/'),
         pointers: args.pointers == "auto",
         mountpoint: mountpoint.clone(),
+        ephemeral: args
+            .ephemeral
+            .iter()
+            .map(|g| DirGlob::parse(g))
+            .collect::<Result<_, _>>()
+            .map_err(Failure::new)?,
     };
     let (invalidator, invalidations) = invalidate::channel();
     let store = Store::new(session.clone(), args.cache_size as usize);
@@ -453,6 +460,10 @@ fn run_foreground(
                         }
                     }
                     SessionEvent::Resync => fs.resync().await,
+                    SessionEvent::NewSession => {
+                        fs.reregister().await;
+                        fs.resync().await;
+                    }
                 }
             }
         });

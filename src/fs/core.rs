@@ -39,6 +39,8 @@ pub struct FsConfig {
     pub pointers: bool,
     /// Where the mount is, to resolve absolute `ln -s` targets.
     pub mountpoint: std::path::PathBuf,
+    /// Directories whose new files are ephemeral nodes (`--ephemeral`).
+    pub ephemeral: Vec<super::glob::DirGlob>,
 }
 
 /// Which nodes are pointers, and to what (by the mzxid the data was read at),
@@ -90,6 +92,9 @@ pub(super) struct OpenFile {
     pub(super) data: Arc<[u8]>,
     /// Present for handles opened for writing.
     pub(super) writer: Option<Arc<tokio::sync::Mutex<super::write::Writer>>>,
+    /// Attributes at open: what `stat` shows through this handle once the
+    /// node is gone (a vanished registration still reads its last data).
+    pub(super) attr: Option<Attr>,
 }
 
 /// How a file is opened.
@@ -119,6 +124,9 @@ pub struct ZkFs<B: ZkBackend> {
     /// Empty nodes this mount created as files (they stay files, contract §3).
     pub(super) created_as_file: Mutex<HashSet<String>>,
     pub(super) pointers: Mutex<PointerIndex>,
+    /// Ephemeral nodes this mount created and still owns, with their last
+    /// data: re-created after a session expiry.
+    pub(super) registrations: Mutex<HashMap<String, Vec<u8>>>,
     invalidator: Box<dyn Invalidator>,
     status: Box<dyn MountStatus>,
 }
@@ -144,6 +152,7 @@ impl<B: ZkBackend> ZkFs<B> {
             next_fh: AtomicU64::new(1),
             created_as_file: Mutex::new(HashSet::new()),
             pointers: Mutex::new(PointerIndex::default()),
+            registrations: Mutex::new(HashMap::new()),
             invalidator,
             status,
         }
@@ -390,7 +399,24 @@ impl<B: ZkBackend> ZkFs<B> {
         if inode.czxid == super::write::PENDING_CZXID {
             return Ok(self.pending_attr(ino).await);
         }
-        let mut attr = self.node_attr(ino, &inode).await?;
+        let mut attr = match self.node_attr(ino, &inode).await {
+            Ok(attr) => attr,
+            Err(e @ (FsError::NotFound(_) | FsError::Stale(_))) => {
+                // Gone, but still open here: keep showing what was opened.
+                let open = lock(&self.files)
+                    .values()
+                    .find(|f| f.ino == ino && f.attr.is_some())
+                    .and_then(|f| f.attr.map(|a| (a, f.data.len())));
+                match open {
+                    Some((mut attr, len)) => {
+                        attr.size = len as u64;
+                        attr
+                    }
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(size) = self.unsent_size(ino).await {
             attr.size = size;
         }
@@ -437,9 +463,13 @@ impl<B: ZkBackend> ZkFs<B> {
         if inode.role == Role::Node && ino != ROOT_INO && view.stat.czxid != inode.czxid {
             return Err(FsError::Stale(inode.path));
         }
+        let attr = Some(self.attr_for(ino, &inode.path, inode.role, inode.kind, &view));
         if mode.write {
             let writer = super::write::Writer::existing(&data, view.stat.version, mode);
-            return Ok((self.add_handle(ino, &inode.path, data, Some(writer)), false));
+            return Ok((
+                self.add_handle(ino, &inode.path, data, Some(writer), attr),
+                false,
+            ));
         }
         let keep_cache = {
             let mut inodes = lock(&self.inodes);
@@ -452,7 +482,10 @@ impl<B: ZkBackend> ZkFs<B> {
                 None => false,
             }
         };
-        Ok((self.add_handle(ino, &inode.path, data, None), keep_cache))
+        Ok((
+            self.add_handle(ino, &inode.path, data, None, attr),
+            keep_cache,
+        ))
     }
 
     pub(super) fn add_handle(
@@ -461,6 +494,7 @@ impl<B: ZkBackend> ZkFs<B> {
         path: &str,
         data: Arc<[u8]>,
         writer: Option<super::write::Writer>,
+        attr: Option<Attr>,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).insert(
@@ -470,6 +504,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 path: path.to_string(),
                 data,
                 writer: writer.map(|w| Arc::new(tokio::sync::Mutex::new(w))),
+                attr,
             },
         );
         fh
@@ -703,12 +738,21 @@ impl<B: ZkBackend> ZkFs<B> {
         attrs.push(("cached_nodes".into(), nodes.to_string()));
         attrs.push(("cached_bytes".into(), bytes.to_string()));
         attrs.push(("inodes".into(), lock(&self.inodes).len().to_string()));
+        attrs.push((
+            "registrations".into(),
+            lock(&self.registrations).len().to_string(),
+        ));
         attrs
     }
 
     /// Apply a watch event: update the cache, drop kernel caches for what
     /// changed. Returns a path worth re-reading in the background.
     pub fn apply_event(&self, event: &NodeEvent) -> Option<String> {
+        if event.kind == crate::zk::backend::NodeEventKind::Deleted
+            && lock(&self.registrations).remove(&event.path).is_some()
+        {
+            tracing::info!(path = %event.path, "registration deleted by another client; it will not be re-created");
+        }
         let (changes, refresh) = self.store.apply_event(event);
         self.invalidate(&changes);
         refresh.then(|| event.path.clone())

@@ -11,6 +11,7 @@
 pub mod attr;
 pub mod core;
 pub mod error;
+pub mod glob;
 pub mod inode;
 pub mod name;
 pub mod pointer;

@@ -62,6 +62,7 @@ fn harness_with_limit(limit: usize) -> Harness {
             chrooted: false,
             pointers: true,
             mountpoint: "/mnt/zk".into(),
+            ephemeral: vec![super::glob::DirGlob::parse("services/*/servers").expect("glob")],
         },
         Box::new(invalidations.clone()),
         Box::new(NoStatus),
@@ -758,4 +759,67 @@ async fn echo_of_own_write_needs_no_refetch_but_foreign_changes_do() {
     // A foreign change right after ours is still seen.
     h.apply(h.zk.set("/f", b"theirs"));
     assert_eq!(h.cat("/f").await.expect("foreign change"), b"theirs");
+}
+
+#[tokio::test]
+async fn registrations_are_ephemeral_and_come_back_after_expiry() {
+    let h = harness();
+    h.apply(h.zk.create("/services", b"", 0));
+    h.apply(h.zk.create("/services/web", b"", 0));
+    h.apply(h.zk.create("/services/web/servers", b"", 0));
+    h.write_file(
+        "/services/web/servers/10.0.0.5:8080",
+        b"{\"pid\": 4242}",
+        WRITE_TRUNC,
+    )
+    .await
+    .expect("register");
+    h.write_file(
+        "/services/web/servers/10.0.0.6:8080",
+        b"{\"pid\": 7}",
+        WRITE_TRUNC,
+    )
+    .await
+    .expect("register");
+    h.write_file("/services/web/plain", b"persistent", WRITE_TRUNC)
+        .await
+        .expect("plain");
+    let owner = |p: &str| h.zk.stat(p).map(|s| s.ephemeral_owner);
+    assert_eq!(
+        owner("/services/web/servers/10.0.0.5:8080"),
+        Some(1),
+        "ephemeral"
+    );
+    assert_eq!(
+        owner("/services/web/plain"),
+        Some(0),
+        "outside the glob: persistent"
+    );
+
+    // rm deregisters for good.
+    let servers = h.resolve("/services/web/servers").await.expect("dir").ino;
+    h.fs.unlink(servers, OsStr::new("10.0.0.6:8080"))
+        .await
+        .expect("rm");
+    h.deliver_own();
+
+    // The session expires: the server drops our ephemerals (no events reach us).
+    h.zk.delete("/services/web/servers/10.0.0.5:8080")
+        .expect("expired");
+    h.fs.reregister().await;
+    assert_eq!(
+        h.zk.data("/services/web/servers/10.0.0.5:8080").as_deref(),
+        Some(&b"{\"pid\": 4242}"[..]),
+        "re-created with its last data"
+    );
+    assert!(
+        !h.zk.exists("/services/web/servers/10.0.0.6:8080"),
+        "rm is for good"
+    );
+    h.deliver_own();
+    h.fs.resync().await;
+    assert_eq!(
+        names(&h.ls("/services/web/servers").await.expect("ls")),
+        ["10.0.0.5:8080"]
+    );
 }

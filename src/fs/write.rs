@@ -165,7 +165,7 @@ impl<B: ZkBackend> ZkFs<B> {
     ) -> Result<(u64, bool), FsError> {
         let writer = Writer::new_file(mode);
         Ok((
-            self.add_handle(ino, path, Arc::from(&[][..]), Some(writer)),
+            self.add_handle(ino, path, Arc::from(&[][..]), Some(writer), None),
             false,
         ))
     }
@@ -235,11 +235,12 @@ impl<B: ZkBackend> ZkFs<B> {
             ));
         }
         lock(&self.created_as_file).insert(child.clone());
-        if let Err(e) = self
-            .store
-            .create(&child, Vec::new(), CreateMode::Persistent, None)
-            .await
-        {
+        let mode = self.create_mode(&child);
+        if mode == CreateMode::Ephemeral {
+            lock(&self.registrations).insert(child.clone(), Vec::new());
+        }
+        if let Err(e) = self.store.create(&child, Vec::new(), mode, None).await {
+            lock(&self.registrations).remove(&child);
             lock(&self.created_as_file).remove(&child);
             return Err(create_error(&child, e));
         }
@@ -325,10 +326,11 @@ impl<B: ZkBackend> ZkFs<B> {
             }
             // Before the node exists, so nobody sees it as an empty directory.
             lock(&self.created_as_file).insert(path.to_string());
-            let result = self
-                .store
-                .create(path, data, CreateMode::Persistent, None)
-                .await;
+            let mode = self.create_mode(path);
+            let result = self.store.create(path, data.clone(), mode, None).await;
+            if result.is_ok() && mode == CreateMode::Ephemeral {
+                lock(&self.registrations).insert(path.to_string(), data);
+            }
             lock(&self.pending).remove(path);
             if result.is_err() {
                 lock(&self.created_as_file).remove(path);
@@ -370,8 +372,12 @@ impl<B: ZkBackend> ZkFs<B> {
         } else {
             Some(version)
         };
-        match self.store.set_data(path, data, expected).await {
+        let registration = lock(&self.registrations).contains_key(path);
+        match self.store.set_data(path, data.clone(), expected).await {
             Ok(stat) => {
+                if registration {
+                    lock(&self.registrations).insert(path.to_string(), data);
+                }
                 w.base_version = Some(stat.version);
                 if let Some(inode) = lock(&self.inodes).get_mut(ino) {
                     inode.cached_mzxid = None;
@@ -643,6 +649,10 @@ impl<B: ZkBackend> ZkFs<B> {
             WriteResult::Created(s) | WriteResult::Set(s) => Some(s.czxid),
             WriteResult::Deleted => None,
         });
+        let moved = lock(&self.registrations).remove(&src);
+        if moved.is_some() && mode == CreateMode::Ephemeral {
+            lock(&self.registrations).insert(dst.clone(), data.to_vec());
+        }
         let was_file = lock(&self.created_as_file).remove(&src);
         if was_file {
             lock(&self.created_as_file).insert(dst.clone());
@@ -697,6 +707,63 @@ impl<B: ZkBackend> ZkFs<B> {
         self.lookup(parent, name).await
     }
 
+    /// Whether files created at `path` become ephemeral nodes (registrations).
+    pub(super) fn creates_ephemeral(&self, path: &str) -> bool {
+        let Some(dir) = path::parent(path) else {
+            return false;
+        };
+        let relative = dir.strip_prefix(self.config.root.as_str()).unwrap_or(dir);
+        let elements: Vec<&str> = relative.split('/').filter(|e| !e.is_empty()).collect();
+        self.config.ephemeral.iter().any(|g| g.matches(&elements))
+    }
+
+    fn create_mode(&self, path: &str) -> CreateMode {
+        if self.creates_ephemeral(path) {
+            CreateMode::Ephemeral
+        } else {
+            CreateMode::Persistent
+        }
+    }
+
+    /// After a session expiry: re-create every registration this mount still
+    /// owns, with its last data. One already re-created by someone else is
+    /// left alone (and no longer ours).
+    pub async fn reregister(&self) {
+        let owned: Vec<(String, Vec<u8>)> = lock(&self.registrations)
+            .iter()
+            .map(|(p, d)| (p.clone(), d.clone()))
+            .collect();
+        for (path, data) in owned {
+            let mut delay = std::time::Duration::from_millis(100);
+            for attempt in 0..8 {
+                match self
+                    .store
+                    .create(&path, data.clone(), CreateMode::Ephemeral, None)
+                    .await
+                {
+                    Ok(_) => {
+                        info!(path = %path, "registration re-created on the new session");
+                        self.invalidate_path(&path);
+                        break;
+                    }
+                    Err(ZkError::NodeExists) => {
+                        warn!(path = %path, "registration already exists (re-created by someone else); left alone");
+                        lock(&self.registrations).remove(&path);
+                        break;
+                    }
+                    Err(e) if e.is_connectivity() && attempt < 7 => {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                    Err(e) => {
+                        warn!(path = %path, error = %e, "cannot re-create registration");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// `link(2)`: ZooKeeper has no hard links.
     pub fn link(&self, ino: u64) -> Result<Entry, FsError> {
         let inode = self.inode(ino)?;
@@ -708,6 +775,7 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     fn forget_path(&self, p: &str) {
+        lock(&self.registrations).remove(p);
         lock(&self.created_as_file).remove(p);
         self.invalidate_path(p);
         lock(&self.inodes).detach(p);

@@ -89,8 +89,11 @@ impl ConnState {
 #[derive(Debug)]
 pub enum SessionEvent {
     Node(NodeEvent),
-    /// Events may have been lost (reconnect or new session): compare the cache with the server.
+    /// Events may have been lost (reconnect): compare the cache with the server.
     Resync,
+    /// The session expired and a new one is up: re-create owned ephemeral
+    /// nodes, then compare the cache with the server.
+    NewSession,
 }
 
 #[derive(Debug)]
@@ -348,7 +351,7 @@ impl ZkSession {
                 .session_id = id;
             info!(session = %format!("{id:#x}"), "new ZooKeeper session after expiry");
             self.set_state(ConnState::Connected);
-            let _ = events.send(SessionEvent::Resync);
+            let _ = events.send(SessionEvent::NewSession);
         }
     }
 
