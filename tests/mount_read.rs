@@ -60,8 +60,11 @@ fn data_kinds_attributes_and_data_file() {
         fs::read_to_string(m.join("services/.data")).expect(".data"),
         "{\"team\":\"payments\"}"
     );
-    // .data of a directory without data: not listed but openable (empty).
-    assert_eq!(fs::read(m.join("config/.data")).expect("empty .data"), b"");
+    // .data of a directory without data: neither listed nor found.
+    assert_eq!(
+        fs::read(m.join("config/.data")).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::NotFound)
+    );
     assert!(fs::metadata(m.join("nope")).is_err());
 
     // Real shell tools.

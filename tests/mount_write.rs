@@ -361,3 +361,61 @@ fn digest_acl_needs_the_right_auth_file() {
     drop(f);
     assert_eq!(get(&other, &readable).0, b"public");
 }
+
+#[test]
+fn regressions_rename_then_write_efbig_cp_r_and_touch_mv() {
+    let (other, root, mount) = mounted("regress", &["--max-data", "100K"]);
+    let m = mount.path().display().to_string();
+    let node = |n: &str| format!("{root}/{n}");
+
+    // Rename to a new name, then write the new name (ZOOKEEPER-4026 dummy stat).
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("cd '{m}' && echo v1 > s && mv s d && echo v2 > d")));
+    assert_eq!(get(&other, &node("d")).0, b"v2\n");
+    assert_eq!(fs::read_to_string(format!("{m}/d")).expect("cat"), "v2\n");
+
+    // EFBIG leaves nothing behind: a new file is not created, an existing
+    // one keeps its content.
+    let dir = TempDir::new("regress-src");
+    let big = dir.path().join("big");
+    fs::write(&big, vec![b'x'; 300 * 1024]).expect("big source");
+    let cp = Command::new("cp")
+        .arg(&big)
+        .arg(format!("{m}/big"))
+        .output()
+        .expect("cp");
+    assert!(!cp.status.success());
+    assert!(!exists(&other, &node("big")), "no truncated node");
+    other.create(&node("keep"), b"original");
+    let cp = Command::new("cp")
+        .arg(&big)
+        .arg(format!("{m}/keep"))
+        .output()
+        .expect("cp");
+    assert!(!cp.status.success());
+    assert_eq!(get(&other, &node("keep")).0, b"original");
+
+    // cp -r out and back in round-trips a subtree with directory data.
+    other.create(&node("tree"), b"tree data");
+    other.create(&node("tree/leaf"), b"leaf data");
+    let out = dir.path().join("copy");
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(format!("{m}/tree"))
+        .arg(&out));
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(&out)
+        .arg(format!("{m}/tree2")));
+    assert_eq!(get(&other, &node("tree2")).0, b"tree data");
+    assert_eq!(get(&other, &node("tree2/leaf")).0, b"leaf data");
+
+    // touch then mv at once (the last close is sent asynchronously).
+    for i in 0..10 {
+        run(Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd '{m}' && touch f{i} && mv f{i} g{i}")));
+        assert!(exists(&other, &node(&format!("g{i}"))));
+    }
+}

@@ -123,6 +123,9 @@ pub struct ZkFs<B: ZkBackend> {
     pub(super) next_fh: AtomicU64,
     /// Empty nodes this mount created as files (they stay files, contract §3).
     pub(super) created_as_file: Mutex<HashSet<String>>,
+    /// Nodes this mount created with mkdir: they stay directories here even
+    /// when they get data before children (`cp -r` copies `.data` first).
+    pub(super) created_as_dir: Mutex<HashSet<String>>,
     pub(super) pointers: Mutex<PointerIndex>,
     /// Ephemeral nodes this mount created and still owns, with their last
     /// data: re-created after a session expiry.
@@ -151,6 +154,7 @@ impl<B: ZkBackend> ZkFs<B> {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             created_as_file: Mutex::new(HashSet::new()),
+            created_as_dir: Mutex::new(HashSet::new()),
             pointers: Mutex::new(PointerIndex::default()),
             registrations: Mutex::new(HashMap::new()),
             invalidator,
@@ -179,6 +183,9 @@ impl<B: ZkBackend> ZkFs<B> {
 
     pub(super) fn kind_of(&self, path: &str, view: &NodeView) -> FileKind {
         let is_root = path == self.config.root;
+        if !view.stat.is_ephemeral() && lock(&self.created_as_dir).contains(path) {
+            return FileKind::Directory;
+        }
         let created_as_file = lock(&self.created_as_file).contains(path);
         let is_pointer = self
             .pointer_target(path, view)
@@ -326,6 +333,17 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
+        self.lookup_inner(parent, name, false).await
+    }
+
+    /// `lookup`, where `empty_data_file` also finds the data file of a
+    /// directory without data (for opening it to write).
+    pub(super) async fn lookup_inner(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        empty_data_file: bool,
+    ) -> Result<Entry, FsError> {
         let dir = self.inode(parent)?;
         if dir.kind != FileKind::Directory || dir.role != Role::Node {
             return Err(FsError::NotDir(dir.path));
@@ -367,8 +385,13 @@ impl<B: ZkBackend> ZkFs<B> {
                 self.attr_for(ino, &child, Role::Node, kind, &view)
             }
             None if is_data_name => {
-                // The directory's own data file: always openable.
+                // The directory's own data file. Without data it does not
+                // exist for lookups (so `cp -r` can create it with O_EXCL)
+                // but `open(O_CREAT)` finds it.
                 let view = self.view(&dir.path).await?;
+                if view.stat.data_length == 0 && !empty_data_file {
+                    return Err(FsError::NotFound(child));
+                }
                 inodes_guard = lock(&self.inodes);
                 let ino = inodes_guard.resolve(
                     &dir.path,
@@ -797,6 +820,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 if matches!(change, Change::Deleted(_)) {
                     inodes.detach(p);
                     lock(&self.created_as_file).remove(p);
+                    lock(&self.created_as_dir).remove(p);
                     let mut index = lock(&self.pointers);
                     if let Some((_, Some(target))) = index.by_path.remove(p)
                         && let Some(set) = index.by_target.get_mut(&target)

@@ -150,9 +150,13 @@ async fn mapping_rules() {
         .expect("ephemeral");
     assert_eq!(eph.kind, FileKind::RegularFile);
     assert_eq!(eph.size, 0);
-    // .data of a directory without data: not listed, still openable, empty.
+    // .data of a directory without data: not listed, not found by lookup
+    // (so cp -r can create it exclusively); open(O_CREAT) finds it.
     assert_eq!(names(&h.ls("/config").await.expect("ls")), ["app.json"]);
-    assert_eq!(h.cat("/config/.data").await.expect(".data"), b"");
+    assert!(matches!(
+        h.cat("/config/.data").await,
+        Err(FsError::NotFound(_))
+    ));
     // Names ZooKeeper cannot store cannot exist.
     assert_eq!(
         h.resolve("/config/a\nb").await.map(|_| ()),
@@ -602,7 +606,16 @@ async fn refusals_have_precise_errnos() {
         errno(h.fs.write(fh, 600, &[b'b'; 600]).await.map(|_| ())),
         Err(libc::EFBIG)
     );
-    h.fs.release(fh).await.expect("close");
+    assert_eq!(
+        errno(h.fs.release(fh).await),
+        Err(libc::EFBIG),
+        "close fails too"
+    );
+    assert_eq!(
+        h.zk.data("/f").as_deref(),
+        Some(&b"x"[..]),
+        "nothing half-written"
+    );
     assert_eq!(
         errno(
             h.fs.create(root, OsStr::new("a\u{1}b"), WRITE_TRUNC, false)

@@ -30,6 +30,9 @@ pub struct Writer {
     /// The node version this content is based on (None: node not created yet).
     base_version: Option<i32>,
     dirty: bool,
+    /// A write was refused (EFBIG): nothing from this handle is ever sent,
+    /// so no reader sees a truncated value.
+    failed: Option<usize>,
     /// Data was written (or the size set) through this handle since open.
     /// `flush` runs at every close of a duplicated descriptor (the shell's
     /// `>` closes one right after open), so only then does it send; the
@@ -50,6 +53,7 @@ impl Writer {
             // `> file` must empty the node even when nothing is written.
             dirty: mode.truncate,
             written: false,
+            failed: None,
             append: mode.append,
         }
     }
@@ -60,6 +64,7 @@ impl Writer {
             base_version: None,
             dirty: true,
             written: false,
+            failed: None,
             append: mode.append,
         }
     }
@@ -186,10 +191,16 @@ impl<B: ZkBackend> ZkFs<B> {
             ..mode
         };
         if self.is_data_file(&dir, path::basename(&child)).await? {
-            if exclusive {
+            // The data file is listed only when the node has data; creating it
+            // exclusively (cp -r into a new directory) works while it is empty.
+            let has_data = self
+                .store
+                .peek(&dir)
+                .is_some_and(|v| v.stat.data_length > 0);
+            if exclusive && has_data {
                 return Err(FsError::Exists(child));
             }
-            let entry = self.lookup(parent, name).await?;
+            let entry = self.lookup_inner(parent, name, true).await?;
             let (fh, _) = self.open(entry.attr.ino, mode).await?;
             return Ok((entry, fh));
         }
@@ -250,10 +261,15 @@ impl<B: ZkBackend> ZkFs<B> {
     /// `mkdir`: a persistent empty node (shown as a directory).
     pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
         let (_, child) = self.new_child(parent, name)?;
-        self.store
+        lock(&self.created_as_dir).insert(child.clone());
+        if let Err(e) = self
+            .store
             .create(&child, Vec::new(), CreateMode::Persistent, None)
             .await
-            .map_err(|e| create_error(&child, e))?;
+        {
+            lock(&self.created_as_dir).remove(&child);
+            return Err(create_error(&child, e));
+        }
         self.lookup(parent, name).await
     }
 
@@ -267,6 +283,7 @@ impl<B: ZkBackend> ZkFs<B> {
         };
         let end = start.saturating_add(data.len());
         if end > self.config.max_data {
+            w.failed = Some(end);
             return Err(FsError::TooBig(path, end, self.config.max_data));
         }
         if w.buf.len() < end {
@@ -308,6 +325,17 @@ impl<B: ZkBackend> ZkFs<B> {
             }
         };
         let mut w = writer.lock().await;
+        if let Some(size) = w.failed {
+            if w.dirty {
+                w.dirty = false;
+                if w.base_version.is_none() {
+                    lock(&self.pending).remove(&path);
+                    lock(&self.inodes).detach(&path);
+                }
+                return Err(FsError::TooBig(path, size, self.config.max_data));
+            }
+            return Ok(());
+        }
         if !w.dirty || !(force || w.written) {
             return Ok(());
         }
@@ -477,19 +505,23 @@ impl<B: ZkBackend> ZkFs<B> {
         self.getattr(ino).await
     }
 
-    /// `unlink`: delete the node; on the data file, empty the directory's data.
-    pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
-        let (dir, child) = self.new_child(parent, name)?;
-        // The kernel sends `release` asynchronously: a close just before this
-        // unlink may still be creating the node. Wait for such sends.
+    /// The kernel sends `release` asynchronously: a close just before an
+    /// unlink or rename may still be creating the node. Wait for such sends.
+    async fn wait_for_sends(&self, path: &str) {
         let writers: Vec<_> = lock(&self.files)
             .values()
-            .filter(|f| f.path == child)
+            .filter(|f| f.path == path)
             .filter_map(|f| f.writer.clone())
             .collect();
         for writer in writers {
             drop(writer.lock().await);
         }
+    }
+
+    /// `unlink`: delete the node; on the data file, empty the directory's data.
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        let (dir, child) = self.new_child(parent, name)?;
+        self.wait_for_sends(&child).await;
         if lock(&self.pending).remove(&child).is_some() {
             lock(&self.inodes).detach(&child);
             return Ok(());
@@ -548,6 +580,7 @@ impl<B: ZkBackend> ZkFs<B> {
         if src == dst {
             return Ok(());
         }
+        self.wait_for_sends(&src).await;
         if lock(&self.pending).contains_key(&src) {
             return Err(FsError::Busy(
                 src,
@@ -634,6 +667,9 @@ impl<B: ZkBackend> ZkFs<B> {
                 }
             }
         };
+        // Taken before the transaction: its own Deleted event may detach the
+        // source path from its inode before we get to move it.
+        let src_ino = lock(&self.inodes).node_ino(&src);
         let results = self.store.multi(&ops).await.map_err(|e| match e {
             ZkError::BadVersion => FsError::Conflict {
                 path: src.clone(),
@@ -653,18 +689,28 @@ impl<B: ZkBackend> ZkFs<B> {
         if moved.is_some() && mode == CreateMode::Ephemeral {
             lock(&self.registrations).insert(dst.clone(), data.to_vec());
         }
+        if lock(&self.created_as_dir).remove(&src) {
+            lock(&self.created_as_dir).insert(dst.clone());
+        }
         let was_file = lock(&self.created_as_file).remove(&src);
         if was_file {
             lock(&self.created_as_file).insert(dst.clone());
         }
-        let dst_kind = match self.store.peek(&dst) {
-            Some(v) => self.kind_of(&dst, &v),
+        let dst_view = self.store.node(&dst).await.ok();
+        let dst_kind = match &dst_view {
+            Some(v) => self.kind_of(&dst, v),
             None => src_kind,
         };
-        {
+        let czxid = dst_view
+            .map(|v| v.stat.czxid)
+            .or(new_czxid)
+            .filter(|c| *c > 0);
+        if let Some(ino) = src_ino {
             let mut inodes = lock(&self.inodes);
-            if let Some(ino) = inodes.node_ino(&src) {
-                inodes.move_to(ino, &dst, dst_kind, new_czxid.unwrap_or(PENDING_CZXID));
+            match czxid {
+                Some(czxid) => inodes.move_to(ino, &dst, dst_kind, czxid),
+                // Unknown identity: let the kernel look the name up again.
+                None => inodes.detach(&src),
             }
         }
         self.invalidate_path(&src);
@@ -775,6 +821,7 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     fn forget_path(&self, p: &str) {
+        lock(&self.created_as_dir).remove(p);
         lock(&self.registrations).remove(p);
         lock(&self.created_as_file).remove(p);
         self.invalidate_path(p);

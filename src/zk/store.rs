@@ -521,9 +521,22 @@ impl<B: ZkBackend> Store<B> {
                 return Err(e);
             }
         };
-        for (op, result) in ops.iter().zip(&results) {
+        let mut results = results;
+        for (op, result) in ops.iter().zip(results.iter_mut()) {
             match (op, result) {
                 (WriteOp::Create { path, data, .. }, WriteResult::Created(stat)) => {
+                    if stat.czxid <= 0 {
+                        // ZooKeeper before 3.9 answers a create inside a multi
+                        // with a dummy Stat (ZOOKEEPER-4026): read the real one.
+                        if let Some(parent) = path::parent(path) {
+                            self.cache().add_child(parent, path::basename(path));
+                        }
+                        self.cache().mark_stale(path);
+                        if let Ok(view) = self.fetch_data(path).await {
+                            *stat = view.stat;
+                        }
+                        continue;
+                    }
                     let ticket = self.cache().begin_fetch(path);
                     self.record_created(path, data.clone(), *stat, ticket);
                 }
