@@ -27,16 +27,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Mount(args) => daemon::mount(*args),
         Command::Unmount(args) => control::unmount(&args.mountpoint),
-        Command::Status(args) => match {
+        Command::Status(args) => {
             // Like other CLI tools: `zkfs status | head` ends quietly.
             // SAFETY: restoring the default disposition of one signal.
             unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-            control::status(&args.mountpoint, args.json)
-        } {
-            Ok(true) => Ok(()),
-            Ok(false) => return ExitCode::from(1),
-            Err(e) => Err(e),
-        },
+            match control::status(&args.mountpoint, args.json) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
