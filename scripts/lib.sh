@@ -97,9 +97,12 @@ zk_classpath() {
 }
 
 # JVM options that keep a small test server cheap on a 2-core machine.
+# ZKFS_ZK_HEAP (default 256m) sizes the heap; ZKFS_ZK_FULL_JIT=1 keeps the
+# optimizing JIT (benchmarks want a server at full speed).
 zk_java_opts() {
-    printf '%s\n' -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData \
+    printf '%s\n' "-Xmx${ZKFS_ZK_HEAP:-256m}" -XX:+UseSerialGC -XX:-UsePerfData \
         -Djava.awt.headless=true
+    [[ ${ZKFS_ZK_FULL_JIT:-0} == 1 ]] || printf '%s\n' -XX:TieredStopAtLevel=1
 }
 
 # zk_4lw PORT WORD: sends a ZooKeeper four-letter word (ruok, srvr, stat, ...)

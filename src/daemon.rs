@@ -25,6 +25,9 @@ use crate::fuse::{ZkFuse, invalidate};
 use crate::zk::Store;
 use crate::zk::session::{Credentials, NewNodeAcl, SessionConfig, SessionEvent, ZkSession};
 
+/// FUSE worker threads (override with ZKFS_FUSE_THREADS).
+const FUSE_THREADS: usize = 4;
+
 /// Environment variable naming the pipe a background daemon reports readiness on.
 const READY_FD_ENV: &str = "ZKFS_READY_FD";
 
@@ -423,7 +426,14 @@ fn run_foreground(
     } else {
         fuser::SessionACL::Owner
     };
-    config.n_threads = Some(4);
+    config.n_threads = Some(
+        std::env::var("ZKFS_FUSE_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n >= 1)
+            .unwrap_or(FUSE_THREADS),
+    );
+    config.clone_fd = std::env::var("ZKFS_FUSE_CLONE_FD").is_ok_and(|v| v == "1");
 
     let mut fuse_session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| Failure::new(format!("cannot mount on {}: {e}", mountpoint.display())))?;

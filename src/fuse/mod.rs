@@ -27,7 +27,7 @@ use crate::zk::{ZkBackend, ZkError};
 
 /// How long the kernel may keep entries and attributes without asking. Every
 /// change we learn of is invalidated explicitly; the TTL is a safety net.
-const TTL: Duration = Duration::from_secs(1);
+const TTL: Duration = Duration::from_secs(10);
 
 pub struct ZkFuse<B: ZkBackend> {
     fs: Arc<ZkFs<B>>,
@@ -220,11 +220,15 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             async move { fs.open(ino.0, mode).await },
             move |r| match r {
                 Ok((fh, keep_cache)) => {
-                    let flags = if keep_cache {
+                    let mut flags = if keep_cache {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
                         FopenFlags::empty()
                     };
+                    if !mode.write {
+                        // Nothing to send at close: spare the kernel a FLUSH.
+                        flags |= FopenFlags::FOPEN_NOFLUSH;
+                    }
                     reply.opened(FileHandle(fh), flags)
                 }
                 Err(e) => reply.error(errno(&e)),
