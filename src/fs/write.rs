@@ -284,6 +284,8 @@ impl<B: ZkBackend> ZkFs<B> {
         let end = start.saturating_add(data.len());
         if end > self.config.max_data {
             w.failed = Some(end);
+            // So that close reports the refusal too, even with nothing written.
+            w.dirty = true;
             return Err(FsError::TooBig(path, end, self.config.max_data));
         }
         if w.buf.len() < end {
@@ -686,7 +688,9 @@ impl<B: ZkBackend> ZkFs<B> {
             WriteResult::Deleted => None,
         });
         let moved = lock(&self.registrations).remove(&src);
-        if moved.is_some() && mode == CreateMode::Ephemeral {
+        // Only a rename to a new name keeps the node ephemeral (ours); onto an
+        // existing node, that node keeps its own mode.
+        if moved.is_some() && mode == CreateMode::Ephemeral && dst_view.is_none() {
             lock(&self.registrations).insert(dst.clone(), data.to_vec());
         }
         if lock(&self.created_as_dir).remove(&src) {
