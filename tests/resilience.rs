@@ -207,3 +207,50 @@ fn killed_daemon_does_not_wedge_the_mount_point() {
     );
     assert!(!is_mounted(&mp));
 }
+
+#[test]
+fn writes_while_disconnected_fail_in_bounded_time_and_apply_nothing() {
+    let zk = shared_zk();
+    let root = unique_root("wdown");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/cfg"), b"before");
+    let proxy = Proxy::start(&zk);
+    let mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &["--session-timeout", "30s", "--op-timeout", "2s"],
+    );
+    let m = mount.path();
+    assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "before");
+    proxy.cut();
+    wait_until("disconnected", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "disconnected"
+    });
+    let start = Instant::now();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.join("cfg"))
+        .expect("open for write (served from cache)");
+    use std::io::Write;
+    f.write_all(b"after").expect("buffered");
+    let err = f.sync_all().expect_err("cannot be sent while disconnected");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::ETIMEDOUT)),
+        "{err}"
+    );
+    drop(f);
+    proxy.restore();
+    wait_until("reconnected", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "connected"
+    });
+    // Nothing was applied behind the error.
+    let fut = other.client.get_data(&format!("{root}/cfg"));
+    let (data, _) = other.rt.block_on(fut).expect("get");
+    assert_eq!(data, b"before");
+}

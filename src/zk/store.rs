@@ -82,6 +82,9 @@ pub struct Store<B: ZkBackend> {
     own_events: Mutex<HashMap<(String, NodeEventKind), (u32, Instant)>>,
 }
 
+/// Longest wait to learn the outcome of a write whose answer was lost.
+const UNKNOWN_OUTCOME_LIMIT: Duration = Duration::from_secs(60);
+
 /// How long an expected own event may take to arrive before it is ignored.
 const OWN_EVENT_WINDOW: Duration = Duration::from_secs(10);
 
@@ -376,18 +379,37 @@ impl<B: ZkBackend> Store<B> {
     }
 
     /// After a write failed with an unknown outcome (connection lost or our
-    /// deadline passed), look at the node once more: if it holds exactly what
-    /// we wrote, newer than `before`, the write was applied.
+    /// deadline passed), find out once the session is connected again: if
+    /// the node holds exactly what we wrote, newer than `before`, the write
+    /// was applied. While disconnected this keeps waiting; the caller's
+    /// operation deadline bounds it (and then the write is reported failed).
     async fn written_anyway(
         &self,
         path: &str,
         data: &[u8],
         before: Option<i64>,
     ) -> Option<NodeStat> {
-        match self.backend.get_data(path).await {
-            Ok((now, stat)) if now == data && before.is_none_or(|m| stat.mzxid > m) => Some(stat),
-            _ => None,
-        }
+        let find_out = async {
+            loop {
+                while !self.backend.is_connected() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                match self.backend.get_data(path).await {
+                    Ok((now, stat)) => {
+                        let ours = now == data && before.is_none_or(|m| stat.mzxid > m);
+                        return ours.then_some(stat);
+                    }
+                    Err(e) if e.is_connectivity() => continue,
+                    Err(_) => return None,
+                }
+            }
+        };
+        // Callers under a FUSE request have a shorter deadline; this bounds
+        // the others (re-registration after expiry).
+        tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Create a node and cache it (read-your-writes).
