@@ -273,11 +273,12 @@ impl<B: ZkBackend> Store<B> {
                 Ok((view, changed))
             }
             Err(ZkError::NoNode) => {
-                if cache.is_quiet_since(path, ticket) && cache.remove(path).is_some() {
-                    if let Some(parent) = path::parent(path) {
-                        cache.remove_child(parent, path::basename(path));
-                    }
-                    return Err(ZkError::NoNode);
+                // Gone on the server; forget it unless an event raced the read.
+                if cache.is_quiet_since(path, ticket)
+                    && cache.remove(path).is_some()
+                    && let Some(parent) = path::parent(path)
+                {
+                    cache.remove_child(parent, path::basename(path));
                 }
                 Err(ZkError::NoNode)
             }
@@ -412,6 +413,19 @@ impl<B: ZkBackend> Store<B> {
             .flatten()
     }
 
+    /// Writes are sent only while connected: the client would otherwise
+    /// queue them and apply them after a reconnect, possibly long after the
+    /// caller was told the write failed. The caller's deadline bounds the
+    /// wait (nothing was sent if it expires); 60 s bounds the rest.
+    async fn until_connected(&self) {
+        let wait = async {
+            while !self.backend.is_connected() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let _ = tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, wait).await;
+    }
+
     /// Create a node and cache it (read-your-writes).
     pub async fn create(
         &self,
@@ -420,6 +434,7 @@ impl<B: ZkBackend> Store<B> {
         mode: CreateMode,
         acl: Option<&[AclEntry]>,
     ) -> Result<NodeStat, ZkError> {
+        self.until_connected().await;
         let ticket = self.cache().begin_fetch(path);
         self.expect_own(path, NodeEventKind::Created);
         let result = self.backend.create(path, &data, mode, acl).await;
@@ -459,6 +474,7 @@ impl<B: ZkBackend> Store<B> {
         version: Option<i32>,
     ) -> Result<NodeStat, ZkError> {
         let before = self.peek(path).map(|v| v.stat.mzxid);
+        self.until_connected().await;
         let ticket = self.cache().begin_fetch(path);
         self.expect_own(path, NodeEventKind::DataChanged);
         let result = self.backend.set_data(path, &data, version).await;
@@ -491,6 +507,7 @@ impl<B: ZkBackend> Store<B> {
     }
 
     pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<(), ZkError> {
+        self.until_connected().await;
         let mut result = self.backend.delete(path, version).await;
         if let Err(e) = &result
             && e.is_connectivity()
@@ -510,6 +527,7 @@ impl<B: ZkBackend> Store<B> {
 
     /// Run a transaction and apply its results to the cache.
     pub async fn multi(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>, ZkError> {
+        self.until_connected().await;
         let expected: Vec<(&str, NodeEventKind)> = ops
             .iter()
             .filter_map(|op| match op {
