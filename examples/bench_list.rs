@@ -9,11 +9,14 @@
 //!
 //! Usage: bench_list ZK_CONNECT ZKFS_BINARY [N]
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use zookeeper_client::{Acls, Client, CreateMode};
+
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{rss_kib, xattr};
 
 fn timed<F: FnOnce()>(f: F) -> Duration {
     let t = Instant::now();
@@ -34,26 +37,6 @@ fn run_quiet(cmd: &str) {
         .status()
         .expect("sh");
     assert!(ok.success(), "{cmd}");
-}
-
-fn rss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-fn xattr(path: &Path, name: &str) -> String {
-    let out = Command::new("getfattr")
-        .args(["--only-values", "-n", name])
-        .arg(path)
-        .output()
-        .expect("getfattr");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn ms(d: Duration) -> f64 {

@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use zookeeper_client::{Acls, Client, CreateMode};
 
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{rss_kib, times, xattr};
+
 struct Stats {
     p50: Duration,
     p99: Duration,
@@ -45,39 +49,9 @@ fn row(name: &str, s: &Stats, base: Option<&Stats>) {
     );
 }
 
-fn times<F: FnMut()>(n: usize, mut f: F) -> Vec<Duration> {
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect()
-}
-
 fn quiet(cmd: &mut Command) {
     let ok = cmd.stdout(Stdio::null()).status().expect("spawn");
     assert!(ok.success(), "{cmd:?}");
-}
-
-fn xattr(path: &Path, name: &str) -> String {
-    let out = Command::new("getfattr")
-        .args(["--only-values", "-n", name])
-        .arg(path)
-        .output()
-        .expect("getfattr");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn rss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 fn mount(zkfs: &str, servers: &str, at: &Path, extra: &[&str]) {

@@ -14,14 +14,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zookeeper_client::{Acls, Client, CreateMode};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{percentile, times as time};
 
 fn summarize(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
@@ -33,16 +32,6 @@ fn summarize(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
         samples.len()
     );
     (p50, p99)
-}
-
-fn time<F: FnMut()>(n: usize, mut f: F) -> Vec<Duration> {
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect()
 }
 
 fn main() {
