@@ -130,6 +130,14 @@ fn extended_attributes() {
         xattr(&f, "user.zk.bogus").map_err(|e| e.raw_os_error()),
         Err(Some(libc::ENODATA))
     );
+    // Namespaces zkfs does not have answer ENOTSUP, so ls -l stops asking.
+    for name in ["security.selinux", "system.posix_acl_access", "trusted.x"] {
+        assert_eq!(
+            xattr(&f, name).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EOPNOTSUPP)),
+            "{name}"
+        );
+    }
     assert_eq!(xattr_string(m, "user.zkfs.state"), "connected");
     assert!(xattr_string(m, "user.zkfs.session_id").starts_with("0x"));
     let dump = sh("getfattr", &["-d", "-m", "-", &f.to_string_lossy()]);

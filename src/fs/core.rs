@@ -707,6 +707,12 @@ impl<B: ZkBackend> ZkFs<B> {
         let name = name
             .to_str()
             .ok_or_else(|| FsError::NoXattr(inode.path.clone()))?;
+        if !name.starts_with("user.") {
+            // No SELinux labels, POSIX ACLs or trusted attributes here.
+            // ENOTSUP (not ENODATA) lets tools such as ls -l remember that
+            // for the whole filesystem instead of asking for every file.
+            return Err(FsError::XattrUnsupported(inode.path));
+        }
         if ino == ROOT_INO
             && let Some(key) = name.strip_prefix(xattr::MOUNT_PREFIX)
         {

@@ -18,6 +18,8 @@ pub enum FsError {
     Stale(String),
     /// No such extended attribute.
     NoXattr(String),
+    /// An attribute namespace zkfs does not have (security.*, system.*, trusted.*).
+    XattrUnsupported(String),
     BadFileHandle,
     /// readlink on something that is not a pointer.
     NotSymlink(String),
@@ -69,6 +71,7 @@ impl FsError {
             // file changed identity on the server.
             FsError::Stale(_) => libc::ESTALE,
             FsError::NoXattr(_) => libc::ENODATA,
+            FsError::XattrUnsupported(_) => libc::EOPNOTSUPP,
             FsError::BadFileHandle => libc::EBADF,
             FsError::NotSymlink(_) => libc::EINVAL,
             FsError::InvalidName(..) => libc::EINVAL,
@@ -107,6 +110,7 @@ impl FsError {
         match self {
             FsError::NotFound(_)
             | FsError::NoXattr(_)
+            | FsError::XattrUnsupported(_)
             | FsError::NotDir(_)
             | FsError::IsDir(_)
             | FsError::Exists(_)
@@ -128,6 +132,9 @@ impl fmt::Display for FsError {
                 "{p}: node changed identity (deleted, re-created or changed kind)"
             ),
             FsError::NoXattr(p) => write!(f, "{p}: no such extended attribute"),
+            FsError::XattrUnsupported(p) => {
+                write!(f, "{p}: only user.* extended attributes exist here")
+            }
             FsError::BadFileHandle => write!(f, "unknown file handle"),
             FsError::NotSymlink(p) => write!(f, "{p}: not a pointer node"),
             FsError::InvalidName(p, why) => write!(f, "{p}: invalid name: {why}"),
