@@ -391,6 +391,7 @@ fn run_foreground(
         Box::new(invalidator),
         Box::new(SessionStatus(session.clone())),
     ));
+    fs.register_arc();
     let adapter = ZkFuse::new(fs.clone(), runtime.handle().clone(), args.op_timeout);
 
     let is_root = uid == 0;

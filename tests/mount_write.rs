@@ -346,6 +346,18 @@ fn digest_acl_needs_the_right_auth_file() {
         Some(libc::EACCES)
     );
     assert_eq!(mode(&without), 0o444, "write bits follow the ACL");
+    // Through a cold listing too (ACLs of listed nodes are fetched after it).
+    let listed = Mount::start(&format!("{zk}{root}"), &[]);
+    let names: Vec<_> = fs::read_dir(listed.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(names.iter().any(|n| n == "readable"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mode(&listed) != 0o444 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(mode(&listed), 0o444, "write bits settle after a listing");
     assert_eq!(
         fs::read(without.path().join("readable")).expect("read"),
         b"public"

@@ -130,6 +130,9 @@ pub struct ZkFs<B: ZkBackend> {
     /// Ephemeral nodes this mount created and still owns, with their last
     /// data: re-created after a session expiry.
     pub(super) registrations: Mutex<HashMap<String, Vec<u8>>>,
+    /// This filesystem's own `Arc`, once registered: background work (ACLs of
+    /// a listing) is spawned with it. Without it that work runs inline.
+    me: std::sync::OnceLock<std::sync::Weak<Self>>,
     invalidator: Box<dyn Invalidator>,
     status: Box<dyn MountStatus>,
 }
@@ -157,8 +160,27 @@ impl<B: ZkBackend> ZkFs<B> {
             created_as_dir: Mutex::new(HashSet::new()),
             pointers: Mutex::new(PointerIndex::default()),
             registrations: Mutex::new(HashMap::new()),
+            me: std::sync::OnceLock::new(),
             invalidator,
             status,
+        }
+    }
+
+    /// Let the filesystem spawn background work with its own `Arc`.
+    pub fn register_arc(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// Fetch the ACLs of listed children and drop the kernel's attributes
+    /// of those whose write bits change: after the listing returns when the
+    /// filesystem runs under an `Arc` (a runtime), else before it.
+    async fn settle_acls(&self, paths: Vec<String>) {
+        let loaded = self.store.load_acls(&paths).await;
+        let inodes = lock(&self.inodes);
+        for p in loaded {
+            if let Some(ino) = inodes.node_ino(&p) {
+                self.invalidator.invalidate(Invalidation::Inode(ino));
+            }
         }
     }
 
@@ -619,6 +641,20 @@ impl<B: ZkBackend> ZkFs<B> {
         if !targets.is_empty() {
             // Missing targets are an answer too (dangling pointers are files).
             let _ = self.store.load_many(&targets).await;
+        }
+        let without_acl: Vec<String> = child_paths
+            .iter()
+            .zip(&views)
+            .filter(|(_, v)| v.as_ref().is_ok_and(|v| v.acl.is_none()))
+            .map(|(p, _)| p.clone())
+            .collect();
+        if !without_acl.is_empty() {
+            match self.me.get().and_then(std::sync::Weak::upgrade) {
+                Some(me) => {
+                    tokio::spawn(async move { me.settle_acls(without_acl).await });
+                }
+                None => self.settle_acls(without_acl).await,
+            }
         }
 
         let mut entries = Vec::with_capacity(names.len() + 3);

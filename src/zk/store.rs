@@ -316,28 +316,19 @@ impl<B: ZkBackend> Store<B> {
                     .map(|&i| cache.begin_fetch(&paths[i]))
                     .collect()
             };
-            let (answers, acls) = tokio::join!(
-                await_all(
-                    chunk
-                        .iter()
-                        .map(|&i| self.backend.get_data(&paths[i]))
-                        .collect()
-                ),
-                await_all(
-                    chunk
-                        .iter()
-                        .map(|&i| self.backend.get_acl(&paths[i]))
-                        .collect()
-                )
-            );
+            // Data only: ACLs of a bulk load follow separately (`load_acls`),
+            // so a cold listing costs one request per node.
+            let answers = await_all(
+                chunk
+                    .iter()
+                    .map(|&i| self.backend.get_data(&paths[i]))
+                    .collect(),
+            )
+            .await;
             let mut cache = self.cache();
-            for (((&i, ticket), answer), acl) in chunk.iter().zip(tickets).zip(answers).zip(acls) {
+            for ((&i, ticket), answer) in chunk.iter().zip(tickets).zip(answers) {
                 cache.end_fetch(&paths[i], ticket);
-                let aversion = answer.as_ref().ok().map(|(_, s)| s.aversion);
                 let recorded = self.record_data(&mut cache, &paths[i], ticket, answer);
-                if let (Some(aversion), Ok(acl)) = (aversion, acl) {
-                    cache.store_acl(&paths[i], aversion, acl);
-                }
                 results[i] = Some(recorded.and_then(|_| {
                     cache
                         .get(&paths[i])
@@ -350,6 +341,38 @@ impl<B: ZkBackend> Store<B> {
             .into_iter()
             .map(|r| r.unwrap_or(Err(ZkError::Other("not loaded".into()))))
             .collect()
+    }
+
+    /// Load the ACLs of cached nodes that have none for their current
+    /// `aversion` (pipelined). Returns the paths whose ACL was recorded.
+    pub async fn load_acls(&self, paths: &[String]) -> Vec<String> {
+        let wanted: Vec<String> = {
+            let cache = self.cache();
+            paths
+                .iter()
+                .filter(|p| {
+                    cache.get(p).is_some_and(|n| {
+                        n.acl
+                            .as_ref()
+                            .is_none_or(|(aversion, _)| *aversion != n.stat.aversion)
+                    })
+                })
+                .cloned()
+                .collect()
+        };
+        let mut done = Vec::new();
+        for chunk in wanted.chunks(PIPELINE_DEPTH) {
+            let acls = await_all(chunk.iter().map(|p| self.backend.get_acl(p)).collect()).await;
+            let mut cache = self.cache();
+            for (p, acl) in chunk.iter().zip(acls) {
+                let aversion = cache.get(p).map(|n| n.stat.aversion);
+                if let (Some(aversion), Ok(acl)) = (aversion, acl) {
+                    cache.store_acl(p, aversion, acl);
+                    done.push(p.clone());
+                }
+            }
+        }
+        done
     }
 
     /// The node's ACL (not cached: asked for on each call).
