@@ -353,6 +353,14 @@ fn digest_acl_needs_the_right_auth_file() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert!(names.iter().any(|n| n == "readable"));
+    assert!(
+        names.iter().any(|n| n == "private"),
+        "an unreadable node is listed, not a failed listing"
+    );
+    assert_eq!(
+        errno_of(fs::read(listed.path().join("private"))),
+        Some(libc::EACCES)
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while mode(&listed) != 0o444 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

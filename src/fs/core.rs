@@ -702,6 +702,29 @@ impl<B: ZkBackend> ZkFs<B> {
                 Ok(view) => view,
                 // Deleted since the listing: leave it out.
                 Err(crate::zk::ZkError::NoNode) => continue,
+                // Exists, but this session may not read it: list it with no
+                // permissions (opening or stat-ing it then gives EACCES)
+                // instead of failing the whole listing.
+                Err(crate::zk::ZkError::NoAuth) => {
+                    let ino =
+                        lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, 0);
+                    let p = &self.config.presentation;
+                    entries.push(DirEntry {
+                        name,
+                        attr: Attr {
+                            ino,
+                            kind: FileKind::RegularFile,
+                            size: 0,
+                            mtime_ns: 0,
+                            crtime_ms: 0,
+                            perm: 0,
+                            nlink: 1,
+                            uid: p.uid,
+                            gid: p.gid,
+                        },
+                    });
+                    continue;
+                }
                 Err(e) => return Err(FsError::zk(&child, "getData", e)),
             };
             let kind = self.kind_of(&child, &view);
