@@ -80,6 +80,9 @@ pub struct Store<B: ZkBackend> {
     /// with the time of the write): the cache already holds their result, so
     /// they need no refetch. Cleared by a resync; old entries are ignored.
     own_events: Mutex<HashMap<(String, NodeEventKind), (u32, Instant)>>,
+    /// ACL fetches in flight (background loads after listings), so that
+    /// repeated listings do not ask for the same ACLs again.
+    acls_in_flight: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Longest wait to learn the outcome of a write whose answer was lost.
@@ -94,6 +97,7 @@ impl<B: ZkBackend> Store<B> {
             backend,
             cache: Mutex::new(NodeCache::new(data_limit)),
             own_events: Mutex::new(HashMap::new()),
+            acls_in_flight: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -348,6 +352,10 @@ impl<B: ZkBackend> Store<B> {
     pub async fn load_acls(&self, paths: &[String]) -> Vec<String> {
         let wanted: Vec<String> = {
             let cache = self.cache();
+            let mut in_flight = self
+                .acls_in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             paths
                 .iter()
                 .filter(|p| {
@@ -357,6 +365,7 @@ impl<B: ZkBackend> Store<B> {
                             .is_none_or(|(aversion, _)| *aversion != n.stat.aversion)
                     })
                 })
+                .filter(|p| in_flight.insert((*p).clone()))
                 .cloned()
                 .collect()
         };
@@ -370,6 +379,13 @@ impl<B: ZkBackend> Store<B> {
                     cache.store_acl(p, aversion, acl);
                     done.push(p.clone());
                 }
+            }
+            let mut in_flight = self
+                .acls_in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for p in chunk {
+                in_flight.remove(p);
             }
         }
         done
