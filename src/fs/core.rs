@@ -176,8 +176,19 @@ impl<B: ZkBackend> ZkFs<B> {
     /// filesystem runs under an `Arc` (a runtime), else before it.
     async fn settle_acls(&self, paths: Vec<String>) {
         let loaded = self.store.load_acls(&paths).await;
+        let identity = self.config.presentation.identity.as_deref();
+        // Listed attributes assumed "writable": only denials change anything.
+        let denied: Vec<String> = loaded
+            .into_iter()
+            .filter(|p| {
+                self.store
+                    .peek(p)
+                    .and_then(|v| v.acl)
+                    .is_some_and(|acl| !attr::may_write(&acl, identity))
+            })
+            .collect();
         let inodes = lock(&self.inodes);
-        for p in loaded {
+        for p in denied {
             if let Some(ino) = inodes.node_ino(&p) {
                 self.invalidator.invalidate(Invalidation::Inode(ino));
             }
