@@ -304,12 +304,81 @@ fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
-/// A private standalone ZooKeeper server for tests that stop and restart it.
+/// A private standalone ZooKeeper server for tests that stop and restart it
+/// (or one member of an [`Ensemble`]).
 pub struct ZkServer {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
     watchdog: Option<Child>,
+    /// (myid, the `server.N=...` lines) for an ensemble member.
+    quorum: Option<(usize, String)>,
+}
+
+/// A 3-server ZooKeeper ensemble on loopback, for failover tests.
+pub struct Ensemble {
+    servers: Vec<ZkServer>,
+}
+
+impl Ensemble {
+    /// Starts three servers and waits until each serves as leader or follower.
+    pub fn start() -> Ensemble {
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let lines: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer, election))| {
+                format!("server.{}=127.0.0.1:{peer}:{election}\n", i + 1)
+            })
+            .collect();
+        let mut servers: Vec<ZkServer> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, _, _))| ZkServer {
+                dir: TempDir::new("zk-ens"),
+                port: *client,
+                child: None,
+                watchdog: None,
+                quorum: Some((i + 1, lines.clone())),
+            })
+            .collect();
+        for server in &mut servers {
+            server.spawn_watchdog();
+            server.write_config();
+            server.spawn_java();
+        }
+        for server in &mut servers {
+            if let Err(e) = server.wait_serving() {
+                panic!(
+                    "ensemble member failed to start: {e}\n{}",
+                    server.log_tail()
+                );
+            }
+        }
+        Ensemble { servers }
+    }
+
+    /// "127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3"
+    pub fn connect_string(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| s.connect_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn server(&mut self, i: usize) -> &mut ZkServer {
+        &mut self.servers[i]
+    }
+
+    /// Index of the current leader, if one answers.
+    pub fn leader(&self) -> Option<usize> {
+        self.servers.iter().position(|s| {
+            four_letter_word(s.port, "srvr").is_some_and(|a| a.contains("Mode: leader"))
+        })
+    }
 }
 
 impl ZkServer {
@@ -322,6 +391,7 @@ impl ZkServer {
             port: 0,
             child: None,
             watchdog: None,
+            quorum: None,
         };
         server.spawn_watchdog();
         for attempt in 1..=3 {
@@ -434,6 +504,13 @@ impl ZkServer {
             data = data.display(),
             port = self.port
         );
+        let cfg = match &self.quorum {
+            Some((myid, lines)) => {
+                fs::write(data.join("myid"), format!("{myid}\n")).expect("write myid");
+                format!("{cfg}{lines}")
+            }
+            None => cfg,
+        };
         fs::write(dir.join("zoo.cfg"), cfg).expect("write zoo.cfg");
         let log4j = format!(
             "log4j.rootLogger=INFO, FILE\n\
@@ -511,7 +588,9 @@ impl ZkServer {
                 return Err("no java process".to_string());
             }
             if let Some(answer) = four_letter_word(self.port, "srvr")
-                && answer.contains("Mode: standalone")
+                && ["Mode: standalone", "Mode: leader", "Mode: follower"]
+                    .iter()
+                    .any(|m| answer.contains(m))
             {
                 return Ok(());
             }
