@@ -12,7 +12,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use zookeeper_client::{Acls, Client, CreateMode};
+use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
@@ -51,18 +51,7 @@ fn main() {
     }
     let (zk, zkfs) = (&args[1], &args[2]);
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let client: Client = rt
-        .block_on(
-            Client::connector()
-                .with_session_timeout(Duration::from_secs(30))
-                .connect(zk),
-        )
-        .expect("connect");
+    let (rt, client) = bench::connect(zk, 2, Duration::from_secs(30));
     let root = format!("/bench-list-{}", std::process::id());
     let dir = format!("{root}/servers");
     let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());

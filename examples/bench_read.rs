@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use zookeeper_client::{Acls, Client, CreateMode};
+use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
@@ -78,18 +78,7 @@ fn main() {
     }
     let (zk, zkfs) = (args[1].as_str(), args[2].as_str());
     let tree_nodes: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let client: Client = rt
-        .block_on(
-            Client::connector()
-                .with_session_timeout(Duration::from_secs(30))
-                .connect(zk),
-        )
-        .expect("connect");
+    let (rt, client) = bench::connect(zk, 2, Duration::from_secs(30));
     let open = CreateMode::Persistent.with_acls(Acls::anyone_all());
     let root = format!("/bench-read-{}", std::process::id());
     let kib: Vec<u8> = (0..1024).map(|i| b'a' + (i % 26) as u8).collect();

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use zookeeper_client::{Acls, Client, CreateMode};
+use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
@@ -42,18 +42,7 @@ fn main() {
     }
     let (zk, zkfs) = (&args[1], &args[2]);
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(300);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let client: Client = rt
-        .block_on(
-            Client::connector()
-                .with_session_timeout(Duration::from_secs(10))
-                .connect(zk),
-        )
-        .expect("connect");
+    let (rt, client) = bench::connect(zk, 1, Duration::from_secs(10));
     let root = format!("/bench-write-{}", std::process::id());
     let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
     rt.block_on(client.create(&root, b"", &options))

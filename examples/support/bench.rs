@@ -7,6 +7,29 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use zookeeper_client::Client;
+
+/// A runtime with `workers` threads and a client connected to `zk`.
+pub fn connect(
+    zk: &str,
+    workers: usize,
+    session_timeout: Duration,
+) -> (tokio::runtime::Runtime, Client) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = rt
+        .block_on(
+            Client::connector()
+                .with_session_timeout(session_timeout)
+                .connect(zk),
+        )
+        .expect("connect");
+    (rt, client)
+}
+
 /// Run `f` `n` times and return each duration.
 pub fn times<F: FnMut()>(n: usize, mut f: F) -> Vec<Duration> {
     (0..n)

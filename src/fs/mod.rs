@@ -18,7 +18,7 @@ pub mod pointer;
 pub mod write;
 pub mod xattr;
 
-pub use self::core::{FsConfig, Invalidation, Invalidator, MountStatus, OpenMode, ZkFs};
+pub use self::core::{Entry, FsConfig, Invalidation, Invalidator, MountStatus, OpenMode, ZkFs};
 pub use attr::{Attr, FileKind};
 pub use error::FsError;
 pub use write::RenameFlags;

@@ -22,7 +22,7 @@ use fuser::{
 };
 use tracing::{Level, event};
 
-use crate::fs::{Attr, FileKind, FsError, OpenMode, RenameFlags, ZkFs};
+use crate::fs::{Attr, Entry, FileKind, FsError, OpenMode, RenameFlags, ZkFs};
 use crate::zk::{ZkBackend, ZkError};
 
 /// How long the kernel may keep entries and attributes without asking. Every
@@ -62,6 +62,22 @@ fn to_file_attr(attr: &Attr) -> FileAttr {
         rdev: 0,
         blksize: 4096,
         flags: 0,
+    }
+}
+
+/// Completion for operations answered with an empty reply.
+fn empty_reply(reply: ReplyEmpty) -> impl FnOnce(Result<(), FsError>) + Send + 'static {
+    move |r| match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// Completion for operations answered with a directory entry.
+fn entry_reply(reply: ReplyEntry) -> impl FnOnce(Result<Entry, FsError>) + Send + 'static {
+    move |r| match r {
+        Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
     }
 }
 
@@ -156,10 +172,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             "lookup",
             parent.0,
             async move { fs.lookup(parent.0, &name).await },
-            move |r| match r {
-                Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            entry_reply(reply),
         );
     }
 
@@ -299,10 +312,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             "release",
             ino.0,
             async move { fs.release(fh.0).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty_reply(reply),
         );
     }
 
@@ -319,10 +329,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             "flush",
             ino.0,
             async move { fs.flush(fh.0).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty_reply(reply),
         );
     }
 
@@ -339,10 +346,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             "fsync",
             ino.0,
             async move { fs.fsync(fh.0).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty_reply(reply),
         );
     }
 
@@ -394,10 +398,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             "mknod",
             parent.0,
             async move { fs.mknod(parent.0, &name, is_regular).await },
-            move |r| match r {
-                Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            entry_reply(reply),
         );
     }
 
@@ -416,10 +417,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             "mkdir",
             parent.0,
             async move { fs.mkdir(parent.0, &name).await },
-            move |r| match r {
-                Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            entry_reply(reply),
         );
     }
 
@@ -430,10 +428,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             "unlink",
             parent.0,
             async move { fs.unlink(parent.0, &name).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty_reply(reply),
         );
     }
 
@@ -444,10 +439,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             "rmdir",
             parent.0,
             async move { fs.rmdir(parent.0, &name).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty_reply(reply),
         );
     }
 
@@ -474,10 +466,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                 fs.rename(parent.0, &name, newparent.0, &newname, flags)
                     .await
             },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty_reply(reply),
         );
     }
 
@@ -508,10 +497,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             "symlink",
             parent.0,
             async move { fs.symlink(parent.0, &name, &target).await },
-            move |r| match r {
-                Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            entry_reply(reply),
         );
     }
 
