@@ -220,7 +220,16 @@ fn cached_reads_do_not_contact_zookeeper() {
     let app = m.join("config/app.json");
     fs::read(&app).expect("first read loads");
     fs::read_dir(m.join("services/web")).expect("ls").count();
-    let before = requests(m);
+    // A listing fetches the children's ACLs in the background: let that
+    // finish (the counter stays put for 100 ms) before counting cache hits.
+    let mut before = requests(m);
+    wait_until("background loads settle", DEADLINE, || {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = requests(m);
+        let settled = now == before;
+        before = now;
+        settled
+    });
     for _ in 0..50 {
         assert_eq!(fs::read(&app).expect("cat").len(), 15);
         fs::metadata(&app).expect("stat");
