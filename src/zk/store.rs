@@ -85,6 +85,14 @@ pub struct Store<B: ZkBackend> {
     acls_in_flight: Mutex<std::collections::HashSet<String>>,
 }
 
+/// Whether a write that failed with `e` and was found not applied may be
+/// sent again. Only after ConnectionLoss: the dropped connection took the
+/// request with it, so it cannot still be applied later (after our own
+/// timeout it might). The server still judges the version.
+fn retry_after(e: &ZkError, attempt: u32) -> bool {
+    *e == ZkError::ConnectionLoss && attempt < 4
+}
+
 /// Longest wait to learn the outcome of a write whose answer was lost.
 const UNKNOWN_OUTCOME_LIMIT: Duration = Duration::from_secs(60);
 
@@ -473,34 +481,39 @@ impl<B: ZkBackend> Store<B> {
         mode: CreateMode,
         acl: Option<&[AclEntry]>,
     ) -> Result<NodeStat, ZkError> {
-        self.until_connected().await;
-        let ticket = self.cache().begin_fetch(path);
-        self.expect_own(path, NodeEventKind::Created);
-        let result = self.backend.create(path, &data, mode, acl).await;
-        if result.is_err() {
-            self.unexpect_own(path, NodeEventKind::Created);
-        }
-        match result {
-            Ok(stat) => {
-                self.record_created(path, data, stat, ticket);
-                Ok(stat)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.until_connected().await;
+            let ticket = self.cache().begin_fetch(path);
+            self.expect_own(path, NodeEventKind::Created);
+            let result = self.backend.create(path, &data, mode, acl).await;
+            if result.is_err() {
+                self.unexpect_own(path, NodeEventKind::Created);
             }
-            Err(e) if e.is_connectivity() => {
-                let applied = self.written_anyway(path, &data, None).await;
-                match applied {
-                    Some(stat) if stat.num_children == 0 => {
-                        self.record_created(path, data, stat, ticket);
-                        Ok(stat)
-                    }
-                    _ => {
-                        self.cache().end_fetch(path, ticket);
-                        Err(e)
+            match result {
+                Ok(stat) => {
+                    self.record_created(path, data, stat, ticket);
+                    return Ok(stat);
+                }
+                Err(e) if e.is_connectivity() => {
+                    match self.written_anyway(path, &data, None).await {
+                        Some(stat) if stat.num_children == 0 => {
+                            self.record_created(path, data, stat, ticket);
+                            return Ok(stat);
+                        }
+                        _ => {
+                            self.cache().end_fetch(path, ticket);
+                            if !retry_after(&e, attempt) {
+                                return Err(e);
+                            }
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                self.cache().end_fetch(path, ticket);
-                Err(e)
+                Err(e) => {
+                    self.cache().end_fetch(path, ticket);
+                    return Err(e);
+                }
             }
         }
     }
@@ -513,34 +526,42 @@ impl<B: ZkBackend> Store<B> {
         version: Option<i32>,
     ) -> Result<NodeStat, ZkError> {
         let before = self.peek(path).map(|v| v.stat.mzxid);
-        self.until_connected().await;
-        let ticket = self.cache().begin_fetch(path);
-        self.expect_own(path, NodeEventKind::DataChanged);
-        let result = self.backend.set_data(path, &data, version).await;
-        if result.is_err() {
-            self.unexpect_own(path, NodeEventKind::DataChanged);
-        }
-        match result {
-            Ok(stat) => {
-                self.record_written(path, data, stat, ticket);
-                Ok(stat)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.until_connected().await;
+            let ticket = self.cache().begin_fetch(path);
+            self.expect_own(path, NodeEventKind::DataChanged);
+            let result = self.backend.set_data(path, &data, version).await;
+            if result.is_err() {
+                self.unexpect_own(path, NodeEventKind::DataChanged);
             }
-            Err(e) if e.is_connectivity() => match self.written_anyway(path, &data, before).await {
-                Some(stat) if version.is_none_or(|v| stat.version == v + 1) => {
+            match result {
+                Ok(stat) => {
                     self.record_written(path, data, stat, ticket);
-                    Ok(stat)
+                    return Ok(stat);
                 }
-                _ => {
+                Err(e) if e.is_connectivity() => {
+                    match self.written_anyway(path, &data, before).await {
+                        Some(stat) if version.is_none_or(|v| stat.version == v + 1) => {
+                            self.record_written(path, data, stat, ticket);
+                            return Ok(stat);
+                        }
+                        _ => {
+                            self.cache().end_fetch(path, ticket);
+                            if !retry_after(&e, attempt) {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
                     self.cache().end_fetch(path, ticket);
-                    Err(e)
+                    if e == ZkError::BadVersion || e == ZkError::NoNode {
+                        self.cache().mark_stale(path);
+                    }
+                    return Err(e);
                 }
-            },
-            Err(e) => {
-                self.cache().end_fetch(path, ticket);
-                if e == ZkError::BadVersion || e == ZkError::NoNode {
-                    self.cache().mark_stale(path);
-                }
-                Err(e)
             }
         }
     }
