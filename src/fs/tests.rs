@@ -183,6 +183,23 @@ async fn real_child_named_like_data_file_wins() {
 }
 
 #[tokio::test]
+async fn readers_of_a_changed_node_share_one_refetch_without_acl() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"one", 0));
+    assert_eq!(h.cat("/a").await.expect("cat"), b"one");
+    h.apply(h.zk.set("/a", b"two"));
+    h.zk.delay_reads(20);
+    let before = h.zk.requests();
+    let (x, y, z) = tokio::join!(h.cat("/a"), h.cat("/a"), h.cat("/a"));
+    for data in [x, y, z] {
+        assert_eq!(data.expect("cat"), b"two");
+    }
+    // One getData for all three readers; the ACL version did not change,
+    // so the ACL is not read again.
+    assert_eq!(h.zk.requests() - before, 1);
+}
+
+#[tokio::test]
 async fn cached_reads_make_no_requests() {
     let h = harness();
     h.apply(h.zk.create("/a", b"x", 0));

@@ -27,6 +27,8 @@ pub struct FakeZk {
     own_events: Mutex<Vec<NodeEvent>>,
     connected: AtomicBool,
     requests: AtomicU64,
+    /// Milliseconds each `getData` answer takes (to overlap requests in tests).
+    read_delay_ms: AtomicU64,
 }
 
 impl Default for FakeZk {
@@ -48,6 +50,7 @@ impl FakeZk {
             own_events: Mutex::new(Vec::new()),
             connected: AtomicBool::new(true),
             requests: AtomicU64::new(0),
+            read_delay_ms: AtomicU64::new(0),
         }
     }
 
@@ -57,6 +60,12 @@ impl FakeZk {
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Make every later `getData` answer arrive `ms` milliseconds after it
+    /// was sent (the state it reports is the one at sending time).
+    pub fn delay_reads(&self, ms: u64) {
+        self.read_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     pub fn set_connected(&self, up: bool) {
@@ -232,7 +241,13 @@ impl ZkBackend for FakeZk {
         let result = self
             .check()
             .and_then(|()| self.state().nodes.get(p).cloned().ok_or(ZkError::NoNode));
-        std::future::ready(result)
+        let delay = self.read_delay_ms.load(Ordering::SeqCst);
+        async move {
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+            result
+        }
     }
 
     fn get_children(

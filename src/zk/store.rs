@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::backend::{
@@ -83,6 +84,29 @@ pub struct Store<B: ZkBackend> {
     /// ACL fetches in flight (background loads after listings), so that
     /// repeated listings do not ask for the same ACLs again.
     acls_in_flight: Mutex<std::collections::HashSet<String>>,
+    /// Data fetches in flight: readers of a node being fetched wait for that
+    /// answer instead of sending their own (a polling reader during a change).
+    data_in_flight: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+/// Ends a shared data fetch: wakes its waiters even if the fetch was
+/// cancelled (a FUSE request timing out), so none waits forever.
+struct FlightGuard<'a> {
+    flights: &'a Mutex<HashMap<String, Arc<Notify>>>,
+    path: &'a str,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let notify = self
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.path);
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
 }
 
 /// Whether a write that failed with `e` and was found not applied may be
@@ -106,6 +130,7 @@ impl<B: ZkBackend> Store<B> {
             cache: Mutex::new(NodeCache::new(data_limit)),
             own_events: Mutex::new(HashMap::new()),
             acls_in_flight: Mutex::new(std::collections::HashSet::new()),
+            data_in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -254,13 +279,83 @@ impl<B: ZkBackend> Store<B> {
         }
     }
 
+    /// Fetch a node's data, sharing a fetch already in flight for it. A
+    /// waiter whose shared answer is no longer usable (an event raced it, or
+    /// it failed) fetches again itself.
     async fn fetch_data(&self, path: &str) -> Result<NodeView, ZkError> {
-        let ticket = self.cache().begin_fetch(path);
-        // The ACL travels with the data (pipelined): write bits depend on it.
-        let (result, acl) = tokio::join!(self.backend.get_data(path), self.backend.get_acl(path));
+        loop {
+            let waiting = {
+                let mut flights = self
+                    .data_in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                match flights.get(path) {
+                    Some(notify) => Some(notify.clone()),
+                    None => {
+                        flights.insert(path.to_string(), Arc::new(Notify::new()));
+                        None
+                    }
+                }
+            };
+            let Some(notify) = waiting else {
+                let _guard = FlightGuard {
+                    flights: &self.data_in_flight,
+                    path,
+                };
+                return self.fetch_data_now(path).await;
+            };
+            let notified = notify.notified();
+            // The fetch may have ended between the lookup and `notified()`.
+            let still_flying = self
+                .data_in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(path)
+                .is_some_and(|n| Arc::ptr_eq(n, &notify));
+            if still_flying {
+                notified.await;
+            }
+            if let Some(node) = self.cache().get(path)
+                && self.usable(node)
+            {
+                return Ok(NodeView::of(node));
+            }
+        }
+    }
+
+    /// Fetch a node's data with a request of our own (sent now, so it sees
+    /// everything this session did before).
+    async fn fetch_data_now(&self, path: &str) -> Result<NodeView, ZkError> {
+        let (ticket, known_aversion) = {
+            let mut cache = self.cache();
+            let known = cache
+                .get(path)
+                .and_then(|n| n.acl.as_ref().map(|(aversion, _)| *aversion));
+            (cache.begin_fetch(path), known)
+        };
+        // The ACL travels with the data (pipelined) when we do not have it
+        // yet: write bits depend on it. A refresh reads the data alone and
+        // the ACL only when the stat says it changed.
+        let (result, acl) = match known_aversion {
+            None => {
+                let (result, acl) =
+                    tokio::join!(self.backend.get_data(path), self.backend.get_acl(path));
+                (result, Some(acl))
+            }
+            Some(aversion) => {
+                let result = self.backend.get_data(path).await;
+                let acl = match &result {
+                    Ok((_, stat)) if stat.aversion != aversion => {
+                        Some(self.backend.get_acl(path).await)
+                    }
+                    _ => None,
+                };
+                (result, acl)
+            }
+        };
         let mut cache = self.cache();
         cache.end_fetch(path, ticket);
-        if let (Ok((_, stat)), Ok(acl)) = (&result, acl) {
+        if let (Ok((_, stat)), Some(Ok(acl))) = (&result, acl) {
             let aversion = stat.aversion;
             let recorded = self.record_data(&mut cache, path, ticket, result);
             cache.store_acl(path, aversion, acl);
@@ -632,7 +727,7 @@ impl<B: ZkBackend> Store<B> {
                             self.cache().add_child(parent, path::basename(path));
                         }
                         self.cache().mark_stale(path);
-                        if let Ok(view) = self.fetch_data(path).await {
+                        if let Ok(view) = self.fetch_data_now(path).await {
                             *stat = view.stat;
                         }
                         continue;
