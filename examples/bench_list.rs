@@ -16,7 +16,7 @@ use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{rss_kib, xattr};
+use bench::{kernel_requests, kernel_requests_per, peak_rss_kib, rss_kib, xattr};
 
 fn timed<F: FnOnce()>(f: F) -> Duration {
     let t = Instant::now();
@@ -121,18 +121,30 @@ fn main() {
     let pid = xattr(&mnt, "user.zkfs.pid");
     let rss_before = rss_kib(&pid);
     let mdir = mnt.join("servers");
+    let k0 = kernel_requests(&mnt);
     let cold_ls = timed(|| run_quiet(&format!("ls -l '{}'", mdir.display())));
+    let k1 = kernel_requests(&mnt);
     let warm_ls = median(
         (0..5)
             .map(|_| timed(|| run_quiet(&format!("ls -l '{}'", mdir.display()))))
             .collect(),
     );
+    let k2 = kernel_requests(&mnt);
+    // One unmeasured run first: it reads every child's data into the page cache.
+    run_quiet(&format!("cd '{}' && cat -- *", mdir.display()));
+    let k3 = kernel_requests(&mnt);
     let warm_cat = median(
         (0..5)
             .map(|_| timed(|| run_quiet(&format!("cd '{}' && cat -- *", mdir.display()))))
             .collect(),
     );
+    let k4 = kernel_requests(&mnt);
     let rss_after = rss_kib(&pid);
+    // The daemon hands free heap pages back every 2 s; what stays is its
+    // steady footprint.
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_settled = rss_kib(&pid);
+    let rss_peak = peak_rss_kib(&pid);
     let cached_bytes: u64 = xattr(&mnt, "user.zkfs.cached_bytes").parse().unwrap_or(0);
     let requests = xattr(&mnt, "user.zkfs.requests");
 
@@ -145,7 +157,9 @@ fn main() {
         .status()
         .expect("zkfs mount");
     assert!(status.success());
+    let k5 = kernel_requests(&mnt);
     let cold_cat = timed(|| run_quiet(&format!("cd '{}' && cat -- *", mdir.display())));
+    let k6 = kernel_requests(&mnt);
     let _ = Command::new(zkfs)
         .args(["unmount", &mnt.to_string_lossy()])
         .status();
@@ -191,11 +205,26 @@ fn main() {
         ms(cold_cat),
         cold_cat.as_secs_f64() / tmpfs_cat.as_secs_f64()
     );
+    let per_child = n as f64;
+    println!("kernel requests per child (what reached the daemon):");
+    println!("  ls -l cold: {}", kernel_requests_per(&k0, &k1, per_child));
     println!(
-        "daemon RSS: {} KiB after mount, {} KiB after the runs; {:.0} bytes per cached node ({} data bytes cached); {} ZooKeeper requests",
+        "  ls -l warm: {}",
+        kernel_requests_per(&k1, &k2, per_child * 5.0)
+    );
+    println!("  first cat:  {}", kernel_requests_per(&k2, &k3, per_child));
+    println!(
+        "  cat warm:   {}",
+        kernel_requests_per(&k3, &k4, per_child * 5.0)
+    );
+    println!("  cat cold:   {}", kernel_requests_per(&k5, &k6, per_child));
+    println!(
+        "daemon RSS: {} KiB after mount, {} KiB right after the runs, {} KiB 3 s later (peak {} KiB); {:.0} bytes per cached node ({} data bytes cached); {} ZooKeeper requests",
         rss_before,
         rss_after,
-        (rss_after.saturating_sub(rss_before) as f64 * 1024.0) / n as f64,
+        rss_settled,
+        rss_peak,
+        (rss_settled.saturating_sub(rss_before) as f64 * 1024.0) / n as f64,
         cached_bytes,
         requests.trim()
     );

@@ -18,6 +18,7 @@ const STATUS_KEYS: &[&str] = &[
     "last_contact",
     "requests",
     "pid",
+    "kernel_requests",
 ];
 
 fn getxattr(path: &Path, name: &str) -> Result<String, std::io::Error> {
@@ -117,7 +118,8 @@ pub fn status(mountpoint: &Path, json: bool) -> Result<bool, Failure> {
             get("cached_bytes")
         );
         println!("last contact: {:.1} s ago", age_ms as f64 / 1000.0);
-        println!("requests:     {}", get("requests"));
+        println!("requests:     {} to ZooKeeper", get("requests"));
+        println!("kernel:       {}", get("kernel_requests"));
         println!("daemon pid:   {}", get("pid"));
     }
     Ok(connected)

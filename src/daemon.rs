@@ -21,6 +21,7 @@ use crate::cli::MountArgs;
 use crate::fs::attr::Presentation;
 use crate::fs::glob::DirGlob;
 use crate::fs::{FsConfig, MountStatus, ZkFs};
+use crate::fuse::counters::KernelRequestCounters;
 use crate::fuse::{ZkFuse, invalidate};
 use crate::zk::Store;
 use crate::zk::session::{Credentials, NewNodeAcl, SessionConfig, SessionEvent, ZkSession};
@@ -300,11 +301,14 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-struct SessionStatus(Arc<ZkSession>);
+struct SessionStatus {
+    session: Arc<ZkSession>,
+    kernel_requests: Arc<KernelRequestCounters>,
+}
 
 impl MountStatus for SessionStatus {
     fn attributes(&self) -> Vec<(String, String)> {
-        let s = self.0.status();
+        let s = self.session.status();
         let last_contact_ms = s
             .last_contact
             .duration_since(UNIX_EPOCH)
@@ -317,6 +321,7 @@ impl MountStatus for SessionStatus {
             ("last_contact".into(), last_contact_ms.to_string()),
             ("requests".into(), s.requests.to_string()),
             ("pid".into(), std::process::id().to_string()),
+            ("kernel_requests".into(), self.kernel_requests.summary()),
         ]
     }
 }
@@ -328,6 +333,8 @@ fn run_foreground(
 ) -> Result<(), Failure> {
     let signals = block_signals();
     init_logging(args.log_level.as_deref(), args.log_file.as_deref())?;
+    crate::memory::spawn_trimmer()
+        .map_err(|e| Failure::new(format!("cannot start the memory trimmer thread: {e}")))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -384,15 +391,24 @@ fn run_foreground(
             .map_err(Failure::new)?,
     };
     let (invalidator, invalidations) = invalidate::channel();
+    let kernel_requests = Arc::new(KernelRequestCounters::default());
     let store = Store::new(session.clone(), args.cache_size as usize);
     let fs = Arc::new(ZkFs::new(
         store,
         fs_config,
         Box::new(invalidator),
-        Box::new(SessionStatus(session.clone())),
+        Box::new(SessionStatus {
+            session: session.clone(),
+            kernel_requests: kernel_requests.clone(),
+        }),
     ));
     fs.register_arc();
-    let adapter = ZkFuse::new(fs.clone(), runtime.handle().clone(), args.op_timeout);
+    let adapter = ZkFuse::new(
+        fs.clone(),
+        runtime.handle().clone(),
+        args.op_timeout,
+        kernel_requests,
+    );
 
     let is_root = uid == 0;
     let mut options = vec![

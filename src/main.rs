@@ -3,13 +3,15 @@
 //! Layers, bottom up: [`zk`] (ZooKeeper session and coherent node cache),
 //! [`fs`] (filesystem semantics, no fuser), [`fuse`] (thin fuser adapter),
 //! and the process-level pieces: [`cli`], [`daemon`] (`zkfs mount`) and
-//! [`control`] (`zkfs status` / `zkfs unmount`).
+//! [`control`] (`zkfs status` / `zkfs unmount`), and [`memory`] (allocator
+//! settings that keep the daemon's footprint close to its live data).
 
 mod cli;
 mod control;
 mod daemon;
 mod fs;
 mod fuse;
+mod memory;
 mod zk;
 
 use std::process::ExitCode;
@@ -19,6 +21,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    memory::limit_arenas();
     let args = cli::expand_mount_options(cli::default_to_mount(std::env::args_os().collect()));
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,

@@ -49,11 +49,20 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Resident set size of a process, in KiB (0 if unknown).
 pub fn rss_kib(pid: &str) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// Peak resident set size of a process, in KiB (0 if unknown).
+pub fn peak_rss_kib(pid: &str) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+fn proc_status_kib(pid: &str, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
@@ -67,4 +76,37 @@ pub fn xattr(path: &Path, name: &str) -> String {
         .output()
         .expect("getfattr");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The daemon's kernel request counts (`user.zkfs.kernel_requests`) by name.
+pub fn kernel_requests(mountpoint: &Path) -> Vec<(String, u64)> {
+    xattr(mountpoint, "user.zkfs.kernel_requests")
+        .split_whitespace()
+        .filter_map(|pair| {
+            let (name, count) = pair.split_once('=')?;
+            Some((name.to_string(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Requests the kernel sent between two snapshots, per `unit` (e.g. per file),
+/// nonzero kinds only: `open 1.00, release 1.00`.
+pub fn kernel_requests_per(before: &[(String, u64)], after: &[(String, u64)], unit: f64) -> String {
+    let parts: Vec<String> = after
+        .iter()
+        .filter_map(|(name, count)| {
+            let earlier = before
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, c)| *c)
+                .unwrap_or(0);
+            let delta = count.saturating_sub(earlier);
+            (delta > 0).then(|| format!("{name} {:.2}", delta as f64 / unit))
+        })
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }

@@ -203,7 +203,7 @@ impl<B: ZkBackend> ZkFs<B> {
     pub fn describe(&self, ino: u64) -> String {
         lock(&self.inodes)
             .get(ino)
-            .map(|i| i.path.clone())
+            .map(|i| i.path.to_string())
             .unwrap_or_else(|| format!("inode {ino}"))
     }
 
@@ -379,7 +379,7 @@ impl<B: ZkBackend> ZkFs<B> {
     ) -> Result<Entry, FsError> {
         let dir = self.inode(parent)?;
         if dir.kind != FileKind::Directory || dir.role != Role::Node {
-            return Err(FsError::NotDir(dir.path));
+            return Err(FsError::NotDir(dir.path.to_string()));
         }
         let Ok(name) = NodeName::parse(name) else {
             // A name ZooKeeper cannot store cannot exist.
@@ -494,7 +494,7 @@ impl<B: ZkBackend> ZkFs<B> {
         }
         let kind = self.kind_of(&inode.path, &view);
         if ino != ROOT_INO && (kind != inode.kind || view.stat.czxid != inode.czxid) {
-            return Err(FsError::Stale(inode.path));
+            return Err(FsError::Stale(inode.path.to_string()));
         }
         Ok(self.attr_for(ino, &inode.path, Role::Node, kind, &view))
     }
@@ -503,10 +503,10 @@ impl<B: ZkBackend> ZkFs<B> {
     pub async fn open(&self, ino: u64, mode: OpenMode) -> Result<(u64, bool), FsError> {
         let inode = self.inode(ino)?;
         if inode.role == Role::Node && inode.kind == FileKind::Directory {
-            return Err(FsError::IsDir(inode.path));
+            return Err(FsError::IsDir(inode.path.to_string()));
         }
         if mode.write && self.config.presentation.read_only {
-            return Err(FsError::ReadOnly(inode.path));
+            return Err(FsError::ReadOnly(inode.path.to_string()));
         }
         if inode.czxid == super::write::PENDING_CZXID {
             return self.open_pending(ino, &inode.path, mode);
@@ -517,7 +517,7 @@ impl<B: ZkBackend> ZkFs<B> {
             .await
             .map_err(|e| FsError::zk(&inode.path, "getData", e))?;
         if inode.role == Role::Node && ino != ROOT_INO && view.stat.czxid != inode.czxid {
-            return Err(FsError::Stale(inode.path));
+            return Err(FsError::Stale(inode.path.to_string()));
         }
         let attr = Some(self.attr_for(ino, &inode.path, inode.role, inode.kind, &view));
         if mode.write {
@@ -592,7 +592,7 @@ impl<B: ZkBackend> ZkFs<B> {
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let inode = self.inode(ino)?;
         if inode.kind != FileKind::Directory || inode.role != Role::Node {
-            return Err(FsError::NotDir(inode.path));
+            return Err(FsError::NotDir(inode.path.to_string()));
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.dirs).insert(fh, OpenDir { ino, listing: None });
@@ -747,7 +747,7 @@ impl<B: ZkBackend> ZkFs<B> {
         }
         let pending: Vec<(String, u64)> = lock(&self.pending)
             .iter()
-            .filter(|(p, _)| path::parent(p) == Some(dir.path.as_str()))
+            .filter(|(p, _)| path::parent(p) == Some(&*dir.path))
             .map(|(p, ino)| (path::basename(p).to_string(), *ino))
             .collect();
         for (name, pino) in pending {
@@ -768,7 +768,7 @@ impl<B: ZkBackend> ZkFs<B> {
             Some(target) if inode.kind == FileKind::Symlink => {
                 Ok(pointer::relative_link(&inode.path, &target).into_bytes())
             }
-            _ => Err(FsError::NotSymlink(inode.path)),
+            _ => Err(FsError::NotSymlink(inode.path.to_string())),
         }
     }
 
@@ -776,12 +776,12 @@ impl<B: ZkBackend> ZkFs<B> {
         let inode = self.inode(ino)?;
         let name = name
             .to_str()
-            .ok_or_else(|| FsError::NoXattr(inode.path.clone()))?;
+            .ok_or_else(|| FsError::NoXattr(inode.path.to_string()))?;
         if !name.starts_with("user.") {
             // No SELinux labels, POSIX ACLs or trusted attributes here.
             // ENOTSUP (not ENODATA) lets tools such as ls -l remember that
             // for the whole filesystem instead of asking for every file.
-            return Err(FsError::XattrUnsupported(inode.path));
+            return Err(FsError::XattrUnsupported(inode.path.to_string()));
         }
         if ino == ROOT_INO
             && let Some(key) = name.strip_prefix(xattr::MOUNT_PREFIX)
@@ -791,7 +791,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 .into_iter()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.into_bytes())
-                .ok_or(FsError::NoXattr(inode.path));
+                .ok_or(FsError::NoXattr(inode.path.to_string()));
         }
         if name == xattr::ACL {
             let acl = self
@@ -813,7 +813,7 @@ impl<B: ZkBackend> ZkFs<B> {
         let view = self.view(&inode.path).await?;
         xattr::stat_value(name, &view.stat)
             .map(String::into_bytes)
-            .ok_or(FsError::NoXattr(inode.path))
+            .ok_or(FsError::NoXattr(inode.path.to_string()))
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {

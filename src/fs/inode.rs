@@ -8,6 +8,7 @@
 //! `forget` only drops an entry whose number still matches.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::attr::FileKind;
 
@@ -24,8 +25,8 @@ pub enum Role {
 
 #[derive(Clone, Debug)]
 pub struct Inode {
-    /// Absolute ZooKeeper path of the node.
-    pub path: String,
+    /// Absolute ZooKeeper path of the node (shared with the path index).
+    pub path: Arc<str>,
     pub role: Role,
     pub kind: FileKind,
     pub czxid: i64,
@@ -35,10 +36,34 @@ pub struct Inode {
     pub cached_mzxid: Option<i64>,
 }
 
+/// The current inode of each role of one path.
+#[derive(Clone, Copy, Debug, Default)]
+struct RoleInodes {
+    node: Option<u64>,
+    data_file: Option<u64>,
+}
+
+impl RoleInodes {
+    fn get(&self, role: Role) -> &Option<u64> {
+        match role {
+            Role::Node => &self.node,
+            Role::DataFile => &self.data_file,
+        }
+    }
+
+    fn get_mut(&mut self, role: Role) -> &mut Option<u64> {
+        match role {
+            Role::Node => &mut self.node,
+            Role::DataFile => &mut self.data_file,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct InodeTable {
     by_ino: HashMap<u64, Inode>,
-    by_key: HashMap<(String, Role), u64>,
+    /// Current inodes by path: one allocation per path for both roles.
+    by_key: HashMap<Arc<str>, RoleInodes>,
     next_ino: u64,
 }
 
@@ -52,7 +77,7 @@ impl InodeTable {
         table.by_ino.insert(
             ROOT_INO,
             Inode {
-                path: root_path.to_string(),
+                path: Arc::from(root_path),
                 role: Role::Node,
                 kind: FileKind::Directory,
                 czxid: 0,
@@ -60,9 +85,17 @@ impl InodeTable {
                 cached_mzxid: None,
             },
         );
-        table
-            .by_key
-            .insert((root_path.to_string(), Role::Node), ROOT_INO);
+        let root: Arc<str> = Arc::from(root_path);
+        if let Some(inode) = table.by_ino.get_mut(&ROOT_INO) {
+            inode.path = root.clone();
+        }
+        table.by_key.insert(
+            root,
+            RoleInodes {
+                node: Some(ROOT_INO),
+                data_file: None,
+            },
+        );
         table
     }
 
@@ -77,8 +110,7 @@ impl InodeTable {
     /// The inode for this incarnation of (path, role), allocating a new number
     /// when there is none or the current one has another kind or czxid.
     pub fn resolve(&mut self, path: &str, role: Role, kind: FileKind, czxid: i64) -> u64 {
-        let key = (path.to_string(), role);
-        if let Some(&ino) = self.by_key.get(&key) {
+        if let Some(ino) = self.lookup_key(path, role) {
             if ino == ROOT_INO {
                 return ino;
             }
@@ -95,10 +127,11 @@ impl InodeTable {
         }
         let ino = self.next_ino;
         self.next_ino += 1;
+        let path = self.set_key(path, role, ino);
         self.by_ino.insert(
             ino,
             Inode {
-                path: path.to_string(),
+                path,
                 role,
                 kind,
                 czxid,
@@ -106,8 +139,42 @@ impl InodeTable {
                 cached_mzxid: None,
             },
         );
-        self.by_key.insert(key, ino);
         ino
+    }
+
+    fn lookup_key(&self, path: &str, role: Role) -> Option<u64> {
+        self.by_key.get(path).and_then(|slots| *slots.get(role))
+    }
+
+    /// Make `ino` the current inode of (path, role); returns the shared path.
+    fn set_key(&mut self, path: &str, role: Role, ino: u64) -> Arc<str> {
+        if let Some((key, slots)) = self.by_key.get_key_value(path) {
+            let key = key.clone();
+            let mut slots = *slots;
+            *slots.get_mut(role) = Some(ino);
+            self.by_key.insert(key.clone(), slots);
+            return key;
+        }
+        let key: Arc<str> = Arc::from(path);
+        let mut slots = RoleInodes::default();
+        *slots.get_mut(role) = Some(ino);
+        self.by_key.insert(key.clone(), slots);
+        key
+    }
+
+    /// Clear (path, role) if it still names `ino` (or any inode when `ino`
+    /// is `None`); drops the path once no role is left.
+    fn clear_key(&mut self, path: &str, role: Role, ino: Option<u64>) {
+        let Some(slots) = self.by_key.get_mut(path) else {
+            return;
+        };
+        let slot = slots.get_mut(role);
+        if slot.is_some() && (ino.is_none() || *slot == ino) {
+            *slot = None;
+        }
+        if slots.node.is_none() && slots.data_file.is_none() {
+            self.by_key.remove(path);
+        }
     }
 
     #[cfg(test)]
@@ -115,20 +182,20 @@ impl InodeTable {
     pub fn is_current(&self, ino: u64) -> bool {
         self.by_ino
             .get(&ino)
-            .is_some_and(|i| self.by_key.get(&(i.path.clone(), i.role)) == Some(&ino))
+            .is_some_and(|i| self.lookup_key(&i.path, i.role) == Some(ino))
     }
 
     /// Current inodes of a path (node and data file), for invalidation.
     pub fn current(&self, path: &str) -> Vec<u64> {
         [Role::Node, Role::DataFile]
             .into_iter()
-            .filter_map(|role| self.by_key.get(&(path.to_string(), role)).copied())
+            .filter_map(|role| self.lookup_key(path, role))
             .collect()
     }
 
     /// Current inode of the node itself at `path`.
     pub fn node_ino(&self, path: &str) -> Option<u64> {
-        self.by_key.get(&(path.to_string(), Role::Node)).copied()
+        self.lookup_key(path, Role::Node)
     }
 
     /// `ino` now denotes the node at `path` (after a rename): re-key it, and
@@ -137,26 +204,26 @@ impl InodeTable {
         let Some(inode) = self.by_ino.get_mut(&ino) else {
             return;
         };
-        let old_key = (inode.path.clone(), inode.role);
-        inode.path = path.to_string();
+        let (old_path, old_role) = (inode.path.clone(), inode.role);
         inode.kind = kind;
         inode.czxid = czxid;
         inode.cached_mzxid = None;
-        if self.by_key.get(&old_key) == Some(&ino) {
-            self.by_key.remove(&old_key);
+        self.clear_key(&old_path, old_role, Some(ino));
+        let path = self.set_key(path, Role::Node, ino);
+        if let Some(inode) = self.by_ino.get_mut(&ino) {
+            inode.path = path;
+            inode.role = Role::Node;
         }
-        self.by_key.insert((path.to_string(), Role::Node), ino);
     }
 
     /// The node at `path` is gone: later lookups must get new inodes.
     pub fn detach(&mut self, path: &str) {
         for role in [Role::Node, Role::DataFile] {
-            let key = (path.to_string(), role);
-            if let Some(&ino) = self.by_key.get(&key) {
+            if let Some(ino) = self.lookup_key(path, role) {
                 if ino == ROOT_INO {
                     continue;
                 }
-                self.by_key.remove(&key);
+                self.clear_key(path, role, None);
                 if self.by_ino.get(&ino).is_some_and(|i| i.lookups == 0) {
                     self.by_ino.remove(&ino);
                 }
@@ -180,12 +247,10 @@ impl InodeTable {
         };
         inode.lookups = inode.lookups.saturating_sub(n);
         if inode.lookups == 0 {
-            let key = (inode.path.clone(), inode.role);
+            let (path, role) = (inode.path.clone(), inode.role);
             self.by_ino.remove(&ino);
             // Don't remove a newer inode of the same key.
-            if self.by_key.get(&key) == Some(&ino) {
-                self.by_key.remove(&key);
-            }
+            self.clear_key(&path, role, Some(ino));
         }
     }
 

@@ -102,19 +102,19 @@ impl<B: ZkBackend> ZkFs<B> {
         let dir = self.inode(parent)?;
         self.writable(&dir.path)?;
         if dir.kind != FileKind::Directory || dir.role != Role::Node {
-            return Err(FsError::NotDir(dir.path));
+            return Err(FsError::NotDir(dir.path.to_string()));
         }
         let shown = path::join(&dir.path, &name.to_string_lossy());
         let name = NodeName::parse(name)
             .map_err(|e| FsError::InvalidName(shown.clone(), e.to_string()))?;
-        if !self.config.chrooted && dir.path == "/" && name.as_str() == "zookeeper" {
+        if !self.config.chrooted && &*dir.path == "/" && name.as_str() == "zookeeper" {
             return Err(FsError::InvalidName(
                 shown,
                 "/zookeeper is reserved by ZooKeeper".into(),
             ));
         }
         let child = path::join(&dir.path, name.as_str());
-        Ok((dir.path, child))
+        Ok((dir.path.to_string(), child))
     }
 
     /// Whether `name` under `dir` is the virtual data file (no real child has that name).
@@ -462,23 +462,27 @@ impl<B: ZkBackend> ZkFs<B> {
             && (mode & 0o7777) as u16 != current.perm
         {
             return Err(FsError::NotPermitted(
-                inode.path,
+                inode.path.to_string(),
                 "chmod: ZooKeeper nodes have no mode bits (set --file-mode/--dir-mode)",
             ));
         }
         if uid.is_some_and(|u| u != p.uid) || gid.is_some_and(|g| g != p.gid) {
             return Err(FsError::NotPermitted(
-                inode.path,
+                inode.path.to_string(),
                 "chown: ZooKeeper nodes have no owner (set --uid/--gid)",
             ));
         }
         if let Some(size) = size {
             let size = size as usize;
             if size > self.config.max_data {
-                return Err(FsError::TooBig(inode.path, size, self.config.max_data));
+                return Err(FsError::TooBig(
+                    inode.path.to_string(),
+                    size,
+                    self.config.max_data,
+                ));
             }
             if current.kind == FileKind::Directory {
-                return Err(FsError::IsDir(inode.path));
+                return Err(FsError::IsDir(inode.path.to_string()));
             }
             let handle = fh.and_then(|fh| self.writer_of(fh).ok());
             match handle {
@@ -819,7 +823,7 @@ impl<B: ZkBackend> ZkFs<B> {
         let inode = self.inode(ino)?;
         self.writable(&inode.path)?;
         Err(FsError::NotPermitted(
-            inode.path,
+            inode.path.to_string(),
             "ZooKeeper nodes cannot have hard links",
         ))
     }

@@ -7,6 +7,7 @@
 //! runtime, bounded by `--op-timeout`, so no worker ever blocks on the network.
 //! It must not contain filesystem semantics.
 
+pub mod counters;
 pub mod invalidate;
 
 use std::ffi::OsStr;
@@ -22,6 +23,7 @@ use fuser::{
 };
 use tracing::{Level, event};
 
+use self::counters::{KernelOp, KernelRequestCounters};
 use crate::fs::{Attr, Entry, FileKind, FsError, OpenMode, RenameFlags, ZkFs};
 use crate::zk::{ZkBackend, ZkError};
 
@@ -33,6 +35,7 @@ pub struct ZkFuse<B: ZkBackend> {
     fs: Arc<ZkFs<B>>,
     runtime: tokio::runtime::Handle,
     op_timeout: Duration,
+    counters: Arc<KernelRequestCounters>,
 }
 
 fn to_file_type(kind: FileKind) -> FileType {
@@ -96,11 +99,17 @@ fn errno(e: &FsError) -> Errno {
 }
 
 impl<B: ZkBackend> ZkFuse<B> {
-    pub fn new(fs: Arc<ZkFs<B>>, runtime: tokio::runtime::Handle, op_timeout: Duration) -> Self {
+    pub fn new(
+        fs: Arc<ZkFs<B>>,
+        runtime: tokio::runtime::Handle,
+        op_timeout: Duration,
+        counters: Arc<KernelRequestCounters>,
+    ) -> Self {
         ZkFuse {
             fs,
             runtime,
             op_timeout,
+            counters,
         }
     }
 
@@ -166,6 +175,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.counters.count(KernelOp::Lookup);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         self.dispatch(
@@ -177,10 +187,12 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.counters.count(KernelOp::Other);
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.counters.count(KernelOp::Getattr);
         let fs = self.fs.clone();
         self.dispatch(
             "getattr",
@@ -211,6 +223,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.counters.count(KernelOp::Other);
         let fs = self.fs.clone();
         let fh = fh.map(|f| f.0);
         self.dispatch(
@@ -225,6 +238,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.counters.count(KernelOp::Open);
         let mode = open_mode(flags.0);
         let fs = self.fs.clone();
         self.dispatch(
@@ -260,6 +274,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        self.counters.count(KernelOp::Read);
         let fs = self.fs.clone();
         self.dispatch(
             "read",
@@ -284,6 +299,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.counters.count(KernelOp::Write);
         let fs = self.fs.clone();
         let data = data.to_vec();
         self.dispatch(
@@ -307,6 +323,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.counters.count(KernelOp::Release);
         let fs = self.fs.clone();
         self.dispatch(
             "release",
@@ -324,6 +341,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.counters.count(KernelOp::Flush);
         let fs = self.fs.clone();
         self.dispatch(
             "flush",
@@ -341,6 +359,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.counters.count(KernelOp::Other);
         let fs = self.fs.clone();
         self.dispatch(
             "fsync",
@@ -360,6 +379,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.counters.count(KernelOp::Create);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         let mode = open_mode(flags);
@@ -391,6 +411,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.counters.count(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         let is_regular = mode & libc::S_IFMT == libc::S_IFREG;
@@ -411,6 +432,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.counters.count(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         self.dispatch(
@@ -422,6 +444,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.counters.count(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         self.dispatch(
@@ -433,6 +456,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.counters.count(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         self.dispatch(
@@ -453,6 +477,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.counters.count(KernelOp::Other);
         let fs = self.fs.clone();
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
         let flags = RenameFlags {
@@ -471,6 +496,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.counters.count(KernelOp::Readlink);
         let fs = self.fs.clone();
         self.dispatch(
             "readlink",
@@ -491,6 +517,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        self.counters.count(KernelOp::Other);
         let fs = self.fs.clone();
         let (name, target) = (link_name.to_os_string(), target.to_path_buf());
         self.dispatch(
@@ -509,6 +536,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.counters.count(KernelOp::Other);
         match self.fs.link(ino.0) {
             Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
             Err(e) => {
@@ -528,6 +556,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.counters.count(KernelOp::Other);
         // Attributes mirror ZooKeeper's Stat; they cannot be set.
         reply.error(Errno::from_i32(libc::ENOTSUP));
     }
@@ -543,15 +572,18 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.counters.count(KernelOp::Other);
         // No ioctls (tools probe some, e.g. for reflinks): the usual answer.
         reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.counters.count(KernelOp::Other);
         reply.error(Errno::from_i32(libc::ENOTSUP));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.counters.count(KernelOp::Opendir);
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => {
@@ -569,6 +601,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.counters.count(KernelOp::Readdir);
         let fs = self.fs.clone();
         self.dispatch(
             "readdir",
@@ -602,6 +635,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.counters.count(KernelOp::Readdir);
         let fs = self.fs.clone();
         let fs2 = self.fs.clone();
         self.dispatch(
@@ -642,16 +676,19 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.counters.count(KernelOp::Releasedir);
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.counters.count(KernelOp::Other);
         let (nodes, _) = self.fs.store().usage();
         reply.statfs(0, 0, 0, nodes as u64, 0, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.counters.count(KernelOp::Getxattr);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         self.dispatch(
@@ -666,6 +703,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.counters.count(KernelOp::Other);
         match self.fs.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -680,6 +718,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        self.counters.count(KernelOp::Other);
         reply.ok();
     }
 }

@@ -33,7 +33,7 @@ impl NodeStat {
 }
 
 /// One ACL entry, e.g. `world:anyone` with `cdrwa`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AclEntry {
     pub scheme: String,
     pub id: String,

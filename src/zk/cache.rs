@@ -6,7 +6,7 @@
 //! `Stat` of a node is always kept) and the per-node "change time" that makes
 //! mtimes strictly increasing. It must not decide how nodes look as files.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use lru::LruCache;
@@ -37,14 +37,40 @@ pub struct CachedNode {
 
 /// The node cache. Paths are absolute ZooKeeper paths (in the client's chroot).
 pub struct NodeCache {
-    nodes: HashMap<String, CachedNode>,
+    /// Keys are shared with `lru` (one allocation per path).
+    nodes: HashMap<Arc<str>, CachedNode>,
     /// Fetches in flight for nodes that are not cached: events seen for the
     /// path meanwhile, and how many fetches are pending.
     pending: HashMap<String, (u64, usize)>,
     /// Paths whose data is held, least recently used first out; value = bytes.
-    lru: LruCache<String, usize>,
+    lru: LruCache<Arc<str>, usize>,
     data_bytes: usize,
     data_limit: usize,
+    /// Distinct ACLs seen, shared by every node that has one of them (a
+    /// fleet's nodes mostly carry a handful of ACLs).
+    acls: AclInterner,
+}
+
+/// Hands out one shared copy of each distinct ACL, up to a bound (beyond it,
+/// e.g. a per-node digest ACL everywhere, ACLs are simply not shared).
+#[derive(Default)]
+struct AclInterner {
+    known: HashSet<Arc<[AclEntry]>>,
+}
+
+impl AclInterner {
+    const MAX_DISTINCT: usize = 1024;
+
+    fn intern(&mut self, acl: Vec<AclEntry>) -> Arc<[AclEntry]> {
+        if let Some(known) = self.known.get(acl.as_slice()) {
+            return known.clone();
+        }
+        let shared: Arc<[AclEntry]> = acl.into();
+        if self.known.len() < Self::MAX_DISTINCT {
+            self.known.insert(shared.clone());
+        }
+        shared
+    }
 }
 
 /// The displayed change time for a node whose stat moved from `prev` to `stat`.
@@ -86,6 +112,7 @@ impl NodeCache {
             lru: LruCache::unbounded(),
             data_bytes: 0,
             data_limit,
+            acls: AclInterner::default(),
         }
     }
 
@@ -101,7 +128,7 @@ impl NodeCache {
     }
 
     pub fn paths(&self) -> Vec<String> {
-        self.nodes.keys().cloned().collect()
+        self.nodes.keys().map(|k| k.to_string()).collect()
     }
 
     pub fn node_count(&self) -> usize {
@@ -192,7 +219,7 @@ impl NodeCache {
             None => {
                 changed = true;
                 self.nodes.insert(
-                    path.to_string(),
+                    Arc::from(path),
                     CachedNode {
                         stat,
                         data: None,
@@ -213,7 +240,7 @@ impl NodeCache {
     /// Record a node's ACL, read when its stat said `aversion`.
     pub fn store_acl(&mut self, path: &str, aversion: i32, acl: Vec<AclEntry>) {
         if let Some(node) = self.nodes.get_mut(path) {
-            node.acl = Some((aversion, acl.into()));
+            node.acl = Some((aversion, self.acls.intern(acl)));
         }
     }
 
@@ -244,6 +271,9 @@ impl NodeCache {
     }
 
     fn set_data(&mut self, path: &str, data: Arc<[u8]>) {
+        let Some(key) = self.nodes.get_key_value(path).map(|(k, _)| k.clone()) else {
+            return;
+        };
         let Some(node) = self.nodes.get_mut(path) else {
             return;
         };
@@ -252,7 +282,12 @@ impl NodeCache {
             self.data_bytes -= old.len();
         }
         self.data_bytes += new_len;
-        self.lru.put(path.to_string(), new_len);
+        match self.lru.get_mut(path) {
+            Some(len) => *len = new_len,
+            None => {
+                self.lru.put(key, new_len);
+            }
+        }
         self.evict();
     }
 
@@ -402,5 +437,26 @@ mod tests {
         cache.store_data("/a", b"old".to_vec(), stat(5, 1), t);
         cache.end_fetch("/a", t);
         assert!(cache.get("/a").is_some_and(|n| n.stale));
+    }
+
+    #[test]
+    fn equal_acls_are_stored_once() {
+        let world = || {
+            vec![AclEntry {
+                scheme: "world".into(),
+                id: "anyone".into(),
+                perms: 31,
+            }]
+        };
+        let mut cache = NodeCache::new(1000);
+        for path in ["/a", "/b"] {
+            let t = cache.begin_fetch(path);
+            cache.store_data(path, b"x".to_vec(), stat(5, 1), t);
+            cache.store_acl(path, 0, world());
+        }
+        let acl = |p: &str| cache.get(p).and_then(|n| n.acl.clone()).map(|(_, acl)| acl);
+        let (a, b) = (acl("/a").expect("acl a"), acl("/b").expect("acl b"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&*a, world().as_slice());
     }
 }
