@@ -28,8 +28,12 @@ use crate::fs::{Attr, Entry, FileKind, FsError, OpenMode, RenameFlags, ZkFs};
 use crate::zk::{ZkBackend, ZkError};
 
 /// How long the kernel may keep entries and attributes without asking. Every
-/// change we learn of is invalidated explicitly; the TTL is a safety net.
-const TTL: Duration = Duration::from_secs(10);
+/// change we learn of is invalidated explicitly (directory listings too, which
+/// the kernel keeps with `FOPEN_CACHE_DIR`); the TTL only bounds how long a
+/// lost invalidation could matter. Listings served from the kernel's cache
+/// do not refresh attributes, so a short TTL would turn every `ls -l` of a
+/// large directory into one `LOOKUP` per entry once it passed.
+const TTL: Duration = Duration::from_secs(60);
 
 pub struct ZkFuse<B: ZkBackend> {
     fs: Arc<ZkFs<B>>,
@@ -585,7 +589,12 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.counters.count(KernelOp::Opendir);
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep listings across opens: every change to a
+            // directory's children invalidates the directory's inode.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => {
                 log_error("opendir", &e);
                 reply.error(errno(&e))
