@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -65,6 +66,13 @@ pub trait Invalidator: Send + Sync + 'static {
     fn invalidate(&self, invalidation: Invalidation);
 }
 
+/// Listed children's ACLs are loaded in batches of this many.
+const ACL_BATCH: usize = 256;
+/// A batch of background ACL loads waits for this much quiet ...
+const IDLE_BEFORE_BACKGROUND: Duration = Duration::from_millis(50);
+/// ... but never longer than this.
+const BACKGROUND_MAX_DEFER: Duration = Duration::from_secs(2);
+
 /// Session facts shown as the root's `user.zkfs.*` attributes.
 pub trait MountStatus: Send + Sync + 'static {
     /// (name without the `user.zkfs.` prefix, value)
@@ -121,6 +129,9 @@ pub struct ZkFs<B: ZkBackend> {
     pub(super) pending: Mutex<HashMap<String, u64>>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     pub(super) next_fh: AtomicU64,
+    /// When the last operation started, in µs since `epoch`.
+    last_activity_us: AtomicU64,
+    epoch: Instant,
     /// Empty nodes this mount created as files (they stay files, contract §3).
     pub(super) created_as_file: Mutex<HashSet<String>>,
     /// Nodes this mount created with mkdir: they stay directories here even
@@ -156,6 +167,8 @@ impl<B: ZkBackend> ZkFs<B> {
             pending: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            last_activity_us: AtomicU64::new(0),
+            epoch: Instant::now(),
             created_as_file: Mutex::new(HashSet::new()),
             created_as_dir: Mutex::new(HashSet::new()),
             pointers: Mutex::new(PointerIndex::default()),
@@ -174,8 +187,41 @@ impl<B: ZkBackend> ZkFs<B> {
     /// Fetch the ACLs of listed children and drop the kernel's attributes
     /// of those whose write bits change: after the listing returns when the
     /// filesystem runs under an `Arc` (a runtime), else before it.
-    async fn settle_acls(&self, paths: Vec<String>) {
-        let loaded = self.store.load_acls(&paths).await;
+    /// Load the ACLs of listed children (their write bits), in batches that
+    /// wait for the mount to be idle when `defer` is set: a burst of work
+    /// right after a listing (`cat *`) should not compete with bookkeeping.
+    async fn settle_acls(&self, paths: Vec<String>, defer: bool) {
+        for batch in paths.chunks(ACL_BATCH) {
+            if defer {
+                self.until_idle().await;
+            }
+            self.settle_acl_batch(batch).await;
+        }
+    }
+
+    /// Wait until no filesystem operation started for [`IDLE_BEFORE_BACKGROUND`],
+    /// but no longer than [`BACKGROUND_MAX_DEFER`].
+    async fn until_idle(&self) {
+        let started = Instant::now();
+        loop {
+            let busy_until = Duration::from_micros(self.last_activity_us.load(Ordering::Relaxed))
+                + IDLE_BEFORE_BACKGROUND;
+            let now = self.epoch.elapsed();
+            if now >= busy_until || started.elapsed() >= BACKGROUND_MAX_DEFER {
+                return;
+            }
+            tokio::time::sleep(busy_until - now).await;
+        }
+    }
+
+    /// Note that an operation arrived (see [`Self::until_idle`]).
+    pub(super) fn note_activity(&self) {
+        self.last_activity_us
+            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    async fn settle_acl_batch(&self, paths: &[String]) {
+        let loaded = self.store.load_acls(paths).await;
         let identity = self.config.presentation.identity.as_deref();
         // Listed attributes assumed "writable": only denials change anything.
         let denied: Vec<String> = loaded
@@ -366,6 +412,7 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
+        self.note_activity();
         self.lookup_inner(parent, name, false).await
     }
 
@@ -451,6 +498,7 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        self.note_activity();
         let inode = self.inode(ino)?;
         if inode.czxid == super::write::PENDING_CZXID {
             return Ok(self.pending_attr(ino).await);
@@ -501,6 +549,7 @@ impl<B: ZkBackend> ZkFs<B> {
 
     /// Open a file. Returns (handle, keep the kernel's cached pages).
     pub async fn open(&self, ino: u64, mode: OpenMode) -> Result<(u64, bool), FsError> {
+        self.note_activity();
         let inode = self.inode(ino)?;
         if inode.role == Role::Node && inode.kind == FileKind::Directory {
             return Err(FsError::IsDir(inode.path.to_string()));
@@ -574,6 +623,7 @@ impl<B: ZkBackend> ZkFs<B> {
         offset: u64,
         size: u32,
     ) -> Result<(Arc<[u8]>, usize, usize), FsError> {
+        self.note_activity();
         let (data, writer) = {
             let files = lock(&self.files);
             let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
@@ -606,6 +656,7 @@ impl<B: ZkBackend> ZkFs<B> {
     /// The listing of an open directory; built (and every child's stat loaded,
     /// pipelined) at offset 0, reused for later offsets.
     pub async fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        self.note_activity();
         let ino = {
             let dirs = lock(&self.dirs);
             let dir = dirs.get(&fh).ok_or(FsError::BadFileHandle)?;
@@ -662,9 +713,9 @@ impl<B: ZkBackend> ZkFs<B> {
         if !without_acl.is_empty() {
             match self.me.get().and_then(std::sync::Weak::upgrade) {
                 Some(me) => {
-                    tokio::spawn(async move { me.settle_acls(without_acl).await });
+                    tokio::spawn(async move { me.settle_acls(without_acl, true).await });
                 }
-                None => self.settle_acls(without_acl).await,
+                None => self.settle_acls(without_acl, false).await,
             }
         }
 
