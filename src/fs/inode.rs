@@ -148,12 +148,11 @@ impl InodeTable {
 
     /// Make `ino` the current inode of (path, role); returns the shared path.
     fn set_key(&mut self, path: &str, role: Role, ino: u64) -> Arc<str> {
-        if let Some((key, slots)) = self.by_key.get_key_value(path) {
-            let key = key.clone();
-            let mut slots = *slots;
+        if let Some(slots) = self.by_key.get_mut(path) {
             *slots.get_mut(role) = Some(ino);
-            self.by_key.insert(key.clone(), slots);
-            return key;
+            if let Some((key, _)) = self.by_key.get_key_value(path) {
+                return key.clone();
+            }
         }
         let key: Arc<str> = Arc::from(path);
         let mut slots = RoleInodes::default();
