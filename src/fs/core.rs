@@ -272,17 +272,21 @@ impl<B: ZkBackend> ZkFs<B> {
         attr::node_kind(&view.stat, is_root, created_as_file, is_pointer)
     }
 
+    /// Whether a node with this stat can be a pointer at all (pointers are
+    /// on, a persistent childless node with data of a path's length).
+    fn may_be_pointer(&self, stat: &crate::zk::NodeStat) -> bool {
+        self.config.pointers
+            && stat.num_children == 0
+            && !stat.is_ephemeral()
+            && stat.data_length >= 2
+            && stat.data_length as usize <= pointer::MAX_POINTER_LEN
+    }
+
     /// The node `path` points to, if its data is a pointer (whether or not
     /// the target exists). Needs the data: `prepare_pointer` loads it.
     pub(super) fn pointer_target(&self, path: &str, view: &NodeView) -> Option<String> {
         let stat = &view.stat;
-        if !self.config.pointers
-            || stat.num_children > 0
-            || stat.is_ephemeral()
-            || stat.data_length < 2
-            || stat.data_length as usize > pointer::MAX_POINTER_LEN
-            || path == self.config.root
-        {
+        if !self.may_be_pointer(stat) || path == self.config.root {
             return None;
         }
         let mut index = lock(&self.pointers);
@@ -309,12 +313,7 @@ impl<B: ZkBackend> ZkFs<B> {
     /// must be known. Costs nothing for nodes that cannot be pointers.
     pub(super) async fn prepare_pointer(&self, path: &str, view: &NodeView) {
         let stat = &view.stat;
-        if !self.config.pointers
-            || stat.num_children > 0
-            || stat.is_ephemeral()
-            || stat.data_length < 2
-            || stat.data_length as usize > pointer::MAX_POINTER_LEN
-        {
+        if !self.may_be_pointer(stat) {
             return;
         }
         let mut view = view.clone();
