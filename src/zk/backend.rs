@@ -153,6 +153,9 @@ pub struct NodeEvent {
     pub path: String,
 }
 
+/// The answer to [`ZkBackend::get_data_batch`].
+pub type BatchAnswer = Result<Vec<Result<(Vec<u8>, NodeStat), ZkError>>, ZkError>;
+
 /// The reads the cache needs. Every call must finish in bounded time (the
 /// real implementation applies `--op-timeout`), and must send its request when
 /// the method is called, not when the future is first polled: the store relies
@@ -167,6 +170,10 @@ pub trait ZkBackend: Send + Sync + 'static {
         path: &str,
     ) -> impl Future<Output = Result<(Vec<String>, NodeStat), ZkError>> + Send;
     fn get_acl(&self, path: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send;
+    /// `getData` of every path in one request (a ZooKeeper 3.6+ multi-read).
+    /// The outer error means the request as a whole failed and nothing is
+    /// known of any node; otherwise one answer per path, in order.
+    fn get_data_batch(&self, paths: &[&str]) -> impl Future<Output = BatchAnswer> + Send;
     /// Whether the session is connected right now (reads of stale entries go
     /// to the server only then; otherwise the last known value is served).
     fn is_connected(&self) -> bool;
@@ -213,6 +220,9 @@ impl<T: ZkBackend> ZkBackend for std::sync::Arc<T> {
     }
     fn get_acl(&self, path: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {
         (**self).get_acl(path)
+    }
+    fn get_data_batch(&self, paths: &[&str]) -> impl Future<Output = BatchAnswer> + Send {
+        (**self).get_data_batch(paths)
     }
     fn is_connected(&self) -> bool {
         (**self).is_connected()

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::backend::{
-    AclEntry, CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult, ZkBackend,
-    ZkError,
+    AclEntry, BatchAnswer, CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult,
+    ZkBackend, ZkError,
 };
 use super::path;
 
@@ -241,6 +241,23 @@ impl ZkBackend for FakeZk {
         let result = self
             .check()
             .and_then(|()| self.state().nodes.get(p).cloned().ok_or(ZkError::NoNode));
+        let delay = self.read_delay_ms.load(Ordering::SeqCst);
+        async move {
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+            result
+        }
+    }
+
+    fn get_data_batch(&self, paths: &[&str]) -> impl Future<Output = BatchAnswer> + Send {
+        let result = self.check().map(|()| {
+            let state = self.state();
+            paths
+                .iter()
+                .map(|p| state.nodes.get(*p).cloned().ok_or(ZkError::NoNode))
+                .collect()
+        });
         let delay = self.read_delay_ms.load(Ordering::SeqCst);
         async move {
             if delay > 0 {

@@ -10,6 +10,7 @@
 //! POSIX view on top of it.
 
 pub mod backend;
+pub mod bulk;
 pub mod cache;
 #[cfg(test)]
 pub mod fake;

@@ -17,8 +17,8 @@ use tracing::{debug, error, info, warn};
 use zookeeper_client as zk;
 
 use super::backend::{
-    AclEntry, CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult, ZkBackend,
-    ZkError,
+    AclEntry, BatchAnswer, CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult,
+    ZkBackend, ZkError,
 };
 
 /// Digest credentials (`user:password`). Never printed.
@@ -514,6 +514,50 @@ impl ZkBackend for ZkSession {
                 Some(b) => b.await.map(|(names, stat)| (names, map_stat(&stat))),
                 None => Err(ZkError::SessionExpired),
             }
+        }
+    }
+
+    fn get_data_batch(&self, paths: &[&str]) -> impl Future<Output = BatchAnswer> + Send {
+        let client = self.client();
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        // Spawned so the request leaves now (the trait's contract), not when
+        // the caller first polls. Paths the client refuses (not absolute, say)
+        // are answered on their own; the others go out in one multi-read.
+        let task = tokio::spawn(self.bounded(async move {
+            let Some(client) = client else {
+                return Err(zk::Error::ClientClosed);
+            };
+            let mut reader = client.new_multi_reader();
+            let refused: Vec<Option<ZkError>> = paths
+                .iter()
+                .map(|p| reader.add_get_data(p).err().map(map_error))
+                .collect();
+            let answers = reader.commit().await?;
+            Ok((refused, answers))
+        }));
+        async move {
+            let (refused, answers) = task
+                .await
+                .unwrap_or_else(|e| Err(ZkError::Other(format!("multi-read task failed: {e}"))))?;
+            let mut answers = answers.into_iter();
+            let answer_for =
+                |refusal: Option<ZkError>,
+                 answers: &mut dyn Iterator<Item = zk::MultiReadResult>| {
+                    match refusal {
+                        Some(e) => Err(e),
+                        None => match answers.next() {
+                            Some(zk::MultiReadResult::Data { data, stat }) => {
+                                Ok((data, map_stat(&stat)))
+                            }
+                            Some(zk::MultiReadResult::Error { err }) => Err(map_error(err)),
+                            _ => Err(ZkError::Other("multi-read answered out of order".into())),
+                        },
+                    }
+                };
+            Ok(refused
+                .into_iter()
+                .map(|refusal| answer_for(refusal, &mut answers))
+                .collect())
         }
     }
 

@@ -18,6 +18,7 @@ use super::backend::{
     AclEntry, CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult, ZkBackend,
     ZkError,
 };
+use super::bulk::BulkRead;
 use super::cache::{CachedNode, FetchTicket, NodeCache};
 use super::path;
 
@@ -398,8 +399,23 @@ impl<B: ZkBackend> Store<B> {
         }
     }
 
-    /// Load many nodes at once with up to [`PIPELINE_DEPTH`] requests in
-    /// flight; results in the order of `paths`. Fresh cached nodes are not asked for.
+    /// The data sizes the cache knows of (from an older `Stat`), for sizing
+    /// bulk reads.
+    fn known_sizes(&self, paths: &[&str]) -> Vec<Option<usize>> {
+        let cache = self.cache();
+        paths
+            .iter()
+            .map(|p| cache.get(p).map(|n| n.stat.data_length.max(0) as usize))
+            .collect()
+    }
+
+    fn begin_fetches(&self, paths: &[&str]) -> Vec<FetchTicket> {
+        let mut cache = self.cache();
+        paths.iter().map(|p| cache.begin_fetch(p)).collect()
+    }
+
+    /// Load many nodes at once, in multi-reads (see [`BulkRead`]); results in
+    /// the order of `paths`. Fresh cached nodes are not asked for.
     pub async fn load_many(&self, paths: &[String]) -> Vec<Result<NodeView, ZkError>> {
         let mut results: Vec<Option<Result<NodeView, ZkError>>> = Vec::with_capacity(paths.len());
         let mut to_fetch = Vec::new();
@@ -415,33 +431,21 @@ impl<B: ZkBackend> Store<B> {
                 }
             }
         }
-        for chunk in to_fetch.chunks(PIPELINE_DEPTH) {
-            let tickets: Vec<FetchTicket> = {
-                let mut cache = self.cache();
-                chunk
-                    .iter()
-                    .map(|&i| cache.begin_fetch(&paths[i]))
-                    .collect()
-            };
-            // Data only: ACLs of a bulk load follow separately (`load_acls`),
-            // so a cold listing costs one request per node.
-            let answers = await_all(
-                chunk
-                    .iter()
-                    .map(|&i| self.backend.get_data(&paths[i]))
-                    .collect(),
-            )
-            .await;
+        // Data only: ACLs of a bulk load follow separately (`load_acls`).
+        let fetch_paths: Vec<&str> = to_fetch.iter().map(|&i| paths[i].as_str()).collect();
+        let sizes = self.known_sizes(&fetch_paths);
+        let mut bulk = BulkRead::new(&sizes);
+        while let Some(wave) = bulk.next_wave() {
+            let tickets = self.begin_fetches(&fetch_paths[wave.clone()]);
+            let answers = bulk.read(&self.backend, &fetch_paths, wave.clone()).await;
             let mut cache = self.cache();
-            for ((&i, ticket), answer) in chunk.iter().zip(tickets).zip(answers) {
-                cache.end_fetch(&paths[i], ticket);
-                let recorded = self.record_data(&mut cache, &paths[i], ticket, answer);
-                results[i] = Some(recorded.and_then(|_| {
-                    cache
-                        .get(&paths[i])
-                        .map(NodeView::of)
-                        .ok_or(ZkError::NoNode)
-                }));
+            for ((k, ticket), answer) in wave.zip(tickets).zip(answers) {
+                let path = fetch_paths[k];
+                cache.end_fetch(path, ticket);
+                let recorded = self.record_data(&mut cache, path, ticket, answer);
+                results[to_fetch[k]] = Some(
+                    recorded.and_then(|_| cache.get(path).map(NodeView::of).ok_or(ZkError::NoNode)),
+                );
             }
         }
         results
@@ -812,19 +816,20 @@ impl<B: ZkBackend> Store<B> {
             (paths, listed)
         };
         let mut changes = Vec::new();
-        for chunk in paths.chunks(PIPELINE_DEPTH) {
-            let tickets: Vec<FetchTicket> = {
-                let mut cache = self.cache();
-                chunk.iter().map(|p| cache.begin_fetch(p)).collect()
-            };
-            let answers = await_all(chunk.iter().map(|p| self.backend.get_data(p)).collect()).await;
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let sizes = self.known_sizes(&paths);
+        let mut bulk = BulkRead::new(&sizes);
+        while let Some(wave) = bulk.next_wave() {
+            let tickets = self.begin_fetches(&paths[wave.clone()]);
+            let answers = bulk.read(&self.backend, &paths, wave.clone()).await;
             let mut cache = self.cache();
-            for ((p, ticket), answer) in chunk.iter().zip(tickets).zip(answers) {
+            for ((k, ticket), answer) in wave.zip(tickets).zip(answers) {
+                let p = paths[k];
                 cache.end_fetch(p, ticket);
                 match answer {
                     Ok((data, stat)) => {
                         if cache.store_data(p, data, stat, ticket) {
-                            changes.push(Change::Data(p.clone()));
+                            changes.push(Change::Data(p.to_string()));
                         }
                     }
                     Err(ZkError::NoNode) => {
@@ -832,7 +837,7 @@ impl<B: ZkBackend> Store<B> {
                             if let Some(parent) = path::parent(p) {
                                 cache.remove_child(parent, path::basename(p));
                             }
-                            changes.push(Change::Deleted(p.clone()));
+                            changes.push(Change::Deleted(p.to_string()));
                         }
                     }
                     Err(e) => {
