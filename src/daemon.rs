@@ -21,12 +21,20 @@ use crate::cli::MountArgs;
 use crate::fs::attr::Presentation;
 use crate::fs::glob::DirGlob;
 use crate::fs::{FsConfig, MountStatus, ZkFs};
+use crate::fuse::busy_poll::BusyPoll;
 use crate::fuse::counters::KernelRequestCounters;
 use crate::fuse::{ZkFuse, invalidate};
 use crate::zk::Store;
 use crate::zk::session::{Credentials, NewNodeAcl, SessionConfig, SessionEvent, ZkSession};
 
-/// FUSE worker threads (override with ZKFS_FUSE_THREADS).
+/// The device-polling window to use, if any: polling needs a second CPU
+/// (on one CPU the poller would take turns with the very process it waits for).
+fn busy_poll_window(requested: Duration) -> Option<Duration> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (!requested.is_zero() && cpus >= 2).then_some(requested)
+}
+
+/// FUSE worker threads when the device is not polled (override with ZKFS_FUSE_THREADS).
 const FUSE_THREADS: usize = 4;
 
 /// Environment variable naming the pipe a background daemon reports readiness on.
@@ -403,11 +411,13 @@ fn run_foreground(
         }),
     ));
     fs.register_arc();
+    let busy_poll = busy_poll_window(args.busy_poll).map(|w| Arc::new(BusyPoll::new(w)));
     let adapter = ZkFuse::new(
         fs.clone(),
         runtime.handle().clone(),
         args.op_timeout,
         kernel_requests,
+        busy_poll.clone(),
     );
 
     let is_root = uid == 0;
@@ -443,17 +453,25 @@ fn run_foreground(
     } else {
         fuser::SessionACL::Owner
     };
-    config.n_threads = Some(
+    // A polling device is served by one worker (more would all poll);
+    // it answers cache hits and hands everything else to the runtime.
+    config.n_threads = Some(if busy_poll.is_some() {
+        1
+    } else {
         std::env::var("ZKFS_FUSE_THREADS")
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|n| *n >= 1)
-            .unwrap_or(FUSE_THREADS),
-    );
+            .unwrap_or(FUSE_THREADS)
+    });
     config.clone_fd = std::env::var("ZKFS_FUSE_CLONE_FD").is_ok_and(|v| v == "1");
 
     let mut fuse_session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| Failure::new(format!("cannot mount on {}: {e}", mountpoint.display())))?;
+    if let Some(poll) = &busy_poll {
+        poll.attach(std::os::fd::AsFd::as_fd(&fuse_session))
+            .map_err(|e| Failure::new(format!("cannot start device polling: {e}")))?;
+    }
     invalidate::spawn_sender(invalidations, fuse_session.notifier())
         .map_err(|e| Failure::new(format!("cannot start invalidation thread: {e}")))?;
 

@@ -279,3 +279,82 @@ fn root_option_presents_a_subtree() {
         fs::read_to_string(mount.path().join("b/leaf")).is_ok_and(|s| s == "leaf2")
     });
 }
+
+/// Whether the daemon's `/dev/fuse` descriptor is in non-blocking (polling)
+/// mode, from `/proc/PID/fdinfo`.
+fn device_polling(pid: u32) -> bool {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir");
+    for fd in fds.flatten() {
+        if fs::read_link(fd.path()).is_ok_and(|t| t == std::path::Path::new("/dev/fuse")) {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .expect("fdinfo");
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .expect("flags line");
+            return flags & libc::O_NONBLOCK as u32 != 0;
+        }
+    }
+    panic!("daemon {pid} has no /dev/fuse descriptor");
+}
+
+/// CPU time the process has used, in clock ticks (utime + stime).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which is in parentheses).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn the_device_is_polled_during_bursts_only() {
+    let (_other, root, mount) = seeded("poll");
+    let app = mount.path().join("config/app.json");
+    let pid = mount.pid().expect("daemon pid");
+    assert!(!device_polling(pid), "a fresh mount sleeps on the device");
+    // While reads keep coming the device is polled.
+    let burst = {
+        let app = app.clone();
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_millis(500);
+            while std::time::Instant::now() < until {
+                assert_eq!(fs::read(&app).expect("read").len(), 15);
+            }
+        })
+    };
+    wait_until("polling during a burst", DEADLINE, || device_polling(pid));
+    burst.join().expect("burst");
+    // Once they stop, it goes back to sleeping and costs no CPU.
+    wait_until("sleeping after the burst", DEADLINE, || {
+        !device_polling(pid)
+    });
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used <= 10,
+        "an idle mount used {used} clock ticks in one second"
+    );
+
+    // With polling off the device is never polled; reads are the same.
+    let zk = shared_zk();
+    let quiet = Mount::start(&format!("{zk}{root}"), &["--busy-poll", "0"]);
+    let qpid = quiet.pid().expect("daemon pid");
+    for _ in 0..2000 {
+        assert_eq!(
+            fs::read(quiet.path().join("config/app.json"))
+                .expect("read")
+                .len(),
+            15
+        );
+        assert!(!device_polling(qpid));
+    }
+}

@@ -7,6 +7,7 @@
 //! runtime, bounded by `--op-timeout`, so no worker ever blocks on the network.
 //! It must not contain filesystem semantics.
 
+pub mod busy_poll;
 pub mod counters;
 pub mod invalidate;
 
@@ -23,6 +24,7 @@ use fuser::{
 };
 use tracing::{Level, event};
 
+use self::busy_poll::BusyPoll;
 use self::counters::{KernelOp, KernelRequestCounters};
 use crate::fs::{Attr, Entry, FileKind, FsError, OpenMode, RenameFlags, ZkFs};
 use crate::zk::{ZkBackend, ZkError};
@@ -40,6 +42,7 @@ pub struct ZkFuse<B: ZkBackend> {
     runtime: tokio::runtime::Handle,
     op_timeout: Duration,
     counters: Arc<KernelRequestCounters>,
+    busy_poll: Option<Arc<BusyPoll>>,
 }
 
 fn to_file_type(kind: FileKind) -> FileType {
@@ -108,12 +111,22 @@ impl<B: ZkBackend> ZkFuse<B> {
         runtime: tokio::runtime::Handle,
         op_timeout: Duration,
         counters: Arc<KernelRequestCounters>,
+        busy_poll: Option<Arc<BusyPoll>>,
     ) -> Self {
         ZkFuse {
             fs,
             runtime,
             op_timeout,
             counters,
+            busy_poll,
+        }
+    }
+
+    /// Every request starts here: count it and keep the device polling.
+    fn arrived(&self, op: KernelOp) {
+        self.counters.count(op);
+        if let Some(poll) = &self.busy_poll {
+            poll.request_arrived();
         }
     }
 
@@ -179,7 +192,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.counters.count(KernelOp::Lookup);
+        self.arrived(KernelOp::Lookup);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         self.dispatch(
@@ -191,12 +204,12 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.counters.count(KernelOp::Getattr);
+        self.arrived(KernelOp::Getattr);
         let fs = self.fs.clone();
         self.dispatch(
             "getattr",
@@ -227,7 +240,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let fh = fh.map(|f| f.0);
         self.dispatch(
@@ -242,7 +255,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.counters.count(KernelOp::Open);
+        self.arrived(KernelOp::Open);
         let mode = open_mode(flags.0);
         let fs = self.fs.clone();
         self.dispatch(
@@ -278,7 +291,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        self.counters.count(KernelOp::Read);
+        self.arrived(KernelOp::Read);
         let fs = self.fs.clone();
         self.dispatch(
             "read",
@@ -303,7 +316,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.counters.count(KernelOp::Write);
+        self.arrived(KernelOp::Write);
         let fs = self.fs.clone();
         let data = data.to_vec();
         self.dispatch(
@@ -327,7 +340,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.counters.count(KernelOp::Release);
+        self.arrived(KernelOp::Release);
         let fs = self.fs.clone();
         self.dispatch(
             "release",
@@ -345,7 +358,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.counters.count(KernelOp::Flush);
+        self.arrived(KernelOp::Flush);
         let fs = self.fs.clone();
         self.dispatch(
             "flush",
@@ -363,7 +376,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         self.dispatch(
             "fsync",
@@ -383,7 +396,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.counters.count(KernelOp::Create);
+        self.arrived(KernelOp::Create);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         let mode = open_mode(flags);
@@ -415,7 +428,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         let is_regular = mode & libc::S_IFMT == libc::S_IFREG;
@@ -436,7 +449,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         self.dispatch(
@@ -448,7 +461,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         self.dispatch(
@@ -460,7 +473,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         self.dispatch(
@@ -481,7 +494,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
         let flags = RenameFlags {
@@ -500,7 +513,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.counters.count(KernelOp::Readlink);
+        self.arrived(KernelOp::Readlink);
         let fs = self.fs.clone();
         self.dispatch(
             "readlink",
@@ -521,7 +534,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let (name, target) = (link_name.to_os_string(), target.to_path_buf());
         self.dispatch(
@@ -540,7 +553,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         match self.fs.link(ino.0) {
             Ok(entry) => reply.entry(&TTL, &to_file_attr(&entry.attr), Generation(0)),
             Err(e) => {
@@ -560,7 +573,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         // Attributes mirror ZooKeeper's Stat; they cannot be set.
         reply.error(Errno::from_i32(libc::ENOTSUP));
     }
@@ -576,18 +589,18 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         // No ioctls (tools probe some, e.g. for reflinks): the usual answer.
         reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         reply.error(Errno::from_i32(libc::ENOTSUP));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.counters.count(KernelOp::Opendir);
+        self.arrived(KernelOp::Opendir);
         match self.fs.opendir(ino.0) {
             // The kernel may keep listings across opens: every change to a
             // directory's children invalidates the directory's inode.
@@ -610,7 +623,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.counters.count(KernelOp::Readdir);
+        self.arrived(KernelOp::Readdir);
         let fs = self.fs.clone();
         self.dispatch(
             "readdir",
@@ -644,7 +657,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.counters.count(KernelOp::Readdir);
+        self.arrived(KernelOp::Readdir);
         let fs = self.fs.clone();
         let fs2 = self.fs.clone();
         self.dispatch(
@@ -685,19 +698,19 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.counters.count(KernelOp::Releasedir);
+        self.arrived(KernelOp::Releasedir);
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         let (nodes, _) = self.fs.store().usage();
         reply.statfs(0, 0, 0, nodes as u64, 0, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.counters.count(KernelOp::Getxattr);
+        self.arrived(KernelOp::Getxattr);
         let fs = self.fs.clone();
         let name = name.to_os_string();
         self.dispatch(
@@ -712,7 +725,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         match self.fs.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -727,7 +740,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        self.counters.count(KernelOp::Other);
+        self.arrived(KernelOp::Other);
         reply.ok();
     }
 }

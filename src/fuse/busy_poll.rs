@@ -1,0 +1,172 @@
+//! Busy-polling of the FUSE device during bursts of requests.
+//!
+//! A cached read costs one synchronous round trip to the daemon (`OPEN`),
+//! and most of that round trip is waking a sleeping thread on another CPU
+//! (on virtual machines a wake-up of an idle CPU is a trip through the
+//! hypervisor). While requests keep coming, the device is switched to
+//! non-blocking mode: the FUSE worker then finds the next request by polling
+//! instead of sleeping until the kernel wakes it. When no request arrived for
+//! the polling window, a governor thread switches the device back to blocking
+//! mode and the worker sleeps again. An idle mount costs no CPU; a burst costs
+//! one CPU for its length plus one window.
+//!
+//! Owns only the device's `O_NONBLOCK` flag and the governor thread. It knows
+//! nothing of requests beyond "one arrived now"; fuser's worker loop retries
+//! reads that find nothing (`EAGAIN`), which is what polls.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// Switches the FUSE device between polling and sleeping.
+pub struct BusyPoll {
+    window: Duration,
+    epoch: Instant,
+    /// When the last request arrived, in nanoseconds since `epoch`.
+    last_request_ns: AtomicU64,
+    polling: AtomicBool,
+    device: OnceLock<OwnedFd>,
+    governor: OnceLock<Thread>,
+}
+
+impl BusyPoll {
+    /// Poll for `window` after each request (must be non-zero).
+    pub fn new(window: Duration) -> Self {
+        BusyPoll {
+            window,
+            epoch: Instant::now(),
+            last_request_ns: AtomicU64::new(0),
+            polling: AtomicBool::new(false),
+            device: OnceLock::new(),
+            governor: OnceLock::new(),
+        }
+    }
+
+    /// Start governing `device` (the session's `/dev/fuse` descriptor; a
+    /// duplicate is kept, so the flag is never set on a reused number).
+    pub fn attach(self: &std::sync::Arc<Self>, device: BorrowedFd<'_>) -> std::io::Result<()> {
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we then own.
+        let dup = unsafe { libc::fcntl(device.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `dup` is a fresh descriptor nobody else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        let me = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("zkfs-busy-poll".into())
+            .spawn(move || me.govern())?;
+        let _ = self.device.set(owned);
+        let _ = self.governor.set(handle.thread().clone());
+        Ok(())
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// A request arrived: keep (or start) polling.
+    pub fn request_arrived(&self) {
+        self.last_request_ns.store(self.now_ns(), Ordering::Relaxed);
+        if !self.polling.load(Ordering::Relaxed) && !self.polling.swap(true, Ordering::AcqRel) {
+            self.set_nonblocking(true);
+            if let Some(governor) = self.governor.get() {
+                governor.unpark();
+            }
+        }
+    }
+
+    fn set_nonblocking(&self, on: bool) {
+        let Some(device) = self.device.get() else {
+            return;
+        };
+        let fd = device.as_raw_fd();
+        // SAFETY: plain fcntl on a descriptor we own.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags < 0 {
+                return;
+            }
+            let flags = if on {
+                flags | libc::O_NONBLOCK
+            } else {
+                flags & !libc::O_NONBLOCK
+            };
+            libc::fcntl(fd, libc::F_SETFL, flags);
+        }
+    }
+
+    /// The governor: sleeps while the device sleeps; while it polls, checks
+    /// once per window whether requests stopped, and if so ends polling.
+    fn govern(&self) {
+        let window_ns = self.window.as_nanos() as u64;
+        loop {
+            while !self.polling.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+            let idle = self
+                .now_ns()
+                .saturating_sub(self.last_request_ns.load(Ordering::Relaxed));
+            if idle < window_ns {
+                std::thread::sleep(Duration::from_nanos(window_ns - idle));
+                continue;
+            }
+            self.set_nonblocking(false);
+            self.polling.store(false, Ordering::Release);
+            // A request that arrived while we decided saw `polling` still set
+            // and did not re-arm: look once more.
+            let idle = self
+                .now_ns()
+                .saturating_sub(self.last_request_ns.load(Ordering::Relaxed));
+            if idle < window_ns && !self.polling.swap(true, Ordering::AcqRel) {
+                self.set_nonblocking(true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+
+    fn nonblocking(fd: BorrowedFd<'_>) -> bool {
+        // SAFETY: F_GETFL on a live descriptor.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) & libc::O_NONBLOCK != 0 }
+    }
+
+    #[test]
+    fn polls_while_requests_come_and_sleeps_after_the_window() {
+        // A pipe stands in for the device: only its flags are touched.
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two fresh descriptors we then own.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors from pipe2.
+        let (read_end, _write_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let poll = Arc::new(BusyPoll::new(Duration::from_millis(20)));
+        poll.attach(read_end.as_fd()).expect("attach");
+        assert!(!nonblocking(read_end.as_fd()), "idle: blocking");
+
+        poll.request_arrived();
+        assert!(nonblocking(read_end.as_fd()), "a request starts polling");
+        // Requests closer together than the window keep it polling.
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(5));
+            poll.request_arrived();
+            assert!(nonblocking(read_end.as_fd()));
+        }
+        // Quiet for several windows: back to blocking.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while nonblocking(read_end.as_fd()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!nonblocking(read_end.as_fd()), "quiet: blocking again");
+        // And it starts again with the next request.
+        poll.request_arrived();
+        assert!(nonblocking(read_end.as_fd()));
+    }
+}
