@@ -16,7 +16,7 @@ use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{kernel_requests, kernel_requests_per, peak_rss_kib, rss_kib, xattr};
+use bench::{extra_mount_args, kernel_requests, kernel_requests_per, peak_rss_kib, rss_kib, xattr};
 
 fn timed<F: FnOnce()>(f: F) -> Duration {
     let t = Instant::now();
@@ -134,7 +134,9 @@ fn main() {
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).expect("mkdir");
     let status = Command::new(zkfs)
-        .args(["mount", &format!("{zk}{root}"), &mnt.to_string_lossy()])
+        .arg("mount")
+        .args(extra_mount_args())
+        .args([&format!("{zk}{root}"), &*mnt.to_string_lossy()])
         .status()
         .expect("zkfs mount");
     assert!(status.success());
@@ -173,7 +175,9 @@ fn main() {
         .args(["unmount", &mnt.to_string_lossy()])
         .status();
     let status = Command::new(zkfs)
-        .args(["mount", &format!("{zk}{root}"), &mnt.to_string_lossy()])
+        .arg("mount")
+        .args(extra_mount_args())
+        .args([&format!("{zk}{root}"), &*mnt.to_string_lossy()])
         .status()
         .expect("zkfs mount");
     assert!(status.success());

@@ -18,7 +18,7 @@ use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{rss_kib, times, xattr};
+use bench::{extra_mount_args, rss_kib, times, xattr};
 
 struct Stats {
     p50: Duration,
@@ -58,6 +58,7 @@ fn mount(zkfs: &str, servers: &str, at: &Path, extra: &[&str]) {
     std::fs::create_dir_all(at).expect("mountpoint");
     let ok = Command::new(zkfs)
         .arg("mount")
+        .args(extra_mount_args())
         .args(extra)
         .arg(servers)
         .arg(at)

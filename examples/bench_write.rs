@@ -20,7 +20,7 @@ use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{percentile, times as time};
+use bench::{extra_mount_args, percentile, times as time};
 
 fn summarize(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
@@ -60,7 +60,9 @@ fn main() {
     std::fs::create_dir_all(&mnt).expect("mkdir mnt");
     std::fs::create_dir_all(&tmpfs).expect("mkdir tmpfs dir");
     let status = Command::new(zkfs)
-        .args(["mount", &format!("{zk}{root}"), &mnt.to_string_lossy()])
+        .arg("mount")
+        .args(extra_mount_args())
+        .args([&format!("{zk}{root}"), &*mnt.to_string_lossy()])
         .status()
         .expect("run zkfs mount");
     assert!(status.success(), "zkfs mount failed");

@@ -110,3 +110,13 @@ pub fn kernel_requests_per(before: &[(String, u64)], after: &[(String, u64)], un
         parts.join(", ")
     }
 }
+
+/// Extra `zkfs mount` arguments from `ZKFS_BENCH_MOUNT_ARGS` (split at
+/// whitespace), to compare settings: e.g. `--busy-poll 0`.
+pub fn extra_mount_args() -> Vec<String> {
+    std::env::var("ZKFS_BENCH_MOUNT_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}

@@ -26,6 +26,8 @@ pub struct BusyPoll {
     epoch: Instant,
     /// When the last request arrived, in nanoseconds since `epoch`.
     last_request_ns: AtomicU64,
+    /// When the last request somebody waits for arrived (not a release).
+    last_waited_ns: AtomicU64,
     polling: AtomicBool,
     device: OnceLock<OwnedFd>,
     governor: OnceLock<Thread>,
@@ -38,6 +40,7 @@ impl BusyPoll {
             window,
             epoch: Instant::now(),
             last_request_ns: AtomicU64::new(0),
+            last_waited_ns: AtomicU64::new(0),
             polling: AtomicBool::new(false),
             device: OnceLock::new(),
             governor: OnceLock::new(),
@@ -67,14 +70,35 @@ impl BusyPoll {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// A request arrived: keep (or start) polling.
-    pub fn request_arrived(&self) {
-        self.last_request_ns.store(self.now_ns(), Ordering::Relaxed);
-        if !self.polling.load(Ordering::Relaxed) && !self.polling.swap(true, Ordering::AcqRel) {
+    /// A request arrived (`waited`: its caller is blocked until the answer).
+    /// Any request keeps polling going; polling starts when a waited-for
+    /// request follows another within the window: a burst, whose next
+    /// request is likely as close. A lone `cat` never starts it.
+    pub fn request_arrived(&self, waited: bool) {
+        let now = self.now_ns();
+        self.last_request_ns.store(now, Ordering::Relaxed);
+        if !waited || self.polling.load(Ordering::Relaxed) {
+            if waited {
+                self.last_waited_ns.store(now, Ordering::Relaxed);
+            }
+            return;
+        }
+        let previous = self.last_waited_ns.swap(now, Ordering::Relaxed);
+        let burst = previous != 0 && now.saturating_sub(previous) < self.window.as_nanos() as u64;
+        if burst && !self.polling.swap(true, Ordering::AcqRel) {
             self.set_nonblocking(true);
             if let Some(governor) = self.governor.get() {
                 governor.unpark();
             }
+        }
+    }
+
+    /// The request just seen waits on ZooKeeper: its answer, and whatever
+    /// the caller does next, is at least a network round trip away. Stop
+    /// polling now rather than take a CPU from the work that answers it.
+    pub fn request_deferred(&self) {
+        if self.polling.swap(false, Ordering::AcqRel) {
+            self.set_nonblocking(false);
         }
     }
 
@@ -151,12 +175,25 @@ mod tests {
         poll.attach(read_end.as_fd()).expect("attach");
         assert!(!nonblocking(read_end.as_fd()), "idle: blocking");
 
-        poll.request_arrived();
-        assert!(nonblocking(read_end.as_fd()), "a request starts polling");
+        poll.request_arrived(true);
+        assert!(
+            !nonblocking(read_end.as_fd()),
+            "a lone request does not poll"
+        );
+        poll.request_arrived(false);
+        assert!(
+            !nonblocking(read_end.as_fd()),
+            "nor does a release after it"
+        );
+        poll.request_arrived(true);
+        assert!(
+            nonblocking(read_end.as_fd()),
+            "a second one soon after does"
+        );
         // Requests closer together than the window keep it polling.
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(5));
-            poll.request_arrived();
+            poll.request_arrived(false);
             assert!(nonblocking(read_end.as_fd()));
         }
         // Quiet for several windows: back to blocking.
@@ -165,8 +202,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(!nonblocking(read_end.as_fd()), "quiet: blocking again");
-        // And it starts again with the next request.
-        poll.request_arrived();
+        // And it starts again with the next burst.
+        poll.request_arrived(true);
+        poll.request_arrived(true);
         assert!(nonblocking(read_end.as_fd()));
+        // A request that waits on ZooKeeper ends it at once.
+        poll.request_deferred();
+        assert!(!nonblocking(read_end.as_fd()));
     }
 }

@@ -122,11 +122,12 @@ impl<B: ZkBackend> ZkFuse<B> {
         }
     }
 
-    /// Every request starts here: count it and keep the device polling.
+    /// Every request starts here: count it and tell the device poller.
     fn arrived(&self, op: KernelOp) {
         self.counters.count(op);
         if let Some(poll) = &self.busy_poll {
-            poll.request_arrived();
+            // Nobody waits for a release: it does not make a burst.
+            poll.request_arrived(!matches!(op, KernelOp::Release | KernelOp::Releasedir));
         }
     }
 
@@ -161,6 +162,9 @@ impl<B: ZkBackend> ZkFuse<B> {
         match fut.as_mut().poll(&mut cx) {
             Poll::Ready(r) => report(r),
             Poll::Pending => {
+                if let Some(poll) = &self.busy_poll {
+                    poll.request_deferred();
+                }
                 self.runtime.spawn(async move { report(fut.await) });
             }
         }
@@ -204,7 +208,10 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.arrived(KernelOp::Other);
+        self.counters.count(KernelOp::Other);
+        if let Some(poll) = &self.busy_poll {
+            poll.request_arrived(false);
+        }
         self.fs.forget(ino.0, nlookup);
     }
 
