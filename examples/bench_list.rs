@@ -16,7 +16,7 @@ use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{extra_mount_args, kernel_requests, kernel_requests_per, peak_rss_kib, rss_kib, xattr};
+use bench::{kernel_requests, kernel_requests_per, mount, peak_rss_kib, rss_kib, xattr};
 
 fn timed<F: FnOnce()>(f: F) -> Duration {
     let t = Instant::now();
@@ -133,13 +133,7 @@ fn main() {
     let work = std::env::temp_dir().join(format!("zkfs-bench-list-{}", std::process::id()));
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).expect("mkdir");
-    let status = Command::new(zkfs)
-        .arg("mount")
-        .args(extra_mount_args())
-        .args([&format!("{zk}{root}"), &*mnt.to_string_lossy()])
-        .status()
-        .expect("zkfs mount");
-    assert!(status.success());
+    mount(zkfs, &format!("{zk}{root}"), &mnt, &[]);
     let pid = xattr(&mnt, "user.zkfs.pid");
     let rss_before = rss_kib(&pid);
     let mdir = mnt.join("servers");
@@ -174,13 +168,7 @@ fn main() {
     let _ = Command::new(zkfs)
         .args(["unmount", &mnt.to_string_lossy()])
         .status();
-    let status = Command::new(zkfs)
-        .arg("mount")
-        .args(extra_mount_args())
-        .args([&format!("{zk}{root}"), &*mnt.to_string_lossy()])
-        .status()
-        .expect("zkfs mount");
-    assert!(status.success());
+    mount(zkfs, &format!("{zk}{root}"), &mnt, &[]);
     let k5 = kernel_requests(&mnt);
     let cold_cat = timed(|| run_quiet(&format!("cd '{}' && cat -- *", mdir.display())));
     let k6 = kernel_requests(&mnt);

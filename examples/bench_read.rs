@@ -18,7 +18,7 @@ use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{extra_mount_args, rss_kib, times, xattr};
+use bench::{mount, rss_kib, times, xattr};
 
 struct Stats {
     p50: Duration,
@@ -52,19 +52,6 @@ fn row(name: &str, s: &Stats, base: Option<&Stats>) {
 fn quiet(cmd: &mut Command) {
     let ok = cmd.stdout(Stdio::null()).status().expect("spawn");
     assert!(ok.success(), "{cmd:?}");
-}
-
-fn mount(zkfs: &str, servers: &str, at: &Path, extra: &[&str]) {
-    std::fs::create_dir_all(at).expect("mountpoint");
-    let ok = Command::new(zkfs)
-        .arg("mount")
-        .args(extra_mount_args())
-        .args(extra)
-        .arg(servers)
-        .arg(at)
-        .status()
-        .expect("zkfs mount");
-    assert!(ok.success(), "zkfs mount");
 }
 
 fn unmount(zkfs: &str, at: &Path) {

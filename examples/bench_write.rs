@@ -20,7 +20,7 @@ use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{extra_mount_args, percentile, times as time};
+use bench::{mount, percentile, times as time};
 
 fn summarize(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
@@ -59,13 +59,7 @@ fn main() {
     let tmpfs = PathBuf::from("/dev/shm").join(format!("zkfs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&mnt).expect("mkdir mnt");
     std::fs::create_dir_all(&tmpfs).expect("mkdir tmpfs dir");
-    let status = Command::new(zkfs)
-        .arg("mount")
-        .args(extra_mount_args())
-        .args([&format!("{zk}{root}"), &*mnt.to_string_lossy()])
-        .status()
-        .expect("run zkfs mount");
-    assert!(status.success(), "zkfs mount failed");
+    mount(zkfs, &format!("{zk}{root}"), &mnt, &[]);
 
     let payload = b"data 0123456789abcdef\n";
     // Warm up both paths.

@@ -111,9 +111,24 @@ pub fn kernel_requests_per(before: &[(String, u64)], after: &[(String, u64)], un
     }
 }
 
+/// `zkfs mount [$ZKFS_BENCH_MOUNT_ARGS] EXTRA... SERVERS AT`, creating `AT`;
+/// panics if the mount fails.
+pub fn mount(zkfs: &str, servers: &str, at: &Path, extra: &[&str]) {
+    std::fs::create_dir_all(at).expect("mountpoint");
+    let ok = Command::new(zkfs)
+        .arg("mount")
+        .args(extra_mount_args())
+        .args(extra)
+        .arg(servers)
+        .arg(at)
+        .status()
+        .expect("run zkfs mount");
+    assert!(ok.success(), "zkfs mount failed");
+}
+
 /// Extra `zkfs mount` arguments from `ZKFS_BENCH_MOUNT_ARGS` (split at
 /// whitespace), to compare settings: e.g. `--busy-poll 0`.
-pub fn extra_mount_args() -> Vec<String> {
+fn extra_mount_args() -> Vec<String> {
     std::env::var("ZKFS_BENCH_MOUNT_ARGS")
         .unwrap_or_default()
         .split_whitespace()
