@@ -122,12 +122,18 @@ impl<B: ZkBackend> ZkFuse<B> {
         }
     }
 
-    /// Every request starts here: count it and tell the device poller.
+    /// Every request starts here (`forget`, which has no reply, at [`Self::note_request`]).
     fn arrived(&self, op: KernelOp) {
+        // Nobody waits for a release: it does not make a burst.
+        let waited = !matches!(op, KernelOp::Release | KernelOp::Releasedir);
+        self.note_request(op, waited);
+    }
+
+    /// Count the request and tell the device poller whether a caller waits.
+    fn note_request(&self, op: KernelOp, waited: bool) {
         self.counters.count(op);
         if let Some(poll) = &self.busy_poll {
-            // Nobody waits for a release: it does not make a burst.
-            poll.request_arrived(!matches!(op, KernelOp::Release | KernelOp::Releasedir));
+            poll.request_arrived(waited);
         }
     }
 
@@ -208,10 +214,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.counters.count(KernelOp::Other);
-        if let Some(poll) = &self.busy_poll {
-            poll.request_arrived(false);
-        }
+        self.note_request(KernelOp::Other, false);
         self.fs.forget(ino.0, nlookup);
     }
 
