@@ -488,6 +488,18 @@ enum FollowEnd {
     Closed,
 }
 
+/// The next answer of a multi-read of `getData`s, as one node's answer.
+/// Only called for paths that were sent (refused ones have no answer).
+fn next_answer(
+    answers: &mut impl Iterator<Item = zk::MultiReadResult>,
+) -> Result<(Vec<u8>, NodeStat), ZkError> {
+    match answers.next() {
+        Some(zk::MultiReadResult::Data { data, stat }) => Ok((data, map_stat(&stat))),
+        Some(zk::MultiReadResult::Error { err }) => Err(map_error(err)),
+        _ => Err(ZkError::Other("multi-read answered out of order".into())),
+    }
+}
+
 impl ZkBackend for ZkSession {
     fn get_data(
         &self,
@@ -540,23 +552,12 @@ impl ZkBackend for ZkSession {
                 .await
                 .unwrap_or_else(|e| Err(ZkError::Other(format!("multi-read task failed: {e}"))))?;
             let mut answers = answers.into_iter();
-            let answer_for =
-                |refusal: Option<ZkError>,
-                 answers: &mut dyn Iterator<Item = zk::MultiReadResult>| {
-                    match refusal {
-                        Some(e) => Err(e),
-                        None => match answers.next() {
-                            Some(zk::MultiReadResult::Data { data, stat }) => {
-                                Ok((data, map_stat(&stat)))
-                            }
-                            Some(zk::MultiReadResult::Error { err }) => Err(map_error(err)),
-                            _ => Err(ZkError::Other("multi-read answered out of order".into())),
-                        },
-                    }
-                };
             Ok(refused
                 .into_iter()
-                .map(|refusal| answer_for(refusal, &mut answers))
+                .map(|refusal| match refusal {
+                    Some(e) => Err(e),
+                    None => next_answer(&mut answers),
+                })
                 .collect())
         }
     }
