@@ -283,6 +283,13 @@ fn root_option_presents_a_subtree() {
 /// Whether the daemon's `/dev/fuse` descriptor is in non-blocking (polling)
 /// mode, from `/proc/PID/fdinfo`.
 fn device_polling(pid: u32) -> bool {
+    device_state(pid).unwrap_or_else(|| panic!("daemon {pid} has no /dev/fuse descriptor"))
+}
+
+/// `None` while the daemon holds no `/dev/fuse` descriptor yet: with
+/// `fusermount3` (auto_unmount) the mount appears before the helper has
+/// passed the descriptor to the daemon.
+fn device_state(pid: u32) -> Option<bool> {
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir");
     for fd in fds.flatten() {
         if fs::read_link(fd.path()).is_ok_and(|t| t == std::path::Path::new("/dev/fuse")) {
@@ -296,10 +303,10 @@ fn device_polling(pid: u32) -> bool {
                 .find_map(|l| l.strip_prefix("flags:"))
                 .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
                 .expect("flags line");
-            return flags & libc::O_NONBLOCK as u32 != 0;
+            return Some(flags & libc::O_NONBLOCK as u32 != 0);
         }
     }
-    panic!("daemon {pid} has no /dev/fuse descriptor");
+    None
 }
 
 /// CPU time the process has used, in clock ticks (utime + stime).
@@ -319,6 +326,9 @@ fn the_device_is_polled_during_bursts_only() {
     let (_other, root, mount) = seeded("poll");
     let app = mount.path().join("config/app.json");
     let pid = mount.pid().expect("daemon pid");
+    wait_until("the daemon holds the device", DEADLINE, || {
+        device_state(pid).is_some()
+    });
     assert!(!device_polling(pid), "a fresh mount sleeps on the device");
     // While reads keep coming the device is polled.
     let burst = {
@@ -348,6 +358,9 @@ fn the_device_is_polled_during_bursts_only() {
     let zk = shared_zk();
     let quiet = Mount::start(&format!("{zk}{root}"), &["--busy-poll", "0"]);
     let qpid = quiet.pid().expect("daemon pid");
+    wait_until("the daemon holds the device", DEADLINE, || {
+        device_state(qpid).is_some()
+    });
     for _ in 0..2000 {
         assert_eq!(
             fs::read(quiet.path().join("config/app.json"))
