@@ -21,27 +21,17 @@ use crate::cli::MountArgs;
 use crate::fs::attr::Presentation;
 use crate::fs::glob::DirGlob;
 use crate::fs::{FsConfig, MountStatus, ZkFs};
-use crate::fuse::busy_poll::{self, BusyPoll};
+use crate::fuse::busy_poll::BusyPoll;
 use crate::fuse::counters::KernelRequestCounters;
 use crate::fuse::{ZkFuse, invalidate};
 use crate::zk::Store;
 use crate::zk::session::{Credentials, NewNodeAcl, SessionConfig, SessionEvent, ZkSession};
 
 /// The device-polling window to use, if any: polling needs a second CPU
-/// (on one CPU the poller would take turns with the very process it waits for)
-/// and the right to poll at idle priority and come back (see `busy_poll`).
+/// (on one CPU the poller would take turns with the very process it waits for).
 fn busy_poll_window(requested: Duration) -> Option<Duration> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if requested.is_zero() || cpus < 2 {
-        return None;
-    }
-    if !busy_poll::can_yield_cpu() {
-        info!(
-            "not polling the FUSE device: polling at idle priority needs CAP_SYS_NICE or RLIMIT_NICE 20"
-        );
-        return None;
-    }
-    Some(requested)
+    (!requested.is_zero() && cpus >= 2).then_some(requested)
 }
 
 /// FUSE worker threads when the device is not polled (override with ZKFS_FUSE_THREADS).

@@ -8,22 +8,15 @@
 //! instead of sleeping until the kernel wakes it. When no request arrived for
 //! the polling window, a governor thread switches the device back to blocking
 //! mode and the worker sleeps again. An idle mount costs no CPU; a burst costs
-//! one CPU for its length plus one window, and only a CPU nobody else wants:
-//! while it polls the worker runs under `SCHED_IDLE`, so any other thread
-//! that wakes on its CPU (the ZooKeeper client, the server on the same host,
-//! the reader itself) runs at once instead of waiting for the scheduler's
-//! next tick (4 ms at `HZ=250`). Going back to the normal policy needs
-//! `CAP_SYS_NICE` (or an `RLIMIT_NICE` of 20); without it the daemon does not
-//! poll at all ([`can_yield_cpu`]).
+//! one CPU for its length plus one window.
 //!
-//! Owns only the device's `O_NONBLOCK` flag, the worker's scheduling policy
-//! and the governor thread. It knows nothing of requests beyond "one arrived
-//! now"; fuser's worker loop retries reads that find nothing (`EAGAIN`),
-//! which is what polls.
+//! Owns only the device's `O_NONBLOCK` flag and the governor thread. It knows
+//! nothing of requests beyond "one arrived now"; fuser's worker loop retries
+//! reads that find nothing (`EAGAIN`), which is what polls.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -36,30 +29,8 @@ pub struct BusyPoll {
     /// When the last request somebody waits for arrived (not a release).
     last_waited_ns: AtomicU64,
     polling: AtomicBool,
-    /// Serialises starting and ending polling (flag, device, policy).
-    transition: Mutex<()>,
-    /// Thread id of the worker that reports requests (0 until the first).
-    worker: AtomicI32,
     device: OnceLock<OwnedFd>,
     governor: OnceLock<Thread>,
-}
-
-/// Set the scheduling policy of thread `tid` (0: the calling thread).
-fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a plain system call on a thread of this process.
-    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
-}
-
-/// Whether a thread of this process may drop to `SCHED_IDLE` and come back
-/// (needs `CAP_SYS_NICE` or `RLIMIT_NICE` >= 20). Tried on a throwaway thread.
-pub fn can_yield_cpu() -> bool {
-    std::thread::Builder::new()
-        .name("zkfs-policy-probe".into())
-        .spawn(|| set_policy(0, libc::SCHED_IDLE) && set_policy(0, libc::SCHED_OTHER))
-        .ok()
-        .and_then(|probe| probe.join().ok())
-        .unwrap_or(false)
 }
 
 impl BusyPoll {
@@ -71,8 +42,6 @@ impl BusyPoll {
             last_request_ns: AtomicU64::new(0),
             last_waited_ns: AtomicU64::new(0),
             polling: AtomicBool::new(false),
-            transition: Mutex::new(()),
-            worker: AtomicI32::new(0),
             device: OnceLock::new(),
             governor: OnceLock::new(),
         }
@@ -105,13 +74,7 @@ impl BusyPoll {
     /// Any request keeps polling going; polling starts when a waited-for
     /// request follows another within the window: a burst, whose next
     /// request is likely as close. A lone `cat` never starts it.
-    /// Called on the worker thread, which is the one that polls.
     pub fn request_arrived(&self, waited: bool) {
-        if self.worker.load(Ordering::Relaxed) == 0 {
-            // SAFETY: gettid has no preconditions.
-            self.worker
-                .store(unsafe { libc::gettid() }, Ordering::Relaxed);
-        }
         let now = self.now_ns();
         self.last_request_ns.store(now, Ordering::Relaxed);
         if !waited || self.polling.load(Ordering::Relaxed) {
@@ -122,11 +85,11 @@ impl BusyPoll {
         }
         let previous = self.last_waited_ns.swap(now, Ordering::Relaxed);
         let burst = previous != 0 && now.saturating_sub(previous) < self.window.as_nanos() as u64;
-        if burst
-            && self.start_polling()
-            && let Some(governor) = self.governor.get()
-        {
-            governor.unpark();
+        if burst && !self.polling.swap(true, Ordering::AcqRel) {
+            self.set_nonblocking(true);
+            if let Some(governor) = self.governor.get() {
+                governor.unpark();
+            }
         }
     }
 
@@ -134,40 +97,8 @@ impl BusyPoll {
     /// the caller does next, is at least a network round trip away. Stop
     /// polling now rather than take a CPU from the work that answers it.
     pub fn request_deferred(&self) {
-        if self.polling.load(Ordering::Acquire) {
-            self.stop_polling();
-        }
-    }
-
-    /// Poll the device with the worker at idle priority; false if already.
-    fn start_polling(&self) -> bool {
-        let _transition = self.transition.lock().unwrap_or_else(|e| e.into_inner());
-        if self.polling.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        self.set_nonblocking(true);
-        self.set_worker_policy(libc::SCHED_IDLE);
-        true
-    }
-
-    /// Sleep on the device again, the worker back at normal priority.
-    fn stop_polling(&self) {
-        let _transition = self.transition.lock().unwrap_or_else(|e| e.into_inner());
         if self.polling.swap(false, Ordering::AcqRel) {
             self.set_nonblocking(false);
-            self.set_worker_policy(libc::SCHED_OTHER);
-        }
-    }
-
-    fn set_worker_policy(&self, policy: libc::c_int) {
-        let tid = self.worker.load(Ordering::Relaxed);
-        if tid != 0 && !set_policy(tid, policy) {
-            tracing::debug!(
-                tid,
-                policy,
-                error = %std::io::Error::last_os_error(),
-                "cannot change the FUSE worker's scheduling policy"
-            );
         }
     }
 
@@ -206,14 +137,15 @@ impl BusyPoll {
                 std::thread::sleep(Duration::from_nanos(window_ns - idle));
                 continue;
             }
-            self.stop_polling();
+            self.set_nonblocking(false);
+            self.polling.store(false, Ordering::Release);
             // A request that arrived while we decided saw `polling` still set
             // and did not re-arm: look once more.
             let idle = self
                 .now_ns()
                 .saturating_sub(self.last_request_ns.load(Ordering::Relaxed));
-            if idle < window_ns {
-                self.start_polling();
+            if idle < window_ns && !self.polling.swap(true, Ordering::AcqRel) {
+                self.set_nonblocking(true);
             }
         }
     }
@@ -224,12 +156,6 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
     use std::sync::Arc;
-
-    /// This thread's scheduling policy.
-    fn policy() -> libc::c_int {
-        // SAFETY: queries the calling thread.
-        unsafe { libc::sched_getscheduler(0) }
-    }
 
     fn nonblocking(fd: BorrowedFd<'_>) -> bool {
         // SAFETY: F_GETFL on a live descriptor.
@@ -248,12 +174,6 @@ mod tests {
         let poll = Arc::new(BusyPoll::new(Duration::from_millis(20)));
         poll.attach(read_end.as_fd()).expect("attach");
         assert!(!nonblocking(read_end.as_fd()), "idle: blocking");
-        // This thread plays the worker. Only a privileged one can get its
-        // normal policy back (the daemon does not poll otherwise).
-        // SAFETY: geteuid has no preconditions.
-        let privileged = unsafe { libc::geteuid() } == 0;
-        assert_eq!(can_yield_cpu(), privileged);
-        assert_eq!(policy(), libc::SCHED_OTHER);
 
         poll.request_arrived(true);
         assert!(
@@ -270,11 +190,6 @@ mod tests {
             nonblocking(read_end.as_fd()),
             "a second one soon after does"
         );
-        assert_eq!(
-            policy(),
-            libc::SCHED_IDLE,
-            "the poller only takes a spare CPU"
-        );
         // Requests closer together than the window keep it polling.
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(5));
@@ -287,13 +202,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(!nonblocking(read_end.as_fd()), "quiet: blocking again");
-        if privileged {
-            assert_eq!(
-                policy(),
-                libc::SCHED_OTHER,
-                "the sleeper has its priority back"
-            );
-        }
         // And it starts again with the next burst.
         poll.request_arrived(true);
         poll.request_arrived(true);
@@ -301,8 +209,5 @@ mod tests {
         // A request that waits on ZooKeeper ends it at once.
         poll.request_deferred();
         assert!(!nonblocking(read_end.as_fd()));
-        if privileged {
-            assert_eq!(policy(), libc::SCHED_OTHER);
-        }
     }
 }
