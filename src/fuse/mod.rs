@@ -166,7 +166,12 @@ impl<B: ZkBackend> ZkFuse<B> {
         };
         let mut cx = Context::from_waker(Waker::noop());
         match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(r) => report(r),
+            Poll::Ready(r) => {
+                report(r);
+                if let Some(poll) = &self.busy_poll {
+                    poll.request_answered();
+                }
+            }
             Poll::Pending => {
                 if let Some(poll) = &self.busy_poll {
                     poll.request_deferred();
