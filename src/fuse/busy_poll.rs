@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 /// not give way waits for the scheduler's tick: 4 ms at `HZ=250`. Measured
 /// with a reader polling a node on a 2-vCPU machine: change propagation p99
 /// 3–4 ms without yielding, 0.6–0.7 ms with a yield at most every 0.5 ms;
-/// yielding after every answer cost the cached-read loop 5–10 µs (the
-/// woken reader then often ran on the worker's CPU).
+/// yielding after every answer cost the cached-read loop 5–10 µs (cause not
+/// traced).
 const YIELD_EVERY: Duration = Duration::from_micros(500);
 
 /// Switches the FUSE device between polling and sleeping.
