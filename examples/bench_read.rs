@@ -104,7 +104,7 @@ fn main() {
     row("cat through zkfs", &cat_zkfs, Some(&cat_tmpfs));
 
     // On a virtual machine the loop's speed moves in steps while it runs
-    // (the same loop alternates between ~10, ~15 and ~25 us for seconds at
+    // (the same loop alternates between ~11, ~16 and ~30 us for seconds at
     // a time, with no steal time and no change in zkfs): several rounds,
     // alternating with tmpfs, and every round's median printed, so that one
     // lucky or unlucky stretch does not make the figure.

@@ -14,9 +14,9 @@
 //! the scheduler's next tick.
 //!
 //! Owns only the device's `O_NONBLOCK` flag, the governor thread and the
-//! worker's yields. It knows
-//! nothing of requests beyond "one arrived now"; fuser's worker loop retries
-//! reads that find nothing (`EAGAIN`), which is what polls.
+//! worker's yields. It knows nothing of requests beyond "one arrived now" and
+//! "one was answered"; fuser's worker loop retries reads that find nothing
+//! (`EAGAIN`), which is what polls.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 /// the same host, anything) queued behind a busy-looping thread that does
 /// not give way waits for the scheduler's tick: 4 ms at `HZ=250`. Measured
 /// with a reader polling a node on a 2-vCPU machine: change propagation p99
-/// 3–4 ms without yielding, 0.6–0.7 ms with a yield at most every 0.5 ms;
+/// 3–4 ms without yielding, 0.6–0.9 ms with a yield at most every 0.5 ms;
 /// yielding after every answer cost the cached-read loop 5–10 µs (cause not
 /// traced).
 const YIELD_EVERY: Duration = Duration::from_micros(500);
