@@ -98,7 +98,7 @@ impl Harness {
 
     async fn cat(&self, path: &str) -> Result<Vec<u8>, FsError> {
         let attr = self.resolve(path).await?;
-        let (fh, _) = self.fs.open(attr.ino, OpenMode::default()).await?;
+        let fh = self.fs.open(attr.ino, OpenMode::default(), 1).await?.fh;
         let (data, start, end) = self.fs.read(fh, 0, 1 << 30).await?;
         self.fs.release(fh).await?;
         Ok(data[start..end].to_vec())
@@ -236,7 +236,13 @@ async fn another_clients_changes_become_visible() {
     );
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"version-2");
     let after = h.resolve("/cfg").await.expect("stat");
-    assert_eq!(after.ino, before.ino);
+    // Another client's version is another inode: the old one keeps its
+    // size and pages for whoever still reads it, and is stale for the rest.
+    assert_ne!(after.ino, before.ino);
+    assert!(matches!(
+        h.fs.getattr(before.ino).await,
+        Err(FsError::Stale(_))
+    ));
     assert_eq!(after.size, 9);
     assert!(
         after.mtime_ns > before.mtime_ns,
@@ -487,10 +493,10 @@ impl Harness {
             .await?
             .ino;
         let fh = match self.fs.lookup(dir_ino, OsStr::new(name)).await {
-            Ok(entry) => self.fs.open(entry.attr.ino, mode).await?.0,
+            Ok(entry) => self.fs.open(entry.attr.ino, mode, 1).await?.fh,
             Err(FsError::NotFound(_)) => {
                 self.fs
-                    .create(dir_ino, OsStr::new(name), mode, false)
+                    .create(dir_ino, OsStr::new(name), mode, false, 1)
                     .await?
                     .1
             }
@@ -515,7 +521,7 @@ async fn created_file_appears_complete_at_close() {
     let h = harness();
     let root = ROOT_INO;
     let (entry, fh) =
-        h.fs.create(root, OsStr::new("new.json"), WRITE_TRUNC, true)
+        h.fs.create(root, OsStr::new("new.json"), WRITE_TRUNC, true, 1)
             .await
             .expect("create");
     h.fs.write(fh, 0, b"{\"a\":").await.expect("write");
@@ -539,12 +545,12 @@ async fn created_file_appears_complete_at_close() {
     assert_eq!(h.cat("/new.json").await.expect("read back"), b"{\"a\":1}");
     // O_EXCL against an existing node.
     let err =
-        h.fs.create(root, OsStr::new("new.json"), WRITE_TRUNC, true)
+        h.fs.create(root, OsStr::new("new.json"), WRITE_TRUNC, true, 1)
             .await;
     assert_eq!(err.map(|_| ()).map_err(|e| e.errno()), Err(libc::EEXIST));
     // touch: an empty file stays a file.
     let (_, fh) =
-        h.fs.create(root, OsStr::new("empty"), WRITE_TRUNC, false)
+        h.fs.create(root, OsStr::new("empty"), WRITE_TRUNC, false, 1)
             .await
             .expect("touch");
     h.fs.release(fh).await.expect("release");
@@ -567,7 +573,7 @@ async fn one_versioned_set_data_per_close_and_conflicts_are_estale() {
 
     // Another client writes between our open and our close.
     let ino = h.resolve("/cfg").await.expect("cfg").ino;
-    let (fh, _) = h.fs.open(ino, WRITE_TRUNC).await.expect("open");
+    let fh = h.fs.open(ino, WRITE_TRUNC, 1).await.expect("open").fh;
     h.apply(h.zk.set("/cfg", b"theirs"));
     h.fs.write(fh, 0, b"ours").await.expect("buffered");
     let err = h.fs.flush(fh).await.expect_err("conflict");
@@ -601,7 +607,7 @@ async fn append_offsets_and_truncate() {
         truncate: false,
         append: false,
     };
-    let (fh, _) = h.fs.open(ino, rw).await.expect("open");
+    let fh = h.fs.open(ino, rw, 1).await.expect("open").fh;
     h.fs.write(fh, 7, b"!").await.expect("write");
     h.fs.release(fh).await.expect("close");
     assert_eq!(h.zk.data("/f").as_deref(), Some(&b"hello\0\0!"[..]));
@@ -615,7 +621,7 @@ async fn refusals_have_precise_errnos() {
     let ino = h.resolve("/f").await.expect("f").ino;
     let errno = |r: Result<(), FsError>| r.map_err(|e| e.errno());
     // Too big (max_data is 1000 in this harness) at the write that crosses it.
-    let (fh, _) = h.fs.open(ino, WRITE_TRUNC).await.expect("open");
+    let fh = h.fs.open(ino, WRITE_TRUNC, 1).await.expect("open").fh;
     h.fs.write(fh, 0, &[b'a'; 600])
         .await
         .expect("first half fits");
@@ -635,7 +641,7 @@ async fn refusals_have_precise_errnos() {
     );
     assert_eq!(
         errno(
-            h.fs.create(root, OsStr::new("a\u{1}b"), WRITE_TRUNC, false)
+            h.fs.create(root, OsStr::new("a\u{1}b"), WRITE_TRUNC, false, 1)
                 .await
                 .map(|_| ())
         ),
@@ -721,7 +727,7 @@ async fn rename_is_one_transaction() {
     let a = h.resolve("/a").await.expect("a");
     let flags = RenameFlags::default();
     // Onto an existing file: setData target + delete source.
-    h.fs.rename(root, OsStr::new("a"), root, OsStr::new("b"), flags)
+    h.fs.rename(root, OsStr::new("a"), root, OsStr::new("b"), flags, 1)
         .await
         .expect("mv a b");
     h.deliver_own();
@@ -730,7 +736,7 @@ async fn rename_is_one_transaction() {
     // The kernel keeps a's inode under the new name: it must still work.
     assert_eq!(h.fs.getattr(a.ino).await.expect("moved inode").size, 1);
     // To a new name: create + delete.
-    h.fs.rename(root, OsStr::new("b"), root, OsStr::new("c"), flags)
+    h.fs.rename(root, OsStr::new("b"), root, OsStr::new("c"), flags, 1)
         .await
         .expect("mv b c");
     h.deliver_own();
@@ -745,7 +751,7 @@ async fn rename_is_one_transaction() {
     let errno = |r: Result<(), FsError>| r.map_err(|e| e.errno());
     assert_eq!(
         errno(
-            h.fs.rename(root, OsStr::new("c"), root, OsStr::new("d"), noreplace)
+            h.fs.rename(root, OsStr::new("c"), root, OsStr::new("d"), noreplace, 1)
                 .await
         ),
         Err(libc::EEXIST)
@@ -754,7 +760,7 @@ async fn rename_is_one_transaction() {
     h.apply(h.zk.create("/p/kid", b"k", 0));
     assert_eq!(
         errno(
-            h.fs.rename(root, OsStr::new("p"), root, OsStr::new("q"), flags)
+            h.fs.rename(root, OsStr::new("p"), root, OsStr::new("q"), flags, 1)
                 .await
         ),
         Err(libc::EXDEV)
@@ -764,7 +770,7 @@ async fn rename_is_one_transaction() {
     h.zk.set("/c", b"changed").expect("silent change");
     assert_eq!(
         errno(
-            h.fs.rename(root, OsStr::new("c"), root, OsStr::new("e"), flags)
+            h.fs.rename(root, OsStr::new("c"), root, OsStr::new("e"), flags, 1)
                 .await
         ),
         Err(libc::ESTALE)
