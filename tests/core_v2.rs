@@ -217,7 +217,7 @@ fn vim_saves_ten_times_in_a_row() {
     let commands: String = (0..10).map(|i| format!("normal Go{i}\nw\n")).collect();
     fs::write(ex.path().join("saves.vim"), format!("{commands}q\n")).expect("vim script");
     let script = format!(
-        "vim -u NONE -i NONE -N -n -es -S {} cfg; echo rc=$?",
+        "vim -u NONE -i NONE -N -es -S {} cfg; echo rc=$?",
         ex.path().join("saves.vim").display()
     );
     let (_, out, err) = shell(m, &script);
@@ -391,8 +391,25 @@ fn two_mounts_running_sed_i_lose_no_edit_silently() {
     );
 }
 
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Connections dropped and refused.
+    Cut,
+    /// Connections open, nothing gets through.
+    Blackhole,
+}
+
 #[test]
-fn a_failed_close_is_never_applied_later() {
+fn a_failed_close_is_never_applied_later_server_cut_off() {
+    failed_close_is_final(Fault::Cut);
+}
+
+#[test]
+fn a_failed_close_is_never_applied_later_server_blackholed() {
+    failed_close_is_final(Fault::Blackhole);
+}
+
+fn failed_close_is_final(fault: Fault) {
     let zk = shared_zk();
     let root = unique_root("failclose");
     let other = Other::connect(&zk);
@@ -402,12 +419,15 @@ fn a_failed_close_is_never_applied_later() {
     let proxy = Proxy::start(&zk);
     let mut mount = Mount::start(
         &format!("{}{root}", proxy.address()),
-        &["--session-timeout", "30s", "--op-timeout", "1s"],
+        &["--session-timeout", "6s", "--op-timeout", "1s"],
     );
     let m = mount.path().to_path_buf();
     assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "before");
     assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "before");
-    proxy.cut();
+    match fault {
+        Fault::Cut => proxy.cut(),
+        Fault::Blackhole => proxy.blackhole(),
+    }
     wait_until("disconnected", DEADLINE, || {
         xattr_string(&m, "user.zkfs.state") == "disconnected"
     });
@@ -489,4 +509,61 @@ fn posix_details_names_nlink_dangling_symlinks_and_truncate() {
         assert_eq!(rc, 0, "{err}");
         assert_eq!(out, "", "round {i}: old content after : > t");
     }
+}
+
+/// Everything the mount was told before ZooKeeper became unreachable is
+/// applied and served during the outage.
+#[test]
+fn changes_told_before_an_outage_are_served_during_it() {
+    let zk = shared_zk();
+    let root = unique_root("preoutage");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/d"), b"dir data");
+    other.create(&format!("{root}/d/last"), b"child");
+    other.create(&format!("{root}/f"), b"file data");
+    other.create(&format!("{root}/listed"), b"");
+    other.create(&format!("{root}/listed/a"), b"a");
+    let proxy = Proxy::start(&zk);
+    let mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &["--session-timeout", "30s", "--op-timeout", "1s"],
+    );
+    let m = mount.path();
+    // What the mount knows before: d a directory, f a file, listed listed.
+    assert!(m.join("d").is_dir());
+    assert_eq!(fs::read_to_string(m.join("f")).expect("cat f"), "file data");
+    let names = |p: &Path| {
+        let mut v: Vec<String> = fs::read_dir(p)
+            .unwrap_or_else(|e| panic!("ls {}: {e}", p.display()))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&m.join("listed")), ["a"]);
+    assert_eq!(names(m), ["d", "f", "listed"]);
+
+    other.delete(&format!("{root}/d/last"));
+    other.create(&format!("{root}/f/child"), b"c");
+    other.create(&format!("{root}/listed/b"), b"b");
+    // Watch events arrive in order: once the marker's is applied, so are
+    // the three before it.
+    other.create(&format!("{root}/marker"), b"m");
+    wait_until("marker event applied", DEADLINE, || {
+        m.join("marker").exists()
+    });
+    proxy.cut();
+    wait_until("disconnected", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "disconnected"
+    });
+    let d = fs::metadata(m.join("d")).expect("stat d");
+    assert!(d.is_file(), "d lost its last child: a file now, not {d:?}");
+    assert_eq!(fs::read_to_string(m.join("d")).expect("cat d"), "dir data");
+    assert!(
+        fs::metadata(m.join("f")).expect("stat f").is_dir(),
+        "f gained a child"
+    );
+    assert_eq!(names(&m.join("listed")), ["a", "b"]);
+    proxy.restore();
 }

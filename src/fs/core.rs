@@ -893,6 +893,29 @@ impl<B: ZkBackend> ZkFs<B> {
                     });
                     continue;
                 }
+                // Known to exist (an event said so before ZooKeeper became
+                // unreachable) but never read: list it, as a file with no
+                // content yet, rather than fail the whole listing.
+                Err(e) if e.is_connectivity() => {
+                    let ino =
+                        lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, 0, 0);
+                    let p = &self.config.presentation;
+                    entries.push(DirEntry {
+                        name,
+                        attr: Attr {
+                            ino,
+                            kind: FileKind::RegularFile,
+                            size: 0,
+                            mtime_ns: 0,
+                            crtime_ms: 0,
+                            perm: p.file_mode & !0o222,
+                            nlink: 1,
+                            uid: p.uid,
+                            gid: p.gid,
+                        },
+                    });
+                    continue;
+                }
                 Err(e) => return Err(FsError::zk(&child, "getData", e)),
             };
             let kind = self.kind_of(&child, &view);

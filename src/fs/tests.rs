@@ -45,7 +45,7 @@ fn harness_with_limit(limit: usize) -> Harness {
     let zk = Arc::new(FakeZk::new());
     let invalidations = Recorder::default();
     let fs = ZkFs::new(
-        Store::new(zk.clone(), limit),
+        Store::new(zk.clone(), limit).with_connect_wait(std::time::Duration::from_millis(300)),
         FsConfig {
             root: "/".into(),
             data_name: ".data".into(),
@@ -857,5 +857,132 @@ async fn registrations_are_ephemeral_and_come_back_after_expiry() {
     assert_eq!(
         names(&h.ls("/services/web/servers").await.expect("ls")),
         ["10.0.0.5:8080"]
+    );
+}
+
+// ------------------------------------------------- faults and cancellation
+
+use crate::zk::fake::WriteFault;
+
+impl Harness {
+    /// Open `path` for writing (truncating) and buffer `content`; the handle.
+    async fn buffered(&self, path: &str, content: &[u8]) -> u64 {
+        let ino = self.resolve(path).await.expect("resolve").ino;
+        let fh = self.fs.open(ino, WRITE_TRUNC, 1).await.expect("open").fh;
+        self.fs.write(fh, 0, content).await.expect("write");
+        fh
+    }
+
+    /// Bring the connection back after `ms` (the store waits for it).
+    async fn reconnect_after(&self, ms: u64) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        self.zk.set_connected(true);
+    }
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.inject(WriteFault::LostAnswer);
+    let (flushed, ()) = tokio::join!(h.fs.flush(fh), h.reconnect_after(50));
+    assert_eq!(flushed, Ok(()), "applied, so reported applied");
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v2"[..]));
+    assert_eq!(h.zk.stat("/cfg").map(|s| s.version), Some(1), "one setData");
+    assert_eq!(h.zk.writes_received(), 1);
+    h.fs.release(fh).await.expect("release");
+    assert_eq!(h.zk.writes_received(), 1, "release sends nothing more");
+    assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
+}
+
+#[tokio::test]
+async fn a_lost_request_is_sent_again_on_the_new_connection_once() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.inject(WriteFault::LostRequest);
+    let (flushed, ()) = tokio::join!(h.fs.flush(fh), h.reconnect_after(50));
+    assert_eq!(flushed, Ok(()));
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v2"[..]));
+    assert_eq!(h.zk.stat("/cfg").map(|s| s.version), Some(1));
+    assert_eq!(h.zk.writes_received(), 1, "the lost one never arrived");
+}
+
+#[tokio::test]
+async fn a_close_that_failed_while_disconnected_is_never_sent_later() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.set_connected(false);
+    let err =
+        h.fs.flush(fh)
+            .await
+            .expect_err("no connection within the wait");
+    assert_eq!(err.errno(), libc::ETIMEDOUT, "{err}");
+    h.zk.set_connected(true);
+    h.fs.fsync(fh).await.expect("nothing left to send");
+    h.fs.release(fh).await.expect("release");
+    assert_eq!(
+        h.zk.writes_received(),
+        0,
+        "the failed content was sent later"
+    );
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v1"[..]));
+}
+
+#[tokio::test]
+async fn a_dropped_flush_is_never_sent_later() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.set_connected(false);
+    {
+        // Polled until it waits for the connection, then dropped.
+        let flush = h.fs.flush(fh);
+        tokio::pin!(flush);
+        let polled = tokio::time::timeout(std::time::Duration::from_millis(30), &mut flush).await;
+        assert!(polled.is_err(), "still waiting for a connection");
+    }
+    h.zk.set_connected(true);
+    h.fs.release(fh).await.expect("release");
+    assert_eq!(h.zk.writes_received(), 0);
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v1"[..]));
+}
+
+#[tokio::test]
+async fn a_late_answer_never_leaves_the_cache_believing_an_old_value() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    assert_eq!(h.cat("/cfg").await.expect("cat"), b"v1");
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.inject(WriteFault::LateAnswer(100));
+    let other = async {
+        // While our answer is on its way: our write's echo, then another
+        // client's change (and its event).
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        h.deliver_own();
+        h.apply(h.zk.set("/cfg", b"v3-other"));
+    };
+    let (flushed, ()) = tokio::join!(h.fs.flush(fh), other);
+    assert_eq!(flushed, Ok(()));
+    assert_eq!(h.cat("/cfg").await.expect("cat"), b"v3-other");
+}
+
+#[tokio::test]
+async fn a_failed_write_retires_the_inode_the_kernel_sized_for_it() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"a longer value", 0));
+    let before = h.resolve("/cfg").await.expect("stat").ino;
+    let fh = h.buffered("/cfg", b"x").await;
+    h.apply(h.zk.set("/cfg", b"changed by another client"));
+    let err = h.fs.flush(fh).await.expect_err("conflict");
+    assert_eq!(err.errno(), libc::ESTALE);
+    let after = h.resolve("/cfg").await.expect("stat");
+    assert_ne!(after.ino, before, "a fresh inode for the name");
+    assert_eq!(after.size, 25);
+    assert_eq!(
+        h.cat("/cfg").await.expect("cat"),
+        b"changed by another client"
     );
 }

@@ -470,6 +470,14 @@ impl<B: ZkBackend> Store<B> {
                 }
             }
         }
+        // Unreachable: what was never read stays unknown; a listing shows
+        // such nodes from what it was told (no waiting for each of them).
+        if !to_fetch.is_empty() && !self.backend.is_connected() {
+            for &i in &to_fetch {
+                results[i] = Some(Err(ZkError::ConnectionLoss));
+            }
+            to_fetch.clear();
+        }
         // Data only: ACLs of a bulk load follow separately (`load_acls`).
         let fetch_paths: Vec<&str> = to_fetch.iter().map(|&i| paths[i].as_str()).collect();
         let sizes = self.known_sizes(&fetch_paths);
