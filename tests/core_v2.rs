@@ -502,6 +502,22 @@ fn posix_details_names_nlink_dangling_symlinks_and_truncate() {
         "target"
     );
 
+    // Renaming onto a file made after the source (pjdfstest rename/23).
+    fs::write(m.join("older"), "o").expect("older");
+    fs::write(m.join("newer"), "n").expect("newer");
+    fs::rename(m.join("older"), m.join("newer")).expect("mv older newer");
+    assert_eq!(fs::read_to_string(m.join("newer")).expect("cat"), "o");
+    // A link target too long to be read back as a pointer is refused
+    // before anything is created (pjdfstest symlink/03).
+    let long = "t".repeat(200);
+    let long_target = [long.as_str(); 6].join("/");
+    let err = std::os::unix::fs::symlink(&long_target, m.join("longlink")).expect_err("too long");
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG), "{err}");
+    assert!(
+        fs::symlink_metadata(m.join("longlink")).is_err(),
+        "nothing created"
+    );
+
     // `: > f` is visible at once.
     for i in 0..20 {
         fs::write(m.join("t"), format!("content {i}")).expect("write t");

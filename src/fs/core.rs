@@ -169,7 +169,7 @@ pub struct ZkFs<B: ZkBackend> {
     /// rename by that process over the node is checked against it, so an
     /// edit based on an old read fails instead of silently losing another
     /// writer's change (`sed -i`, editors' atomic saves).
-    pub(super) reads: Mutex<lru::LruCache<(u32, String), i32>>,
+    pub(super) reads: Mutex<lru::LruCache<(u32, String), (i32, i64)>>,
     /// Ephemeral nodes this mount created and still owns, with their last
     /// data: re-created after a session expiry.
     pub(super) registrations: Mutex<HashMap<String, Vec<u8>>>,
@@ -647,7 +647,10 @@ impl<B: ZkBackend> ZkFs<B> {
             lock(&self.inodes).is_current(ino) && self.check_version(&inode, &view).is_ok();
         let attr = shows_it.then(|| self.attr_for(ino, &inode.path, inode.role, inode.kind, &view));
         if inode.role == Role::Node {
-            lock(&self.reads).put((pid, inode.path.to_string()), view.stat.version);
+            lock(&self.reads).put(
+                (pid, inode.path.to_string()),
+                (view.stat.version, view.stat.czxid),
+            );
         }
         if mode.write {
             let writer = super::write::Writer::existing(&data, view.stat.version, mode);

@@ -27,4 +27,6 @@ pub use error::FsError;
 pub use write::RenameFlags;
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;

@@ -35,9 +35,9 @@ impl MountStatus for NoStatus {
     }
 }
 
-struct Harness {
-    zk: Arc<FakeZk>,
-    fs: ZkFs<Arc<FakeZk>>,
+pub(super) struct Harness {
+    pub(super) zk: Arc<FakeZk>,
+    pub(super) fs: ZkFs<Arc<FakeZk>>,
     invalidations: Recorder,
 }
 
@@ -74,13 +74,13 @@ fn harness_with_limit(limit: usize) -> Harness {
     }
 }
 
-fn harness() -> Harness {
+pub(super) fn harness() -> Harness {
     harness_with_limit(1 << 20)
 }
 
 impl Harness {
     /// "Another client" changes the tree; the watch delivers the events.
-    fn apply(&self, events: Result<Vec<NodeEvent>, crate::zk::ZkError>) {
+    pub(super) fn apply(&self, events: Result<Vec<NodeEvent>, crate::zk::ZkError>) {
         for event in events.expect("fake zk mutation") {
             self.fs.apply_event(&event);
         }
@@ -480,7 +480,7 @@ async fn randomized_other_client_changes_match_reference_model() {
 
 impl Harness {
     /// Deliver the watch events our own writes caused.
-    fn deliver_own(&self) {
+    pub(super) fn deliver_own(&self) {
         for event in self.zk.take_own_events() {
             self.fs.apply_event(&event);
         }
@@ -510,7 +510,7 @@ impl Harness {
     }
 }
 
-const WRITE_TRUNC: OpenMode = OpenMode {
+pub(super) const WRITE_TRUNC: OpenMode = OpenMode {
     write: true,
     truncate: true,
     append: false,
@@ -765,17 +765,24 @@ async fn rename_is_one_transaction() {
         ),
         Err(libc::EXDEV)
     );
-    // The source changed behind our back (event not yet seen): nothing happens.
-    h.resolve("/c").await.expect("cache c");
+    // The source changed behind our back (event not yet seen): the rename
+    // moves what the server holds (read fresh), never the stale cached copy,
+    // and the name gets a fresh inode for it.
+    let before = h.resolve("/c").await.expect("cache c").ino;
     h.zk.set("/c", b"changed").expect("silent change");
     assert_eq!(
         errno(
             h.fs.rename(root, OsStr::new("c"), root, OsStr::new("e"), flags, 1)
                 .await
         ),
-        Err(libc::ESTALE)
+        Ok(())
     );
-    assert!(h.zk.exists("/c") && !h.zk.exists("/e"));
+    h.deliver_own();
+    assert!(!h.zk.exists("/c"));
+    assert_eq!(h.zk.data("/e").as_deref(), Some(&b"changed"[..]));
+    let after = h.resolve("/e").await.expect("e");
+    assert_ne!(after.ino, before, "the moved inode showed an older version");
+    assert_eq!(h.cat("/e").await.expect("cat e"), b"changed");
 }
 
 #[tokio::test]
@@ -874,7 +881,7 @@ impl Harness {
     }
 
     /// Bring the connection back after `ms` (the store waits for it).
-    async fn reconnect_after(&self, ms: u64) {
+    pub(super) async fn reconnect_after(&self, ms: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         self.zk.set_connected(true);
     }

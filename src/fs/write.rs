@@ -410,8 +410,10 @@ impl<B: ZkBackend> ZkFs<B> {
             Ok(()) => {
                 w.state = WriteState::Clean;
                 // What this process now bases its edits on is its own write.
-                if let Some(version) = w.base_version {
-                    lock(&self.reads).put((pid, path.clone()), version);
+                if let (Some(version), Some(czxid)) =
+                    (w.base_version, self.store.peek(&path).map(|v| v.stat.czxid))
+                {
+                    lock(&self.reads).put((pid, path.clone()), (version, czxid));
                 }
             }
             Err(_) => self.after_failed_write(ino, &path),
@@ -691,26 +693,42 @@ impl<B: ZkBackend> ZkFs<B> {
                 "a directory's data file moves by copy (mv falls back to copying)",
             ));
         }
-        let src_view = self.view(&src).await?;
-        if src_view.stat.num_children > 0 {
+        let src_before = self.view(&src).await?;
+        if src_before.stat.num_children > 0 {
             return Err(FsError::CrossDevice(
                 src,
                 "a node with children cannot be renamed in one transaction (mv falls back to copying)",
             ));
         }
-        let src_kind = self.kind_of(&src, &src_view);
+        let src_kind = self.kind_of(&src, &src_before);
+        // Both nodes as the server has them now: the transaction's versions
+        // must not come from a cache an event has not reached yet (a node
+        // deleted and re-created is at version 0 again).
         let (data, src_view) = self
             .store
-            .data(&src)
+            .read_fresh(&src)
             .await
             .map_err(|e| FsError::zk(&src, "getData", e))?;
+        let known_czxid = {
+            let inodes = lock(&self.inodes);
+            inodes
+                .node_ino(&src)
+                .and_then(|ino| inodes.get(ino).map(|i| i.czxid))
+                .unwrap_or(src_before.stat.czxid)
+        };
+        if src_view.stat.czxid != known_czxid {
+            return Err(FsError::Conflict {
+                path: src.clone(),
+                detail: "re-created by another client; nothing was renamed".into(),
+            });
+        }
         let acl = self
             .store
             .acl(&src)
             .await
             .map_err(|e| FsError::zk(&src, "getACL", e))?;
-        let dst_view = match self.store.node(&dst).await {
-            Ok(v) => Some(v),
+        let dst_view = match self.store.read_fresh(&dst).await {
+            Ok((_, v)) => Some(v),
             Err(ZkError::NoNode) => None,
             Err(e) => return Err(FsError::zk(&dst, "getData", e)),
         };
@@ -803,11 +821,26 @@ impl<B: ZkBackend> ZkFs<B> {
         let old_dst = lock(&self.inodes).node_ino(&dst);
         if let Some(ino) = src_ino {
             let mut inodes = lock(&self.inodes);
+            // The inode showed the version that moved (it may not have, if
+            // another client changed the source just before: then its pages
+            // are of an older version, and the name gets a fresh inode).
+            let showed_moved = inodes
+                .get(ino)
+                .is_some_and(|i| !i.is_content() || i.version == Some(src_view.stat.mzxid));
             match identity {
                 // The kernel moved the source's inode to the new name: same number.
-                Some((czxid, mzxid)) => inodes.move_to(ino, &dst, src_kind, czxid, mzxid),
-                // Unknown identity: let the kernel look the name up again.
-                None => inodes.detach(&src),
+                Some((czxid, mzxid)) if showed_moved => {
+                    inodes.move_to(ino, &dst, src_kind, czxid, mzxid)
+                }
+                // Let the kernel look the name up again.
+                _ => {
+                    inodes.detach(&src);
+                    inodes.retire(ino);
+                    drop(inodes);
+                    self.invalidator
+                        .invalidate(super::core::Invalidation::Inode(ino));
+                    self.invalidate_path(&dst);
+                }
             }
         }
         // The kernel already moved its dentry; only the listings of both
@@ -837,11 +870,22 @@ impl<B: ZkBackend> ZkFs<B> {
         dst: &str,
         dst_view: &NodeView,
     ) -> Result<i32, FsError> {
-        if let Some(version) = lock(&self.reads).get(&(pid, dst.to_string())).copied() {
+        if let Some((version, czxid)) = lock(&self.reads).get(&(pid, dst.to_string())).copied() {
+            if czxid != dst_view.stat.czxid {
+                return Err(FsError::Conflict {
+                    path: dst.to_string(),
+                    detail: "deleted and re-created by another client since this process read it; \
+                             nothing was renamed"
+                        .into(),
+                });
+            }
             return Ok(version);
         }
         let created_here = self.overlay.kind(src) == Some(FileKind::RegularFile);
-        if created_here && dst_view.stat.mzxid > src_view.stat.czxid {
+        if created_here
+            && dst_view.stat.mzxid > src_view.stat.czxid
+            && !self.store.written_here(dst, dst_view.stat.mzxid)
+        {
             return Err(FsError::Conflict {
                 path: dst.to_string(),
                 detail: format!(
@@ -870,6 +914,13 @@ impl<B: ZkBackend> ZkFs<B> {
         let node =
             pointer::resolve_target(target, &dir, &self.config.mountpoint, &self.config.root)
                 .map_err(|why| FsError::CrossDevice(child.clone(), why))?;
+        if node.len() > pointer::MAX_POINTER_LEN {
+            // Longer data is never read as a pointer: it would show as a file.
+            return Err(FsError::NameTooLong(format!(
+                "{child} -> {node}: a link target longer than {} bytes (as a node path)",
+                pointer::MAX_POINTER_LEN
+            )));
+        }
         // The target may not exist yet (`tar x` and `rsync -a` create links
         // before their targets): this mount shows the link as a link
         // meanwhile; other mounts see a file until the target exists.

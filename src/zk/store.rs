@@ -90,6 +90,10 @@ pub struct Store<B: ZkBackend> {
     data_in_flight: Mutex<HashMap<String, Arc<Notify>>>,
     /// How long a write waits for a connection before it fails unsent.
     connect_wait: Duration,
+    /// The mzxid of the last write this mount made to each node it wrote
+    /// (forgotten when the node is deleted): whether a node's current
+    /// version is this mount's own.
+    own_versions: Mutex<HashMap<String, i64>>,
 }
 
 /// The expected echo of one of our writes, counted while the write is out:
@@ -159,6 +163,7 @@ impl<B: ZkBackend> Store<B> {
             acls_in_flight: Mutex::new(std::collections::HashSet::new()),
             data_in_flight: Mutex::new(HashMap::new()),
             connect_wait: Duration::from_secs(5),
+            own_versions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -273,6 +278,22 @@ impl<B: ZkBackend> Store<B> {
         match view.data.clone() {
             Some(data) => Ok((data, view)),
             // Evicted again at once (data larger than the whole cache budget).
+            None => {
+                let (data, stat) = self.backend.get_data(path).await?;
+                Ok((data.into(), NodeView { stat, ..view }))
+            }
+        }
+    }
+
+    /// The node's data and stat as the server has them now (never from the
+    /// cache; the cache is updated). For writes whose versions must not be
+    /// based on a cached state an event might not have reached yet: a
+    /// version alone cannot tell a node from one deleted and re-created at
+    /// the same version, the czxid of a fresh read can.
+    pub async fn read_fresh(&self, path: &str) -> Result<(Arc<[u8]>, NodeView), ZkError> {
+        let view = self.fetch_data_now(path).await?;
+        match view.data.clone() {
+            Some(data) => Ok((data, view)),
             None => {
                 let (data, stat) = self.backend.get_data(path).await?;
                 Ok((data.into(), NodeView { stat, ..view }))
@@ -416,6 +437,17 @@ impl<B: ZkBackend> Store<B> {
         match result {
             Ok((data, stat)) => {
                 let changed = cache.store_data(path, data, stat, ticket);
+                // The node exists: a parent whose cached children missed it
+                // (an event lost) must not answer "absent" for it any more.
+                if let Some(parent) = path::parent(path)
+                    && cache.get(parent).is_some_and(|p| {
+                        p.children.as_ref().map_or(p.stat.num_children == 0, |c| {
+                            !c.contains(path::basename(path))
+                        })
+                    })
+                {
+                    cache.add_child(parent, path::basename(path));
+                }
                 let view = cache.get(path).map(NodeView::of).ok_or(ZkError::NoNode)?;
                 Ok((view, changed))
             }
@@ -550,8 +582,30 @@ impl<B: ZkBackend> Store<B> {
         self.backend.get_acl(path).await
     }
 
+    /// Whether the node's version with this mzxid was written by this mount.
+    pub fn written_here(&self, path: &str, mzxid: i64) -> bool {
+        self.own_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            == Some(&mzxid)
+    }
+
+    fn note_own_version(&self, path: &str, mzxid: Option<i64>) {
+        let mut own = self.own_versions.lock().unwrap_or_else(|e| e.into_inner());
+        match mzxid {
+            Some(m) => {
+                own.insert(path.to_string(), m);
+            }
+            None => {
+                own.remove(path);
+            }
+        }
+    }
+
     /// Record a node we just wrote (created or set) with its new stat.
     fn record_written(&self, path: &str, data: Vec<u8>, stat: NodeStat, ticket: FetchTicket) {
+        self.note_own_version(path, Some(stat.mzxid));
         let mut cache = self.cache();
         cache.end_fetch(path, ticket);
         cache.store_data(path, data, stat, ticket);
@@ -565,6 +619,7 @@ impl<B: ZkBackend> Store<B> {
     }
 
     fn record_deleted(&self, path: &str) {
+        self.note_own_version(path, None);
         let mut cache = self.cache();
         cache.remove(path);
         if let Some(parent) = path::parent(path) {
@@ -839,6 +894,7 @@ impl<B: ZkBackend> Store<B> {
                         self.cache().mark_stale(path);
                         if let Ok(view) = self.fetch_data_now(path).await {
                             *stat = view.stat;
+                            self.note_own_version(path, Some(view.stat.mzxid));
                         }
                         continue;
                     }
@@ -876,6 +932,7 @@ impl<B: ZkBackend> Store<B> {
                 vec![Change::Created(path.to_string())]
             }
             NodeEventKind::Deleted => {
+                self.note_own_version(path, None);
                 cache.remove(path);
                 if let Some(parent) = parent {
                     cache.remove_child(parent, name);
