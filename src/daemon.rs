@@ -15,8 +15,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
@@ -398,6 +398,23 @@ fn run_foreground(
     // Read before anything could change the environment; only the process
     // systemd started (the foreground one) has NOTIFY_SOCKET.
     let notifier = Arc::new(Notifier::from_env());
+    // Handle signals from the start: one during a long connect attempt ends
+    // the start at once instead of when --connect-timeout runs out.
+    let mounted: Arc<Mutex<Option<Mounted>>> = Arc::default();
+    // Dropped when this function returns: tells the signal thread the
+    // session ended by itself after its unmount.
+    let (served_tx, served_rx) = std::sync::mpsc::channel::<()>();
+    let signal_thread = SignalThread {
+        signals,
+        log,
+        notifier: notifier.clone(),
+        mounted: mounted.clone(),
+        served: served_rx,
+    };
+    std::thread::Builder::new()
+        .name("zkfs-signals".into())
+        .spawn(move || signal_thread.run())
+        .map_err(|e| Failure::new(format!("cannot start signal thread: {e}")))?;
     let servers = crate::cli::normalize_servers(&args.servers).map_err(Failure::new)?;
     crate::memory::spawn_trimmer()
         .map_err(|e| Failure::new(format!("cannot start the memory trimmer thread: {e}")))?;
@@ -529,8 +546,16 @@ fn run_foreground(
     });
     config.clone_fd = std::env::var("ZKFS_FUSE_CLONE_FD").is_ok_and(|v| v == "1");
 
+    // Held while mounting, so a signal sees either no mount or a complete one.
+    let mut stage = mounted.lock().unwrap_or_else(|e| e.into_inner());
     let fuse_session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| Failure::new(format!("cannot mount on {}: {e}", mountpoint.display())))?;
+    *stage = Some(Mounted {
+        mountpoint: mountpoint.clone(),
+        session: session.clone(),
+        runtime: runtime.handle().clone(),
+    });
+    drop(stage);
     if let Some(poll) = &busy_poll {
         poll.attach(std::os::fd::AsFd::as_fd(&fuse_session))
             .map_err(|e| Failure::new(format!("cannot start device polling: {e}")))?;
@@ -582,23 +607,6 @@ fn run_foreground(
         });
     }
 
-    // Dropped when this function returns: tells the signal thread the
-    // session ended by itself after its unmount.
-    let (served_tx, served_rx) = std::sync::mpsc::channel::<()>();
-    let signal_thread = SignalThread {
-        signals,
-        mountpoint: mountpoint.clone(),
-        log,
-        notifier: notifier.clone(),
-        session: session.clone(),
-        runtime: runtime.handle().clone(),
-        served: served_rx,
-    };
-    std::thread::Builder::new()
-        .name("zkfs-signals".into())
-        .spawn(move || signal_thread.run())
-        .map_err(|e| Failure::new(format!("cannot start signal thread: {e}")))?;
-
     info!(servers = %servers, root = %args.root, mountpoint = %mountpoint.display(), "mounted");
     reporter.ready();
     notifier.ready();
@@ -621,14 +629,20 @@ async fn close_session(session: &ZkSession) {
     }
 }
 
+/// What a shutdown acts on once the file system is mounted.
+struct Mounted {
+    mountpoint: PathBuf,
+    session: Arc<ZkSession>,
+    runtime: tokio::runtime::Handle,
+}
+
 /// Waits for SIGTERM, SIGINT and SIGHUP (blocked in every other thread).
 struct SignalThread {
     signals: libc::sigset_t,
-    mountpoint: PathBuf,
     log: LogHandle,
     notifier: Arc<Notifier>,
-    session: Arc<ZkSession>,
-    runtime: tokio::runtime::Handle,
+    /// `None` until the file system is mounted.
+    mounted: Arc<Mutex<Option<Mounted>>>,
     served: std::sync::mpsc::Receiver<()>,
 }
 
@@ -653,9 +667,17 @@ impl SignalThread {
                 }
                 continue;
             }
-            info!(signal = sig, mountpoint = %self.mountpoint.display(), "signal received; unmounting");
             self.notifier.stopping();
-            if let Err(e) = detach(&self.mountpoint) {
+            let stage = self.mounted.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(mounted) = stage.as_ref() else {
+                info!(
+                    signal = sig,
+                    "signal received before the mount was made; exiting"
+                );
+                std::process::exit(0);
+            };
+            info!(signal = sig, mountpoint = %mounted.mountpoint.display(), "signal received; unmounting");
+            if let Err(e) = detach(&mounted.mountpoint) {
                 warn!(error = %e, "unmount on signal failed");
             }
             // The kernel ends the FUSE session once the mount is gone; the
@@ -666,7 +688,7 @@ impl SignalThread {
                 warn!(
                     "files on the detached mount are still open; exiting without waiting for them"
                 );
-                self.runtime.block_on(close_session(&self.session));
+                mounted.runtime.block_on(close_session(&mounted.session));
                 std::process::exit(0);
             }
             return;

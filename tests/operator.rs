@@ -279,6 +279,50 @@ fn sigterm_with_a_file_open_on_the_mount_still_ends_within_a_second() {
     drop(held);
 }
 
+/// Whether `pid`'s main thread blocks SIGTERM (zkfs's signal handling is set up).
+fn blocks_sigterm(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+#[test]
+fn sigterm_while_still_connecting_ends_the_start_at_once() {
+    // Nothing listens there: the daemon would wait out --connect-timeout.
+    let servers = format!("127.0.0.1:{}", common::free_port());
+    let spot = Spot::new("sigconnect");
+    let mut child = Command::new(zkfs_bin())
+        .args([
+            "mount",
+            "--foreground",
+            "--connect-timeout",
+            "60s",
+            &servers,
+            &spot.arg(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn zkfs");
+    let pid = child.id();
+    wait_until("the daemon handles signals", DEADLINE, || {
+        blocks_sigterm(pid)
+    });
+    kill(pid as i32, libc::SIGTERM);
+    let mut status = None;
+    wait_until("the daemon exits after SIGTERM", SIGNAL_BOUND, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert!(!is_mounted(spot.path()));
+}
+
 #[test]
 fn sighup_reopens_the_log_file() {
     let zk = shared_zk();
