@@ -6,6 +6,7 @@
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{debug, warn};
 
@@ -15,13 +16,16 @@ pub const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
 /// Where notifications go, read once from the environment.
 pub struct Notifier {
     addr: Option<SocketAddr>,
+    /// STOPPING=1 goes out once, whichever of the signal thread and the
+    /// end of the session loop gets there first.
+    stopping_sent: AtomicBool,
 }
 
 impl Notifier {
     /// From `NOTIFY_SOCKET`; a malformed value is logged and ignored.
     pub fn from_env() -> Notifier {
         let Some(value) = std::env::var_os(NOTIFY_SOCKET_ENV) else {
-            return Notifier { addr: None };
+            return Notifier::with(None);
         };
         let text = value.to_string_lossy().into_owned();
         let addr = match text.strip_prefix('@') {
@@ -29,15 +33,22 @@ impl Notifier {
             None if text.starts_with('/') => SocketAddr::from_pathname(&text),
             None => {
                 warn!(socket = %text, "NOTIFY_SOCKET is neither a path nor @abstract; not notifying");
-                return Notifier { addr: None };
+                return Notifier::with(None);
             }
         };
         match addr {
-            Ok(addr) => Notifier { addr: Some(addr) },
+            Ok(addr) => Notifier::with(Some(addr)),
             Err(e) => {
                 warn!(socket = %text, error = %e, "unusable NOTIFY_SOCKET; not notifying");
-                Notifier { addr: None }
+                Notifier::with(None)
             }
+        }
+    }
+
+    fn with(addr: Option<SocketAddr>) -> Notifier {
+        Notifier {
+            addr,
+            stopping_sent: AtomicBool::new(false),
         }
     }
 
@@ -59,6 +70,8 @@ impl Notifier {
     }
 
     pub fn stopping(&self) {
-        self.send("STOPPING=1");
+        if !self.stopping_sent.swap(true, Ordering::SeqCst) {
+            self.send("STOPPING=1");
+        }
     }
 }

@@ -393,6 +393,17 @@ fn notify_socket_gets_ready_once_mounted_and_stopping_on_sigterm() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
     assert!(!is_mounted(spot.path()));
+    // Everything it sent is queued by now: nothing more than those two.
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 64];
+    let extra = socket.recv(&mut buf);
+    assert!(
+        extra
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "unexpected notification: {:?}",
+        extra.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
 }
 
 #[test]
@@ -1026,6 +1037,98 @@ fn debian_package_installs_mounts_from_fstab_and_removes_cleanly() {
     let (ok, text) = run("/usr/bin/zkfs", &["unmount", &spot.arg()]);
     assert!(ok, "{text}");
     assert!(!is_mounted(spot.path()));
+
+    // The packaged unit, run as far as this machine allows (systemd is not
+    // PID 1 here): its ExecStart= as systemd would expand it, under a
+    // NOTIFY_SOCKET of ours, then stopped as KillMode=mixed does (SIGTERM).
+    let unit = fs::read_to_string("/usr/lib/systemd/system/zkfs@.service").expect("unit");
+    let setting = |key: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in the unit"))
+            .to_string()
+    };
+    assert_eq!(setting("Type"), "notify");
+    let spot = Spot::new("deb-unit");
+    let options = "--read-only --session-timeout 4s";
+    let exec = setting("ExecStart")
+        .replace("%f", &spot.arg())
+        .replace("${ZKFS_SERVERS}", &servers);
+    // `$VAR` splits at white space, `${VAR}` stays one word (systemd.service(5)).
+    let words: Vec<String> = exec
+        .split_whitespace()
+        .flat_map(|w| {
+            if w == "$ZKFS_OPTIONS" {
+                options.split_whitespace().map(str::to_string).collect()
+            } else {
+                vec![w.to_string()]
+            }
+        })
+        .collect();
+    let socket_path = out_dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut service = Command::new(&words[0])
+        .args(&words[1..])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("ExecStart {words:?}: {e}"));
+    assert!(recv_text(&socket).lines().any(|l| l == "READY=1"));
+    assert!(is_mounted(spot.path()));
+    assert_eq!(
+        fs::read_to_string(spot.path().join("cfg")).expect("cat"),
+        "v1"
+    );
+    kill(service.id() as i32, libc::SIGTERM);
+    assert_eq!(recv_text(&socket), "STOPPING=1");
+    let mut status = None;
+    wait_until(
+        "the service's zkfs exits after SIGTERM",
+        SIGNAL_BOUND,
+        || {
+            status = service.try_wait().ok().flatten();
+            status.is_some()
+        },
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert!(!is_mounted(spot.path()));
+    // ExecStopPost= ("-": its failure is ignored) finds nothing left to detach.
+    let stop_post = setting("ExecStopPost").replace("%f", &spot.arg());
+    let stop_post = stop_post.strip_prefix('-').expect("'-' prefix");
+    let stop_words: Vec<&str> = stop_post.split_whitespace().collect();
+    assert!(Path::new(stop_words[0]).exists(), "{stop_post}");
+    // A crash (SIGKILL), ExecStopPost=, and Restart=: the next start works.
+    let start = || {
+        Command::new(&words[0])
+            .args(&words[1..])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("ExecStart {words:?}: {e}"))
+    };
+    let mut service = start();
+    assert!(recv_text(&socket).lines().any(|l| l == "READY=1"));
+    service.kill().expect("SIGKILL");
+    service.wait().expect("reap");
+    let mut post = Command::new(stop_words[0]);
+    post.args(&stop_words[1..]);
+    let _ = run_with_timeout(post, Duration::from_secs(30)).expect("ExecStopPost");
+    wait_until("the dead mount is gone", DEADLINE, || {
+        !is_mounted(spot.path())
+    });
+    let mut service = start();
+    assert!(recv_text(&socket).lines().any(|l| l == "READY=1"));
+    assert_eq!(
+        fs::read_to_string(spot.path().join("cfg")).expect("cat"),
+        "v1"
+    );
+    kill(service.id() as i32, libc::SIGTERM);
+    assert_eq!(service.wait().expect("wait").code(), Some(0));
 
     drop(installed);
     let (still, _) = run("dpkg", &["-s", "zkfs"]);
