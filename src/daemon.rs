@@ -476,7 +476,8 @@ fn run_foreground(
     let (invalidator, invalidations) = invalidate::channel();
     let kernel_requests = Arc::new(KernelRequestCounters::default());
     let lifecycle = Arc::new(Lifecycle::default());
-    let store = Store::new(session.clone(), args.cache_size as usize);
+    let store =
+        Store::new(session.clone(), args.cache_size as usize).with_connect_wait(args.op_timeout);
     let fs = Arc::new(ZkFs::new(
         store,
         fs_config,
@@ -560,7 +561,11 @@ fn run_foreground(
         poll.attach(std::os::fd::AsFd::as_fd(&fuse_session))
             .map_err(|e| Failure::new(format!("cannot start device polling: {e}")))?;
     }
-    invalidate::spawn_sender(invalidations, fuse_session.notifier())
+    let device = std::os::fd::AsFd::as_fd(&fuse_session)
+        .try_clone_to_owned()
+        .map_err(|e| warn!(error = %e, "cannot duplicate the FUSE device; entries are removed, not expired"))
+        .ok();
+    invalidate::spawn_sender(invalidations, fuse_session.notifier(), device)
         .map_err(|e| Failure::new(format!("cannot start invalidation thread: {e}")))?;
 
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();

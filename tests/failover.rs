@@ -62,3 +62,82 @@ fn mount_carries_on_while_each_server_in_turn_is_down() {
     );
     assert_eq!(xattr_string(m, "user.zkfs.state"), "connected");
 }
+
+/// A writer keeps writing through the mount while each server in turn is
+/// stopped gracefully (SIGTERM closes the mount's connection mid-request):
+/// no write fails, and what ZooKeeper holds at the end is the last write.
+#[test]
+fn graceful_server_stops_during_a_write_loop_fail_no_write() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let mut ensemble = Ensemble::start();
+    let zk = ensemble.connect_string();
+    let root = unique_root("sigterm");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/cfg"), b"start");
+    drop(other);
+    let mount = Mount::start(
+        &format!("{zk}{root}"),
+        &["--session-timeout", "10s", "--op-timeout", "5s"],
+    );
+    let file = mount.path().join("cfg");
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (stop, written, file) = (stop.clone(), written.clone(), file.clone());
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut last = String::from("start");
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let value = format!("w-{i}");
+                let result = fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&file)
+                    .and_then(|mut f| {
+                        f.write_all(value.as_bytes())?;
+                        f.sync_all()
+                    });
+                match result {
+                    Ok(()) => {
+                        last = value;
+                        written.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => failures.push(format!("{value}: {e}")),
+                }
+                i += 1;
+            }
+            (failures, last)
+        })
+    };
+    let progress = |n: usize| {
+        let start = written.load(Ordering::SeqCst);
+        wait_until("the writer makes progress", DEADLINE, || {
+            written.load(Ordering::SeqCst) >= start + n
+        });
+    };
+    progress(20);
+    for i in 0..3 {
+        ensemble.server(i).stop_gracefully();
+        progress(20);
+        ensemble.server(i).start_again();
+        progress(20);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (failures, last) = writer.join().expect("writer");
+    assert!(
+        failures.is_empty(),
+        "{} writes failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let other = Other::connect(&zk);
+    let (data, _) = other
+        .rt
+        .block_on(other.client.get_data(&format!("{root}/cfg")))
+        .expect("get");
+    assert_eq!(String::from_utf8_lossy(&data), last);
+}

@@ -103,6 +103,35 @@ pub(super) struct OpenFile {
     /// Attributes at open: what `stat` shows through this handle once the
     /// node is gone (a vanished registration still reads its last data).
     pub(super) attr: Option<Attr>,
+    /// The process that opened it (the FUSE request's pid).
+    pub(super) pid: u32,
+    /// Notified when the handle is released (opens waiting for a pending
+    /// truncation to be sent, see `Writer::awaits_release`).
+    pub(super) released: Arc<tokio::sync::Notify>,
+}
+
+/// How many (process, path) → version-read records are kept.
+const READS_KEPT: usize = 4096;
+
+/// What the kernel may do with its cached pages of a file just opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageCache {
+    /// Keep them: the inode shows one version, and the pages are of it.
+    Keep,
+    /// Drop them and read through this handle (a writer is open here).
+    Drop,
+    /// Bypass the page cache and the inode's size (direct I/O): this handle
+    /// reads a version other than the one its inode shows (the node moved
+    /// on before the kernel looked the name up again), so neither the
+    /// inode's pages nor its size may be mixed with it.
+    Bypass,
+}
+
+/// The answer to `open`.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    pub fh: u64,
+    pub cache: PageCache,
 }
 
 /// How a file is opened.
@@ -132,19 +161,22 @@ pub struct ZkFs<B: ZkBackend> {
     /// When the last operation started, in µs since `epoch`.
     last_activity_us: AtomicU64,
     epoch: Instant,
-    /// Empty nodes this mount created as files (they stay files, contract §3).
-    pub(super) created_as_file: Mutex<HashSet<String>>,
-    /// Nodes this mount created with mkdir: they stay directories here even
-    /// when they get data before children (`cp -r` copies `.data` first).
-    pub(super) created_as_dir: Mutex<HashSet<String>>,
+    /// Kinds this mount made nodes as (empty files stay files, mkdir'ed
+    /// directories stay directories, `ln -s` links stay links; contract §3).
+    pub(super) overlay: super::overlay::Overlay,
     pub(super) pointers: Mutex<PointerIndex>,
+    /// The version of each node each process last opened (pid, path): a
+    /// rename by that process over the node is checked against it, so an
+    /// edit based on an old read fails instead of silently losing another
+    /// writer's change (`sed -i`, editors' atomic saves).
+    pub(super) reads: Mutex<lru::LruCache<(u32, String), i32>>,
     /// Ephemeral nodes this mount created and still owns, with their last
     /// data: re-created after a session expiry.
     pub(super) registrations: Mutex<HashMap<String, Vec<u8>>>,
     /// This filesystem's own `Arc`, once registered: background work (ACLs of
     /// a listing) is spawned with it. Without it that work runs inline.
     me: std::sync::OnceLock<std::sync::Weak<Self>>,
-    invalidator: Box<dyn Invalidator>,
+    pub(super) invalidator: Box<dyn Invalidator>,
     status: Box<dyn MountStatus>,
 }
 
@@ -169,9 +201,11 @@ impl<B: ZkBackend> ZkFs<B> {
             next_fh: AtomicU64::new(1),
             last_activity_us: AtomicU64::new(0),
             epoch: Instant::now(),
-            created_as_file: Mutex::new(HashSet::new()),
-            created_as_dir: Mutex::new(HashSet::new()),
+            overlay: super::overlay::Overlay::default(),
             pointers: Mutex::new(PointerIndex::default()),
+            reads: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(READS_KEPT).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             registrations: Mutex::new(HashMap::new()),
             me: std::sync::OnceLock::new(),
             invalidator,
@@ -262,13 +296,16 @@ impl<B: ZkBackend> ZkFs<B> {
 
     pub(super) fn kind_of(&self, path: &str, view: &NodeView) -> FileKind {
         let is_root = path == self.config.root;
-        if !view.stat.is_ephemeral() && lock(&self.created_as_dir).contains(path) {
+        let remembered = self.overlay.kind(path);
+        if !view.stat.is_ephemeral() && remembered == Some(FileKind::Directory) {
             return FileKind::Directory;
         }
-        let created_as_file = lock(&self.created_as_file).contains(path);
-        let is_pointer = self
-            .pointer_target(path, view)
-            .is_some_and(|target| self.store.peek(&target).is_some());
+        let target = self.pointer_target(path, view);
+        // A link made here stays a link while its target does not exist yet.
+        let is_pointer = target.is_some_and(|target| {
+            remembered == Some(FileKind::Symlink) || self.store.peek(&target).is_some()
+        });
+        let created_as_file = remembered == Some(FileKind::RegularFile);
         attr::node_kind(&view.stat, is_root, created_as_file, is_pointer)
     }
 
@@ -427,13 +464,23 @@ impl<B: ZkBackend> ZkFs<B> {
         if dir.kind != FileKind::Directory || dir.role != Role::Node {
             return Err(FsError::NotDir(dir.path.to_string()));
         }
-        let Ok(name) = NodeName::parse(name) else {
+        let name = match NodeName::parse(name) {
+            Ok(name) => name,
+            Err(super::name::NameError::TooLong) => {
+                return Err(FsError::NameTooLong(format!(
+                    "{}/{}",
+                    dir.path,
+                    name.to_string_lossy()
+                )));
+            }
             // A name ZooKeeper cannot store cannot exist.
-            return Err(FsError::NotFound(format!(
-                "{}/{}",
-                dir.path,
-                name.to_string_lossy()
-            )));
+            Err(_) => {
+                return Err(FsError::NotFound(format!(
+                    "{}/{}",
+                    dir.path,
+                    name.to_string_lossy()
+                )));
+            }
         };
         let child = path::join(&dir.path, name.as_str());
         let pending = lock(&self.pending).get(&child).copied();
@@ -459,7 +506,13 @@ impl<B: ZkBackend> ZkFs<B> {
                 self.prepare_pointer(&child, &view).await;
                 let kind = self.kind_of(&child, &view);
                 inodes_guard = lock(&self.inodes);
-                let ino = inodes_guard.resolve(&child, Role::Node, kind, view.stat.czxid);
+                let ino = inodes_guard.resolve(
+                    &child,
+                    Role::Node,
+                    kind,
+                    view.stat.czxid,
+                    view.stat.mzxid,
+                );
                 drop(inodes_guard);
                 self.attr_for(ino, &child, Role::Node, kind, &view)
             }
@@ -477,6 +530,7 @@ impl<B: ZkBackend> ZkFs<B> {
                     Role::DataFile,
                     FileKind::RegularFile,
                     view.stat.czxid,
+                    view.stat.mzxid,
                 );
                 drop(inodes_guard);
                 self.attr_for(ino, &dir.path, Role::DataFile, FileKind::RegularFile, &view)
@@ -505,7 +559,11 @@ impl<B: ZkBackend> ZkFs<B> {
         let mut attr = match self.node_attr(ino, &inode).await {
             Ok(attr) => attr,
             Err(e @ (FsError::NotFound(_) | FsError::Stale(_))) => {
-                // Gone, but still open here: keep showing what was opened.
+                // Gone or superseded, but still open here: keep showing
+                // what was opened (an unlinked file has no links left).
+                // Only a handle of the version this inode shows (`attr` is
+                // kept for those alone): another version's size must never
+                // reach the kernel for this inode.
                 let open = lock(&self.files)
                     .values()
                     .find(|f| f.ino == ino && f.attr.is_some())
@@ -513,6 +571,9 @@ impl<B: ZkBackend> ZkFs<B> {
                 match open {
                     Some((mut attr, len)) => {
                         attr.size = len as u64;
+                        if matches!(e, FsError::NotFound(_)) {
+                            attr.nlink = 0;
+                        }
                         attr
                     }
                     None => return Err(e),
@@ -531,6 +592,7 @@ impl<B: ZkBackend> ZkFs<B> {
         let view = self.view(&inode.path).await?;
         self.prepare_pointer(&inode.path, &view).await;
         if inode.role == Role::DataFile {
+            self.check_version(&inode, &view)?;
             return Ok(self.attr_for(
                 ino,
                 &inode.path,
@@ -543,11 +605,22 @@ impl<B: ZkBackend> ZkFs<B> {
         if ino != ROOT_INO && (kind != inode.kind || view.stat.czxid != inode.czxid) {
             return Err(FsError::Stale(inode.path.to_string()));
         }
+        self.check_version(&inode, &view)?;
         Ok(self.attr_for(ino, &inode.path, Role::Node, kind, &view))
     }
 
+    /// A content inode shows one version: once the node moved on, the
+    /// inode is stale (path lookups then get the new version's inode; the
+    /// kernel retries a path-based `open` or `stat` after `ESTALE`).
+    fn check_version(&self, inode: &Inode, view: &NodeView) -> Result<(), FsError> {
+        if inode.is_content() && inode.version != Some(view.stat.mzxid) {
+            return Err(FsError::Stale(inode.path.to_string()));
+        }
+        Ok(())
+    }
+
     /// Open a file. Returns (handle, keep the kernel's cached pages).
-    pub async fn open(&self, ino: u64, mode: OpenMode) -> Result<(u64, bool), FsError> {
+    pub async fn open(&self, ino: u64, mode: OpenMode, pid: u32) -> Result<Opened, FsError> {
         self.note_activity();
         let inode = self.inode(ino)?;
         if inode.role == Role::Node && inode.kind == FileKind::Directory {
@@ -557,8 +630,9 @@ impl<B: ZkBackend> ZkFs<B> {
             return Err(FsError::ReadOnly(inode.path.to_string()));
         }
         if inode.czxid == super::write::PENDING_CZXID {
-            return self.open_pending(ino, &inode.path, mode);
+            return self.open_pending(ino, &inode.path, mode, pid);
         }
+        self.wait_for_pending_release(&inode.path).await;
         let (data, view) = self
             .store
             .data(&inode.path)
@@ -567,29 +641,58 @@ impl<B: ZkBackend> ZkFs<B> {
         if inode.role == Role::Node && ino != ROOT_INO && view.stat.czxid != inode.czxid {
             return Err(FsError::Stale(inode.path.to_string()));
         }
-        let attr = Some(self.attr_for(ino, &inode.path, inode.role, inode.kind, &view));
+        // The inode shows this version (and was not retired by a failed
+        // write): the kernel's pages and size of it are right.
+        let shows_it =
+            lock(&self.inodes).is_current(ino) && self.check_version(&inode, &view).is_ok();
+        let attr = shows_it.then(|| self.attr_for(ino, &inode.path, inode.role, inode.kind, &view));
+        if inode.role == Role::Node {
+            lock(&self.reads).put((pid, inode.path.to_string()), view.stat.version);
+        }
         if mode.write {
             let writer = super::write::Writer::existing(&data, view.stat.version, mode);
-            return Ok((
-                self.add_handle(ino, &inode.path, data, Some(writer), attr),
-                false,
-            ));
+            let fh = self.add_handle(ino, &inode.path, data, Some(writer), attr, pid);
+            let cache = if shows_it {
+                PageCache::Drop
+            } else {
+                PageCache::Bypass
+            };
+            return Ok(Opened { fh, cache });
         }
-        let keep_cache = {
-            let mut inodes = lock(&self.inodes);
-            match inodes.get_mut(ino) {
-                Some(i) => {
-                    let keep = i.cached_mzxid == Some(view.stat.mzxid);
-                    i.cached_mzxid = Some(view.stat.mzxid);
-                    keep
-                }
-                None => false,
-            }
+        // Only a writer on this mount (whose unsent writes are in the
+        // inode's pages) makes a reader read through this handle instead.
+        let writer_open = lock(&self.files)
+            .values()
+            .any(|f| f.ino == ino && f.writer.is_some());
+        let cache = match (shows_it, writer_open) {
+            (false, _) => PageCache::Bypass,
+            (true, true) => PageCache::Drop,
+            (true, false) => PageCache::Keep,
         };
-        Ok((
-            self.add_handle(ino, &inode.path, data, None, attr),
-            keep_cache,
-        ))
+        let fh = self.add_handle(ino, &inode.path, data, None, attr, pid);
+        Ok(Opened { fh, cache })
+    }
+
+    /// A close that left a truncation unsent (`: > f`) is sent by the
+    /// release that follows; an open of the same node waits for it (at most
+    /// a second), so the next `cat` sees the emptied file.
+    async fn wait_for_pending_release(&self, path: &str) {
+        let waiting: Vec<(
+            Arc<tokio::sync::Mutex<super::write::Writer>>,
+            Arc<tokio::sync::Notify>,
+        )> = lock(&self.files)
+            .values()
+            .filter(|f| *f.path == *path)
+            .filter_map(|f| f.writer.clone().map(|w| (w, f.released.clone())))
+            .collect();
+        for (writer, released) in waiting {
+            let notified = released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if writer.lock().await.awaits_release() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+            }
+        }
     }
 
     pub(super) fn add_handle(
@@ -599,6 +702,7 @@ impl<B: ZkBackend> ZkFs<B> {
         data: Arc<[u8]>,
         writer: Option<super::write::Writer>,
         attr: Option<Attr>,
+        pid: u32,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).insert(
@@ -609,6 +713,8 @@ impl<B: ZkBackend> ZkFs<B> {
                 data,
                 writer: writer.map(|w| Arc::new(tokio::sync::Mutex::new(w))),
                 attr,
+                pid,
+                released: Arc::new(tokio::sync::Notify::new()),
             },
         );
         fh
@@ -746,6 +852,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 Role::DataFile,
                 FileKind::RegularFile,
                 view.stat.czxid,
+                view.stat.mzxid,
             );
             entries.push(DirEntry {
                 name: self.config.data_name.clone(),
@@ -768,7 +875,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 // instead of failing the whole listing.
                 Err(crate::zk::ZkError::NoAuth) => {
                     let ino =
-                        lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, 0);
+                        lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, 0, 0);
                     let p = &self.config.presentation;
                     entries.push(DirEntry {
                         name,
@@ -786,10 +893,39 @@ impl<B: ZkBackend> ZkFs<B> {
                     });
                     continue;
                 }
+                // Known to exist (an event said so before ZooKeeper became
+                // unreachable) but never read: list it, as a file with no
+                // content yet, rather than fail the whole listing.
+                Err(e) if e.is_connectivity() => {
+                    let ino =
+                        lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, 0, 0);
+                    let p = &self.config.presentation;
+                    entries.push(DirEntry {
+                        name,
+                        attr: Attr {
+                            ino,
+                            kind: FileKind::RegularFile,
+                            size: 0,
+                            mtime_ns: 0,
+                            crtime_ms: 0,
+                            perm: p.file_mode & !0o222,
+                            nlink: 1,
+                            uid: p.uid,
+                            gid: p.gid,
+                        },
+                    });
+                    continue;
+                }
                 Err(e) => return Err(FsError::zk(&child, "getData", e)),
             };
             let kind = self.kind_of(&child, &view);
-            let cino = lock(&self.inodes).resolve(&child, Role::Node, kind, view.stat.czxid);
+            let cino = lock(&self.inodes).resolve(
+                &child,
+                Role::Node,
+                kind,
+                view.stat.czxid,
+                view.stat.mzxid,
+            );
             entries.push(DirEntry {
                 name,
                 attr: self.attr_for(cino, &child, Role::Node, kind, &view),
@@ -921,18 +1057,12 @@ impl<B: ZkBackend> ZkFs<B> {
 
     fn invalidate(&self, changes: &[Change]) {
         let mut out = Vec::new();
-        {
-            let mut inodes = lock(&self.inodes);
-            for change in changes {
-                let p = change.path();
-                self.collect_invalidations(&inodes, p, &mut out);
-                if !matches!(change, Change::Data(_))
-                    && let Some(parent) = path::parent(p)
-                    && path::is_within(parent, &self.config.root)
-                {
-                    self.collect_invalidations(&inodes, parent, &mut out);
-                }
-                if matches!(change, Change::Deleted(_) | Change::Created(_)) {
+        for change in changes {
+            let p = change.path();
+            match change {
+                Change::Data(_) => self.collect_content_change(p, &mut out),
+                Change::Created(_) | Change::Deleted(_) => {
+                    self.collect_child_change(p, &mut out);
                     // Pointers to this node change kind (symlink <-> file).
                     let pointing: Vec<String> = lock(&self.pointers)
                         .by_target
@@ -940,21 +1070,10 @@ impl<B: ZkBackend> ZkFs<B> {
                         .map(|s| s.iter().cloned().collect())
                         .unwrap_or_default();
                     for q in pointing {
-                        self.collect_invalidations(&inodes, &q, &mut out);
+                        self.collect_content_change(&q, &mut out);
                     }
-                }
-                if matches!(change, Change::Deleted(_)) {
-                    inodes.detach(p);
-                    lock(&self.created_as_file).remove(p);
-                    lock(&self.created_as_dir).remove(p);
-                    let mut index = lock(&self.pointers);
-                    if let Some((_, Some(target))) = index.by_path.remove(p)
-                        && let Some(set) = index.by_target.get_mut(&target)
-                    {
-                        set.remove(p);
-                        if set.is_empty() {
-                            index.by_target.remove(&target);
-                        }
+                    if matches!(change, Change::Deleted(_)) {
+                        self.forget_node(p, &mut out);
                     }
                 }
             }
@@ -964,24 +1083,48 @@ impl<B: ZkBackend> ZkFs<B> {
         }
     }
 
-    /// Drop kernel caches for `p` (inodes, dentry) and its parent directory.
+    /// The node at `p` is gone: its inodes, remembered kind and pointer entry.
+    fn forget_node(&self, p: &str, out: &mut Vec<Invalidation>) {
+        let mut inodes = lock(&self.inodes);
+        for ino in inodes.current(p) {
+            out.push(Invalidation::Inode(ino));
+        }
+        inodes.detach(p);
+        drop(inodes);
+        self.overlay.forget(p);
+        let mut index = lock(&self.pointers);
+        if let Some((_, Some(target))) = index.by_path.remove(p)
+            && let Some(set) = index.by_target.get_mut(&target)
+        {
+            set.remove(p);
+            if set.is_empty() {
+                index.by_target.remove(&target);
+            }
+        }
+    }
+
+    /// Kernel caches to drop after our own change at `p` (a create, delete or
+    /// rename through this mount): `p`'s entry and its parent's listing.
     pub(super) fn invalidate_path(&self, p: &str) {
         let mut out = Vec::new();
-        {
-            let inodes = lock(&self.inodes);
-            self.collect_invalidations(&inodes, p, &mut out);
-            if let Some(parent) = path::parent(p)
-                && path::is_within(parent, &self.config.root)
-            {
-                self.collect_invalidations(&inodes, parent, &mut out);
-            }
+        self.collect_child_change(p, &mut out);
+        for ino in lock(&self.inodes).current(p) {
+            out.push(Invalidation::Inode(ino));
         }
         for inv in out {
             self.invalidator.invalidate(inv);
         }
     }
 
-    /// Drop the parent's cached attributes (listing changed) after a create here.
+    /// Drop a directory's cached attributes and listing.
+    pub(super) fn invalidate_listing(&self, dir: &str) {
+        let ino = lock(&self.inodes).node_ino(dir);
+        if let Some(ino) = ino {
+            self.invalidator.invalidate(Invalidation::Inode(ino));
+        }
+    }
+
+    /// Drop the parent's cached attributes and listing after a create here.
     pub(super) fn invalidate_entry_of(&self, p: &str) {
         if let Some(parent) = path::parent(p) {
             let pino = lock(&self.inodes).node_ino(parent);
@@ -991,11 +1134,54 @@ impl<B: ZkBackend> ZkFs<B> {
         }
     }
 
-    /// Invalidate the inodes of `p` and its dentry in its parent directory.
-    fn collect_invalidations(&self, inodes: &InodeTable, p: &str, out: &mut Vec<Invalidation>) {
+    /// The content (data) of `p` changed. A content inode shows one
+    /// version, so `p`'s name must be looked up again (new number) and the
+    /// old inode's pages go. A directory keeps its dentry (a shell's cwd
+    /// must survive): only its attributes and its data file's entry go.
+    fn collect_content_change(&self, p: &str, out: &mut Vec<Invalidation>) {
+        let inodes = lock(&self.inodes);
         for ino in inodes.current(p) {
             out.push(Invalidation::Inode(ino));
         }
+        let node = inodes
+            .node_ino(p)
+            .and_then(|ino| inodes.get(ino).map(|i| (ino, i.kind)));
+        match node {
+            Some((ino, FileKind::Directory)) => out.push(Invalidation::Entry {
+                parent: ino,
+                name: self.config.data_name.clone(),
+            }),
+            _ => self.collect_entry(&inodes, p, out),
+        }
+    }
+
+    /// `p` appeared or vanished: its own entry (a negative or stale dentry)
+    /// and its parent's attributes and cached listing. The parent's own
+    /// dentry is dropped only when the change makes it another kind (a
+    /// file that got its first child), never for a directory that stays one.
+    fn collect_child_change(&self, p: &str, out: &mut Vec<Invalidation>) {
+        let inodes = lock(&self.inodes);
+        self.collect_entry(&inodes, p, out);
+        let Some(parent) = path::parent(p).filter(|d| path::is_within(d, &self.config.root)) else {
+            return;
+        };
+        let Some(pino) = inodes.node_ino(parent) else {
+            return;
+        };
+        out.push(Invalidation::Inode(pino));
+        let shown = inodes.get(pino).map(|i| i.kind);
+        drop(inodes);
+        if pino != ROOT_INO
+            && let (Some(shown), Some(view)) = (shown, self.store.peek(parent))
+            && self.kind_of(parent, &view) != shown
+        {
+            let inodes = lock(&self.inodes);
+            self.collect_entry(&inodes, parent, out);
+        }
+    }
+
+    /// The dentry of `p` in its parent directory.
+    fn collect_entry(&self, inodes: &InodeTable, p: &str, out: &mut Vec<Invalidation>) {
         if p == self.config.root {
             return;
         }

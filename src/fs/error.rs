@@ -25,6 +25,8 @@ pub enum FsError {
     NotSymlink(String),
     /// A name ZooKeeper cannot store, with the reason.
     InvalidName(String, String),
+    /// A name longer than 255 bytes (statfs's f_namemax).
+    NameTooLong(String),
     Exists(String),
     NotEmpty(String),
     /// (path, size asked for, limit)
@@ -49,6 +51,14 @@ pub enum FsError {
 }
 
 impl FsError {
+    /// The refusal of a name this mount was asked to create.
+    pub fn bad_name(shown: String, e: super::name::NameError) -> Self {
+        match e {
+            super::name::NameError::TooLong => FsError::NameTooLong(shown),
+            e => FsError::InvalidName(shown, e.to_string()),
+        }
+    }
+
     pub fn zk(path: &str, op: &'static str, error: ZkError) -> Self {
         match error {
             ZkError::NoNode => FsError::NotFound(path.to_string()),
@@ -75,6 +85,9 @@ impl FsError {
             FsError::BadFileHandle => libc::EBADF,
             FsError::NotSymlink(_) => libc::EINVAL,
             FsError::InvalidName(..) => libc::EINVAL,
+            // POSIX's answer for a component longer than NAME_MAX, for
+            // lookups and creates alike (tools probe for it).
+            FsError::NameTooLong(_) => libc::ENAMETOOLONG,
             FsError::Exists(_) => libc::EEXIST,
             FsError::NotEmpty(_) => libc::ENOTEMPTY,
             // Past --max-data (the server's jute.maxbuffer would refuse it).
@@ -138,6 +151,7 @@ impl fmt::Display for FsError {
             FsError::BadFileHandle => write!(f, "unknown file handle"),
             FsError::NotSymlink(p) => write!(f, "{p}: not a pointer node"),
             FsError::InvalidName(p, why) => write!(f, "{p}: invalid name: {why}"),
+            FsError::NameTooLong(p) => write!(f, "{p}: name longer than 255 bytes"),
             FsError::Exists(p) => write!(f, "{p}: node exists"),
             FsError::NotEmpty(p) => write!(f, "{p}: node has children"),
             FsError::TooBig(p, size, max) => write!(

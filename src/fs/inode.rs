@@ -1,11 +1,25 @@
 //! The inode table: the permanent identity of every inode the kernel knows.
 //!
-//! An inode denotes one *incarnation* of a node in one role: its path, whether
-//! it is the node itself or its hidden data file, its kind and the node's
-//! czxid. When any of those change (deleted and re-created, a file gaining a
-//! child) a new number is allocated instead of mutating the old inode, so the
-//! kernel never sees an inode change type. Numbers are never reused.
-//! `forget` only drops an entry whose number still matches.
+//! Owns inode numbers and what each stands for; must not look at ZooKeeper
+//! or the cache (callers pass in what they learnt).
+//!
+//! Identity rules (doc/SEMANTICS.md, "Inode numbers"):
+//! - a **directory** inode names one incarnation of a node as a directory
+//!   (path, czxid): it keeps its number when children come and go, when its
+//!   data changes, and when it is renamed through this mount;
+//! - a **content** inode (regular file, symlink, a directory's data file)
+//!   names one *version* of the content (its mzxid): another client's
+//!   change makes a new number, so the kernel never sees the size or the
+//!   pages of an inode change under a reader (whole-file reads are atomic).
+//!   A write through this mount keeps the writer's number
+//!   ([`InodeTable::set_version`]), as an in-place write on a local disk does;
+//! - a change of kind (file ↔ directory ↔ symlink), or a node deleted and
+//!   re-created (new czxid), always makes a new number.
+//!
+//! Numbers are never reused for something else. The mapping from a node to
+//! its current number outlives the kernel's references (`forget`), so a
+//! later lookup of the same incarnation gets the same number back; it ends
+//! when the node is deleted ([`InodeTable::detach`]) or superseded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,10 +44,18 @@ pub struct Inode {
     pub role: Role,
     pub kind: FileKind,
     pub czxid: i64,
+    /// The mzxid of the one version a content inode shows; `None` for
+    /// directories (their identity does not depend on data).
+    pub version: Option<i64>,
     /// Kernel lookup count (entries replied minus forgets).
     pub lookups: u64,
-    /// mzxid of the data the kernel may hold in its page cache.
-    pub cached_mzxid: Option<i64>,
+}
+
+impl Inode {
+    /// Whether this inode shows the node's content (its number follows versions).
+    pub fn is_content(&self) -> bool {
+        self.role == Role::DataFile || self.kind != FileKind::Directory
+    }
 }
 
 /// The current inode of each role of one path.
@@ -59,6 +81,11 @@ impl RoleInodes {
     }
 }
 
+/// Whether `kind` in `role` is a content inode (see the module doc).
+fn content_kind(role: Role, kind: FileKind) -> bool {
+    role == Role::DataFile || kind != FileKind::Directory
+}
+
 #[derive(Default)]
 pub struct InodeTable {
     by_ino: HashMap<u64, Inode>,
@@ -69,6 +96,7 @@ pub struct InodeTable {
 
 impl InodeTable {
     pub fn new(root_path: &str) -> Self {
+        let root: Arc<str> = Arc::from(root_path);
         let mut table = InodeTable {
             by_ino: HashMap::new(),
             by_key: HashMap::new(),
@@ -77,18 +105,14 @@ impl InodeTable {
         table.by_ino.insert(
             ROOT_INO,
             Inode {
-                path: Arc::from(root_path),
+                path: root.clone(),
                 role: Role::Node,
                 kind: FileKind::Directory,
                 czxid: 0,
+                version: None,
                 lookups: 1,
-                cached_mzxid: None,
             },
         );
-        let root: Arc<str> = Arc::from(root_path);
-        if let Some(inode) = table.by_ino.get_mut(&ROOT_INO) {
-            inode.path = root.clone();
-        }
         table.by_key.insert(
             root,
             RoleInodes {
@@ -103,13 +127,18 @@ impl InodeTable {
         self.by_ino.get(&ino)
     }
 
-    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Inode> {
-        self.by_ino.get_mut(&ino)
-    }
-
-    /// The inode for this incarnation of (path, role), allocating a new number
-    /// when there is none or the current one has another kind or czxid.
-    pub fn resolve(&mut self, path: &str, role: Role, kind: FileKind, czxid: i64) -> u64 {
+    /// The inode for this incarnation (and, for content, this version) of
+    /// (path, role), allocating a new number when there is none or the
+    /// current one stands for something else.
+    pub fn resolve(
+        &mut self,
+        path: &str,
+        role: Role,
+        kind: FileKind,
+        czxid: i64,
+        mzxid: i64,
+    ) -> u64 {
+        let version = content_kind(role, kind).then_some(mzxid);
         if let Some(ino) = self.lookup_key(path, role) {
             if ino == ROOT_INO {
                 return ino;
@@ -117,13 +146,11 @@ impl InodeTable {
             if let Some(inode) = self.by_ino.get(&ino)
                 && inode.kind == kind
                 && inode.czxid == czxid
+                && inode.version == version
             {
                 return ino;
             }
-            // Superseded: drop the old entry now if the kernel holds no reference.
-            if self.by_ino.get(&ino).is_some_and(|i| i.lookups == 0) {
-                self.by_ino.remove(&ino);
-            }
+            self.supersede(ino);
         }
         let ino = self.next_ino;
         self.next_ino += 1;
@@ -135,11 +162,23 @@ impl InodeTable {
                 role,
                 kind,
                 czxid,
+                version,
                 lookups: 0,
-                cached_mzxid: None,
             },
         );
         ino
+    }
+
+    /// `ino` no longer is the current inode of its key: drop it now if the
+    /// kernel holds no reference (else at its last `forget`).
+    fn supersede(&mut self, ino: u64) {
+        if let Some(inode) = self.by_ino.get(&ino) {
+            let (path, role) = (inode.path.clone(), inode.role);
+            self.clear_key(&path, role, Some(ino));
+            if inode_lookups(&self.by_ino, ino) == 0 {
+                self.by_ino.remove(&ino);
+            }
+        }
     }
 
     fn lookup_key(&self, path: &str, role: Role) -> Option<u64> {
@@ -150,9 +189,9 @@ impl InodeTable {
     fn set_key(&mut self, path: &str, role: Role, ino: u64) -> Arc<str> {
         if let Some(slots) = self.by_key.get_mut(path) {
             *slots.get_mut(role) = Some(ino);
-            if let Some((key, _)) = self.by_key.get_key_value(path) {
-                return key.clone();
-            }
+        }
+        if let Some((key, _)) = self.by_key.get_key_value(path) {
+            return key.clone();
         }
         let key: Arc<str> = Arc::from(path);
         let mut slots = RoleInodes::default();
@@ -176,7 +215,6 @@ impl InodeTable {
         }
     }
 
-    #[cfg(test)]
     /// Whether `ino` is still the current inode of its (path, role).
     pub fn is_current(&self, ino: u64) -> bool {
         self.by_ino
@@ -197,21 +235,51 @@ impl InodeTable {
         self.lookup_key(path, Role::Node)
     }
 
-    /// `ino` now denotes the node at `path` (after a rename): re-key it, and
-    /// supersede whatever inode `path` had.
-    pub fn move_to(&mut self, ino: u64, path: &str, kind: FileKind, czxid: i64) {
-        let Some(inode) = self.by_ino.get_mut(&ino) else {
+    /// A write through this mount made `mzxid` the content of `ino` (and
+    /// `czxid` its incarnation, for a node created by the write): the writer's
+    /// inode keeps its number. Does nothing for a superseded inode.
+    pub fn set_version(&mut self, ino: u64, czxid: i64, mzxid: i64) {
+        if !self.is_current(ino) {
+            return;
+        }
+        if let Some(inode) = self.by_ino.get_mut(&ino) {
+            inode.czxid = czxid;
+            if inode.is_content() {
+                inode.version = Some(mzxid);
+            }
+        }
+    }
+
+    /// `ino` now denotes the node at `path` (after a rename through this
+    /// mount), with the new node's identity: re-key it, and supersede
+    /// whatever inode `path` had.
+    pub fn move_to(&mut self, ino: u64, path: &str, kind: FileKind, czxid: i64, mzxid: i64) {
+        let Some(inode) = self.by_ino.get(&ino) else {
             return;
         };
         let (old_path, old_role) = (inode.path.clone(), inode.role);
-        inode.kind = kind;
-        inode.czxid = czxid;
-        inode.cached_mzxid = None;
+        if let Some(previous) = self.lookup_key(path, Role::Node)
+            && previous != ino
+        {
+            self.supersede(previous);
+        }
         self.clear_key(&old_path, old_role, Some(ino));
         let path = self.set_key(path, Role::Node, ino);
         if let Some(inode) = self.by_ino.get_mut(&ino) {
             inode.path = path;
             inode.role = Role::Node;
+            inode.kind = kind;
+            inode.czxid = czxid;
+            inode.version = content_kind(Role::Node, kind).then_some(mzxid);
+        }
+    }
+
+    /// The inode currently at (path, role) stops being current (a failed
+    /// write left the kernel's pages or size for it wrong): the next lookup
+    /// gets a fresh number.
+    pub fn retire(&mut self, ino: u64) {
+        if ino != ROOT_INO && self.is_current(ino) {
+            self.supersede(ino);
         }
     }
 
@@ -222,10 +290,7 @@ impl InodeTable {
                 if ino == ROOT_INO {
                     continue;
                 }
-                self.clear_key(path, role, None);
-                if self.by_ino.get(&ino).is_some_and(|i| i.lookups == 0) {
-                    self.by_ino.remove(&ino);
-                }
+                self.supersede(ino);
             }
         }
     }
@@ -236,7 +301,9 @@ impl InodeTable {
         }
     }
 
-    /// The kernel dropped `n` references to `ino`.
+    /// The kernel dropped `n` references to `ino`. The current inode of a
+    /// node stays known (same number at the next lookup); a superseded one
+    /// is dropped once unreferenced.
     pub fn forget(&mut self, ino: u64, n: u64) {
         if ino == ROOT_INO {
             return;
@@ -245,17 +312,18 @@ impl InodeTable {
             return;
         };
         inode.lookups = inode.lookups.saturating_sub(n);
-        if inode.lookups == 0 {
-            let (path, role) = (inode.path.clone(), inode.role);
+        if inode.lookups == 0 && !self.is_current(ino) {
             self.by_ino.remove(&ino);
-            // Don't remove a newer inode of the same key.
-            self.clear_key(&path, role, Some(ino));
         }
     }
 
     pub fn len(&self) -> usize {
         self.by_ino.len()
     }
+}
+
+fn inode_lookups(by_ino: &HashMap<u64, Inode>, ino: u64) -> u64 {
+    by_ino.get(&ino).map_or(0, |i| i.lookups)
 }
 
 #[cfg(test)]
@@ -265,24 +333,67 @@ mod tests {
     #[test]
     fn kind_change_gets_a_new_inode() {
         let mut t = InodeTable::new("/r");
-        let a = t.resolve("/r/a", Role::Node, FileKind::RegularFile, 5);
-        assert_eq!(t.resolve("/r/a", Role::Node, FileKind::RegularFile, 5), a);
-        let b = t.resolve("/r/a", Role::Node, FileKind::Directory, 5);
+        let a = t.resolve("/r/a", Role::Node, FileKind::RegularFile, 5, 5);
+        assert_eq!(
+            t.resolve("/r/a", Role::Node, FileKind::RegularFile, 5, 5),
+            a
+        );
+        let b = t.resolve("/r/a", Role::Node, FileKind::Directory, 5, 5);
         assert_ne!(a, b);
-        let c = t.resolve("/r/a", Role::Node, FileKind::Directory, 9);
+        let c = t.resolve("/r/a", Role::Node, FileKind::Directory, 9, 9);
         assert_ne!(b, c);
         assert!(t.is_current(c));
         assert!(!t.is_current(b));
     }
 
     #[test]
-    fn forget_keeps_newer_inode() {
+    fn directories_keep_their_number_across_data_changes_content_does_not() {
         let mut t = InodeTable::new("/r");
-        let a = t.resolve("/r/a", Role::Node, FileKind::RegularFile, 5);
+        let d = t.resolve("/r/d", Role::Node, FileKind::Directory, 5, 5);
+        assert_eq!(t.resolve("/r/d", Role::Node, FileKind::Directory, 5, 8), d);
+        let f = t.resolve("/r/f", Role::Node, FileKind::RegularFile, 6, 6);
+        let f2 = t.resolve("/r/f", Role::Node, FileKind::RegularFile, 6, 7);
+        assert_ne!(f, f2, "another version is another inode");
+        // A write through the mount keeps the writer's number.
+        t.set_version(f2, 6, 9);
+        assert_eq!(
+            t.resolve("/r/f", Role::Node, FileKind::RegularFile, 6, 9),
+            f2
+        );
+    }
+
+    #[test]
+    fn forget_keeps_the_current_number_and_drops_superseded_ones() {
+        let mut t = InodeTable::new("/r");
+        let d = t.resolve("/r/d", Role::Node, FileKind::Directory, 5, 5);
+        t.add_lookup(d);
+        t.forget(d, 1);
+        assert_eq!(
+            t.resolve("/r/d", Role::Node, FileKind::Directory, 5, 5),
+            d,
+            "the same incarnation gets its number back"
+        );
+        let a = t.resolve("/r/a", Role::Node, FileKind::RegularFile, 5, 5);
         t.add_lookup(a);
-        let b = t.resolve("/r/a", Role::Node, FileKind::RegularFile, 6);
+        let b = t.resolve("/r/a", Role::Node, FileKind::RegularFile, 6, 6);
+        assert!(t.get(a).is_some(), "referenced superseded inode kept");
         t.forget(a, 1);
         assert!(t.get(a).is_none());
         assert!(t.is_current(b));
+    }
+
+    #[test]
+    fn move_to_keeps_the_number_and_supersedes_the_target() {
+        let mut t = InodeTable::new("/r");
+        let src = t.resolve("/r/s", Role::Node, FileKind::RegularFile, 5, 5);
+        let dst = t.resolve("/r/t", Role::Node, FileKind::RegularFile, 6, 6);
+        t.move_to(src, "/r/t", FileKind::RegularFile, 6, 10);
+        assert_eq!(t.node_ino("/r/t"), Some(src));
+        assert_eq!(t.node_ino("/r/s"), None);
+        assert!(!t.is_current(dst));
+        assert_eq!(
+            t.resolve("/r/t", Role::Node, FileKind::RegularFile, 6, 10),
+            src
+        );
     }
 }

@@ -14,11 +14,14 @@ pub mod error;
 pub mod glob;
 pub mod inode;
 pub mod name;
+pub mod overlay;
 pub mod pointer;
 pub mod write;
 pub mod xattr;
 
-pub use self::core::{Entry, FsConfig, Invalidation, Invalidator, MountStatus, OpenMode, ZkFs};
+pub use self::core::{
+    Entry, FsConfig, Invalidation, Invalidator, MountStatus, OpenMode, Opened, PageCache, ZkFs,
+};
 pub use attr::{Attr, FileKind};
 pub use error::FsError;
 pub use write::RenameFlags;

@@ -15,7 +15,12 @@ pub enum NameError {
     Dot,
     Slash,
     Control,
+    /// Longer than [`NAME_MAX`] bytes (what `statfs` announces).
+    TooLong,
 }
+
+/// The longest name, in bytes, as `statfs` reports it (`f_namemax`).
+pub const NAME_MAX: usize = 255;
 
 impl fmt::Display for NameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -25,6 +30,7 @@ impl fmt::Display for NameError {
             NameError::Dot => "'.' and '..' are not node names",
             NameError::Slash => "name contains '/'",
             NameError::Control => "name contains a control character",
+            NameError::TooLong => "name is longer than 255 bytes",
         })
     }
 }
@@ -41,6 +47,9 @@ impl NodeName {
         }
         if s == "." || s == ".." {
             return Err(NameError::Dot);
+        }
+        if s.len() > NAME_MAX {
+            return Err(NameError::TooLong);
         }
         if s.contains('/') {
             return Err(NameError::Slash);
@@ -73,6 +82,11 @@ mod tests {
         assert_eq!(NodeName::parse_str(".."), Err(NameError::Dot));
         assert_eq!(NodeName::parse_str("a/b"), Err(NameError::Slash));
         assert_eq!(NodeName::parse_str("a\nb"), Err(NameError::Control));
+        assert!(NodeName::parse_str(&"n".repeat(255)).is_ok());
+        assert_eq!(
+            NodeName::parse_str(&"n".repeat(256)),
+            Err(NameError::TooLong)
+        );
         use std::os::unix::ffi::OsStrExt;
         assert_eq!(
             NodeName::parse(OsStr::from_bytes(b"\xff")),

@@ -45,7 +45,7 @@ fn harness_with_limit(limit: usize) -> Harness {
     let zk = Arc::new(FakeZk::new());
     let invalidations = Recorder::default();
     let fs = ZkFs::new(
-        Store::new(zk.clone(), limit),
+        Store::new(zk.clone(), limit).with_connect_wait(std::time::Duration::from_millis(300)),
         FsConfig {
             root: "/".into(),
             data_name: ".data".into(),
@@ -98,7 +98,7 @@ impl Harness {
 
     async fn cat(&self, path: &str) -> Result<Vec<u8>, FsError> {
         let attr = self.resolve(path).await?;
-        let (fh, _) = self.fs.open(attr.ino, OpenMode::default()).await?;
+        let fh = self.fs.open(attr.ino, OpenMode::default(), 1).await?.fh;
         let (data, start, end) = self.fs.read(fh, 0, 1 << 30).await?;
         self.fs.release(fh).await?;
         Ok(data[start..end].to_vec())
@@ -236,7 +236,13 @@ async fn another_clients_changes_become_visible() {
     );
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"version-2");
     let after = h.resolve("/cfg").await.expect("stat");
-    assert_eq!(after.ino, before.ino);
+    // Another client's version is another inode: the old one keeps its
+    // size and pages for whoever still reads it, and is stale for the rest.
+    assert_ne!(after.ino, before.ino);
+    assert!(matches!(
+        h.fs.getattr(before.ino).await,
+        Err(FsError::Stale(_))
+    ));
     assert_eq!(after.size, 9);
     assert!(
         after.mtime_ns > before.mtime_ns,
@@ -487,10 +493,10 @@ impl Harness {
             .await?
             .ino;
         let fh = match self.fs.lookup(dir_ino, OsStr::new(name)).await {
-            Ok(entry) => self.fs.open(entry.attr.ino, mode).await?.0,
+            Ok(entry) => self.fs.open(entry.attr.ino, mode, 1).await?.fh,
             Err(FsError::NotFound(_)) => {
                 self.fs
-                    .create(dir_ino, OsStr::new(name), mode, false)
+                    .create(dir_ino, OsStr::new(name), mode, false, 1)
                     .await?
                     .1
             }
@@ -515,7 +521,7 @@ async fn created_file_appears_complete_at_close() {
     let h = harness();
     let root = ROOT_INO;
     let (entry, fh) =
-        h.fs.create(root, OsStr::new("new.json"), WRITE_TRUNC, true)
+        h.fs.create(root, OsStr::new("new.json"), WRITE_TRUNC, true, 1)
             .await
             .expect("create");
     h.fs.write(fh, 0, b"{\"a\":").await.expect("write");
@@ -539,12 +545,12 @@ async fn created_file_appears_complete_at_close() {
     assert_eq!(h.cat("/new.json").await.expect("read back"), b"{\"a\":1}");
     // O_EXCL against an existing node.
     let err =
-        h.fs.create(root, OsStr::new("new.json"), WRITE_TRUNC, true)
+        h.fs.create(root, OsStr::new("new.json"), WRITE_TRUNC, true, 1)
             .await;
     assert_eq!(err.map(|_| ()).map_err(|e| e.errno()), Err(libc::EEXIST));
     // touch: an empty file stays a file.
     let (_, fh) =
-        h.fs.create(root, OsStr::new("empty"), WRITE_TRUNC, false)
+        h.fs.create(root, OsStr::new("empty"), WRITE_TRUNC, false, 1)
             .await
             .expect("touch");
     h.fs.release(fh).await.expect("release");
@@ -567,7 +573,7 @@ async fn one_versioned_set_data_per_close_and_conflicts_are_estale() {
 
     // Another client writes between our open and our close.
     let ino = h.resolve("/cfg").await.expect("cfg").ino;
-    let (fh, _) = h.fs.open(ino, WRITE_TRUNC).await.expect("open");
+    let fh = h.fs.open(ino, WRITE_TRUNC, 1).await.expect("open").fh;
     h.apply(h.zk.set("/cfg", b"theirs"));
     h.fs.write(fh, 0, b"ours").await.expect("buffered");
     let err = h.fs.flush(fh).await.expect_err("conflict");
@@ -601,7 +607,7 @@ async fn append_offsets_and_truncate() {
         truncate: false,
         append: false,
     };
-    let (fh, _) = h.fs.open(ino, rw).await.expect("open");
+    let fh = h.fs.open(ino, rw, 1).await.expect("open").fh;
     h.fs.write(fh, 7, b"!").await.expect("write");
     h.fs.release(fh).await.expect("close");
     assert_eq!(h.zk.data("/f").as_deref(), Some(&b"hello\0\0!"[..]));
@@ -615,7 +621,7 @@ async fn refusals_have_precise_errnos() {
     let ino = h.resolve("/f").await.expect("f").ino;
     let errno = |r: Result<(), FsError>| r.map_err(|e| e.errno());
     // Too big (max_data is 1000 in this harness) at the write that crosses it.
-    let (fh, _) = h.fs.open(ino, WRITE_TRUNC).await.expect("open");
+    let fh = h.fs.open(ino, WRITE_TRUNC, 1).await.expect("open").fh;
     h.fs.write(fh, 0, &[b'a'; 600])
         .await
         .expect("first half fits");
@@ -635,7 +641,7 @@ async fn refusals_have_precise_errnos() {
     );
     assert_eq!(
         errno(
-            h.fs.create(root, OsStr::new("a\u{1}b"), WRITE_TRUNC, false)
+            h.fs.create(root, OsStr::new("a\u{1}b"), WRITE_TRUNC, false, 1)
                 .await
                 .map(|_| ())
         ),
@@ -721,7 +727,7 @@ async fn rename_is_one_transaction() {
     let a = h.resolve("/a").await.expect("a");
     let flags = RenameFlags::default();
     // Onto an existing file: setData target + delete source.
-    h.fs.rename(root, OsStr::new("a"), root, OsStr::new("b"), flags)
+    h.fs.rename(root, OsStr::new("a"), root, OsStr::new("b"), flags, 1)
         .await
         .expect("mv a b");
     h.deliver_own();
@@ -730,7 +736,7 @@ async fn rename_is_one_transaction() {
     // The kernel keeps a's inode under the new name: it must still work.
     assert_eq!(h.fs.getattr(a.ino).await.expect("moved inode").size, 1);
     // To a new name: create + delete.
-    h.fs.rename(root, OsStr::new("b"), root, OsStr::new("c"), flags)
+    h.fs.rename(root, OsStr::new("b"), root, OsStr::new("c"), flags, 1)
         .await
         .expect("mv b c");
     h.deliver_own();
@@ -745,7 +751,7 @@ async fn rename_is_one_transaction() {
     let errno = |r: Result<(), FsError>| r.map_err(|e| e.errno());
     assert_eq!(
         errno(
-            h.fs.rename(root, OsStr::new("c"), root, OsStr::new("d"), noreplace)
+            h.fs.rename(root, OsStr::new("c"), root, OsStr::new("d"), noreplace, 1)
                 .await
         ),
         Err(libc::EEXIST)
@@ -754,7 +760,7 @@ async fn rename_is_one_transaction() {
     h.apply(h.zk.create("/p/kid", b"k", 0));
     assert_eq!(
         errno(
-            h.fs.rename(root, OsStr::new("p"), root, OsStr::new("q"), flags)
+            h.fs.rename(root, OsStr::new("p"), root, OsStr::new("q"), flags, 1)
                 .await
         ),
         Err(libc::EXDEV)
@@ -764,7 +770,7 @@ async fn rename_is_one_transaction() {
     h.zk.set("/c", b"changed").expect("silent change");
     assert_eq!(
         errno(
-            h.fs.rename(root, OsStr::new("c"), root, OsStr::new("e"), flags)
+            h.fs.rename(root, OsStr::new("c"), root, OsStr::new("e"), flags, 1)
                 .await
         ),
         Err(libc::ESTALE)
@@ -851,5 +857,132 @@ async fn registrations_are_ephemeral_and_come_back_after_expiry() {
     assert_eq!(
         names(&h.ls("/services/web/servers").await.expect("ls")),
         ["10.0.0.5:8080"]
+    );
+}
+
+// ------------------------------------------------- faults and cancellation
+
+use crate::zk::fake::WriteFault;
+
+impl Harness {
+    /// Open `path` for writing (truncating) and buffer `content`; the handle.
+    async fn buffered(&self, path: &str, content: &[u8]) -> u64 {
+        let ino = self.resolve(path).await.expect("resolve").ino;
+        let fh = self.fs.open(ino, WRITE_TRUNC, 1).await.expect("open").fh;
+        self.fs.write(fh, 0, content).await.expect("write");
+        fh
+    }
+
+    /// Bring the connection back after `ms` (the store waits for it).
+    async fn reconnect_after(&self, ms: u64) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        self.zk.set_connected(true);
+    }
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.inject(WriteFault::LostAnswer);
+    let (flushed, ()) = tokio::join!(h.fs.flush(fh), h.reconnect_after(50));
+    assert_eq!(flushed, Ok(()), "applied, so reported applied");
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v2"[..]));
+    assert_eq!(h.zk.stat("/cfg").map(|s| s.version), Some(1), "one setData");
+    assert_eq!(h.zk.writes_received(), 1);
+    h.fs.release(fh).await.expect("release");
+    assert_eq!(h.zk.writes_received(), 1, "release sends nothing more");
+    assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
+}
+
+#[tokio::test]
+async fn a_lost_request_is_sent_again_on_the_new_connection_once() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.inject(WriteFault::LostRequest);
+    let (flushed, ()) = tokio::join!(h.fs.flush(fh), h.reconnect_after(50));
+    assert_eq!(flushed, Ok(()));
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v2"[..]));
+    assert_eq!(h.zk.stat("/cfg").map(|s| s.version), Some(1));
+    assert_eq!(h.zk.writes_received(), 1, "the lost one never arrived");
+}
+
+#[tokio::test]
+async fn a_close_that_failed_while_disconnected_is_never_sent_later() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.set_connected(false);
+    let err =
+        h.fs.flush(fh)
+            .await
+            .expect_err("no connection within the wait");
+    assert_eq!(err.errno(), libc::ETIMEDOUT, "{err}");
+    h.zk.set_connected(true);
+    h.fs.fsync(fh).await.expect("nothing left to send");
+    h.fs.release(fh).await.expect("release");
+    assert_eq!(
+        h.zk.writes_received(),
+        0,
+        "the failed content was sent later"
+    );
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v1"[..]));
+}
+
+#[tokio::test]
+async fn a_dropped_flush_is_never_sent_later() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.set_connected(false);
+    {
+        // Polled until it waits for the connection, then dropped.
+        let flush = h.fs.flush(fh);
+        tokio::pin!(flush);
+        let polled = tokio::time::timeout(std::time::Duration::from_millis(30), &mut flush).await;
+        assert!(polled.is_err(), "still waiting for a connection");
+    }
+    h.zk.set_connected(true);
+    h.fs.release(fh).await.expect("release");
+    assert_eq!(h.zk.writes_received(), 0);
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v1"[..]));
+}
+
+#[tokio::test]
+async fn a_late_answer_never_leaves_the_cache_believing_an_old_value() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    assert_eq!(h.cat("/cfg").await.expect("cat"), b"v1");
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.inject(WriteFault::LateAnswer(100));
+    let other = async {
+        // While our answer is on its way: our write's echo, then another
+        // client's change (and its event).
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        h.deliver_own();
+        h.apply(h.zk.set("/cfg", b"v3-other"));
+    };
+    let (flushed, ()) = tokio::join!(h.fs.flush(fh), other);
+    assert_eq!(flushed, Ok(()));
+    assert_eq!(h.cat("/cfg").await.expect("cat"), b"v3-other");
+}
+
+#[tokio::test]
+async fn a_failed_write_retires_the_inode_the_kernel_sized_for_it() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"a longer value", 0));
+    let before = h.resolve("/cfg").await.expect("stat").ino;
+    let fh = h.buffered("/cfg", b"x").await;
+    h.apply(h.zk.set("/cfg", b"changed by another client"));
+    let err = h.fs.flush(fh).await.expect_err("conflict");
+    assert_eq!(err.errno(), libc::ESTALE);
+    let after = h.resolve("/cfg").await.expect("stat");
+    assert_ne!(after.ino, before, "a fresh inode for the name");
+    assert_eq!(after.size, 25);
+    assert_eq!(
+        h.cat("/cfg").await.expect("cat"),
+        b"changed by another client"
     );
 }

@@ -12,16 +12,36 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use super::attr::{Attr, FileKind};
-use super::core::{Entry, OpenMode, ZkFs, lock};
+use super::core::{Entry, OpenMode, Opened, PageCache, ZkFs, lock};
 use super::error::FsError;
 use super::inode::Role;
 use super::name::NodeName;
 use super::pointer;
+use crate::zk::NodeView;
 use crate::zk::path;
 use crate::zk::{CreateMode, WriteOp, WriteResult, ZkBackend, ZkError};
 
 /// czxid of an inode whose node is not created yet (it is, at close).
 pub const PENDING_CZXID: i64 = -1;
+
+/// Where a write handle's content stands. The state is set *before* any
+/// `.await` to what is right if the operation were dropped there, so a
+/// cancelled or failed send can never be sent again behind the caller's back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteState {
+    /// Nothing to send: the content is what the node has (as far as this
+    /// handle knows).
+    Clean,
+    /// Changed since open or since the last send.
+    Dirty,
+    /// A write beyond `--max-data` was refused: nothing from this handle is
+    /// ever sent, so no reader sees a truncated value. `reported` once a
+    /// close/fsync said so too.
+    Refused { size: usize, reported: bool },
+    /// A send failed and the failure was reported: this content is never
+    /// sent again (a reported failure is final); new writes make it Dirty.
+    Failed,
+}
 
 /// The state of one write handle.
 #[derive(Debug)]
@@ -29,15 +49,15 @@ pub struct Writer {
     buf: Vec<u8>,
     /// The node version this content is based on (None: node not created yet).
     base_version: Option<i32>,
-    dirty: bool,
-    /// A write was refused (EFBIG): nothing from this handle is ever sent,
-    /// so no reader sees a truncated value.
-    failed: Option<usize>,
+    state: WriteState,
     /// Data was written (or the size set) through this handle since open.
     /// `flush` runs at every close of a duplicated descriptor (the shell's
     /// `>` closes one right after open), so only then does it send; the
     /// last close (`release`) sends whatever is left.
     written: bool,
+    /// A close (`flush`) left content unsent (a truncation with nothing
+    /// written): opens of the node wait for the release that sends it.
+    closed_unsent: bool,
     append: bool,
 }
 
@@ -51,9 +71,13 @@ impl Writer {
             },
             base_version: Some(version),
             // `> file` must empty the node even when nothing is written.
-            dirty: mode.truncate,
+            state: if mode.truncate {
+                WriteState::Dirty
+            } else {
+                WriteState::Clean
+            },
             written: false,
-            failed: None,
+            closed_unsent: false,
             append: mode.append,
         }
     }
@@ -62,15 +86,33 @@ impl Writer {
         Writer {
             buf: Vec::new(),
             base_version: None,
-            dirty: true,
+            state: WriteState::Dirty,
             written: false,
-            failed: None,
+            closed_unsent: false,
             append: mode.append,
         }
     }
 
     pub fn content(&self) -> &[u8] {
         &self.buf
+    }
+
+    /// Content this handle holds and has not sent (for `stat` while open).
+    fn unsent(&self) -> Option<usize> {
+        (self.state == WriteState::Dirty).then_some(self.buf.len())
+    }
+
+    /// A close left content to be sent at release.
+    pub fn awaits_release(&self) -> bool {
+        self.closed_unsent && self.state == WriteState::Dirty
+    }
+
+    /// New content through this handle (after a refusal nothing counts).
+    fn touched(&mut self) {
+        if !matches!(self.state, WriteState::Refused { .. }) {
+            self.state = WriteState::Dirty;
+        }
+        self.written = true;
     }
 }
 
@@ -105,8 +147,7 @@ impl<B: ZkBackend> ZkFs<B> {
             return Err(FsError::NotDir(dir.path.to_string()));
         }
         let shown = path::join(&dir.path, &name.to_string_lossy());
-        let name = NodeName::parse(name)
-            .map_err(|e| FsError::InvalidName(shown.clone(), e.to_string()))?;
+        let name = NodeName::parse(name).map_err(|e| FsError::bad_name(shown.clone(), e))?;
         if !self.config.chrooted && &*dir.path == "/" && name.as_str() == "zookeeper" {
             return Err(FsError::InvalidName(
                 shown,
@@ -154,9 +195,8 @@ impl<B: ZkBackend> ZkFs<B> {
             .collect();
         let mut size = None;
         for w in writers {
-            let w = w.lock().await;
-            if w.dirty {
-                size = Some(w.buf.len() as u64);
+            if let Some(len) = w.lock().await.unsent() {
+                size = Some(len as u64);
             }
         }
         size
@@ -167,12 +207,13 @@ impl<B: ZkBackend> ZkFs<B> {
         ino: u64,
         path: &str,
         mode: OpenMode,
-    ) -> Result<(u64, bool), FsError> {
+        pid: u32,
+    ) -> Result<Opened, FsError> {
         let writer = Writer::new_file(mode);
-        Ok((
-            self.add_handle(ino, path, Arc::from(&[][..]), Some(writer), None),
-            false,
-        ))
+        Ok(Opened {
+            fh: self.add_handle(ino, path, Arc::from(&[][..]), Some(writer), None, pid),
+            cache: PageCache::Drop,
+        })
     }
 
     /// `open(O_CREAT)`: a new file whose node appears, with its complete
@@ -184,6 +225,7 @@ impl<B: ZkBackend> ZkFs<B> {
         name: &OsStr,
         mode: OpenMode,
         exclusive: bool,
+        pid: u32,
     ) -> Result<(Entry, u64), FsError> {
         let (dir, child) = self.new_child(parent, name)?;
         let mode = OpenMode {
@@ -201,7 +243,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 return Err(FsError::Exists(child));
             }
             let entry = self.lookup_inner(parent, name, true).await?;
-            let (fh, _) = self.open(entry.attr.ino, mode).await?;
+            let fh = self.open(entry.attr.ino, mode, pid).await?.fh;
             return Ok((entry, fh));
         }
         let pending = lock(&self.pending).get(&child).copied();
@@ -218,14 +260,14 @@ impl<B: ZkBackend> ZkFs<B> {
                 return Err(FsError::Exists(child));
             }
             let entry = self.lookup(parent, name).await?;
-            let (fh, _) = self.open(entry.attr.ino, mode).await?;
+            let fh = self.open(entry.attr.ino, mode, pid).await?.fh;
             return Ok((entry, fh));
         }
         let ino =
-            lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, PENDING_CZXID);
+            lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, PENDING_CZXID, 0);
         lock(&self.inodes).add_lookup(ino);
         lock(&self.pending).insert(child.clone(), ino);
-        let (fh, _) = self.open_pending(ino, &child, mode)?;
+        let fh = self.open_pending(ino, &child, mode, pid)?.fh;
         let attr = self.pending_attr(ino).await;
         self.invalidate_entry_of(&child);
         Ok((Entry { attr }, fh))
@@ -245,14 +287,14 @@ impl<B: ZkBackend> ZkFs<B> {
                 "device nodes, FIFOs and sockets cannot be stored in ZooKeeper",
             ));
         }
-        lock(&self.created_as_file).insert(child.clone());
+        self.overlay.remember(&child, FileKind::RegularFile);
         let mode = self.create_mode(&child);
         if mode == CreateMode::Ephemeral {
             lock(&self.registrations).insert(child.clone(), Vec::new());
         }
         if let Err(e) = self.store.create(&child, Vec::new(), mode, None).await {
             lock(&self.registrations).remove(&child);
-            lock(&self.created_as_file).remove(&child);
+            self.overlay.forget(&child);
             return Err(create_error(&child, e));
         }
         self.lookup(parent, name).await
@@ -261,13 +303,13 @@ impl<B: ZkBackend> ZkFs<B> {
     /// `mkdir`: a persistent empty node (shown as a directory).
     pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
         let (_, child) = self.new_child(parent, name)?;
-        lock(&self.created_as_dir).insert(child.clone());
+        self.overlay.remember(&child, FileKind::Directory);
         if let Err(e) = self
             .store
             .create(&child, Vec::new(), CreateMode::Persistent, None)
             .await
         {
-            lock(&self.created_as_dir).remove(&child);
+            self.overlay.forget(&child);
             return Err(create_error(&child, e));
         }
         self.lookup(parent, name).await
@@ -283,17 +325,21 @@ impl<B: ZkBackend> ZkFs<B> {
         };
         let end = start.saturating_add(data.len());
         if end > self.config.max_data {
-            w.failed = Some(end);
-            // So that close reports the refusal too, even with nothing written.
-            w.dirty = true;
+            // Close reports the refusal too, even with nothing written.
+            w.state = WriteState::Refused {
+                size: end,
+                reported: false,
+            };
+            return Err(FsError::TooBig(path, end, self.config.max_data));
+        }
+        if matches!(w.state, WriteState::Refused { .. }) {
             return Err(FsError::TooBig(path, end, self.config.max_data));
         }
         if w.buf.len() < end {
             w.buf.resize(end, 0);
         }
         w.buf[start..end].copy_from_slice(data);
-        w.dirty = true;
-        w.written = true;
+        w.touched();
         Ok(data.len() as u32)
     }
 
@@ -309,42 +355,79 @@ impl<B: ZkBackend> ZkFs<B> {
     /// `close`/`fsync`: send the handle's content if it changed (one
     /// `setData` with the version seen at open, or one `create`).
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        self.send_handle(fh, false).await
+        self.send_handle(fh, false, true).await
     }
 
     /// `fsync`: send now, written or not.
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        self.send_handle(fh, true).await
+        self.send_handle(fh, true, false).await
     }
 
-    async fn send_handle(&self, fh: u64, force: bool) -> Result<(), FsError> {
-        let (ino, path, writer) = {
+    /// Send a handle's content if it is Dirty (and written, or `force`).
+    /// `closing`: this is a `close` (a flush), which may leave a pure
+    /// truncation for the release to send.
+    async fn send_handle(&self, fh: u64, force: bool, closing: bool) -> Result<(), FsError> {
+        let (ino, path, writer, pid) = {
             let files = lock(&self.files);
             let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
             match &file.writer {
-                Some(w) => (file.ino, file.path.clone(), w.clone()),
+                Some(w) => (file.ino, file.path.clone(), w.clone(), file.pid),
                 None => return Ok(()),
             }
         };
         let mut w = writer.lock().await;
-        if let Some(size) = w.failed {
-            if w.dirty {
-                w.dirty = false;
+        match w.state {
+            WriteState::Refused { size, reported } => {
+                if reported {
+                    return Ok(());
+                }
+                w.state = WriteState::Refused {
+                    size,
+                    reported: true,
+                };
                 if w.base_version.is_none() {
                     lock(&self.pending).remove(&path);
                     lock(&self.inodes).detach(&path);
                 }
+                self.after_failed_write(ino, &path);
                 return Err(FsError::TooBig(path, size, self.config.max_data));
+            }
+            WriteState::Clean | WriteState::Failed => return Ok(()),
+            WriteState::Dirty => {}
+        }
+        if !(force || w.written) {
+            if closing {
+                w.closed_unsent = true;
             }
             return Ok(());
         }
-        if !w.dirty || !(force || w.written) {
-            return Ok(());
-        }
+        // Failed until proven sent: if this future were dropped while the
+        // request is out, the content must not be sent again later.
+        w.state = WriteState::Failed;
         let result = self.send(ino, &path, &mut w).await;
-        // Reported once (on this close); the content is not sent again.
-        w.dirty = false;
+        w.closed_unsent = false;
+        match &result {
+            Ok(()) => {
+                w.state = WriteState::Clean;
+                // What this process now bases its edits on is its own write.
+                if let Some(version) = w.base_version {
+                    lock(&self.reads).put((pid, path.clone()), version);
+                }
+            }
+            Err(_) => self.after_failed_write(ino, &path),
+        }
         result
+    }
+
+    /// A write through `ino` was refused or failed: the kernel's size and
+    /// pages for that inode hold content ZooKeeper never got. Retire the
+    /// inode (the name gets a fresh one showing the node's real content)
+    /// and drop what the kernel keeps of it.
+    fn after_failed_write(&self, ino: u64, path: &str) {
+        lock(&self.inodes).retire(ino);
+        self.invalidator
+            .invalidate(super::core::Invalidation::Inode(ino));
+        self.invalidate_path(path);
     }
 
     async fn send(&self, ino: u64, path: &str, w: &mut Writer) -> Result<(), FsError> {
@@ -355,7 +438,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 return Ok(());
             }
             // Before the node exists, so nobody sees it as an empty directory.
-            lock(&self.created_as_file).insert(path.to_string());
+            self.overlay.remember(path, FileKind::RegularFile);
             let mode = self.create_mode(path);
             let result = self.store.create(path, data.clone(), mode, None).await;
             if result.is_ok() && mode == CreateMode::Ephemeral {
@@ -363,13 +446,11 @@ impl<B: ZkBackend> ZkFs<B> {
             }
             lock(&self.pending).remove(path);
             if result.is_err() {
-                lock(&self.created_as_file).remove(path);
+                self.overlay.forget(path);
             }
             return match result {
                 Ok(stat) => {
-                    if let Some(inode) = lock(&self.inodes).get_mut(ino) {
-                        inode.czxid = stat.czxid;
-                    }
+                    lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
                     w.base_version = Some(stat.version);
                     self.invalidate_entry_of(path);
                     Ok(())
@@ -395,7 +476,7 @@ impl<B: ZkBackend> ZkFs<B> {
             .get(ino)
             .is_some_and(|i| i.role == Role::Node);
         if data.is_empty() && is_node {
-            lock(&self.created_as_file).insert(path.to_string());
+            self.overlay.remember(path, FileKind::RegularFile);
         }
         let expected = if self.config.last_writer_wins {
             None
@@ -409,9 +490,8 @@ impl<B: ZkBackend> ZkFs<B> {
                     lock(&self.registrations).insert(path.to_string(), data);
                 }
                 w.base_version = Some(stat.version);
-                if let Some(inode) = lock(&self.inodes).get_mut(ino) {
-                    inode.cached_mzxid = None;
-                }
+                // The writer's inode now shows what it wrote (same number).
+                lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
                 Ok(())
             }
             Err(ZkError::BadVersion) => {
@@ -437,8 +517,10 @@ impl<B: ZkBackend> ZkFs<B> {
 
     /// Last close of a handle: send what was not sent yet, then forget it.
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
-        let result = self.send_handle(fh, true).await;
-        lock(&self.files).remove(&fh);
+        let result = self.send_handle(fh, true, false).await;
+        if let Some(file) = lock(&self.files).remove(&fh) {
+            file.released.notify_waiters();
+        }
         result
     }
 
@@ -488,9 +570,15 @@ impl<B: ZkBackend> ZkFs<B> {
             match handle {
                 Some((_, writer)) => {
                     let mut w = writer.lock().await;
+                    if let WriteState::Refused { size, .. } = w.state {
+                        return Err(FsError::TooBig(
+                            inode.path.to_string(),
+                            size,
+                            self.config.max_data,
+                        ));
+                    }
                     w.buf.resize(size, 0);
-                    w.dirty = true;
-                    w.written = true;
+                    w.touched();
                 }
                 None => {
                     // truncate(2) on a closed file: one versioned setData now.
@@ -503,7 +591,7 @@ impl<B: ZkBackend> ZkFs<B> {
                     data.resize(size, 0);
                     let mut w = Writer::existing(&[], view.stat.version, OpenMode::default());
                     w.buf = data;
-                    w.dirty = true;
+                    w.state = WriteState::Dirty;
                     self.send(ino, &inode.path, &mut w).await?;
                 }
             }
@@ -569,7 +657,8 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     /// `rename` of a childless node as one `multi`: create-at-target (or
-    /// set-target) + delete-source, checked against the versions we know.
+    /// set-target) + delete-source. Replacing a file is checked against the
+    /// version the new content was based on ([`Self::rename_base`]).
     pub async fn rename(
         &self,
         parent: u64,
@@ -577,6 +666,7 @@ impl<B: ZkBackend> ZkFs<B> {
         new_parent: u64,
         new_name: &OsStr,
         flags: RenameFlags,
+        pid: u32,
     ) -> Result<(), FsError> {
         let (src_dir, src) = self.new_child(parent, name)?;
         let (dst_dir, dst) = self.new_child(new_parent, new_name)?;
@@ -666,7 +756,11 @@ impl<B: ZkBackend> ZkFs<B> {
                         WriteOp::SetData {
                             path: dst.clone(),
                             data: data.to_vec(),
-                            version: versioned.then_some(v.stat.version),
+                            version: if versioned {
+                                Some(self.rename_base(pid, &src, &src_view, &dst, v)?)
+                            } else {
+                                None
+                            },
                         },
                         delete_src,
                     ],
@@ -688,7 +782,7 @@ impl<B: ZkBackend> ZkFs<B> {
         // The kernel moves the source inode to the new name: make our inode
         // table agree, with the identity of the node now at `dst`.
         let new_czxid = results.iter().find_map(|r| match r {
-            WriteResult::Created(s) | WriteResult::Set(s) => Some(s.czxid),
+            WriteResult::Created(s) | WriteResult::Set(s) => Some((s.czxid, s.mzxid)),
             WriteResult::Deleted => None,
         });
         let moved = lock(&self.registrations).remove(&src);
@@ -697,34 +791,65 @@ impl<B: ZkBackend> ZkFs<B> {
         if moved.is_some() && mode == CreateMode::Ephemeral && dst_view.is_none() {
             lock(&self.registrations).insert(dst.clone(), data.to_vec());
         }
-        if lock(&self.created_as_dir).remove(&src) {
-            lock(&self.created_as_dir).insert(dst.clone());
-        }
-        let was_file = lock(&self.created_as_file).remove(&src);
-        if was_file {
-            lock(&self.created_as_file).insert(dst.clone());
-        }
+        // The node shows at `dst` as what it showed as at `src`: an empty
+        // file stays a file, an empty directory a directory.
+        self.overlay.rename(&src, &dst, src_kind);
+        lock(&self.reads).pop(&(pid, src.clone()));
         let dst_view = self.store.node(&dst).await.ok();
-        let dst_kind = match &dst_view {
-            Some(v) => self.kind_of(&dst, v),
-            None => src_kind,
-        };
-        let czxid = dst_view
-            .map(|v| v.stat.czxid)
+        let identity = dst_view
+            .map(|v| (v.stat.czxid, v.stat.mzxid))
             .or(new_czxid)
-            .filter(|c| *c > 0);
+            .filter(|(c, _)| *c > 0);
+        let old_dst = lock(&self.inodes).node_ino(&dst);
         if let Some(ino) = src_ino {
             let mut inodes = lock(&self.inodes);
-            match czxid {
-                Some(czxid) => inodes.move_to(ino, &dst, dst_kind, czxid),
+            match identity {
+                // The kernel moved the source's inode to the new name: same number.
+                Some((czxid, mzxid)) => inodes.move_to(ino, &dst, src_kind, czxid, mzxid),
                 // Unknown identity: let the kernel look the name up again.
                 None => inodes.detach(&src),
             }
         }
-        self.invalidate_path(&src);
-        self.invalidate_path(&dst);
+        // The kernel already moved its dentry; only the listings of both
+        // directories and the replaced inode's pages are out of date.
+        for dir in [&src_dir, &dst_dir] {
+            self.invalidate_listing(dir);
+        }
+        if let Some(old) = old_dst.filter(|o| Some(*o) != src_ino) {
+            self.invalidator
+                .invalidate(super::core::Invalidation::Inode(old));
+        }
         info!(from = %src, to = %dst, "renamed");
         Ok(())
+    }
+
+    /// The version a rename from `src` over the file `dst` must find at
+    /// `dst`: the version this process last read or wrote of it (what its
+    /// new content is based on); without one, the current version, unless
+    /// `dst` changed after `src` was created here (a temp file written
+    /// from an older read). SEMANTICS.md "rename" states the rule and its
+    /// remaining window.
+    fn rename_base(
+        &self,
+        pid: u32,
+        src: &str,
+        src_view: &NodeView,
+        dst: &str,
+        dst_view: &NodeView,
+    ) -> Result<i32, FsError> {
+        if let Some(version) = lock(&self.reads).get(&(pid, dst.to_string())).copied() {
+            return Ok(version);
+        }
+        let created_here = self.overlay.kind(src) == Some(FileKind::RegularFile);
+        if created_here && dst_view.stat.mzxid > src_view.stat.czxid {
+            return Err(FsError::Conflict {
+                path: dst.to_string(),
+                detail: format!(
+                    "changed by another client after {src} was created; nothing was renamed"
+                ),
+            });
+        }
+        Ok(dst_view.stat.version)
     }
 
     /// `ln -s TARGET LINK`: a persistent node whose data is TARGET resolved
@@ -745,19 +870,22 @@ impl<B: ZkBackend> ZkFs<B> {
         let node =
             pointer::resolve_target(target, &dir, &self.config.mountpoint, &self.config.root)
                 .map_err(|why| FsError::CrossDevice(child.clone(), why))?;
+        // The target may not exist yet (`tar x` and `rsync -a` create links
+        // before their targets): this mount shows the link as a link
+        // meanwhile; other mounts see a file until the target exists.
         match self.store.node(&node).await {
-            Ok(_) => {}
-            Err(ZkError::NoNode) => {
-                return Err(FsError::NotFound(format!(
-                    "{child} -> {node}: the target node does not exist (a dangling pointer would be a plain file)"
-                )));
-            }
+            Ok(_) | Err(ZkError::NoNode) => {}
             Err(e) => return Err(FsError::zk(&node, "getData", e)),
         }
-        self.store
+        self.overlay.remember(&child, FileKind::Symlink);
+        if let Err(e) = self
+            .store
             .create(&child, node.into_bytes(), CreateMode::Persistent, None)
             .await
-            .map_err(|e| create_error(&child, e))?;
+        {
+            self.overlay.forget(&child);
+            return Err(create_error(&child, e));
+        }
         self.lookup(parent, name).await
     }
 
@@ -829,9 +957,8 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     fn forget_path(&self, p: &str) {
-        lock(&self.created_as_dir).remove(p);
+        self.overlay.forget(p);
         lock(&self.registrations).remove(p);
-        lock(&self.created_as_file).remove(p);
         self.invalidate_path(p);
         lock(&self.inodes).detach(p);
     }

@@ -26,7 +26,7 @@ use tracing::{Level, event};
 
 use self::busy_poll::BusyPoll;
 use self::counters::{KernelOp, KernelRequestCounters};
-use crate::fs::{Attr, Entry, FileKind, FsError, OpenMode, RenameFlags, ZkFs};
+use crate::fs::{Attr, Entry, FileKind, FsError, OpenMode, Opened, PageCache, RenameFlags, ZkFs};
 use crate::zk::{ZkBackend, ZkError};
 
 /// How long the kernel may keep entries and attributes without asking. Every
@@ -137,18 +137,17 @@ impl<B: ZkBackend> ZkFuse<B> {
         }
     }
 
-    /// Run `fut`; answer on this thread if it completes without waiting (a
-    /// cache hit), else finish it on the runtime. Errors are logged once here.
+    /// Run a read-only `fut`, bounded by `--op-timeout` (dropping a read
+    /// changes nothing: the core's reads are cancel-safe).
     fn dispatch<T, F, R>(&self, op: &'static str, ino: u64, fut: F, reply: R)
     where
         T: Send + 'static,
         F: Future<Output = Result<T, FsError>> + Send + 'static,
         R: FnOnce(Result<T, FsError>) + Send + 'static,
     {
-        let _guard = self.runtime.enter();
         let timeout = self.op_timeout;
         let fs = self.fs.clone();
-        let mut fut = Box::pin(async move {
+        let bounded = async move {
             match tokio::time::timeout(timeout, fut).await {
                 Ok(r) => r,
                 Err(_) => Err(FsError::Zk {
@@ -157,7 +156,34 @@ impl<B: ZkBackend> ZkFuse<B> {
                     error: ZkError::Timeout,
                 }),
             }
-        });
+        };
+        self.run(op, bounded, reply);
+    }
+
+    /// Run a modifying `fut` to its end: it is never dropped half-way (a
+    /// dropped write could be applied after its failure was reported). The
+    /// core bounds each of its steps itself: waiting for a connection by
+    /// `--op-timeout` (nothing is sent then), a sent request until its
+    /// outcome is known.
+    fn dispatch_write<T, F, R>(&self, op: &'static str, fut: F, reply: R)
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, FsError>> + Send + 'static,
+        R: FnOnce(Result<T, FsError>) + Send + 'static,
+    {
+        self.run(op, fut, reply);
+    }
+
+    /// Answer on this thread if `fut` completes without waiting (a cache
+    /// hit), else finish it on the runtime. Errors are logged once here.
+    fn run<T, F, R>(&self, op: &'static str, fut: F, reply: R)
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, FsError>> + Send + 'static,
+        R: FnOnce(Result<T, FsError>) + Send + 'static,
+    {
+        let _guard = self.runtime.enter();
+        let mut fut = Box::pin(fut);
         let report = move |r: Result<T, FsError>| {
             if let Err(e) = &r {
                 log_error(op, e);
@@ -258,9 +284,8 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let fh = fh.map(|f| f.0);
-        self.dispatch(
+        self.dispatch_write(
             "setattr",
-            ino.0,
             async move { fs.setattr(ino.0, mode, uid, gid, size, fh).await },
             move |r| match r {
                 Ok(attr) => reply.attr(&TTL, &to_file_attr(&attr)),
@@ -269,20 +294,21 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.arrived(KernelOp::Open);
         let mode = open_mode(flags.0);
         let fs = self.fs.clone();
+        let pid = req.pid();
         self.dispatch(
             "open",
             ino.0,
-            async move { fs.open(ino.0, mode).await },
+            async move { fs.open(ino.0, mode, pid).await },
             move |r| match r {
-                Ok((fh, keep_cache)) => {
-                    let mut flags = if keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
+                Ok(Opened { fh, cache }) => {
+                    let mut flags = match cache {
+                        PageCache::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+                        PageCache::Drop => FopenFlags::empty(),
+                        PageCache::Bypass => FopenFlags::FOPEN_DIRECT_IO,
                     };
                     if !mode.write {
                         // Nothing to send at close: spare the kernel a FLUSH.
@@ -322,7 +348,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn write(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -334,9 +360,8 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.arrived(KernelOp::Write);
         let fs = self.fs.clone();
         let data = data.to_vec();
-        self.dispatch(
+        self.dispatch_write(
             "write",
-            ino.0,
             async move { fs.write(fh.0, offset, &data).await },
             move |r| match r {
                 Ok(n) => reply.written(n),
@@ -348,7 +373,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn release(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
@@ -357,9 +382,8 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     ) {
         self.arrived(KernelOp::Release);
         let fs = self.fs.clone();
-        self.dispatch(
+        self.dispatch_write(
             "release",
-            ino.0,
             async move { fs.release(fh.0).await },
             empty_reply(reply),
         );
@@ -368,16 +392,15 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn flush(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
         self.arrived(KernelOp::Flush);
         let fs = self.fs.clone();
-        self.dispatch(
+        self.dispatch_write(
             "flush",
-            ino.0,
             async move { fs.flush(fh.0).await },
             empty_reply(reply),
         );
@@ -386,16 +409,15 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn fsync(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
-        self.dispatch(
+        self.dispatch_write(
             "fsync",
-            ino.0,
             async move { fs.fsync(fh.0).await },
             empty_reply(reply),
         );
@@ -403,7 +425,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -416,10 +438,10 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         let name = name.to_os_string();
         let mode = open_mode(flags);
         let exclusive = flags & libc::O_EXCL != 0;
-        self.dispatch(
+        let pid = req.pid();
+        self.dispatch_write(
             "create",
-            parent.0,
-            async move { fs.create(parent.0, &name, mode, exclusive).await },
+            async move { fs.create(parent.0, &name, mode, exclusive, pid).await },
             move |r| match r {
                 Ok((entry, fh)) => reply.created(
                     &TTL,
@@ -447,9 +469,8 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         let fs = self.fs.clone();
         let name = name.to_os_string();
         let is_regular = mode & libc::S_IFMT == libc::S_IFREG;
-        self.dispatch(
+        self.dispatch_write(
             "mknod",
-            parent.0,
             async move { fs.mknod(parent.0, &name, is_regular).await },
             entry_reply(reply),
         );
@@ -467,9 +488,8 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
-        self.dispatch(
+        self.dispatch_write(
             "mkdir",
-            parent.0,
             async move { fs.mkdir(parent.0, &name).await },
             entry_reply(reply),
         );
@@ -479,9 +499,8 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
-        self.dispatch(
+        self.dispatch_write(
             "unlink",
-            parent.0,
             async move { fs.unlink(parent.0, &name).await },
             empty_reply(reply),
         );
@@ -491,9 +510,8 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let name = name.to_os_string();
-        self.dispatch(
+        self.dispatch_write(
             "rmdir",
-            parent.0,
             async move { fs.rmdir(parent.0, &name).await },
             empty_reply(reply),
         );
@@ -501,7 +519,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -512,15 +530,15 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
+        let pid = req.pid();
         let flags = RenameFlags {
             noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
         };
-        self.dispatch(
+        self.dispatch_write(
             "rename",
-            parent.0,
             async move {
-                fs.rename(parent.0, &name, newparent.0, &newname, flags)
+                fs.rename(parent.0, &name, newparent.0, &newname, flags, pid)
                     .await
             },
             empty_reply(reply),
@@ -552,9 +570,8 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.arrived(KernelOp::Other);
         let fs = self.fs.clone();
         let (name, target) = (link_name.to_os_string(), target.to_path_buf());
-        self.dispatch(
+        self.dispatch_write(
             "symlink",
-            parent.0,
             async move { fs.symlink(parent.0, &name, &target).await },
             entry_reply(reply),
         );

@@ -325,9 +325,14 @@ impl NodeCache {
                     children.insert(name.to_string());
                     node.stat.num_children = children.len() as i32;
                 }
-                // Not idempotent to count here (our own create and its
-                // event both arrive): let the next read refetch the stat.
-                None => node.stale = true,
+                // Counting is not idempotent here (our own create and its
+                // event both arrive): let the next read refetch the stat,
+                // but know at once that there is a child (the node's kind
+                // depends on it, also while ZooKeeper is unreachable).
+                None => {
+                    node.stale = true;
+                    node.stat.num_children = node.stat.num_children.max(1);
+                }
             }
         }
     }
@@ -342,7 +347,14 @@ impl NodeCache {
                     children.remove(name);
                     node.stat.num_children = children.len() as i32;
                 }
-                None => node.stale = true,
+                // The last child gone is certain (idempotent); beyond one,
+                // the count waits for the refetch.
+                None => {
+                    node.stale = true;
+                    if node.stat.num_children <= 1 {
+                        node.stat.num_children = 0;
+                    }
+                }
             }
         }
     }

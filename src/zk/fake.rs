@@ -1,7 +1,9 @@
 //! An in-memory ZooKeeper for unit and property tests: a tree of nodes with
 //! real-looking `Stat`s, a request counter, a connectivity switch, and
 //! mutations that return the watch events a persistent recursive watch on `/`
-//! would deliver. Never used instead of the real server in integration tests.
+//! would deliver, and injected faults for writes (late answers, lost
+//! answers, connection loss before the request). Never used instead of the
+//! real server in integration tests.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,6 +15,19 @@ use super::backend::{
     ZkBackend, ZkError,
 };
 use super::path;
+
+/// A fault for the next write request (create, setData, delete, multi).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFault {
+    /// Applied on the server, but the answer never arrives: the call fails
+    /// with ConnectionLoss (and the connection is down until `set_connected`).
+    LostAnswer,
+    /// The connection dropped before the request reached the server: not
+    /// applied, ConnectionLoss (and the connection is down).
+    LostRequest,
+    /// Applied at once, answered after this many milliseconds.
+    LateAnswer(u64),
+}
 
 struct State {
     nodes: BTreeMap<String, (Vec<u8>, NodeStat)>,
@@ -29,6 +44,10 @@ pub struct FakeZk {
     requests: AtomicU64,
     /// Milliseconds each `getData` answer takes (to overlap requests in tests).
     read_delay_ms: AtomicU64,
+    /// Faults for the next write requests, in order.
+    write_faults: Mutex<std::collections::VecDeque<WriteFault>>,
+    /// Write requests that reached the server (applied or refused by it).
+    writes_received: AtomicU64,
 }
 
 impl Default for FakeZk {
@@ -51,7 +70,60 @@ impl FakeZk {
             connected: AtomicBool::new(true),
             requests: AtomicU64::new(0),
             read_delay_ms: AtomicU64::new(0),
+            write_faults: Mutex::new(std::collections::VecDeque::new()),
+            writes_received: AtomicU64::new(0),
         }
+    }
+
+    /// Make the next write request meet `fault`.
+    pub fn inject(&self, fault: WriteFault) {
+        self.write_faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(fault);
+    }
+
+    /// Write requests that reached the server so far.
+    pub fn writes_received(&self) -> u64 {
+        self.writes_received.load(Ordering::SeqCst)
+    }
+
+    /// Run one write request through the next injected fault: `apply` is
+    /// the server's side (run unless the request is lost on the way).
+    /// Returns the answer and how late it comes.
+    fn faulty_write<T>(
+        &self,
+        apply: impl FnOnce() -> Result<T, ZkError>,
+    ) -> (Result<T, ZkError>, u64) {
+        let fault = self
+            .write_faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        let result = match self.check() {
+            Err(e) => Err(e),
+            Ok(()) => match fault {
+                Some(WriteFault::LostRequest) => {
+                    self.set_connected(false);
+                    Err(ZkError::ConnectionLoss)
+                }
+                Some(WriteFault::LostAnswer) => {
+                    self.writes_received.fetch_add(1, Ordering::SeqCst);
+                    let _ = apply();
+                    self.set_connected(false);
+                    Err(ZkError::ConnectionLoss)
+                }
+                _ => {
+                    self.writes_received.fetch_add(1, Ordering::SeqCst);
+                    apply()
+                }
+            },
+        };
+        let delay = match fault {
+            Some(WriteFault::LateAnswer(ms)) => ms,
+            _ => 0,
+        };
+        (result, delay)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -233,6 +305,14 @@ impl FakeZk {
     }
 }
 
+/// An answer that arrives `delay_ms` after the request.
+async fn answer<T>((result, delay_ms): (Result<T, ZkError>, u64)) -> Result<T, ZkError> {
+    if delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+    }
+    result
+}
+
 impl ZkBackend for FakeZk {
     fn get_data(
         &self,
@@ -306,14 +386,12 @@ impl ZkBackend for FakeZk {
         _acl: Option<&[AclEntry]>,
     ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send {
         let owner = if mode == CreateMode::Ephemeral { 1 } else { 0 };
-        let result = self
-            .check()
-            .and_then(|()| self.create(p, data, owner))
-            .and_then(|events| {
+        answer(self.faulty_write(|| {
+            self.create(p, data, owner).and_then(|events| {
                 self.queue(events);
                 self.stat(p).ok_or(ZkError::NoNode)
-            });
-        std::future::ready(result)
+            })
+        }))
     }
 
     fn set_data(
@@ -322,14 +400,12 @@ impl ZkBackend for FakeZk {
         data: &[u8],
         version: Option<i32>,
     ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send {
-        let result = self
-            .check()
-            .and_then(|()| self.set_versioned(p, data, version))
-            .and_then(|events| {
+        answer(self.faulty_write(|| {
+            self.set_versioned(p, data, version).and_then(|events| {
                 self.queue(events);
                 self.stat(p).ok_or(ZkError::NoNode)
-            });
-        std::future::ready(result)
+            })
+        }))
     }
 
     fn delete(
@@ -337,18 +413,17 @@ impl ZkBackend for FakeZk {
         p: &str,
         version: Option<i32>,
     ) -> impl Future<Output = Result<(), ZkError>> + Send {
-        let result = self
-            .check()
-            .and_then(|()| self.delete_versioned(p, version))
-            .map(|events| self.queue(events));
-        std::future::ready(result)
+        answer(self.faulty_write(|| {
+            self.delete_versioned(p, version)
+                .map(|events| self.queue(events))
+        }))
     }
 
     fn multi(
         &self,
         ops: &[WriteOp],
     ) -> impl Future<Output = Result<Vec<WriteResult>, ZkError>> + Send {
-        std::future::ready(self.check().and_then(|()| self.apply_multi(ops)))
+        answer(self.faulty_write(|| self.apply_multi(ops)))
     }
 }
 

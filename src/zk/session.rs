@@ -134,6 +134,10 @@ fn map_error(e: zk::Error) -> ZkError {
         zk::Error::BadVersion => ZkError::BadVersion,
         zk::Error::NoAuth => ZkError::NoAuth,
         zk::Error::ConnectionLoss => ZkError::ConnectionLoss,
+        // The client fails requests in flight with the transport's own
+        // error when a connection breaks (a server stopped gracefully resets
+        // it): the request's outcome is unknown, exactly as ConnectionLoss.
+        zk::Error::Custom(_) => ZkError::ConnectionLoss,
         zk::Error::SessionExpired | zk::Error::ClientClosed => ZkError::SessionExpired,
         zk::Error::Timeout => ZkError::Timeout,
         zk::Error::Unimplemented => ZkError::Unimplemented,
@@ -310,6 +314,27 @@ impl ZkSession {
     ) -> impl Future<Output = Result<T, ZkError>> + Send + 'static {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let timeout = tokio::time::timeout(self.config.op_timeout, fut);
+        async move {
+            match timeout.await {
+                Ok(r) => r.map_err(map_error),
+                Err(_) => Err(ZkError::Timeout),
+            }
+        }
+    }
+
+    /// Bound a write by `--op-timeout` plus the session timeout and count it.
+    /// A write is not abandoned while its connection may still deliver it:
+    /// a connection that stops answering is declared lost within the session
+    /// timeout, and the request then fails with ConnectionLoss (an unknown
+    /// outcome the store resolves after reconnecting). Giving up earlier
+    /// would report a failure for a write the server might still apply.
+    fn bounded_write<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, zk::Error>> + Send + 'static,
+    ) -> impl Future<Output = Result<T, ZkError>> + Send + 'static {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let limit = self.config.op_timeout + self.config.session_timeout;
+        let timeout = tokio::time::timeout(limit, fut);
         async move {
             match timeout.await {
                 Ok(r) => r.map_err(map_error),
@@ -602,7 +627,7 @@ impl ZkBackend for ZkSession {
         let (path, data) = (path.to_string(), data.to_vec());
         let acl: Option<Vec<zk::Acl>> = acl.map(|a| a.iter().map(to_acl).collect());
         let default = self.config.new_node_acl;
-        self.bounded(async move {
+        self.bounded_write(async move {
             let client = client.ok_or(zk::Error::ClientClosed)?;
             let options = create_options(mode, &acl, default);
             client
@@ -620,7 +645,7 @@ impl ZkBackend for ZkSession {
     ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send {
         let client = self.client();
         let (path, data) = (path.to_string(), data.to_vec());
-        self.bounded(async move {
+        self.bounded_write(async move {
             let client = client.ok_or(zk::Error::ClientClosed)?;
             client
                 .set_data(&path, &data, version)
@@ -636,7 +661,7 @@ impl ZkBackend for ZkSession {
     ) -> impl Future<Output = Result<(), ZkError>> + Send {
         let client = self.client();
         let path = path.to_string();
-        self.bounded(async move {
+        self.bounded_write(async move {
             let client = client.ok_or(zk::Error::ClientClosed)?;
             client.delete(&path, version).await
         })
@@ -649,7 +674,7 @@ impl ZkBackend for ZkSession {
         let client = self.client();
         let ops = ops.to_vec();
         let default = self.config.new_node_acl;
-        self.bounded(async move {
+        self.bounded_write(async move {
             let client = client.ok_or(zk::Error::ClientClosed)?;
             let mut writer = client.new_multi_writer();
             for op in &ops {

@@ -88,6 +88,32 @@ pub struct Store<B: ZkBackend> {
     /// Data fetches in flight: readers of a node being fetched wait for that
     /// answer instead of sending their own (a polling reader during a change).
     data_in_flight: Mutex<HashMap<String, Arc<Notify>>>,
+    /// How long a write waits for a connection before it fails unsent.
+    connect_wait: Duration,
+}
+
+/// The expected echo of one of our writes, counted while the write is out:
+/// dropped (the write failed, or its future was dropped) it takes the
+/// expectation back, so a late or lost answer can never make the cache
+/// swallow someone else's change.
+struct OwnEcho<'a, B: ZkBackend> {
+    store: &'a Store<B>,
+    expected: Vec<(String, NodeEventKind)>,
+}
+
+impl<B: ZkBackend> OwnEcho<'_, B> {
+    /// The write was applied: its echo is due.
+    fn keep(mut self) {
+        self.expected.clear();
+    }
+}
+
+impl<B: ZkBackend> Drop for OwnEcho<'_, B> {
+    fn drop(&mut self) {
+        for (path, kind) in &self.expected {
+            self.store.unexpect_own(path, *kind);
+        }
+    }
 }
 
 /// Ends a shared data fetch: wakes its waiters even if the fetch was
@@ -132,20 +158,33 @@ impl<B: ZkBackend> Store<B> {
             own_events: Mutex::new(HashMap::new()),
             acls_in_flight: Mutex::new(std::collections::HashSet::new()),
             data_in_flight: Mutex::new(HashMap::new()),
+            connect_wait: Duration::from_secs(5),
         }
+    }
+
+    /// How long writes wait for a connection (`--op-timeout`).
+    pub fn with_connect_wait(mut self, wait: Duration) -> Self {
+        self.connect_wait = wait;
+        self
     }
 
     fn own(&self) -> MutexGuard<'_, HashMap<(String, NodeEventKind), (u32, Instant)>> {
         self.own_events.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn expect_own(&self, path: &str, kind: NodeEventKind) {
+    fn expect_own(&self, expected: &[(&str, NodeEventKind)]) -> OwnEcho<'_, B> {
         let mut own = self.own();
-        let entry = own
-            .entry((path.to_string(), kind))
-            .or_insert((0, Instant::now()));
-        entry.0 += 1;
-        entry.1 = Instant::now();
+        for (path, kind) in expected {
+            let entry = own
+                .entry((path.to_string(), *kind))
+                .or_insert((0, Instant::now()));
+            entry.0 += 1;
+            entry.1 = Instant::now();
+        }
+        OwnEcho {
+            store: self,
+            expected: expected.iter().map(|(p, k)| (p.to_string(), *k)).collect(),
+        }
     }
 
     fn unexpect_own(&self, path: &str, kind: NodeEventKind) {
@@ -431,6 +470,14 @@ impl<B: ZkBackend> Store<B> {
                 }
             }
         }
+        // Unreachable: what was never read stays unknown; a listing shows
+        // such nodes from what it was told (no waiting for each of them).
+        if !to_fetch.is_empty() && !self.backend.is_connected() {
+            for &i in &to_fetch {
+                results[i] = Some(Err(ZkError::ConnectionLoss));
+            }
+            to_fetch.clear();
+        }
         // Data only: ACLs of a bulk load follow separately (`load_acls`).
         let fetch_paths: Vec<&str> = to_fetch.iter().map(|&i| paths[i].as_str()).collect();
         let sizes = self.known_sizes(&fetch_paths);
@@ -559,17 +606,78 @@ impl<B: ZkBackend> Store<B> {
             .flatten()
     }
 
+    /// After a delete's answer was lost: whether the node is gone (found out
+    /// once connected again, bounded like [`Self::written_anyway`]).
+    async fn gone_anyway(&self, path: &str) -> bool {
+        let find_out = async {
+            loop {
+                while !self.backend.is_connected() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                match self.backend.get_data(path).await {
+                    Ok(_) => return false,
+                    Err(ZkError::NoNode) => return true,
+                    Err(e) if e.is_connectivity() => continue,
+                    Err(_) => return false,
+                }
+            }
+        };
+        tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// After a transaction's answer was lost: whether it was applied, found
+    /// out once connected again. All or nothing of a `multi` is applied, so
+    /// it was iff every node it deletes (and does not re-create) is gone and
+    /// every node it creates or sets holds what it wrote; the answers are
+    /// rebuilt from what is read then.
+    async fn multi_applied_anyway(&self, ops: &[WriteOp]) -> Option<Vec<WriteResult>> {
+        let find_out = async {
+            let mut results = Vec::with_capacity(ops.len());
+            for (i, op) in ops.iter().enumerate() {
+                let later_create = |p: &str| {
+                    ops[i + 1..]
+                        .iter()
+                        .any(|o| matches!(o, WriteOp::Create { path, .. } if path == p))
+                };
+                match op {
+                    WriteOp::Delete { path, .. } => {
+                        if !later_create(path) && !self.gone_anyway(path).await {
+                            return None;
+                        }
+                        results.push(WriteResult::Deleted);
+                    }
+                    WriteOp::Create { path, data, .. } | WriteOp::SetData { path, data, .. } => {
+                        let stat = self.written_anyway(path, data, None).await?;
+                        results.push(match op {
+                            WriteOp::Create { .. } => WriteResult::Created(stat),
+                            _ => WriteResult::Set(stat),
+                        });
+                    }
+                }
+            }
+            Some(results)
+        };
+        tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Writes are sent only while connected: the client would otherwise
     /// queue them and apply them after a reconnect, possibly long after the
-    /// caller was told the write failed. The caller's deadline bounds the
-    /// wait (nothing was sent if it expires); 60 s bounds the rest.
-    async fn until_connected(&self) {
+    /// caller was told the write failed. Waits up to `--op-timeout`, then
+    /// fails with nothing sent.
+    async fn until_connected(&self) -> Result<(), ZkError> {
         let wait = async {
             while !self.backend.is_connected() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        let _ = tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, wait).await;
+        tokio::time::timeout(self.connect_wait, wait)
+            .await
+            .map_err(|_| ZkError::Timeout)
     }
 
     /// Create a node and cache it (read-your-writes).
@@ -583,15 +691,13 @@ impl<B: ZkBackend> Store<B> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.until_connected().await;
+            self.until_connected().await?;
             let ticket = self.cache().begin_fetch(path);
-            self.expect_own(path, NodeEventKind::Created);
+            let echo = self.expect_own(&[(path, NodeEventKind::Created)]);
             let result = self.backend.create(path, &data, mode, acl).await;
-            if result.is_err() {
-                self.unexpect_own(path, NodeEventKind::Created);
-            }
             match result {
                 Ok(stat) => {
+                    echo.keep();
                     self.record_created(path, data, stat, ticket);
                     return Ok(stat);
                 }
@@ -628,15 +734,13 @@ impl<B: ZkBackend> Store<B> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.until_connected().await;
+            self.until_connected().await?;
             let ticket = self.cache().begin_fetch(path);
-            self.expect_own(path, NodeEventKind::DataChanged);
+            let echo = self.expect_own(&[(path, NodeEventKind::DataChanged)]);
             let result = self.backend.set_data(path, &data, version).await;
-            if result.is_err() {
-                self.unexpect_own(path, NodeEventKind::DataChanged);
-            }
             match result {
                 Ok(stat) => {
+                    echo.keep();
                     self.record_written(path, data, stat, ticket);
                     return Ok(stat);
                 }
@@ -666,11 +770,11 @@ impl<B: ZkBackend> Store<B> {
     }
 
     pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<(), ZkError> {
-        self.until_connected().await;
+        self.until_connected().await?;
         let mut result = self.backend.delete(path, version).await;
         if let Err(e) = &result
             && e.is_connectivity()
-            && self.backend.get_data(path).await == Err(ZkError::NoNode)
+            && self.gone_anyway(path).await
         {
             // The outcome was unknown; the node is gone, so it was applied.
             result = Ok(());
@@ -686,7 +790,7 @@ impl<B: ZkBackend> Store<B> {
 
     /// Run a transaction and apply its results to the cache.
     pub async fn multi(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>, ZkError> {
-        self.until_connected().await;
+        self.until_connected().await?;
         let expected: Vec<(&str, NodeEventKind)> = ops
             .iter()
             .filter_map(|op| match op {
@@ -695,17 +799,19 @@ impl<B: ZkBackend> Store<B> {
                 WriteOp::Delete { .. } => None,
             })
             .collect();
-        for (path, kind) in &expected {
-            self.expect_own(path, *kind);
-        }
-        let results = self.backend.multi(ops).await;
-        if results.is_err() {
-            for (path, kind) in &expected {
-                self.unexpect_own(path, *kind);
-            }
+        let echo = self.expect_own(&expected);
+        let mut results = self.backend.multi(ops).await;
+        if let Err(e) = &results
+            && e.is_connectivity()
+            && let Some(applied) = self.multi_applied_anyway(ops).await
+        {
+            results = Ok(applied);
         }
         let results = match results {
-            Ok(r) => r,
+            Ok(r) => {
+                echo.keep();
+                r
+            }
             Err(e) => {
                 let mut cache = self.cache();
                 for op in ops {

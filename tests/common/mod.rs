@@ -452,6 +452,30 @@ impl ZkServer {
         }
     }
 
+    /// SIGTERM the server (a graceful stop, as `systemctl stop` does: it
+    /// closes its client connections) and wait until it has exited.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling a child process we own.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let start = Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if start.elapsed() < Duration::from_secs(20) => {
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = fs::remove_file(self.dir.path().join("java.pid"));
+    }
+
     /// Starts the server again on the same port with the same data dir (a
     /// running server is stopped first) and waits until it serves.
     pub fn start_again(&mut self) {

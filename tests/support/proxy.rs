@@ -13,6 +13,9 @@ use std::time::Duration;
 pub struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
+    /// While set, bytes are read and dropped: connections stay open but
+    /// nothing gets through (a blackholed server, a silent network).
+    silent: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
 }
@@ -26,11 +29,13 @@ impl Proxy {
             .expect("nonblocking listener");
         let port = listener.local_addr().expect("proxy addr").port();
         let up = Arc::new(AtomicBool::new(true));
+        let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let upstream = upstream.to_string();
         {
-            let (up, stop, streams) = (up.clone(), stop.clone(), streams.clone());
+            let (up, stop, streams, silent) =
+                (up.clone(), stop.clone(), streams.clone(), silent.clone());
             thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
@@ -50,8 +55,8 @@ impl Proxy {
                                 }
                             }
                             drop(list);
-                            pipe(&client, &server);
-                            pipe(&server, &client);
+                            pipe(&client, &server, &silent);
+                            pipe(&server, &client, &silent);
                         }
                         Err(_) => thread::sleep(Duration::from_millis(5)),
                     }
@@ -61,6 +66,7 @@ impl Proxy {
         Proxy {
             port,
             up,
+            silent,
             streams,
             stop,
         }
@@ -80,6 +86,13 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+        self.silent.store(false, Ordering::SeqCst);
+    }
+
+    /// Keep every connection open but let nothing through either way (new
+    /// connections are accepted and then silent too) until `restore`.
+    pub fn blackhole(&self) {
+        self.silent.store(true, Ordering::SeqCst);
     }
 }
 
@@ -90,15 +103,17 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(from: &TcpStream, to: &TcpStream) {
+fn pipe(from: &TcpStream, to: &TcpStream, silent: &Arc<AtomicBool>) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
+    let silent = silent.clone();
     thread::spawn(move || {
         let mut buf = [0u8; 16384];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
+                Ok(_) if silent.load(Ordering::SeqCst) => {}
                 Ok(n) => {
                     if to.write_all(&buf[..n]).is_err() {
                         break;

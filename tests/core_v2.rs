@@ -1,0 +1,569 @@
+//! The core's promises that real tools rely on (issue "Core v2"), through
+//! real kernel FUSE mounts of a real ZooKeeper server: stable inode numbers,
+//! kinds that survive a rename, whole-file reads of exactly one version, no
+//! silent lost update through rename, failures that stay failures, and the
+//! smaller POSIX details. Expected answers come from the test's own view of
+//! what it did, never from zkfs.
+
+mod common;
+#[path = "support/proxy.rs"]
+mod proxy;
+#[path = "support/zkops.rs"]
+mod zkops;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use common::{Mount, TempDir, shared_zk, unique_root, wait_until};
+use proxy::Proxy;
+use zkops::{Other, xattr_string};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn mounted(tag: &str, extra: &[&str]) -> (Other, String, Mount) {
+    let zk = shared_zk();
+    let root = unique_root(tag);
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    let mount = Mount::start(&format!("{zk}{root}"), extra);
+    (other, root, mount)
+}
+
+fn ino(p: &Path) -> u64 {
+    fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .ino()
+}
+
+/// Runs `script` with `sh -c` in `dir`; returns (exit code, stdout, stderr).
+fn shell(dir: &Path, script: &str) -> (i32, String, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .env("HOME", dir)
+        .output()
+        .expect("run sh");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn get(other: &Other, path: &str) -> (Vec<u8>, i32) {
+    let fut = other.client.get_data(path);
+    let (data, stat) = other
+        .rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), fut).await })
+        .unwrap_or_else(|_| panic!("get {path}: timed out"))
+        .unwrap_or_else(|e| panic!("get {path}: {e}"));
+    (data, stat.version)
+}
+
+#[test]
+fn directory_numbers_survive_child_changes_data_changes_and_rename() {
+    let (other, root, mount) = mounted("ident", &[]);
+    let m = mount.path();
+    fs::create_dir(m.join("d")).expect("mkdir d");
+    fs::write(m.join("sib"), "s").expect("write sib");
+    fs::create_dir(m.join("e")).expect("mkdir e");
+    let (d, sib, e) = (ino(&m.join("d")), ino(&m.join("sib")), ino(&m.join("e")));
+
+    // Children through the mount.
+    fs::write(m.join("d/f"), "x").expect("write d/f");
+    fs::create_dir(m.join("d/sub")).expect("mkdir d/sub");
+    assert_eq!(ino(&m.join("d")), d, "a local create renumbered d");
+    // Children by another client, waited for through the mount.
+    other.create(&format!("{root}/d/remote"), b"r");
+    wait_until("remote child listed", DEADLINE, || {
+        m.join("d/remote").exists()
+    });
+    assert_eq!(ino(&m.join("d")), d, "a remote create renumbered d");
+    other.delete(&format!("{root}/d/remote"));
+    wait_until("remote child gone", DEADLINE, || {
+        !m.join("d/remote").exists()
+    });
+    fs::remove_file(m.join("d/f")).expect("rm d/f");
+    fs::remove_dir(m.join("d/sub")).expect("rmdir d/sub");
+    assert_eq!(ino(&m.join("d")), d, "deleting children renumbered d");
+    // The directory's own data.
+    fs::write(m.join("d/.data"), "dirdata").expect("write d/.data");
+    assert_eq!(ino(&m.join("d")), d, "a data change renumbered d");
+    // Siblings never move.
+    assert_eq!(
+        ino(&m.join("sib")),
+        sib,
+        "a sibling's change renumbered sib"
+    );
+    assert_eq!(ino(&m.join("e")), e, "a sibling's change renumbered e");
+    // Renamed through this mount: same number under the new name.
+    fs::rename(m.join("e"), m.join("e2")).expect("mv e e2");
+    assert_eq!(
+        ino(&m.join("e2")),
+        e,
+        "a renamed directory got a new number"
+    );
+    fs::rename(m.join("sib"), m.join("sib2")).expect("mv sib sib2");
+    assert_eq!(ino(&m.join("sib2")), sib, "a renamed file got a new number");
+}
+
+#[test]
+fn a_shells_cwd_survives_child_changes_and_git_works() {
+    let (other, root, mount) = mounted("cwd", &[]);
+    let m = mount.path();
+    fs::create_dir(m.join("w")).expect("mkdir w");
+    let (rc, out, err) = shell(
+        &m.join("w"),
+        "mkdir fresh && cd fresh && echo a > f && /bin/pwd && mkdir sub && rm f && /bin/pwd",
+    );
+    assert_eq!(rc, 0, "pwd after child changes: {out}{err}");
+    let expect = m.join("w/fresh").display().to_string();
+    assert_eq!(out.lines().collect::<Vec<_>>(), [&*expect, &*expect]);
+
+    // A remote change while a shell sits in the directory.
+    let script = "cd fresh && while [ ! -e remote ]; do sleep 0.01; done; /bin/pwd; ls; echo done"
+        .to_string();
+    let shell_dir = m.join("w");
+    let waiter = thread::spawn(move || shell(&shell_dir, &script));
+    other.create(&format!("{root}/w/fresh/remote"), b"r");
+    let (rc, out, err) = waiter.join().expect("shell thread");
+    assert_eq!(rc, 0, "{out}{err}");
+    assert!(out.starts_with(&expect), "{out}{err}");
+
+    let (rc, out, err) = shell(
+        &m.join("w"),
+        "git init -q repo && cd repo && echo one > a.txt && git add a.txt && git commit -q -m one \
+         && echo two >> a.txt && mkdir -p src && echo x > src/b.txt && git add -A \
+         && git commit -q -m two && git log --oneline | wc -l && git status --porcelain",
+    );
+    assert_eq!(rc, 0, "git in the mount: {out}{err}");
+    assert_eq!(out.trim(), "2", "two commits, clean tree: {out}{err}");
+}
+
+#[test]
+fn empty_files_stay_files_through_rename() {
+    let (other, root, mount) = mounted("emptymv", &[]);
+    let m = mount.path();
+    fs::write(m.join("a"), "").expect("touch a");
+    fs::rename(m.join("a"), m.join("b")).expect("mv a b");
+    let meta = fs::metadata(m.join("b")).expect("stat b");
+    assert!(meta.is_file(), "an empty file renamed became {meta:?}");
+    // An empty temp file renamed over a target (atomic-write helpers).
+    other.create(&format!("{root}/target"), b"old content");
+    wait_until("target visible", DEADLINE, || m.join("target").exists());
+    fs::write(m.join(".target.tmp"), "").expect("empty temp");
+    fs::rename(m.join(".target.tmp"), m.join("target")).expect("replace target");
+    let meta = fs::metadata(m.join("target")).expect("stat target");
+    assert!(meta.is_file(), "the replaced target became {meta:?}");
+    assert_eq!(fs::read(m.join("target")).expect("cat target"), b"");
+    assert_eq!(get(&other, &format!("{root}/target")).0, b"");
+}
+
+#[test]
+fn tar_x_with_a_symlink_listed_before_its_target() {
+    let (_other, _root, mount) = mounted("tarx", &[]);
+    let m = mount.path();
+    let src = TempDir::new("tar-src");
+    let s = src.path();
+    fs::create_dir_all(s.join("tree/conf")).expect("mkdir");
+    fs::write(s.join("tree/conf/v1.json"), "{\"v\":1}\n").expect("v1");
+    fs::write(s.join("tree/readme"), "hello\n").expect("readme");
+    std::os::unix::fs::symlink("conf/v1.json", s.join("tree/current")).expect("symlink");
+    let tarball = s.join("t.tar");
+    // The symlink first, then its target.
+    let (rc, out, err) = shell(
+        s,
+        &format!(
+            "tar cf {} tree/current tree tree/conf tree/conf/v1.json tree/readme",
+            tarball.display()
+        ),
+    );
+    assert_eq!(rc, 0, "tar c: {out}{err}");
+    let (rc, out, err) = shell(m, &format!("tar xf {}", tarball.display()));
+    assert_eq!(rc, 0, "tar x into the mount: {out}{err}");
+    assert_eq!(
+        fs::read_to_string(m.join("tree/current")).expect("follow link"),
+        "{\"v\":1}\n"
+    );
+    assert_eq!(
+        fs::read_link(m.join("tree/current")).expect("readlink"),
+        Path::new("conf/v1.json")
+    );
+    assert_eq!(
+        fs::read_to_string(m.join("tree/readme")).expect("readme"),
+        "hello\n"
+    );
+}
+
+#[test]
+fn vim_saves_ten_times_in_a_row() {
+    let (other, root, mount) = mounted("vim", &[]);
+    let m = mount.path();
+    fs::write(m.join("cfg"), "line\n").expect("write cfg");
+    // Ten saves in one editing session (a script of ex commands).
+    let ex = TempDir::new("vim-script");
+    let commands: String = (0..10).map(|i| format!("normal Go{i}\nw\n")).collect();
+    fs::write(ex.path().join("saves.vim"), format!("{commands}q\n")).expect("vim script");
+    let script = format!(
+        "vim -u NONE -i NONE -N -es -S {} cfg; echo rc=$?",
+        ex.path().join("saves.vim").display()
+    );
+    let (_, out, err) = shell(m, &script);
+    assert!(out.contains("rc=0"), "vim: {out}{err}");
+    let expected: String = std::iter::once("line\n".to_string())
+        .chain((0..10).map(|i| format!("{i}\n")))
+        .collect();
+    assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), expected);
+    assert_eq!(
+        String::from_utf8_lossy(&get(&other, &format!("{root}/cfg")).0),
+        expected
+    );
+}
+
+#[test]
+fn whole_file_reads_are_one_complete_version_under_concurrent_changes() {
+    let (other, root, mount) = mounted("atomic", &[]);
+    let m = mount.path().to_path_buf();
+    let big: Vec<u8> = (0..300 * 1024).map(|i| b'a' + (i % 23) as u8).collect();
+    let small: Vec<u8> = (0..200 * 1024).map(|i| b'A' + (i % 19) as u8).collect();
+    let node = format!("{root}/flip");
+    other.create(&node, &big);
+    wait_until("node visible", DEADLINE, || m.join("flip").exists());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let (stop, node, big, small) = (stop.clone(), node.clone(), big.clone(), small.clone());
+        thread::spawn(move || {
+            let other = Other::connect(&shared_zk());
+            let mut flips = 0;
+            while !stop.load(Ordering::SeqCst) {
+                other.set(&node, if flips % 2 == 0 { &small } else { &big });
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let bad = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = [0usize, 64 * 1024, 4096]
+        .into_iter()
+        .map(|chunk| {
+            let (m, bad, reads, big, small) = (
+                m.clone(),
+                bad.clone(),
+                reads.clone(),
+                big.clone(),
+                small.clone(),
+            );
+            thread::spawn(move || {
+                for _ in 0..80 {
+                    let got = if chunk == 0 {
+                        fs::read(m.join("flip")).expect("read")
+                    } else {
+                        let mut f = fs::File::open(m.join("flip")).expect("open");
+                        let mut got = Vec::new();
+                        let mut buf = vec![0u8; chunk];
+                        loop {
+                            let n = f.read(&mut buf).expect("read chunk");
+                            if n == 0 {
+                                break;
+                            }
+                            got.extend_from_slice(&buf[..n]);
+                        }
+                        got
+                    };
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    if got != big && got != small {
+                        bad.fetch_add(1, Ordering::SeqCst);
+                        eprintln!(
+                            "chunk {chunk}: a read of {} bytes matched no version",
+                            got.len()
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().expect("reader");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let flips = flipper.join().expect("flipper");
+    assert!(
+        flips > 10,
+        "the node changed only {flips} times during the reads"
+    );
+    assert_eq!(
+        bad.load(Ordering::SeqCst),
+        0,
+        "of {} whole-file reads during {flips} changes",
+        reads.load(Ordering::SeqCst)
+    );
+}
+
+/// Each editor appends its own marker line with `sed -i`; every edit that
+/// reported success must be in the final content, every failed one absent.
+#[test]
+fn two_mounts_running_sed_i_lose_no_edit_silently() {
+    let zk = shared_zk();
+    let root = unique_root("sedi");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/shared.conf"), b"# shared\n");
+    drop(other);
+    let mounts = [
+        Mount::start(&format!("{zk}{root}"), &[]),
+        Mount::start(&format!("{zk}{root}"), &[]),
+    ];
+    const EDITS: usize = 200;
+    let results: Vec<Vec<(String, bool)>> = thread::scope(|s| {
+        let handles: Vec<_> = mounts
+            .iter()
+            .enumerate()
+            .map(|(k, mount)| {
+                let dir = mount.path().to_path_buf();
+                s.spawn(move || {
+                    (0..EDITS)
+                        .map(|i| {
+                            let marker = format!("m{k}-{i}");
+                            let ok = Command::new("sed")
+                                .arg("-i")
+                                .arg(format!("$a {marker}"))
+                                .arg("shared.conf")
+                                .current_dir(&dir)
+                                .stderr(std::process::Stdio::null())
+                                .status()
+                                .expect("run sed")
+                                .success();
+                            (marker, ok)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("editor"))
+            .collect()
+    });
+    // A fresh client: the first one's session was not kept alive meanwhile.
+    let other = Other::connect(&zk);
+    let (content, _) = get(&other, &format!("{root}/shared.conf"));
+    let content = String::from_utf8_lossy(&content);
+    let lines: std::collections::HashSet<&str> = content.lines().collect();
+    let mut lost = Vec::new();
+    let mut applied_after_failure = Vec::new();
+    let mut succeeded = 0;
+    for (marker, ok) in results.iter().flatten() {
+        match (*ok, lines.contains(marker.as_str())) {
+            (true, false) => lost.push(marker.clone()),
+            (false, true) => applied_after_failure.push(marker.clone()),
+            (true, true) => succeeded += 1,
+            (false, false) => {}
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} reported edits lost silently: {:?}",
+        lost.len(),
+        2 * EDITS,
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        applied_after_failure.is_empty(),
+        "failed edits applied anyway: {applied_after_failure:?}"
+    );
+    assert!(succeeded > 0, "no edit succeeded at all");
+    eprintln!(
+        "{succeeded} of {} edits succeeded, the rest failed visibly",
+        2 * EDITS
+    );
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Connections dropped and refused.
+    Cut,
+    /// Connections open, nothing gets through.
+    Blackhole,
+}
+
+#[test]
+fn a_failed_close_is_never_applied_later_server_cut_off() {
+    failed_close_is_final(Fault::Cut);
+}
+
+#[test]
+fn a_failed_close_is_never_applied_later_server_blackholed() {
+    failed_close_is_final(Fault::Blackhole);
+}
+
+fn failed_close_is_final(fault: Fault) {
+    let zk = shared_zk();
+    let root = unique_root("failclose");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    let node = format!("{root}/cfg");
+    other.create(&node, b"before");
+    let proxy = Proxy::start(&zk);
+    let mut mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &["--session-timeout", "6s", "--op-timeout", "1s"],
+    );
+    let m = mount.path().to_path_buf();
+    assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "before");
+    assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "before");
+    match fault {
+        Fault::Cut => proxy.cut(),
+        Fault::Blackhole => proxy.blackhole(),
+    }
+    wait_until("disconnected", DEADLINE, || {
+        xattr_string(&m, "user.zkfs.state") == "disconnected"
+    });
+    // close() fails ...
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(m.join("cfg"))
+            .expect("open for write");
+        f.write_all(b"closed-while-down").expect("buffered write");
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+        // SAFETY: closing the descriptor we own.
+        let rc = unsafe { libc::close(fd) };
+        assert_eq!(rc, -1, "close while disconnected must report the failure");
+    }
+    // ... and so does fsync, then close.
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("cfg"))
+            .expect("open for write");
+        f.write_all(b"fsynced-while-down").expect("buffered write");
+        assert!(f.sync_all().is_err(), "fsync while disconnected must fail");
+        drop(f);
+    }
+    proxy.restore();
+    wait_until("reconnected", DEADLINE, || {
+        xattr_string(&m, "user.zkfs.state") == "connected"
+    });
+    // The kernel shows the node's real content, not the failed write's size.
+    assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "before");
+    // Once the daemon has exited nothing can be applied any more: what is
+    // in ZooKeeper then is final.
+    mount.unmount();
+    let (data, version) = get(&other, &node);
+    assert_eq!(String::from_utf8_lossy(&data), "before");
+    assert_eq!(version, 0, "a failed write was applied behind the error");
+}
+
+#[test]
+fn posix_details_names_nlink_dangling_symlinks_and_truncate() {
+    let (other, root, mount) = mounted("posix", &[]);
+    let m = mount.path();
+    // 255 bytes is the limit statfs announces; 256 is ENAMETOOLONG.
+    let ok = "n".repeat(255);
+    fs::write(m.join(&ok), "x").expect("255-byte name");
+    let too_long = "n".repeat(256);
+    let err = fs::write(m.join(&too_long), "x").expect_err("256-byte name");
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG), "{err}");
+    let err = fs::metadata(m.join(&too_long)).expect_err("lookup of 256 bytes");
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG), "{err}");
+
+    // fstat of an unlinked open file.
+    fs::write(m.join("gone"), "data").expect("write gone");
+    let f = fs::File::open(m.join("gone")).expect("open gone");
+    fs::remove_file(m.join("gone")).expect("rm gone");
+    assert_eq!(f.metadata().expect("fstat").nlink(), 0);
+    drop(f);
+
+    // A symlink whose target does not exist yet.
+    std::os::unix::fs::symlink("later", m.join("link")).expect("dangling ln -s");
+    assert_eq!(
+        fs::read_link(m.join("link")).expect("readlink"),
+        Path::new("later")
+    );
+    // Stored as the absolute node path inside the mount's chroot.
+    assert_eq!(get(&other, &format!("{root}/link")).0, b"/later");
+    fs::write(m.join("later"), "target").expect("write target");
+    assert_eq!(
+        fs::read_to_string(m.join("link")).expect("follow"),
+        "target"
+    );
+
+    // `: > f` is visible at once.
+    for i in 0..20 {
+        fs::write(m.join("t"), format!("content {i}")).expect("write t");
+        let (rc, out, err) = shell(m, ": > t; cat t");
+        assert_eq!(rc, 0, "{err}");
+        assert_eq!(out, "", "round {i}: old content after : > t");
+    }
+}
+
+/// Everything the mount was told before ZooKeeper became unreachable is
+/// applied and served during the outage.
+#[test]
+fn changes_told_before_an_outage_are_served_during_it() {
+    let zk = shared_zk();
+    let root = unique_root("preoutage");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/d"), b"dir data");
+    other.create(&format!("{root}/d/last"), b"child");
+    other.create(&format!("{root}/f"), b"file data");
+    other.create(&format!("{root}/listed"), b"");
+    other.create(&format!("{root}/listed/a"), b"a");
+    let proxy = Proxy::start(&zk);
+    let mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &["--session-timeout", "30s", "--op-timeout", "1s"],
+    );
+    let m = mount.path();
+    // What the mount knows before: d a directory, f a file, listed listed.
+    assert!(m.join("d").is_dir());
+    assert_eq!(fs::read_to_string(m.join("f")).expect("cat f"), "file data");
+    let names = |p: &Path| {
+        let mut v: Vec<String> = fs::read_dir(p)
+            .unwrap_or_else(|e| panic!("ls {}: {e}", p.display()))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&m.join("listed")), ["a"]);
+    assert_eq!(names(m), ["d", "f", "listed"]);
+
+    other.delete(&format!("{root}/d/last"));
+    other.create(&format!("{root}/f/child"), b"c");
+    other.create(&format!("{root}/listed/b"), b"b");
+    // Watch events arrive in order: once the marker's is applied, so are
+    // the three before it.
+    other.create(&format!("{root}/marker"), b"m");
+    wait_until("marker event applied", DEADLINE, || {
+        m.join("marker").exists()
+    });
+    proxy.cut();
+    wait_until("disconnected", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "disconnected"
+    });
+    let d = fs::metadata(m.join("d")).expect("stat d");
+    assert!(d.is_file(), "d lost its last child: a file now, not {d:?}");
+    assert_eq!(fs::read_to_string(m.join("d")).expect("cat d"), "dir data");
+    assert!(
+        fs::metadata(m.join("f")).expect("stat f").is_dir(),
+        "f gained a child"
+    );
+    assert_eq!(names(&m.join("listed")), ["a", "b"]);
+    proxy.restore();
+}
