@@ -118,7 +118,10 @@ fn unescape_mountinfo(s: &str) -> String {
 /// After SIGTERM/SIGINT has unmounted, how long the daemon waits for the
 /// kernel to end the FUSE session (it cannot while files on a lazily
 /// detached mount are open) before it closes its session and exits anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(600);
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// Bound on closing the ZooKeeper session at shutdown (a close takes a few
+/// milliseconds; a server that stopped answering must not hold up the exit).
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(300);
 
 fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf, Failure> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
@@ -626,7 +629,7 @@ fn run_foreground(
 
 /// Close the ZooKeeper session (its ephemeral nodes go at once), bounded.
 async fn close_session(session: &ZkSession) {
-    if tokio::time::timeout(Duration::from_secs(2), session.close())
+    if tokio::time::timeout(CLOSE_TIMEOUT, session.close())
         .await
         .is_err()
     {

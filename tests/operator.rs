@@ -260,6 +260,31 @@ fn background_sigterm_and_sigint_unmount_and_exit_0_within_a_second() {
 }
 
 #[test]
+fn sigterm_while_zookeeper_is_unreachable_still_ends_within_a_second() {
+    let zk = shared_zk();
+    let root = unique_root("sigdown");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    let proxy = Proxy::start(&zk);
+    let mut mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &["--session-timeout", "30s"],
+    );
+    proxy.cut();
+    wait_until("disconnected", DEADLINE, || {
+        xattr_string(mount.path(), "user.zkfs.state") == "disconnected"
+    });
+    kill(mount.pid().expect("running") as i32, libc::SIGTERM);
+    assert!(
+        mount.wait_exit(SIGNAL_BOUND),
+        "daemon still running with ZooKeeper unreachable\n{}",
+        mount.log()
+    );
+    assert!(!is_mounted(mount.path()));
+    assert_eq!(mount.exit_status().and_then(|s| s.code()), Some(0));
+}
+
+#[test]
 fn sigterm_with_a_file_open_on_the_mount_still_ends_within_a_second() {
     let zk = shared_zk();
     let root = unique_root("sigbusy");
@@ -903,7 +928,8 @@ impl DpkgLock {
 fn run(program: &str, args: &[&str]) -> (bool, String) {
     let mut cmd = Command::new(program);
     cmd.args(args);
-    let out = run_with_timeout(cmd, Duration::from_secs(300))
+    // Long enough for scripts/package to `cargo install cargo-deb` first.
+    let out = run_with_timeout(cmd, Duration::from_secs(900))
         .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
