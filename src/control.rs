@@ -349,3 +349,30 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_label_values_are_escaped() {
+        assert_eq!(label_escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let get = |k: &str| match k {
+            "state" => Some("connected".to_string()),
+            "kernel_requests" => Some("lookup=3 open=1".to_string()),
+            "requests" => Some("not a number".to_string()),
+            _ => None,
+        };
+        let text = prometheus(Path::new("/mnt/a \"b\""), &get, 1500);
+        assert!(text.contains("zkfs_connected{mountpoint=\"/mnt/a \\\"b\\\"\"} 1\n"));
+        assert!(text.contains(
+            "zkfs_kernel_requests_total{mountpoint=\"/mnt/a \\\"b\\\"\",op=\"lookup\"} 3\n"
+        ));
+        assert!(
+            text.contains("zkfs_last_contact_age_seconds{mountpoint=\"/mnt/a \\\"b\\\"\"} 1.500\n")
+        );
+        // A missing or malformed attribute leaves its metric out entirely.
+        assert!(!text.contains("zkfs_zookeeper_requests_total"));
+        assert!(!text.contains("zkfs_registrations"));
+    }
+}
