@@ -1007,6 +1007,22 @@ fn debian_package_installs_mounts_from_fstab_and_removes_cleanly() {
             ok && text.trim().is_empty(),
             "systemd-analyze verify:\n{text}"
         );
+        // The documented .mount/.automount pair, as an admin would copy it.
+        let units = out_dir.path().join("units");
+        fs::create_dir(&units).expect("units dir");
+        let mut paths = Vec::new();
+        for name in ["srv-zk.mount", "srv-zk.automount"] {
+            let from = Path::new("/usr/share/doc/zkfs/examples").join(name);
+            fs::copy(&from, units.join(name)).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+            paths.push(units.join(name).to_string_lossy().into_owned());
+        }
+        let mut args = vec!["verify"];
+        args.extend(paths.iter().map(String::as_str));
+        let (ok, text) = run("systemd-analyze", &args);
+        assert!(
+            ok && text.trim().is_empty(),
+            "systemd-analyze verify of the .mount units:\n{text}"
+        );
     }
     let (ok, text) = run("/usr/bin/zkfs", &["completions", "bash"]);
     assert!(ok && text.contains("zkfs"), "{text}");
