@@ -739,7 +739,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.arrived(KernelOp::Other);
         // ZooKeeper has no inode limit: report a large fixed total with the
         // cached nodes in use, so `df -i` and inode alerts see a nearly empty
-        // filesystem instead of a full one (files = ffree = 0 reads as 100%).
+        // filesystem instead of a full one (no free inodes reads as 100% used).
         const INODES: u64 = u32::MAX as u64;
         let (nodes, _) = self.fs.store().usage();
         let used = (nodes as u64).min(INODES);
