@@ -294,6 +294,116 @@ fn sigterm_while_zookeeper_is_unreachable_still_ends_within_a_second() {
     }
 }
 
+/// The shell steps of [`signals_to_a_non_root_daemon`], run in a private
+/// mount namespace where `/dev/fuse` is a node user `nobody` may open (this
+/// machine's own is root-only) and `/etc/fuse.conf` allows `allow_other`.
+const NON_ROOT_SCRIPT: &str = r#"
+set -eu
+dir=$1 zkfs=$2 servers=$3 mode=$4 sig=$5
+mount --bind "$dir/fuse" /dev/fuse
+mount --bind "$dir/fuse.conf" /etc/fuse.conf
+# A variable, not a function: `$nobody zkfs ... &` must give zkfs's own pid in $!.
+nobody="setpriv --reuid=65534 --regid=65534 --clear-groups"
+# Gone, or a zombie waiting for its parent (this test process, the subreaper).
+gone() { ! grep -q '^[^)]*) [^Z]' "/proc/$1/stat" 2>/dev/null; }
+mp=$dir/mnt
+case $mode in
+fg) $nobody "$zkfs" mount --foreground "$servers" "$mp" >"$dir/log" 2>&1 & pid=$! ;;
+fg-allow-other) $nobody "$zkfs" mount --foreground --allow-other "$servers" "$mp" >"$dir/log" 2>&1 & pid=$! ;;
+bg) $nobody "$zkfs" mount --log-file "$dir/log" "$servers" "$mp"
+    pid=$($nobody getfattr --only-values -n user.zkfs.pid "$mp") ;;
+esac
+i=0
+until findmnt "$mp" >/dev/null; do
+    i=$((i + 1)); [ $i -lt 2000 ] || { echo "not mounted"; cat "$dir/log"; exit 1; }
+    sleep 0.01
+done
+echo "uid=$(stat -c %u /proc/$pid)"
+start=$(date +%s%N)
+kill -s "$sig" "$pid"
+until gone "$pid"; do
+    [ $(( $(date +%s%N) - start )) -lt 5000000000 ] || break
+    sleep 0.005
+done
+echo "ms=$(( ($(date +%s%N) - start) / 1000000 ))"
+echo "pid=$pid"
+if findmnt "$mp" >/dev/null; then echo "mounted"; else echo "unmounted"; fi
+"#;
+
+#[test]
+fn signals_to_a_non_root_daemon() {
+    let zk = shared_zk();
+    become_subreaper();
+    for (mode, sig) in [("fg", "TERM"), ("fg-allow-other", "INT"), ("bg", "TERM")] {
+        let dir = TempDir::new("nonroot");
+        let base = dir.path();
+        fs::set_permissions(base, fs::Permissions::from_mode(0o755)).expect("chmod dir");
+        let dev =
+            std::ffi::CString::new(base.join("fuse").to_string_lossy().as_bytes()).expect("path");
+        // SAFETY: mknod of a character device node at a path we own.
+        let rc =
+            unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229)) };
+        assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+        fs::set_permissions(base.join("fuse"), fs::Permissions::from_mode(0o666)).expect("chmod");
+        fs::write(base.join("fuse.conf"), "user_allow_other\n").expect("fuse.conf");
+        fs::create_dir(base.join("mnt")).expect("mount point");
+        // SAFETY: chown of a directory we created.
+        let mp =
+            std::ffi::CString::new(base.join("mnt").to_string_lossy().as_bytes()).expect("path");
+        assert_eq!(unsafe { libc::chown(mp.as_ptr(), 65534, 65534) }, 0);
+        // The background daemon opens its --log-file as nobody.
+        fs::write(base.join("log"), b"").expect("log file");
+        let log_path =
+            std::ffi::CString::new(base.join("log").to_string_lossy().as_bytes()).expect("path");
+        // SAFETY: chown of a file we created.
+        assert_eq!(unsafe { libc::chown(log_path.as_ptr(), 65534, 65534) }, 0);
+
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            NON_ROOT_SCRIPT,
+            "sh",
+        ])
+        .arg(base)
+        .arg(zkfs_bin())
+        .args([zk.as_str(), mode, sig]);
+        let out = run_with_timeout(cmd, Duration::from_secs(60)).expect("unshare");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let log = fs::read_to_string(base.join("log")).unwrap_or_default();
+        let what = format!(
+            "{mode} SIG{sig}: {text}{}\n--- zkfs log ---\n{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{what}");
+        let field = |key: &str| -> String {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key}= in {what}"))
+                .to_string()
+        };
+        assert_eq!(field("uid"), "65534", "the daemon is not root: {what}");
+        let ms: u64 = field("ms").parse().expect("ms");
+        assert!(ms < SIGNAL_BOUND.as_millis() as u64, "took {ms} ms: {what}");
+        assert!(text.lines().any(|l| l == "unmounted"), "{what}");
+        let pid: i32 = field("pid").parse().expect("pid");
+        if mode == "bg" {
+            // Orphaned by its `zkfs mount`, the daemon is this process's child now.
+            let mut status = None;
+            wait_until("the background daemon is reaped", DEADLINE, || {
+                status = try_reap(pid);
+                status.is_some()
+            });
+            assert_eq!(status.and_then(exit_code), Some(0), "{what}");
+        } else {
+            assert!(log.contains("unmounted"), "{what}");
+        }
+    }
+}
+
 #[test]
 fn sigterm_with_a_file_open_on_the_mount_still_ends_within_a_second() {
     let zk = shared_zk();
