@@ -3,7 +3,7 @@
 //! must not start anything.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -32,11 +32,14 @@ pub enum Command {
     Unmount(UnmountArgs),
     /// Show the state of a zkfs mount; exit status 0 only when connected.
     Status(StatusArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct MountArgs {
-    /// ZooKeeper connection string: host:port[,host:port...][/chroot]
+    /// ZooKeeper connection string: host[:port][,host[:port]...][/chroot]
+    /// (the port defaults to 2181).
     pub servers: String,
     /// Existing empty directory to mount on.
     pub mountpoint: PathBuf,
@@ -54,6 +57,15 @@ pub struct MountArgs {
     /// Let other users access the mount (turns on kernel permission checks).
     #[arg(long, help_heading = "Mount")]
     pub allow_other: bool,
+    /// Let the kernel check permission bits (always on with --allow-other).
+    #[arg(long, help_heading = "Mount")]
+    pub default_permissions: bool,
+    /// Mount even if the mount point is not empty (its files are hidden meanwhile).
+    #[arg(long, help_heading = "Mount")]
+    pub nonempty: bool,
+    /// Source shown by findmnt and /proc/mounts (default: SERVERS).
+    #[arg(long, value_name = "NAME", help_heading = "Mount")]
+    pub fsname: Option<String>,
     /// Mount options as key=value,... (the long options without dashes; for fstab).
     #[arg(short = 'o', value_name = "OPTIONS", help_heading = "Mount")]
     pub options: Vec<String>,
@@ -126,22 +138,56 @@ pub struct MountArgs {
     /// Log filter (EnvFilter syntax, e.g. info, zkfs=debug); overrides ZKFS_LOG.
     #[arg(long, help_heading = "Logging")]
     pub log_level: Option<String>,
-    /// Append logs to this file (in the background the default is no log).
-    #[arg(long, help_heading = "Logging")]
+    /// Append logs to this file (reopened on SIGHUP); `-` is stderr. Default:
+    /// syslog in the background, stderr in the foreground.
+    #[arg(long, value_name = "FILE", help_heading = "Logging")]
     pub log_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct UnmountArgs {
     pub mountpoint: PathBuf,
+    /// Detach the mount now even if it is busy; it goes away once the last
+    /// file on it is closed (umount -l).
+    #[arg(long, short = 'z')]
+    pub lazy: bool,
+}
+
+/// Output formats of `zkfs status`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFormat {
+    Text,
+    Json,
+    /// Prometheus text exposition format (node_exporter's textfile collector).
+    Prometheus,
 }
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     pub mountpoint: PathBuf,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: StatusFormat,
+    /// Print one JSON object (same as --format json).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+}
+
+impl StatusArgs {
+    pub fn output(&self) -> StatusFormat {
+        if self.json {
+            StatusFormat::Json
+        } else {
+            self.format
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to print the completion script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `mount -t fuse.zkfs` (mount.fuse3) runs `zkfs SERVERS MOUNTPOINT -o ...`
@@ -152,6 +198,7 @@ pub fn default_to_mount(mut args: Vec<OsString>) -> Vec<OsString> {
         "mount",
         "unmount",
         "status",
+        "completions",
         "help",
         "-h",
         "--help",
@@ -166,15 +213,70 @@ pub fn default_to_mount(mut args: Vec<OsString>) -> Vec<OsString> {
     args
 }
 
-/// Generic mount options accepted in `-o` (fstab, mount(8)) and ignored.
+/// Generic mount options accepted in `-o` (fstab, mount(8), systemd) and
+/// ignored: they are for mount(8) or systemd, or zkfs always behaves so.
 const IGNORED_OPTIONS: &[&str] = &[
-    "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev", "dev",
-    "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "async",
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "nofail",
+    "_netdev",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "lazytime",
+    "nolazytime",
+    "diratime",
+    "nodiratime",
+    "async",
+    "sync",
+    "silent",
+    "loud",
 ];
+
+/// Whether `-o` option `key` is ignored: a generic option, a comment, or a
+/// userspace option for mount(8) and systemd (`x-systemd.automount`, `x-*`).
+fn ignored_option(key: &str) -> bool {
+    IGNORED_OPTIONS.contains(&key) || key == "comment" || key.starts_with("x-")
+}
 
 /// Expand every `-o key=value,...` into `--key=value` arguments so one parser
 /// (and one set of checks) serves both spellings. `ro` means `--read-only`.
 pub fn expand_mount_options(args: Vec<OsString>) -> Vec<OsString> {
+    expand_mount_options_with(args, None)
+}
+
+/// The long options of `zkfs mount`, for sloppy `-o` expansion.
+pub fn mount_long_options() -> Vec<String> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    command
+        .find_subcommand("mount")
+        .map(|m| {
+            m.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// [`expand_mount_options`]; with `known` (mount(8)'s `-s`, sloppy), `-o`
+/// options that are not among those long options are dropped instead of refused.
+pub fn expand_mount_options_with(args: Vec<OsString>, known: Option<&[String]>) -> Vec<OsString> {
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
@@ -198,11 +300,16 @@ pub fn expand_mount_options(args: Vec<OsString>) -> Vec<OsString> {
                 Some((k, v)) => (k, Some(v)),
                 None => (item, None),
             };
-            if IGNORED_OPTIONS.contains(&key) {
+            if ignored_option(key) {
                 continue;
             }
             let key = if key == "ro" { "read-only" } else { key };
             let key = key.replace('_', "-");
+            if let Some(known) = known
+                && !known.contains(&key)
+            {
+                continue;
+            }
             out.push(match value {
                 Some(v) => format!("--{key}={v}").into(),
                 None => format!("--{key}").into(),
@@ -210,6 +317,107 @@ pub fn expand_mount_options(args: Vec<OsString>) -> Vec<OsString> {
         }
     }
     out
+}
+
+/// ZooKeeper's client port, used for hosts given without one.
+pub const DEFAULT_ZK_PORT: u16 = 2181;
+
+/// The connection string with `:2181` added to every host given without a
+/// port (`zk1,zk2:2182/app` → `zk1:2181,zk2:2182/app`; IPv6 hosts in brackets).
+pub fn normalize_servers(servers: &str) -> Result<String, String> {
+    let (hosts, chroot) = match servers.find('/') {
+        Some(i) => servers.split_at(i),
+        None => (servers, ""),
+    };
+    let mut out = Vec::new();
+    for host in hosts.split(',') {
+        let host = host.trim();
+        let port = if let Some(rest) = host.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((_, "")) => None,
+                Some((_, p)) => Some(p.strip_prefix(':').unwrap_or("?")),
+                None => return Err(format!("invalid host '{host}' in '{servers}'")),
+            }
+        } else {
+            host.rsplit_once(':').map(|(_, p)| p)
+        };
+        if host.is_empty() || host.starts_with(':') {
+            return Err(format!("empty host in connection string '{servers}'"));
+        }
+        match port {
+            None => out.push(format!("{host}:{DEFAULT_ZK_PORT}")),
+            Some(p) if p.parse::<u16>().is_ok_and(|p| p > 0) => out.push(host.to_string()),
+            Some(p) => {
+                return Err(format!(
+                    "invalid port '{p}' in connection string '{servers}'"
+                ));
+            }
+        }
+    }
+    Ok(format!("{}{chroot}", out.join(",")))
+}
+
+/// What a `mount.zkfs` run (mount(8)'s helper convention:
+/// `mount.zkfs SOURCE DIR [-sfnv] [-o OPTIONS] [-t TYPE]`) asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HelperCall {
+    /// The equivalent `zkfs mount ...` argv (before `-o` expansion).
+    pub args: Vec<OsString>,
+    /// `-s`: drop unknown options instead of failing.
+    pub sloppy: bool,
+    /// `-f`: do everything but mount (nothing to do for zkfs).
+    pub fake: bool,
+}
+
+/// Whether zkfs runs as mount(8)'s helper for `-t zkfs` (argv[0] `mount.zkfs`).
+pub fn is_mount_helper(argv0: &std::ffi::OsStr) -> bool {
+    Path::new(argv0)
+        .file_name()
+        .is_some_and(|n| n == "mount.zkfs")
+}
+
+/// Translate a `mount.zkfs` command line into `zkfs mount` arguments.
+pub fn mount_helper_args(args: Vec<OsString>) -> Result<HelperCall, String> {
+    let mut call = HelperCall {
+        args: vec!["zkfs".into(), "mount".into()],
+        sloppy: false,
+        fake: false,
+    };
+    let mut positional = Vec::new();
+    let mut iter = args.into_iter().skip(1);
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy().into_owned();
+        match text.as_str() {
+            "-o" => {
+                let value = iter.next().ok_or("-o needs a value")?;
+                call.args.push("-o".into());
+                call.args.push(value);
+            }
+            // The filesystem type: we know it.
+            "-t" => {
+                iter.next().ok_or("-t needs a value")?;
+            }
+            "-N" => return Err("-N (mount namespaces) is not supported".into()),
+            flags if flags.starts_with("-o") => call.args.push(arg),
+            flags if flags.starts_with('-') && flags.len() > 1 => {
+                for flag in flags[1..].chars() {
+                    match flag {
+                        's' => call.sloppy = true,
+                        'f' => call.fake = true,
+                        // No mtab to skip; verbosity: zkfs reports what it does anyway.
+                        'n' | 'v' => {}
+                        other => return Err(format!("unknown option -{other}")),
+                    }
+                }
+            }
+            _ => positional.push(arg),
+        }
+    }
+    if positional.len() != 2 {
+        return Err("usage: mount.zkfs SERVERS MOUNTPOINT [-sfnv] [-o OPTIONS]".into());
+    }
+    call.args.extend(positional);
+    Ok(call)
 }
 
 /// `4s`, `4000ms`, `2m`, `1.5s`; a bare number is milliseconds. Must be > 0.
@@ -392,5 +600,106 @@ mod tests {
             .map(OsString::from)
             .collect();
         assert!(Cli::try_parse_from(expand_mount_options(args)).is_err());
+    }
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn generic_and_systemd_options_are_ignored_or_applied() {
+        let opts = "ro,_netdev,nofail,noauto,auto,defaults,rw,x-systemd.automount,\
+                    x-systemd.mount-timeout=30,comment=systemd.automount,user,users,\
+                    default_permissions,nonempty,fsname=zk-main";
+        let out = expand_mount_options(os(&["zkfs", "mount", "-o", opts, "s", "m"]));
+        assert_eq!(
+            strings(&out),
+            [
+                "zkfs",
+                "mount",
+                "--read-only",
+                "--default-permissions",
+                "--nonempty",
+                "--fsname=zk-main",
+                "s",
+                "m"
+            ]
+        );
+        let cli = Cli::try_parse_from(out).expect("parses");
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        assert!(m.read_only && m.default_permissions && m.nonempty);
+        assert_eq!(m.fsname.as_deref(), Some("zk-main"));
+    }
+
+    #[test]
+    fn sloppy_expansion_drops_unknown_options() {
+        let known = mount_long_options();
+        assert!(known.iter().any(|k| k == "session-timeout"));
+        let out = expand_mount_options_with(
+            os(&[
+                "zkfs",
+                "mount",
+                "-o",
+                "bogus=1,session_timeout=4s",
+                "s",
+                "m",
+            ]),
+            Some(&known),
+        );
+        assert_eq!(
+            strings(&out),
+            ["zkfs", "mount", "--session-timeout=4s", "s", "m"]
+        );
+    }
+
+    #[test]
+    fn mount_helper_flags() {
+        let call = mount_helper_args(os(&[
+            "/sbin/mount.zkfs",
+            "zk1/app",
+            "/mnt/zk",
+            "-sv",
+            "-n",
+            "-o",
+            "ro,_netdev",
+            "-t",
+            "zkfs",
+        ]))
+        .expect("helper args");
+        assert!(call.sloppy && !call.fake);
+        assert_eq!(
+            strings(&call.args),
+            ["zkfs", "mount", "-o", "ro,_netdev", "zk1/app", "/mnt/zk"]
+        );
+        let fake = mount_helper_args(os(&["mount.zkfs", "-f", "a", "b"])).expect("fake");
+        assert!(fake.fake);
+        assert!(mount_helper_args(os(&["mount.zkfs", "a"])).is_err());
+        assert!(mount_helper_args(os(&["mount.zkfs", "-q", "a", "b"])).is_err());
+        assert!(is_mount_helper("/usr/sbin/mount.zkfs".as_ref()));
+        assert!(!is_mount_helper("/usr/bin/zkfs".as_ref()));
+    }
+
+    #[test]
+    fn hosts_without_a_port_get_2181() {
+        assert_eq!(normalize_servers("zk1").as_deref(), Ok("zk1:2181"));
+        assert_eq!(
+            normalize_servers("zk1,zk2:2182/app/x").as_deref(),
+            Ok("zk1:2181,zk2:2182/app/x")
+        );
+        assert_eq!(
+            normalize_servers("[::1],[fe80::1]:2000").as_deref(),
+            Ok("[::1]:2181,[fe80::1]:2000")
+        );
+        assert!(normalize_servers("zk1:http").is_err());
+        assert!(normalize_servers("zk1,,zk2").is_err());
+        assert!(normalize_servers(":2181").is_err());
     }
 }

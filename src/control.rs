@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::cli::StatusFormat;
 use crate::daemon::{Failure, is_mount_point, now_ms};
 
 const STATUS_KEYS: &[&str] = &[
@@ -70,57 +71,199 @@ fn json_escape(s: &str) -> String {
     out
 }
 
+/// Attributes shown by mounts of older zkfs versions may lack (never fatal).
+const OPTIONAL_KEYS: &[&str] = &["reconnects", "session_expiries", "registrations"];
+
+/// Attributes whose values are plain counts (numbers in JSON).
+const NUMERIC_KEYS: &[&str] = &[
+    "cached_nodes",
+    "cached_bytes",
+    "last_contact",
+    "requests",
+    "pid",
+    "reconnects",
+    "session_expiries",
+    "registrations",
+];
+
+/// `lookup=3 getattr=0 ...` as (operation, count) pairs.
+fn kernel_request_counts(summary: &str) -> Vec<(&str, u64)> {
+    summary
+        .split_whitespace()
+        .filter_map(|pair| {
+            let (op, count) = pair.split_once('=')?;
+            Some((op, count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The status as Prometheus text exposition format (version 0.0.4), for
+/// node_exporter's textfile collector. Every sample carries `mountpoint`.
+fn prometheus(mountpoint: &Path, get: &dyn Fn(&str) -> Option<String>, age_ms: u128) -> String {
+    let mp = format!(
+        "mountpoint=\"{}\"",
+        label_escape(&mountpoint.to_string_lossy())
+    );
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+        if samples.is_empty() {
+            return;
+        }
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in samples {
+            out.push_str(&format!("{name}{{{mp}{labels}}} {value}\n"));
+        }
+    };
+    let plain = |key: &str| -> Vec<(String, String)> {
+        get(key)
+            .filter(|v| v.parse::<u64>().is_ok())
+            .map(|v| vec![(String::new(), v)])
+            .unwrap_or_default()
+    };
+    let connected = get("state").as_deref() == Some("connected");
+    let state = get("state").unwrap_or_default();
+    metric(
+        "zkfs_connected",
+        "gauge",
+        "1 while the ZooKeeper session is connected.",
+        vec![(String::new(), u8::from(connected).to_string())],
+    );
+    metric(
+        "zkfs_session_state",
+        "gauge",
+        "The session's state (1 for the current one).",
+        vec![(format!(",state=\"{}\"", label_escape(&state)), "1".into())],
+    );
+    metric(
+        "zkfs_session_expiries_total",
+        "counter",
+        "Expired ZooKeeper sessions replaced by a new one.",
+        plain("session_expiries"),
+    );
+    metric(
+        "zkfs_reconnects_total",
+        "counter",
+        "Reconnections to ZooKeeper within the same session.",
+        plain("reconnects"),
+    );
+    metric(
+        "zkfs_cached_nodes",
+        "gauge",
+        "Nodes in the cache.",
+        plain("cached_nodes"),
+    );
+    metric(
+        "zkfs_cached_bytes",
+        "gauge",
+        "Bytes of node data in the cache.",
+        plain("cached_bytes"),
+    );
+    metric(
+        "zkfs_zookeeper_requests_total",
+        "counter",
+        "Requests sent to ZooKeeper.",
+        plain("requests"),
+    );
+    let kernel = get("kernel_requests").unwrap_or_default();
+    metric(
+        "zkfs_kernel_requests_total",
+        "counter",
+        "Requests from the kernel, by operation.",
+        kernel_request_counts(&kernel)
+            .into_iter()
+            .map(|(op, n)| (format!(",op=\"{}\"", label_escape(op)), n.to_string()))
+            .collect(),
+    );
+    metric(
+        "zkfs_last_contact_age_seconds",
+        "gauge",
+        "Seconds since the last contact with ZooKeeper (0 while connected).",
+        vec![(String::new(), format!("{:.3}", age_ms as f64 / 1000.0))],
+    );
+    metric(
+        "zkfs_registrations",
+        "gauge",
+        "Registrations (ephemeral nodes) this mount holds.",
+        plain("registrations"),
+    );
+    out
+}
+
 /// `zkfs status`: Ok(true) when connected.
-pub fn status(mountpoint: &Path, json: bool) -> Result<bool, Failure> {
+pub fn status(mountpoint: &Path, format: StatusFormat) -> Result<bool, Failure> {
     let mut values = Vec::new();
     for key in STATUS_KEYS {
         let value = getxattr(mountpoint, &format!("user.zkfs.{key}"))
             .map_err(|e| describe(mountpoint, &e))?;
         values.push((*key, value));
     }
-    let get = |k: &str| {
+    for key in OPTIONAL_KEYS {
+        if let Ok(value) = getxattr(mountpoint, &format!("user.zkfs.{key}")) {
+            values.push((*key, value));
+        }
+    }
+    let lookup = |k: &str| {
         values
             .iter()
             .find(|(key, _)| *key == k)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
+            .map(|(_, v)| v.clone())
     };
+    let get = |k: &str| lookup(k).unwrap_or_default();
     let last_contact: u128 = get("last_contact").parse().unwrap_or(0);
     let age_ms = now_ms().saturating_sub(last_contact);
     let connected = get("state") == "connected";
-    if json {
-        let mut fields: Vec<String> = Vec::new();
-        for (k, v) in &values {
-            let numeric = matches!(
-                *k,
-                "cached_nodes" | "cached_bytes" | "last_contact" | "requests" | "pid"
-            );
-            if numeric && v.parse::<u128>().is_ok() {
-                fields.push(format!("\"{k}\":{v}"));
-            } else {
-                fields.push(format!("\"{k}\":\"{}\"", json_escape(v)));
+    match format {
+        StatusFormat::Prometheus => print!("{}", prometheus(mountpoint, &lookup, age_ms)),
+        StatusFormat::Json => {
+            let mut fields: Vec<String> = Vec::new();
+            for (k, v) in &values {
+                if *k == "kernel_requests" {
+                    let counts: Vec<String> = kernel_request_counts(v)
+                        .into_iter()
+                        .map(|(op, n)| format!("\"{}\":{n}", json_escape(op)))
+                        .collect();
+                    fields.push(format!("\"{k}\":{{{}}}", counts.join(",")));
+                } else if NUMERIC_KEYS.contains(k) && v.parse::<u128>().is_ok() {
+                    fields.push(format!("\"{k}\":{v}"));
+                } else {
+                    fields.push(format!("\"{k}\":\"{}\"", json_escape(v)));
+                }
             }
+            fields.push(format!("\"last_contact_age_ms\":{age_ms}"));
+            fields.push(format!(
+                "\"mountpoint\":\"{}\"",
+                json_escape(&mountpoint.to_string_lossy())
+            ));
+            println!("{{{}}}", fields.join(","));
         }
-        fields.push(format!("\"last_contact_age_ms\":{age_ms}"));
-        fields.push(format!(
-            "\"mountpoint\":\"{}\"",
-            json_escape(&mountpoint.to_string_lossy())
-        ));
-        println!("{{{}}}", fields.join(","));
-    } else {
-        println!("mountpoint:   {}", mountpoint.display());
-        println!("state:        {}", get("state"));
-        println!("session:      {}", get("session_id"));
-        println!("server:       {}", get("server"));
-        println!(
-            "cache:        {} nodes, {} bytes of data",
-            get("cached_nodes"),
-            get("cached_bytes")
-        );
-        println!("last contact: {:.1} s ago", age_ms as f64 / 1000.0);
-        println!("requests:     {} to ZooKeeper", get("requests"));
-        println!("kernel:       {}", get("kernel_requests"));
-        println!("daemon pid:   {}", get("pid"));
+        StatusFormat::Text => {
+            println!("mountpoint:   {}", mountpoint.display());
+            println!("state:        {}", get("state"));
+            println!("session:      {}", get("session_id"));
+            println!("server:       {}", get("server"));
+            println!(
+                "cache:        {} nodes, {} bytes of data",
+                get("cached_nodes"),
+                get("cached_bytes")
+            );
+            println!("last contact: {:.1} s ago", age_ms as f64 / 1000.0);
+            println!("requests:     {} to ZooKeeper", get("requests"));
+            if let (Some(r), Some(e)) = (lookup("reconnects"), lookup("session_expiries")) {
+                println!("reconnects:   {r} (session expiries: {e})");
+            }
+            if let Some(r) = lookup("registrations") {
+                println!("registered:   {r} ephemeral nodes");
+            }
+            println!("kernel:       {}", get("kernel_requests"));
+            println!("daemon pid:   {}", get("pid"));
+        }
     }
     Ok(connected)
 }
@@ -137,8 +280,10 @@ fn process_alive(pid: i32) -> bool {
 }
 
 /// `zkfs unmount`: unmount, then wait (bounded) for the daemon to exit so its
-/// ZooKeeper session is closed when we return.
-pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
+/// ZooKeeper session is closed when we return. `lazy`: detach even if busy
+/// (MNT_DETACH, `fusermount3 -u -z`); the daemon then exits once the last
+/// file on the mount is closed, so it is not waited for.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), Failure> {
     let fail = |message: String| Failure { message, code: 1 };
     let canonical = mountpoint
         .canonicalize()
@@ -152,13 +297,18 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
     let cpath = CString::new(canonical.as_os_str().as_bytes())
         .map_err(|_| fail(format!("{}: invalid path", mountpoint.display())))?;
     // SAFETY: a valid C string.
-    let rc = unsafe { libc::umount2(cpath.as_ptr(), 0) };
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    let rc = unsafe { libc::umount2(cpath.as_ptr(), flags) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EPERM) => {
-                let out = std::process::Command::new("fusermount3")
-                    .arg("-u")
+                let mut command = std::process::Command::new("fusermount3");
+                command.arg("-u");
+                if lazy {
+                    command.arg("-z");
+                }
+                let out = command
                     .arg(&canonical)
                     .output()
                     .map_err(|e| fail(format!("cannot run fusermount3: {e}")))?;
@@ -172,7 +322,7 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
             }
             Some(libc::EBUSY) => {
                 return Err(fail(format!(
-                    "cannot unmount {}: busy (a process has a file or its working directory there)",
+                    "cannot unmount {}: busy (a process has a file or its working directory there; --lazy detaches it anyway)",
                     mountpoint.display()
                 )));
             }
@@ -185,10 +335,44 @@ pub fn unmount(mountpoint: &Path) -> Result<(), Failure> {
         }
     }
     if let Some(pid) = pid {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // A lazily detached mount that is still busy keeps its daemon until
+        // the last file is closed: wait only for the quick, idle case.
+        let wait = if lazy {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        };
+        let deadline = Instant::now() + wait;
         while process_alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_label_values_are_escaped() {
+        assert_eq!(label_escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let get = |k: &str| match k {
+            "state" => Some("connected".to_string()),
+            "kernel_requests" => Some("lookup=3 open=1".to_string()),
+            "requests" => Some("not a number".to_string()),
+            _ => None,
+        };
+        let text = prometheus(Path::new("/mnt/a \"b\""), &get, 1500);
+        assert!(text.contains("zkfs_connected{mountpoint=\"/mnt/a \\\"b\\\"\"} 1\n"));
+        assert!(text.contains(
+            "zkfs_kernel_requests_total{mountpoint=\"/mnt/a \\\"b\\\"\",op=\"lookup\"} 3\n"
+        ));
+        assert!(
+            text.contains("zkfs_last_contact_age_seconds{mountpoint=\"/mnt/a \\\"b\\\"\"} 1.500\n")
+        );
+        // A missing or malformed attribute leaves its metric out entirely.
+        assert!(!text.contains("zkfs_zookeeper_requests_total"));
+        assert!(!text.contains("zkfs_registrations"));
+    }
 }

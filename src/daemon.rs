@@ -1,21 +1,25 @@
-//! `zkfs mount`: checks the start conditions, detaches into the background
-//! (re-executing itself with `--foreground` and waiting for a readiness
-//! message), then wires the layers together: ZooKeeper session → store →
-//! filesystem core → fuser adapter, plus the watch-event loop, the
-//! invalidation thread and signal handling. Owns process lifetime only.
+//! `zkfs mount`: checks the start conditions (mount point, credentials),
+//! detaches into the background (re-executing itself with `--foreground` and
+//! waiting for a readiness message), then wires the layers together:
+//! ZooKeeper session → store → filesystem core → fuser adapter, plus the
+//! watch-event loop, the invalidation thread, systemd notification and
+//! signal handling (SIGTERM/SIGINT unmount and exit 0; SIGHUP reopens the
+//! log file). Owns process lifetime only.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
-use tracing_subscriber::EnvFilter;
 
 use crate::cli::MountArgs;
 use crate::fs::attr::Presentation;
@@ -24,6 +28,8 @@ use crate::fs::{FsConfig, MountStatus, ZkFs};
 use crate::fuse::busy_poll::BusyPoll;
 use crate::fuse::counters::KernelRequestCounters;
 use crate::fuse::{ZkFuse, invalidate};
+use crate::logging::{Destination, LogHandle};
+use crate::notify::{NOTIFY_SOCKET_ENV, Notifier};
 use crate::zk::Store;
 use crate::zk::session::{Credentials, NewNodeAcl, SessionConfig, SessionEvent, ZkSession};
 
@@ -47,7 +53,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         Failure {
             message: message.into(),
             code: 1,
@@ -109,7 +115,15 @@ fn unescape_mountinfo(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-fn check_mountpoint(path: &Path) -> Result<PathBuf, Failure> {
+/// After SIGTERM/SIGINT has unmounted, how long the daemon waits for the
+/// kernel to end the FUSE session (it cannot while files on a lazily
+/// detached mount are open) before it closes its session and exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// Bound on closing the ZooKeeper session at shutdown (a close takes a few
+/// milliseconds; a server that stopped answering must not hold up the exit).
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(300);
+
+fn check_mountpoint(path: &Path, nonempty: bool) -> Result<PathBuf, Failure> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             Failure::new(format!("mount point {} does not exist", path.display()))
@@ -131,33 +145,36 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, Failure> {
             canonical.display()
         )));
     }
+    if !nonempty {
+        let mut entries = std::fs::read_dir(&canonical)
+            .map_err(|e| Failure::new(format!("mount point {}: {e}", canonical.display())))?;
+        if entries.next().is_some() {
+            return Err(Failure::new(format!(
+                "mount point {} is not empty (mounting would hide its files); \
+                 use --nonempty (-o nonempty) to mount over them",
+                canonical.display()
+            )));
+        }
+    }
     Ok(canonical)
 }
 
-pub fn init_logging(level: Option<&str>, file: Option<&Path>) -> Result<(), Failure> {
-    let spec = level
-        .map(str::to_string)
-        .or_else(|| std::env::var("ZKFS_LOG").ok())
-        .unwrap_or_else(|| "info".to_string());
-    let filter = EnvFilter::try_new(&spec)
-        .map_err(|e| Failure::new(format!("invalid log filter '{spec}': {e}")))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match file {
-        Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| Failure::new(format!("log file {}: {e}", path.display())))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .init();
-        }
-        None => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
-            .init(),
+/// Refuse an auth file that users other than its owner may read or change
+/// (like ssh and s3fs do): the password would not be secret.
+fn check_auth_file_mode(path: &Path, file: &File) -> Result<(), Failure> {
+    let mode = file
+        .metadata()
+        .map_err(|e| Failure::new(format!("auth file {}: {e}", path.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(Failure::new(format!(
+            "auth file {} is readable or writable by group or others (mode {:04o}); \
+             run chmod 600 {}",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        )));
     }
     Ok(())
 }
@@ -165,8 +182,15 @@ pub fn init_logging(level: Option<&str>, file: Option<&Path>) -> Result<(), Fail
 /// Digest credentials from `--auth-file` or `ZKFS_AUTH` (never from argv).
 fn load_credentials(args: &MountArgs) -> Result<Option<Credentials>, Failure> {
     let text = match &args.auth_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| Failure::new(format!("auth file {}: {e}", path.display())))?,
+        Some(path) => {
+            let io_failure =
+                |e: std::io::Error| Failure::new(format!("auth file {}: {e}", path.display()));
+            let mut file = File::open(path).map_err(io_failure)?;
+            check_auth_file_mode(path, &file)?;
+            let mut text = String::new();
+            file.read_to_string(&mut text).map_err(io_failure)?;
+            text
+        }
         None => match std::env::var("ZKFS_AUTH") {
             Ok(v) => v,
             Err(_) => return Ok(None),
@@ -188,9 +212,11 @@ fn load_credentials(args: &MountArgs) -> Result<Option<Credentials>, Failure> {
     Ok(Some(Credentials(text)))
 }
 
-/// `zkfs mount`. Returns once the mount is ready (background) or unmounted (foreground).
-pub fn mount(args: MountArgs) -> Result<(), Failure> {
-    let mountpoint = check_mountpoint(&args.mountpoint)?;
+/// `zkfs mount`. Returns once the mount is ready (background) or unmounted
+/// (foreground). `argv` is the command line as parsed (after `-o` expansion
+/// and the mount helper's translation), re-used to start the background daemon.
+pub fn mount(args: MountArgs, argv: Vec<OsString>) -> Result<(), Failure> {
+    let mountpoint = check_mountpoint(&args.mountpoint, args.nonempty)?;
     let credentials = load_credentials(&args)?;
     if args.new_node_acl == "creator" && credentials.is_none() {
         return Err(Failure::new(
@@ -198,7 +224,7 @@ pub fn mount(args: MountArgs) -> Result<(), Failure> {
         ));
     }
     if !args.foreground {
-        return spawn_background(&args);
+        return spawn_background(&args, argv);
     }
     let mut reporter = Reporter::from_env();
     let result = run_foreground(args, mountpoint, &mut reporter);
@@ -210,7 +236,7 @@ pub fn mount(args: MountArgs) -> Result<(), Failure> {
 
 /// Re-execute ourselves with `--foreground` in a new session and wait until
 /// the child reports the mount ready (or its failure).
-fn spawn_background(args: &MountArgs) -> Result<(), Failure> {
+fn spawn_background(args: &MountArgs, argv: Vec<OsString>) -> Result<(), Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(format!("cannot find own executable: {e}")))?;
     let mut fds = [0 as RawFd; 2];
@@ -226,11 +252,13 @@ fn spawn_background(args: &MountArgs) -> Result<(), Failure> {
     let mut reader = unsafe { File::from_raw_fd(read_fd) };
     let writer = unsafe { File::from_raw_fd(write_fd) };
 
-    let mut argv: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let at = argv.iter().position(|a| a == "mount").map_or(0, |i| i + 1);
-    argv.insert(at, "--foreground".into());
+    // argv is `zkfs mount ARGS...`: keep ARGS, add --foreground.
+    let mut argv: Vec<OsString> = argv.into_iter().skip(2).collect();
+    argv.insert(0, "--foreground".into());
+    argv.insert(0, "mount".into());
 
     let stderr = match &args.log_file {
+        Some(path) if path == Path::new("-") => Stdio::inherit(),
         Some(path) => std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -243,6 +271,9 @@ fn spawn_background(args: &MountArgs) -> Result<(), Failure> {
     command
         .args(&argv)
         .env(READY_FD_ENV, write_fd.to_string())
+        // The daemon is not the process a service manager started: only
+        // `--foreground` talks to systemd.
+        .env_remove(NOTIFY_SOCKET_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
@@ -309,9 +340,19 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// Session lifecycle events seen by the event loop, for `zkfs status`.
+#[derive(Default)]
+struct Lifecycle {
+    /// Reconnections within the same session (events may have been lost).
+    reconnects: AtomicU64,
+    /// Expired sessions replaced by a new one.
+    session_expiries: AtomicU64,
+}
+
 struct SessionStatus {
     session: Arc<ZkSession>,
     kernel_requests: Arc<KernelRequestCounters>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl MountStatus for SessionStatus {
@@ -330,6 +371,20 @@ impl MountStatus for SessionStatus {
             ("requests".into(), s.requests.to_string()),
             ("pid".into(), std::process::id().to_string()),
             ("kernel_requests".into(), self.kernel_requests.summary()),
+            (
+                "reconnects".into(),
+                self.lifecycle
+                    .reconnects
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            ),
+            (
+                "session_expiries".into(),
+                self.lifecycle
+                    .session_expiries
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            ),
         ]
     }
 }
@@ -340,7 +395,30 @@ fn run_foreground(
     reporter: &mut Reporter,
 ) -> Result<(), Failure> {
     let signals = block_signals();
-    init_logging(args.log_level.as_deref(), args.log_file.as_deref())?;
+    let background = matches!(reporter, Reporter::Pipe(_));
+    let destination = Destination::choose(args.log_file.as_deref(), background);
+    let log = crate::logging::init(args.log_level.as_deref(), &destination, background)?;
+    // Read before anything could change the environment; only the process
+    // systemd started (the foreground one) has NOTIFY_SOCKET.
+    let notifier = Arc::new(Notifier::from_env());
+    // Handle signals from the start: one during a long connect attempt ends
+    // the start at once instead of when --connect-timeout runs out.
+    let mounted: Arc<Mutex<Option<Mounted>>> = Arc::default();
+    // Dropped when this function returns: tells the signal thread the
+    // session ended by itself after its unmount.
+    let (served_tx, served_rx) = std::sync::mpsc::channel::<()>();
+    let signal_thread = SignalThread {
+        signals,
+        log,
+        notifier: notifier.clone(),
+        mounted: mounted.clone(),
+        served: served_rx,
+    };
+    std::thread::Builder::new()
+        .name("zkfs-signals".into())
+        .spawn(move || signal_thread.run())
+        .map_err(|e| Failure::new(format!("cannot start signal thread: {e}")))?;
+    let servers = crate::cli::normalize_servers(&args.servers).map_err(Failure::new)?;
     crate::memory::spawn_trimmer()
         .map_err(|e| Failure::new(format!("cannot start the memory trimmer thread: {e}")))?;
 
@@ -354,7 +432,7 @@ fn run_foreground(
     let credentials = load_credentials(&args)?;
     let identity = credentials.as_ref().map(|c| c.user().to_string());
     let session_config = SessionConfig {
-        servers: args.servers.clone(),
+        servers: servers.clone(),
         root: args.root.clone(),
         session_timeout: args.session_timeout,
         op_timeout: args.op_timeout,
@@ -400,6 +478,7 @@ fn run_foreground(
     };
     let (invalidator, invalidations) = invalidate::channel();
     let kernel_requests = Arc::new(KernelRequestCounters::default());
+    let lifecycle = Arc::new(Lifecycle::default());
     let store =
         Store::new(session.clone(), args.cache_size as usize).with_connect_wait(args.op_timeout);
     let fs = Arc::new(ZkFs::new(
@@ -409,6 +488,7 @@ fn run_foreground(
         Box::new(SessionStatus {
             session: session.clone(),
             kernel_requests: kernel_requests.clone(),
+            lifecycle: lifecycle.clone(),
         }),
     ));
     fs.register_arc();
@@ -422,8 +502,11 @@ fn run_foreground(
     );
 
     let is_root = uid == 0;
+    // findmnt's SOURCE: the connection string as given, so an operator sees
+    // which ensemble a mount serves (fusermount3 splits options at commas).
+    let fsname = args.fsname.clone().unwrap_or_else(|| args.servers.clone());
     let mut options = vec![
-        fuser::MountOption::FSName("zkfs".into()),
+        fuser::MountOption::FSName(fsname.replace('\\', "\\\\").replace(',', "\\,")),
         fuser::MountOption::Subtype("zkfs".into()),
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
@@ -431,7 +514,7 @@ fn run_foreground(
     if read_only {
         options.push(fuser::MountOption::RO);
     }
-    if args.allow_other {
+    if args.allow_other || args.default_permissions {
         options.push(fuser::MountOption::DefaultPermissions);
     }
     // Auto-unmount (the fusermount3 helper unmounts when the daemon dies) needs
@@ -467,8 +550,16 @@ fn run_foreground(
     });
     config.clone_fd = std::env::var("ZKFS_FUSE_CLONE_FD").is_ok_and(|v| v == "1");
 
-    let mut fuse_session = fuser::Session::new(adapter, &mountpoint, &config)
+    // Held while mounting, so a signal sees either no mount or a complete one.
+    let mut stage = mounted.lock().unwrap_or_else(|e| e.into_inner());
+    let fuse_session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| Failure::new(format!("cannot mount on {}: {e}", mountpoint.display())))?;
+    *stage = Some(Mounted {
+        mountpoint: mountpoint.clone(),
+        session: session.clone(),
+        runtime: runtime.handle().clone(),
+    });
+    drop(stage);
     if let Some(poll) = &busy_poll {
         poll.attach(std::os::fd::AsFd::as_fd(&fuse_session))
             .map_err(|e| Failure::new(format!("cannot start device polling: {e}")))?;
@@ -500,6 +591,7 @@ fn run_foreground(
     }
     {
         let fs = fs.clone();
+        let lifecycle = lifecycle.clone();
         runtime.spawn(async move {
             while let Some(event) = events_rx.recv().await {
                 match event {
@@ -509,8 +601,12 @@ fn run_foreground(
                             tokio::spawn(async move { fs.refresh(&path).await });
                         }
                     }
-                    SessionEvent::Resync => fs.resync().await,
+                    SessionEvent::Resync => {
+                        lifecycle.reconnects.fetch_add(1, Ordering::Relaxed);
+                        fs.resync().await
+                    }
                     SessionEvent::NewSession => {
+                        lifecycle.session_expiries.fetch_add(1, Ordering::Relaxed);
                         fs.reregister().await;
                         fs.resync().await;
                     }
@@ -519,29 +615,133 @@ fn run_foreground(
         });
     }
 
-    let mut unmounter = fuse_session.unmount_callable();
-    let mp = mountpoint.clone();
-    std::thread::Builder::new()
-        .name("zkfs-signals".into())
-        .spawn(move || {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: waits on the set blocked above.
-            if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
-                info!(signal = sig, mountpoint = %mp.display(), "signal received; unmounting");
-                if let Err(e) = unmounter.unmount() {
-                    warn!(error = %e, "unmount on signal failed");
-                }
-            }
-        })
-        .map_err(|e| Failure::new(format!("cannot start signal thread: {e}")))?;
-
-    info!(servers = %args.servers, root = %args.root, mountpoint = %mountpoint.display(), "mounted");
+    info!(servers = %servers, root = %args.root, mountpoint = %mountpoint.display(), "mounted");
     reporter.ready();
+    notifier.ready();
     let served = fuse_session.run();
+    notifier.stopping();
     info!(mountpoint = %mountpoint.display(), "unmounted");
-    runtime.block_on(session.close());
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    runtime.block_on(close_session(&session));
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    drop(served_tx);
     served.map_err(|e| Failure::new(format!("FUSE session failed: {e}")))
+}
+
+/// Close the ZooKeeper session (its ephemeral nodes go at once), bounded.
+async fn close_session(session: &ZkSession) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, session.close())
+        .await
+        .is_err()
+    {
+        warn!("closing the ZooKeeper session timed out; its ephemeral nodes go when it expires");
+    }
+}
+
+/// What a shutdown acts on once the file system is mounted.
+struct Mounted {
+    mountpoint: PathBuf,
+    session: Arc<ZkSession>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Waits for SIGTERM, SIGINT and SIGHUP (blocked in every other thread).
+struct SignalThread {
+    signals: libc::sigset_t,
+    log: LogHandle,
+    notifier: Arc<Notifier>,
+    /// `None` until the file system is mounted.
+    mounted: Arc<Mutex<Option<Mounted>>>,
+    served: std::sync::mpsc::Receiver<()>,
+}
+
+// SAFETY: sigset_t is plain data.
+unsafe impl Send for SignalThread {}
+
+impl SignalThread {
+    fn run(self) {
+        loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: waits on the set blocked in every thread.
+            if unsafe { libc::sigwait(&self.signals, &mut sig) } != 0 {
+                warn!("sigwait failed; signals are no longer handled");
+                return;
+            }
+            if sig == libc::SIGHUP {
+                match self.log.reopen() {
+                    Ok(()) => info!("SIGHUP: log reopened"),
+                    Err(e) => {
+                        warn!(error = %e, "SIGHUP: cannot reopen the log; still writing to the old one")
+                    }
+                }
+                continue;
+            }
+            self.notifier.stopping();
+            let stage = self.mounted.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(mounted) = stage.as_ref() else {
+                info!(
+                    signal = sig,
+                    "signal received before the mount was made; exiting"
+                );
+                std::process::exit(0);
+            };
+            info!(signal = sig, mountpoint = %mounted.mountpoint.display(), "signal received; unmounting");
+            if let Err(e) = detach(&mounted.mountpoint) {
+                warn!(error = %e, "unmount on signal failed");
+            }
+            // The kernel ends the FUSE session once the mount is gone; the
+            // main thread then closes the ZooKeeper session and exits.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                self.served.recv_timeout(SHUTDOWN_GRACE)
+            {
+                warn!(
+                    "files on the detached mount are still open; exiting without waiting for them"
+                );
+                mounted.runtime.block_on(close_session(&mounted.session));
+                std::process::exit(0);
+            }
+            return;
+        }
+    }
+}
+
+/// Unmount `mountpoint` for a shutdown: directly as root (lazily if it is
+/// busy), through `fusermount3 -u -z` otherwise. fuser's own unmount is not
+/// used: with auto-unmount it only closes the socket to fusermount3's
+/// helper, which then leaves the mount in place.
+fn detach(mountpoint: &Path) -> Result<(), String> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+            .map_err(|_| "mount point path contains a NUL byte".to_string())?;
+        // SAFETY: a valid C string.
+        if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EBUSY) {
+            info!(mountpoint = %mountpoint.display(), "mount is busy; detaching it lazily");
+            // SAFETY: a valid C string.
+            if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+                return Ok(());
+            }
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        if err.raw_os_error() != Some(libc::EPERM) {
+            return Err(err.to_string());
+        }
+    }
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run fusermount3: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }
 
 /// Milliseconds since the epoch, for status ages.

@@ -2,43 +2,88 @@
 //!
 //! Layers, bottom up: [`zk`] (ZooKeeper session and coherent node cache),
 //! [`fs`] (filesystem semantics, no fuser), [`fuse`] (thin fuser adapter),
-//! and the process-level pieces: [`cli`], [`daemon`] (`zkfs mount`) and
-//! [`control`] (`zkfs status` / `zkfs unmount`), and [`memory`] (allocator
-//! settings that keep the daemon's footprint close to its live data).
+//! and the process-level pieces: [`cli`], [`daemon`] (`zkfs mount`),
+//! [`control`] (`zkfs status` / `zkfs unmount`), [`logging`] and
+//! [`syslog`] (where logs go), [`notify`] (systemd readiness), and
+//! [`memory`] (allocator settings that keep the daemon's footprint close to
+//! its live data). Run as `mount.zkfs` (a link to this binary), it is
+//! mount(8)'s helper for `mount -t zkfs`.
 
 mod cli;
 mod control;
 mod daemon;
 mod fs;
 mod fuse;
+mod logging;
 mod memory;
+mod notify;
+mod syslog;
 mod zk;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command};
 
+/// The argv to parse: `mount.zkfs` calls translated to `zkfs mount`, a
+/// missing subcommand (mount.fuse3) defaulted to `mount`, `-o` expanded.
+/// `None`: nothing to do (mount(8)'s `-f`, fake).
+fn command_line(raw: Vec<OsString>) -> Result<Option<Vec<OsString>>, String> {
+    if let Some(argv0) = raw.first()
+        && cli::is_mount_helper(argv0)
+    {
+        let call = cli::mount_helper_args(raw)?;
+        if call.fake {
+            return Ok(None);
+        }
+        let known = call.sloppy.then(cli::mount_long_options);
+        return Ok(Some(cli::expand_mount_options_with(
+            call.args,
+            known.as_deref(),
+        )));
+    }
+    Ok(Some(cli::expand_mount_options(cli::default_to_mount(raw))))
+}
+
 fn main() -> ExitCode {
     memory::limit_arenas();
-    let args = cli::expand_mount_options(cli::default_to_mount(std::env::args_os().collect()));
-    let cli = match Cli::try_parse_from(args) {
+    let args = match command_line(std::env::args_os().collect()) {
+        Ok(Some(args)) => args,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("mount.zkfs: {message}");
+            // mount(8)'s "incorrect invocation".
+            return ExitCode::from(1);
+        }
+    };
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
     let result = match cli.command {
-        Command::Mount(args) => daemon::mount(*args),
-        Command::Unmount(args) => control::unmount(&args.mountpoint),
-        Command::Status(args) => {
+        Command::Mount(mount) => daemon::mount(*mount, args),
+        Command::Unmount(unmount) => control::unmount(&unmount.mountpoint, unmount.lazy),
+        Command::Status(status) => {
             // Like other CLI tools: `zkfs status | head` ends quietly.
             // SAFETY: restoring the default disposition of one signal.
             unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-            match control::status(&args.mountpoint, args.json) {
+            match control::status(&status.mountpoint, status.output()) {
                 Ok(true) => Ok(()),
                 Ok(false) => return ExitCode::from(1),
                 Err(e) => Err(e),
             }
+        }
+        Command::Completions(completions) => {
+            let mut command = Cli::command();
+            clap_complete::generate(
+                completions.shell,
+                &mut command,
+                "zkfs",
+                &mut std::io::stdout(),
+            );
+            Ok(())
         }
     };
     match result {

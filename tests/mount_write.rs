@@ -9,7 +9,7 @@ mod zkops;
 use std::fs;
 use std::io::Write;
 use std::os::fd::IntoRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -318,6 +318,8 @@ fn digest_acl_needs_the_right_auth_file() {
     let dir = TempDir::new("acl-auth");
     let good = dir.path().join("alice");
     fs::write(&good, "alice:secret\n").expect("auth file");
+    // zkfs refuses auth files that group or others may read.
+    fs::set_permissions(&good, fs::Permissions::from_mode(0o600)).expect("chmod auth file");
     let with = Mount::start(
         &format!("{zk}{root}"),
         &["--auth-file", &good.to_string_lossy()],

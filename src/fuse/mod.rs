@@ -737,8 +737,13 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         self.arrived(KernelOp::Other);
+        // ZooKeeper has no inode limit: report a large fixed total with the
+        // cached nodes in use, so `df -i` and inode alerts see a nearly empty
+        // filesystem instead of a full one (no free inodes reads as 100% used).
+        const INODES: u64 = u32::MAX as u64;
         let (nodes, _) = self.fs.store().usage();
-        reply.statfs(0, 0, 0, nodes as u64, 0, 4096, 255, 4096);
+        let used = (nodes as u64).min(INODES);
+        reply.statfs(0, 0, 0, INODES, INODES - used, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

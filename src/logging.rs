@@ -1,0 +1,157 @@
+//! Where the daemon's tracing output goes: stderr (`--log-file -`, and the
+//! foreground default), a file (`--log-file FILE`, reopened on SIGHUP for
+//! logrotate), or syslog (the background default; see [`crate::syslog`]).
+//! Owns the subscriber set-up and log reopening; not what is logged.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::daemon::Failure;
+use crate::syslog::Syslog;
+
+/// Where logs go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Stderr,
+    File(PathBuf),
+    Syslog,
+}
+
+impl Destination {
+    /// `--log-file` as given (`-` is stderr); without it, syslog in the
+    /// background and stderr in the foreground.
+    pub fn choose(log_file: Option<&Path>, background: bool) -> Destination {
+        match log_file {
+            Some(p) if p == Path::new("-") => Destination::Stderr,
+            Some(p) => Destination::File(p.to_path_buf()),
+            None if background => Destination::Syslog,
+            None => Destination::Stderr,
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, Failure> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Failure::new(format!("log file {}: {e}", path.display())))
+}
+
+struct FileState {
+    path: PathBuf,
+    file: Mutex<File>,
+    /// Also point stderr (panics, messages of libraries) at the new file.
+    follow_stderr: bool,
+}
+
+/// A log file that can be reopened under the same name.
+#[derive(Clone)]
+struct LogFile(Arc<FileState>);
+
+/// Writes one event while holding the file.
+struct LogFileWriter<'a>(MutexGuard<'a, File>);
+
+impl Write for LogFileWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogFile {
+    type Writer = LogFileWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LogFileWriter(self.0.file.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// What SIGHUP acts on.
+pub struct LogHandle {
+    file: Option<LogFile>,
+}
+
+impl LogHandle {
+    /// Reopen the log file (after logrotate moved it); a no-op for stderr
+    /// and syslog. Keeps writing to the old file if the new one cannot be opened.
+    pub fn reopen(&self) -> Result<(), String> {
+        let Some(LogFile(state)) = &self.file else {
+            return Ok(());
+        };
+        let new = open_append(&state.path).map_err(|f| f.message)?;
+        if state.follow_stderr {
+            // SAFETY: duplicating a descriptor we own onto stderr.
+            unsafe { libc::dup2(new.as_raw_fd(), 2) };
+        }
+        *state.file.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(())
+    }
+}
+
+/// Install the global subscriber. `level` overrides `ZKFS_LOG` (default `info`).
+/// `stderr_is_file`: stderr already points at the log file (background).
+pub fn init(
+    level: Option<&str>,
+    destination: &Destination,
+    stderr_is_file: bool,
+) -> Result<LogHandle, Failure> {
+    let spec = level
+        .map(str::to_string)
+        .or_else(|| std::env::var("ZKFS_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    let filter = EnvFilter::try_new(&spec)
+        .map_err(|e| Failure::new(format!("invalid log filter '{spec}': {e}")))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let mut handle = LogHandle { file: None };
+    match destination {
+        Destination::File(path) => {
+            let file = LogFile(Arc::new(FileState {
+                path: path.clone(),
+                file: Mutex::new(open_append(path)?),
+                follow_stderr: stderr_is_file,
+            }));
+            handle.file = Some(file.clone());
+            builder.with_ansi(false).with_writer(file).init();
+        }
+        Destination::Stderr => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
+        // Syslog stamps the time and the priority carries the level.
+        Destination::Syslog => builder
+            .with_ansi(false)
+            .without_time()
+            .with_writer(Syslog::from_env())
+            .init(),
+    }
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_choice() {
+        assert_eq!(
+            Destination::choose(Some(Path::new("-")), true),
+            Destination::Stderr
+        );
+        assert_eq!(
+            Destination::choose(Some(Path::new("/var/log/zkfs.log")), true),
+            Destination::File("/var/log/zkfs.log".into())
+        );
+        assert_eq!(Destination::choose(None, true), Destination::Syslog);
+        assert_eq!(Destination::choose(None, false), Destination::Stderr);
+    }
+}
