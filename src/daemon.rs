@@ -495,6 +495,10 @@ fn run_foreground(
     }
     {
         let fs = fs.clone();
+        runtime.spawn(async move { fs.supervise_registrations().await });
+    }
+    {
+        let fs = fs.clone();
         runtime.spawn(async move {
             while let Some(event) = events_rx.recv().await {
                 match event {
@@ -504,9 +508,12 @@ fn run_foreground(
                             tokio::spawn(async move { fs.refresh(&path).await });
                         }
                     }
-                    SessionEvent::Resync => fs.resync().await,
+                    SessionEvent::Resync => {
+                        fs.reregister();
+                        fs.resync().await;
+                    }
                     SessionEvent::NewSession => {
-                        fs.reregister().await;
+                        fs.reregister();
                         fs.resync().await;
                     }
                 }

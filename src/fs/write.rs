@@ -186,6 +186,7 @@ impl<B: ZkBackend> ZkFs<B> {
         exclusive: bool,
     ) -> Result<(Entry, u64), FsError> {
         let (dir, child) = self.new_child(parent, name)?;
+        self.until_connected(&child).await?;
         let mode = OpenMode {
             write: true,
             ..mode
@@ -248,10 +249,10 @@ impl<B: ZkBackend> ZkFs<B> {
         lock(&self.created_as_file).insert(child.clone());
         let mode = self.create_mode(&child);
         if mode == CreateMode::Ephemeral {
-            lock(&self.registrations).insert(child.clone(), Vec::new());
+            self.registry.insert(&child, Vec::new());
         }
         if let Err(e) = self.store.create(&child, Vec::new(), mode, None).await {
-            lock(&self.registrations).remove(&child);
+            self.registry.take(&child);
             lock(&self.created_as_file).remove(&child);
             return Err(create_error(&child, e));
         }
@@ -359,7 +360,7 @@ impl<B: ZkBackend> ZkFs<B> {
             let mode = self.create_mode(path);
             let result = self.store.create(path, data.clone(), mode, None).await;
             if result.is_ok() && mode == CreateMode::Ephemeral {
-                lock(&self.registrations).insert(path.to_string(), data);
+                self.registry.insert(path, data);
             }
             lock(&self.pending).remove(path);
             if result.is_err() {
@@ -402,11 +403,11 @@ impl<B: ZkBackend> ZkFs<B> {
         } else {
             Some(version)
         };
-        let registration = lock(&self.registrations).contains_key(path);
+        let registration = self.registry.contains(path);
         match self.store.set_data(path, data.clone(), expected).await {
             Ok(stat) => {
                 if registration {
-                    lock(&self.registrations).insert(path.to_string(), data);
+                    self.registry.update(path, data);
                 }
                 w.base_version = Some(stat.version);
                 if let Some(inode) = lock(&self.inodes).get_mut(ino) {
@@ -439,6 +440,7 @@ impl<B: ZkBackend> ZkFs<B> {
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
         let result = self.send_handle(fh, true).await;
         lock(&self.files).remove(&fh);
+        self.release_hold(fh).await;
         result
     }
 
@@ -558,7 +560,13 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     async fn delete(&self, p: &str) -> Result<(), FsError> {
-        match self.store.delete(p, None).await {
+        // Not ours any more before its deletion event can arrive.
+        let registration = self.registry.take(p);
+        let result = self.store.delete(p, None).await;
+        if let (Err(_), Some(data)) = (&result, registration) {
+            self.registry.restore(p, data);
+        }
+        match result {
             Ok(()) => {
                 self.forget_path(p);
                 Ok(())
@@ -676,7 +684,12 @@ impl<B: ZkBackend> ZkFs<B> {
         // Taken before the transaction: its own Deleted event may detach the
         // source path from its inode before we get to move it.
         let src_ino = lock(&self.inodes).node_ino(&src);
-        let results = self.store.multi(&ops).await.map_err(|e| match e {
+        let moved = self.registry.take(&src);
+        let results = self.store.multi(&ops).await;
+        if let (Err(_), Some(data)) = (&results, &moved) {
+            self.registry.restore(&src, data.clone());
+        }
+        let results = results.map_err(|e| match e {
             ZkError::BadVersion => FsError::Conflict {
                 path: src.clone(),
                 detail: format!("{src} or {dst} changed by another client; nothing was renamed"),
@@ -691,11 +704,10 @@ impl<B: ZkBackend> ZkFs<B> {
             WriteResult::Created(s) | WriteResult::Set(s) => Some(s.czxid),
             WriteResult::Deleted => None,
         });
-        let moved = lock(&self.registrations).remove(&src);
         // Only a rename to a new name keeps the node ephemeral (ours); onto an
         // existing node, that node keeps its own mode.
         if moved.is_some() && mode == CreateMode::Ephemeral && dst_view.is_none() {
-            lock(&self.registrations).insert(dst.clone(), data.to_vec());
+            self.registry.insert(&dst, data.to_vec());
         }
         if lock(&self.created_as_dir).remove(&src) {
             lock(&self.created_as_dir).insert(dst.clone());
@@ -779,43 +791,10 @@ impl<B: ZkBackend> ZkFs<B> {
         }
     }
 
-    /// After a session expiry: re-create every registration this mount still
-    /// owns, with its last data. One already re-created by someone else is
-    /// left alone (and no longer ours).
-    pub async fn reregister(&self) {
-        let owned: Vec<(String, Vec<u8>)> = lock(&self.registrations)
-            .iter()
-            .map(|(p, d)| (p.clone(), d.clone()))
-            .collect();
-        for (path, data) in owned {
-            let mut delay = std::time::Duration::from_millis(100);
-            for attempt in 0..8 {
-                match self
-                    .store
-                    .create(&path, data.clone(), CreateMode::Ephemeral, None)
-                    .await
-                {
-                    Ok(_) => {
-                        info!(path = %path, "registration re-created on the new session");
-                        self.invalidate_path(&path);
-                        break;
-                    }
-                    Err(ZkError::NodeExists) => {
-                        warn!(path = %path, "registration already exists (re-created by someone else); left alone");
-                        lock(&self.registrations).remove(&path);
-                        break;
-                    }
-                    Err(e) if e.is_connectivity() && attempt < 7 => {
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
-                    Err(e) => {
-                        warn!(path = %path, error = %e, "cannot re-create registration");
-                        break;
-                    }
-                }
-            }
-        }
+    /// After a new session or a reconnect: have the supervisor check every
+    /// registration this mount owns (`registry.rs`).
+    pub fn reregister(&self) {
+        self.registry.reconcile_all();
     }
 
     /// `link(2)`: ZooKeeper has no hard links.
@@ -830,7 +809,7 @@ impl<B: ZkBackend> ZkFs<B> {
 
     fn forget_path(&self, p: &str) {
         lock(&self.created_as_dir).remove(p);
-        lock(&self.registrations).remove(p);
+        self.registry.take(p);
         lock(&self.created_as_file).remove(p);
         self.invalidate_path(p);
         lock(&self.inodes).detach(p);

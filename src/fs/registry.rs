@@ -1,0 +1,511 @@
+//! The registration supervisor (contract §6, issue 14): the set of
+//! registrations this mount owns (path → data) is *desired state*, and a
+//! single background task reconciles it with ZooKeeper on every new session,
+//! every reconnect and every deletion event for an owned path, until the file
+//! is removed through the mount or the mount goes away.
+//!
+//! Per registration, one reconcile step reads the node from the server (never
+//! the cache) and:
+//! - absent: creates it (ephemeral, on the current session, with its data);
+//! - owned by the current session: done;
+//! - owned by one of this mount's *earlier* sessions (the client declared a
+//!   session expired that the server still holds, or restored after a
+//!   restart): deletes it, checked by the version just read, and creates it
+//!   on the current session;
+//! - owned by anyone else: leaves it, logs that once, and takes it back when
+//!   it goes (its deletion event, or a capped periodic re-check).
+//!
+//! Failed steps are retried with capped, jittered backoff for as long as the
+//! mount lives; every ZooKeeper call is bounded (`--op-timeout`, and the
+//! whole step by [`STEP_LIMIT`]).
+//!
+//! It also owns *held* registrations (`user.zkfs.hold`, see
+//! doc/SEMANTICS.md): write handles marked as holders; when the last one is
+//! released the registration is removed.
+//!
+//! It owns no inode, cache or handle state and must not touch them: it talks
+//! to the server through the store's backend and lets the watch events keep
+//! the cache coherent. It never deletes a node owned by another client.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::core::{ZkFs, lock};
+use super::error::FsError;
+use crate::zk::{CreateMode, ZkBackend, ZkError};
+
+/// The extended attribute that makes a write handle hold its registration.
+pub const HOLD_XATTR: &str = "user.zkfs.hold";
+
+/// Upper bound of one reconcile step (at most three bounded calls).
+const STEP_LIMIT: Duration = Duration::from_secs(60);
+/// First retry delay after a failed step ...
+const RETRY_BASE: Duration = Duration::from_millis(200);
+/// ... doubling up to this.
+const RETRY_CAP: Duration = Duration::from_secs(5);
+/// A node held by someone else is re-checked at most this far apart (its
+/// deletion event normally wakes us first).
+const HELD_RECHECK_CAP: Duration = Duration::from_secs(10);
+
+/// Where a registration stands with ZooKeeper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegState {
+    /// The node exists, owned by the current session.
+    Owned,
+    /// Not (known to be) on the server as ours yet: being (re-)created.
+    Pending,
+    /// The node exists, owned by another session (not one of this mount's).
+    HeldByOther(i64),
+}
+
+/// Registration counts per state, for `zkfs status` and the root xattrs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegCounts {
+    pub owned: usize,
+    pub pending: usize,
+    pub held_by_others: usize,
+}
+
+struct Reg {
+    data: Vec<u8>,
+    state: RegState,
+    /// Changes whenever the registration is (re-)made through the mount, so
+    /// a step that raced with that does not overwrite its outcome.
+    generation: u64,
+    /// When the next reconcile step is due (None: nothing to do).
+    due: Option<Instant>,
+    attempts: u32,
+    /// The foreign owner already logged (log once per owner).
+    logged_owner: Option<i64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    regs: HashMap<String, Reg>,
+    /// Holder handles per held registration.
+    holders: HashMap<String, HashSet<u64>>,
+}
+
+/// The desired registrations and their state. Cheap, synchronous methods for
+/// the filesystem core; the reconciling happens in
+/// [`ZkFs::supervise_registrations`].
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    wake: Notify,
+    generations: AtomicU64,
+    jitter_seed: AtomicU64,
+}
+
+impl Registry {
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A registration was just created (or updated) through the mount on the
+    /// current session.
+    pub fn insert(&self, path: &str, data: Vec<u8>) {
+        let generation = self.next_generation();
+        lock(&self.inner).regs.insert(
+            path.to_string(),
+            Reg {
+                data,
+                state: RegState::Owned,
+                generation,
+                due: None,
+                attempts: 0,
+                logged_owner: None,
+            },
+        );
+    }
+
+    /// Put back a registration taken with [`Self::take`] whose removal
+    /// failed; it is checked against the server at once.
+    pub fn restore(&self, path: &str, data: Vec<u8>) {
+        self.insert(path, data);
+        if let Some(reg) = lock(&self.inner).regs.get_mut(path) {
+            reg.state = RegState::Pending;
+            reg.due = Some(Instant::now());
+        }
+        self.wake.notify_one();
+    }
+
+    /// New data was written to an owned registration through the mount.
+    pub fn update(&self, path: &str, data: Vec<u8>) {
+        if let Some(reg) = lock(&self.inner).regs.get_mut(path) {
+            reg.data = data;
+        }
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        lock(&self.inner).regs.contains_key(path)
+    }
+
+    /// Stop owning `path` (removed through the mount), returning its data.
+    /// Called *before* the node is deleted, so its deletion event does not
+    /// make the supervisor re-create it.
+    pub fn take(&self, path: &str) -> Option<Vec<u8>> {
+        let mut inner = lock(&self.inner);
+        inner.holders.remove(path);
+        inner.regs.remove(path).map(|r| r.data)
+    }
+
+    /// A deletion event for `path`: if it is ours, re-create it.
+    pub fn node_deleted(&self, path: &str) {
+        let mut inner = lock(&self.inner);
+        if let Some(reg) = inner.regs.get_mut(path) {
+            if reg.state == RegState::Owned {
+                info!(path, "registration deleted on the server; re-creating it");
+            }
+            reg.state = RegState::Pending;
+            reg.due = Some(Instant::now());
+            reg.attempts = 0;
+            drop(inner);
+            self.wake.notify_one();
+        }
+    }
+
+    /// A new session or a reconnect: check every registration now.
+    pub fn reconcile_all(&self) {
+        let now = Instant::now();
+        for reg in lock(&self.inner).regs.values_mut() {
+            if reg.state == RegState::Owned {
+                reg.state = RegState::Pending;
+            }
+            reg.due = Some(now);
+            reg.attempts = 0;
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn counts(&self) -> RegCounts {
+        let mut counts = RegCounts::default();
+        for reg in lock(&self.inner).regs.values() {
+            match reg.state {
+                RegState::Owned => counts.owned += 1,
+                RegState::Pending => counts.pending += 1,
+                RegState::HeldByOther(_) => counts.held_by_others += 1,
+            }
+        }
+        counts
+    }
+
+    /// Mark `handles` as holders of the registration at `path`.
+    pub fn hold(&self, path: &str, handles: impl IntoIterator<Item = u64>) {
+        lock(&self.inner)
+            .holders
+            .entry(path.to_string())
+            .or_default()
+            .extend(handles);
+    }
+
+    /// A handle was released: the path whose last holder it was, if any.
+    pub fn release_holder(&self, fh: u64) -> Option<String> {
+        let mut inner = lock(&self.inner);
+        let path = inner
+            .holders
+            .iter()
+            .find(|(_, set)| set.contains(&fh))
+            .map(|(p, _)| p.clone())?;
+        let set = inner.holders.get_mut(&path)?;
+        set.remove(&fh);
+        if set.is_empty() {
+            inner.holders.remove(&path);
+            Some(path)
+        } else {
+            None
+        }
+    }
+
+    /// Paths whose step is due at `now`, and when the next one is due.
+    fn due(&self, now: Instant) -> (Vec<DueStep>, Option<Instant>) {
+        let inner = lock(&self.inner);
+        let mut ready = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (path, reg) in &inner.regs {
+            match reg.due {
+                Some(t) if t <= now => ready.push((path.clone(), reg.data.clone(), reg.generation)),
+                Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
+                None => {}
+            }
+        }
+        (ready, next)
+    }
+
+    /// A delay of `base * 2^attempts`, capped, times a jitter in [0.5, 1.5).
+    fn backoff(&self, attempts: u32, cap: Duration) -> Duration {
+        let exp = RETRY_BASE.saturating_mul(1u32 << attempts.min(16)).min(cap);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+        let seed = self
+            .jitter_seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            ^ nanos;
+        let mixed = seed.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 33;
+        let factor = 0.5 + (mixed % 1000) as f64 / 1000.0;
+        exp.mul_f64(factor)
+    }
+
+    /// Record a step's outcome for `path` if the registration is still the
+    /// one the step worked on. Returns false when it is no longer desired at
+    /// all (removed through the mount meanwhile).
+    fn settle(&self, path: &str, generation: u64, outcome: &Step) -> bool {
+        let mut inner = lock(&self.inner);
+        let Some(reg) = inner.regs.get_mut(path) else {
+            return false;
+        };
+        if reg.generation != generation {
+            return true;
+        }
+        match outcome {
+            Step::Owned => {
+                reg.state = RegState::Owned;
+                reg.due = None;
+                reg.attempts = 0;
+                reg.logged_owner = None;
+            }
+            Step::HeldBy(owner) => {
+                if reg.logged_owner != Some(*owner) {
+                    reg.logged_owner = Some(*owner);
+                    warn!(
+                        path,
+                        owner = %format!("{owner:#x}"),
+                        "registration exists, owned by another session; left alone until it goes"
+                    );
+                }
+                reg.state = RegState::HeldByOther(*owner);
+                let delay = self.backoff(reg.attempts, HELD_RECHECK_CAP);
+                reg.attempts = reg.attempts.saturating_add(1);
+                reg.due = Some(Instant::now() + delay);
+            }
+            Step::Again => {
+                reg.state = RegState::Pending;
+                reg.due = Some(Instant::now());
+            }
+            Step::Failed(why) => {
+                reg.state = RegState::Pending;
+                let delay = self.backoff(reg.attempts, RETRY_CAP);
+                if reg.attempts == 0 || reg.attempts % 10 == 9 {
+                    warn!(path, error = %why, retry_in = ?delay, "cannot re-create registration yet; retrying");
+                } else {
+                    debug!(path, error = %why, retry_in = ?delay, "registration retry");
+                }
+                reg.attempts = reg.attempts.saturating_add(1);
+                reg.due = Some(Instant::now() + delay);
+            }
+        }
+        true
+    }
+}
+
+/// A step to run: (path, desired data, generation).
+type DueStep = (String, Vec<u8>, u64);
+
+/// What one reconcile step found.
+#[derive(Debug)]
+enum Step {
+    /// The node is ours on the current session.
+    Owned,
+    /// Someone else's node (session id; 0 for a persistent node).
+    HeldBy(i64),
+    /// The node changed under us: look again at once.
+    Again,
+    Failed(String),
+}
+
+impl<B: ZkBackend> ZkFs<B> {
+    /// The supervisor's loop: runs until the runtime shuts down.
+    pub async fn supervise_registrations(&self) {
+        loop {
+            let woken = self.registry.wake.notified();
+            let (ready, next) = self.registry.due(Instant::now());
+            if ready.is_empty() {
+                match next {
+                    Some(t) => {
+                        tokio::select! {
+                            _ = woken => {}
+                            _ = tokio::time::sleep_until(t.into()) => {}
+                        }
+                    }
+                    None => woken.await,
+                }
+                continue;
+            }
+            for (path, data, generation) in ready {
+                self.reconcile_one(&path, &data, generation).await;
+            }
+        }
+    }
+
+    /// Run the steps due now once (what one turn of the loop does); returns
+    /// how many ran.
+    #[cfg(test)]
+    pub async fn reconcile_due(&self) -> usize {
+        let (ready, _) = self.registry.due(Instant::now());
+        let n = ready.len();
+        for (path, data, generation) in ready {
+            self.reconcile_one(&path, &data, generation).await;
+        }
+        n
+    }
+
+    async fn reconcile_one(&self, path: &str, data: &[u8], generation: u64) {
+        let step = if self.store.backend().is_connected() {
+            match tokio::time::timeout(STEP_LIMIT, self.reconcile_step(path, data)).await {
+                Ok(step) => step,
+                Err(_) => Step::Failed(format!("no answer within {STEP_LIMIT:?}")),
+            }
+        } else {
+            Step::Failed("not connected to ZooKeeper".into())
+        };
+        let created = matches!(step, Step::Owned);
+        if !self.registry.settle(path, generation, &step) && created {
+            // Removed through the mount while we were re-creating it: undo.
+            let backend = self.store.backend();
+            if let Ok((_, stat)) = backend.get_data(path).await
+                && stat.ephemeral_owner == backend.session_id()
+            {
+                let _ = backend.delete(path, Some(stat.version)).await;
+            }
+        }
+        if created {
+            self.invalidate_path(path);
+        }
+    }
+
+    async fn reconcile_step(&self, path: &str, data: &[u8]) -> Step {
+        let backend = self.store.backend();
+        let current = backend.session_id();
+        match backend.get_data(path).await {
+            Err(ZkError::NoNode) => {}
+            Ok((_, stat)) if stat.ephemeral_owner != 0 && stat.ephemeral_owner == current => {
+                return Step::Owned;
+            }
+            Ok((_, stat)) if backend.is_own_session(stat.ephemeral_owner) => {
+                info!(
+                    path,
+                    old_session = %format!("{:#x}", stat.ephemeral_owner),
+                    session = %format!("{current:#x}"),
+                    "registration still owned by an earlier session of this mount; moving it to the current one"
+                );
+                match backend.delete(path, Some(stat.version)).await {
+                    Ok(()) | Err(ZkError::NoNode) => {}
+                    Err(ZkError::BadVersion) => return Step::Again,
+                    Err(e) => return Step::Failed(format!("delete: {e}")),
+                }
+            }
+            Ok((_, stat)) => return Step::HeldBy(stat.ephemeral_owner),
+            Err(e) => return Step::Failed(format!("getData: {e}")),
+        }
+        match backend
+            .create(path, data, CreateMode::Ephemeral, None)
+            .await
+        {
+            Ok(stat) if stat.ephemeral_owner == backend.session_id() => {
+                info!(path, session = %format!("{:#x}", stat.ephemeral_owner), "registration created on the current session");
+                Step::Owned
+            }
+            // Created on a session that ended meanwhile: look again.
+            Ok(_) => Step::Again,
+            Err(ZkError::NodeExists) => Step::Again,
+            Err(ZkError::NoNode) => {
+                Step::Failed("its parent node does not exist (created again when it does)".into())
+            }
+            Err(e) => Step::Failed(format!("create: {e}")),
+        }
+    }
+
+    /// `setxattr`: only [`HOLD_XATTR`] on a registration open for writing
+    /// can be set (everything else mirrors ZooKeeper's Stat: ENOTSUP).
+    pub async fn setxattr(&self, ino: u64, name: &OsStr, _value: &[u8]) -> Result<(), FsError> {
+        let inode = self.inode(ino)?;
+        let path = inode.path.to_string();
+        if name != OsStr::new(HOLD_XATTR) {
+            return Err(FsError::XattrUnsupported(path));
+        }
+        if !self.creates_ephemeral(&path) {
+            warn!(
+                path,
+                "user.zkfs.hold refused: not in an --ephemeral directory"
+            );
+            return Err(FsError::Unsupported(
+                path,
+                "user.zkfs.hold outside an --ephemeral directory",
+            ));
+        }
+        // The content must be on the server first (write, then fsync).
+        if !self.registry.contains(&path) {
+            warn!(
+                path,
+                "user.zkfs.hold refused: not registered yet (write and fsync first)"
+            );
+            return Err(FsError::Unsupported(
+                path,
+                "user.zkfs.hold before the registration was created (fsync first)",
+            ));
+        }
+        let handles: Vec<u64> = lock(&self.files)
+            .iter()
+            .filter(|(_, f)| f.ino == ino && f.writer.is_some())
+            .map(|(fh, _)| *fh)
+            .collect();
+        if handles.is_empty() {
+            warn!(
+                path,
+                "user.zkfs.hold refused: no descriptor open for writing"
+            );
+            return Err(FsError::BadFileHandle);
+        }
+        info!(
+            path,
+            handles = handles.len(),
+            "registration held by its open descriptor(s)"
+        );
+        self.registry.hold(&path, handles);
+        Ok(())
+    }
+
+    /// After the last close of a handle: if it was the last holder of a held
+    /// registration, deregister it (only a node owned by this mount).
+    pub(super) async fn release_hold(&self, fh: u64) {
+        let Some(path) = self.registry.release_holder(fh) else {
+            return;
+        };
+        if self.registry.take(&path).is_none() {
+            return;
+        }
+        let backend = self.store.backend();
+        for attempt in 0..3 {
+            match backend.get_data(&path).await {
+                Ok((_, stat)) if backend.is_own_session(stat.ephemeral_owner) => {
+                    match self.store.delete(&path, Some(stat.version)).await {
+                        Ok(()) | Err(ZkError::NoNode) => {
+                            info!(path, "held registration released: removed");
+                            break;
+                        }
+                        Err(e) if attempt < 2 => {
+                            debug!(path, error = %e, "removing held registration; retrying")
+                        }
+                        Err(e) => warn!(path, error = %e, "cannot remove released registration"),
+                    }
+                }
+                Ok(_) | Err(ZkError::NoNode) => break,
+                Err(e) => {
+                    // It is no longer ours either way: not re-created, and
+                    // the session's end removes it.
+                    warn!(path, error = %e, "cannot remove released registration now");
+                    break;
+                }
+            }
+        }
+        self.invalidate_path(&path);
+    }
+}

@@ -1,0 +1,261 @@
+//! Registrations survive outages (contract §6, §8; issue 14): a private
+//! standalone server stopped for 3 s, 7 s and 12 s with a 4 s session timeout,
+//! a TCP blackhole longer than the session timeout, a 3-server ensemble
+//! restarted one server at a time and stopped as a whole. After each, every
+//! registration is present with its data, owned by the mount's *current*
+//! session, and still there once the old session's timeout has passed on the
+//! server (a restarted server restores the old session from its log and
+//! expires it, with its ephemerals, only then).
+//!
+//! Each scenario has its own server(s), so the tests run in parallel.
+
+mod common;
+#[path = "support/proxy.rs"]
+mod proxy;
+#[path = "support/zkops.rs"]
+mod zkops;
+
+use std::fs;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Ensemble, Mount, ZkServer, unique_root, wait_until};
+use proxy::Proxy;
+use zkops::{Other, xattr_string};
+
+const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+const DEADLINE: Duration = Duration::from_secs(40);
+
+/// (data, ephemeralOwner) of `path`, None when absent or unreadable now.
+fn node(other: &Other, path: &str) -> Option<(Vec<u8>, i64)> {
+    let fut = other.client.get_data(path);
+    match other
+        .rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), fut).await })
+    {
+        Ok(Ok((data, stat))) => Some((data, stat.ephemeral_owner)),
+        _ => None,
+    }
+}
+
+fn session_of(mount: &Mount) -> i64 {
+    let hex = xattr_string(mount.path(), "user.zkfs.session_id");
+    i64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap_or(0)
+}
+
+/// The registrations a scenario makes: (name, data).
+fn registrations(n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("10.9.0.{i}:8080"),
+                format!("{{\"pid\": {}}}", 1000 + i).into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// Whether every registration is present with its data and owned by the
+/// mount's current session (read from the mount, compared with the server).
+fn all_owned(other: &Other, mount: &Mount, root: &str, regs: &[(String, Vec<u8>)]) -> bool {
+    if xattr_string(mount.path(), "user.zkfs.state") != "connected" {
+        return false;
+    }
+    let session = session_of(mount);
+    session != 0
+        && regs.iter().all(|(name, data)| {
+            node(other, &format!("{root}/svc/servers/{name}"))
+                .is_some_and(|(d, owner)| &d == data && owner == session)
+        })
+}
+
+fn describe(other: &Other, mount: &Mount, root: &str, regs: &[(String, Vec<u8>)]) -> String {
+    let session = session_of(mount);
+    let nodes: Vec<String> = regs
+        .iter()
+        .map(|(name, _)| {
+            let n = node(other, &format!("{root}/svc/servers/{name}"));
+            format!(
+                "{name}: {:?}",
+                n.map(|(d, o)| (String::from_utf8_lossy(&d).into_owned(), format!("{o:#x}")))
+            )
+        })
+        .collect();
+    format!(
+        "mount session {session:#x}, registrations xattr {:?}\n{}\n--- zkfs log ---\n{}",
+        zkops::xattr(mount.path(), "user.zkfs.registrations")
+            .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        nodes.join("\n"),
+        mount.log()
+    )
+}
+
+fn register_all(mount: &Mount, regs: &[(String, Vec<u8>)]) {
+    let dir = mount.path().join("svc/servers");
+    for (name, data) in regs {
+        fs::write(dir.join(name), data).expect("register");
+    }
+}
+
+/// After the outage: all registrations come back owned by the mount's
+/// current session, and are still so once the old session's timeout has
+/// passed on the server since `back` (when it was reachable again).
+fn assert_recovered(
+    zk: &str,
+    mount: &Mount,
+    root: &str,
+    regs: &[(String, Vec<u8>)],
+    back: Instant,
+) {
+    let other = Other::connect(zk);
+    let deadline = Instant::now() + DEADLINE;
+    while !all_owned(&other, mount, root, regs) {
+        if Instant::now() > deadline {
+            panic!(
+                "registrations not back within {DEADLINE:?}\n{}",
+                describe(&other, mount, root, regs)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Time itself is the condition here: a restarted server expires the
+    // sessions it restored one session timeout after it started (plus its
+    // tick); only then would a wrongly kept old-session node vanish.
+    let settle = back + SESSION_TIMEOUT * 2 + Duration::from_secs(1);
+    if let Some(rest) = settle.checked_duration_since(Instant::now()) {
+        thread::sleep(rest);
+    }
+    // Re-creation after the old session's expiry is allowed (the mount may
+    // lose its session meanwhile), loss is not.
+    let deadline = Instant::now() + DEADLINE;
+    while !all_owned(&other, mount, root, regs) {
+        if Instant::now() > deadline {
+            panic!(
+                "registrations lost after the old session's timeout\n{}",
+                describe(&other, mount, root, regs)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        xattr_string(mount.path(), "user.zkfs.registrations"),
+        regs.len().to_string()
+    );
+}
+
+/// A mount of `connect{root}` with `svc/servers` as its registration directory.
+fn mount_for(connect: &str, root: &str, op_timeout: &str) -> Mount {
+    let session_timeout = format!("{}s", SESSION_TIMEOUT.as_secs());
+    Mount::start(
+        &format!("{connect}{root}"),
+        &[
+            "--ephemeral",
+            "svc/servers",
+            "--session-timeout",
+            &session_timeout,
+            "--op-timeout",
+            op_timeout,
+        ],
+    )
+}
+
+fn standalone_outage(tag: &str, down: Duration) {
+    let mut server = ZkServer::start();
+    let zk = server.connect_string();
+    let root = unique_root(tag);
+    Other::connect(&zk).ensure(&format!("{root}/svc/servers"));
+    let mount = mount_for(&zk, &root, "2s");
+    let regs = registrations(3);
+    register_all(&mount, &regs);
+    server.stop();
+    // The outage itself: the scenario is "down for this long".
+    thread::sleep(down);
+    server.start_again();
+    let back = Instant::now();
+    assert_recovered(&zk, &mount, &root, &regs, back);
+}
+
+#[test]
+fn standalone_server_down_3s() {
+    standalone_outage("outage-3s", Duration::from_secs(3));
+}
+
+#[test]
+fn standalone_server_down_7s() {
+    standalone_outage("outage-7s", Duration::from_secs(7));
+}
+
+#[test]
+fn standalone_server_down_12s() {
+    standalone_outage("outage-12s", Duration::from_secs(12));
+}
+
+/// The network, not the server, fails: a blackhole longer than the session
+/// timeout. The server expires the session (and drops its ephemerals) while
+/// the mount cannot reach it; the mount must put them back.
+#[test]
+fn proxy_blackhole_longer_than_session_timeout() {
+    let zk = common::shared_zk();
+    let root = unique_root("outage-blackhole");
+    Other::connect(&zk).ensure(&format!("{root}/svc/servers"));
+    let proxy = Proxy::start(&zk);
+    let mount = mount_for(&proxy.address(), &root, "2s");
+    let regs = registrations(3);
+    register_all(&mount, &regs);
+    let first = session_of(&mount);
+    proxy.cut();
+    let other = Other::connect(&zk);
+    wait_until(
+        "the server expired the mount's first session",
+        DEADLINE,
+        || {
+            regs.iter()
+                .all(|(n, _)| node(&other, &format!("{root}/svc/servers/{n}")).is_none())
+        },
+    );
+    proxy.restore();
+    let back = Instant::now();
+    assert_recovered(&zk, &mount, &root, &regs, back);
+    assert_ne!(session_of(&mount), first, "a new session");
+}
+
+/// 20 registrations on a 3-server ensemble: restarted one server at a time
+/// (each down long enough to lose its clients' connections), then the whole
+/// ensemble down for twice the session timeout.
+#[test]
+fn ensemble_rolling_restart_and_full_outage() {
+    let mut ensemble = Ensemble::start();
+    let zk = ensemble.connect_string();
+    let root = unique_root("outage-ensemble");
+    Other::connect(&zk).ensure(&format!("{root}/svc/servers"));
+    let mount = mount_for(&zk, &root, "3s");
+    let regs = registrations(20);
+    register_all(&mount, &regs);
+
+    for i in 0..3 {
+        ensemble.server(i).stop();
+        // Down longer than the session timeout: a mount connected to it
+        // must move to another server within the session.
+        thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
+        ensemble.server(i).start_again();
+        let other = Other::connect(&zk);
+        let deadline = Instant::now() + DEADLINE;
+        while !all_owned(&other, &mount, &root, &regs) {
+            if Instant::now() > deadline {
+                panic!(
+                    "registrations not back after restarting server {i}\n{}",
+                    describe(&other, &mount, &root, &regs)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    for i in 0..3 {
+        ensemble.server(i).stop();
+    }
+    thread::sleep(SESSION_TIMEOUT * 2);
+    ensemble.start_all_again();
+    let back = Instant::now();
+    assert_recovered(&zk, &mount, &root, &regs, back);
+}
