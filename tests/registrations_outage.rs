@@ -259,3 +259,62 @@ fn ensemble_rolling_restart_and_full_outage() {
     let back = Instant::now();
     assert_recovered(&zk, &mount, &root, &regs, back);
 }
+
+/// A shell overwriting a registration while ZooKeeper is down must see the
+/// failure (at `open`: the error of the final close is discarded by the
+/// shell), and the registration keeps its data once the server is back.
+#[test]
+fn shell_overwrite_while_down_fails_and_changes_nothing() {
+    let mut server = ZkServer::start();
+    let zk = server.connect_string();
+    let root = unique_root("outage-shell");
+    Other::connect(&zk).ensure(&format!("{root}/svc/servers"));
+    let mount = mount_for(&zk, &root, "2s");
+    let regs = registrations(1);
+    register_all(&mount, &regs);
+    let file = mount.path().join("svc/servers").join(&regs[0].0);
+    let fresh = mount.path().join("svc/servers/10.9.9.9:1");
+    server.stop();
+    wait_until("the mount noticed the outage", DEADLINE, || {
+        xattr_string(mount.path(), "user.zkfs.state") != "connected"
+    });
+    // Overwrite and append wait for the connection, then ETIMEDOUT; a new
+    // name the cache cannot prove absent already fails its lookup (EIO).
+    for (script, errno_text) in [
+        (
+            format!("echo '{{\"pid\": 1}}' > '{}'", file.display()),
+            "timed out",
+        ),
+        (format!("echo more >> '{}'", file.display()), "timed out"),
+        (format!("echo new > '{}'", fresh.display()), "error"),
+    ] {
+        let started = Instant::now();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("sh");
+        assert!(
+            !out.status.success(),
+            "{script} must fail while ZooKeeper is down\n--- zkfs log ---\n{}",
+            mount.log()
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(errno_text),
+            "{script}: the shell reports the error ({errno_text}), got {stderr:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{script}: failed within the operation timeout"
+        );
+    }
+    server.start_again();
+    let back = Instant::now();
+    assert_recovered(&zk, &mount, &root, &regs, back);
+    let other = Other::connect(&zk);
+    assert!(
+        node(&other, &format!("{root}/svc/servers/10.9.9.9:1")).is_none(),
+        "the refused new file was never created"
+    );
+}
