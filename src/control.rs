@@ -19,6 +19,9 @@ const STATUS_KEYS: &[&str] = &[
     "requests",
     "pid",
     "kernel_requests",
+    "registrations",
+    "registrations_pending",
+    "registrations_held_by_others",
 ];
 
 fn getxattr(path: &Path, name: &str) -> Result<String, std::io::Error> {
@@ -94,7 +97,7 @@ pub fn status(mountpoint: &Path, json: bool) -> Result<bool, Failure> {
             let numeric = matches!(
                 *k,
                 "cached_nodes" | "cached_bytes" | "last_contact" | "requests" | "pid"
-            );
+            ) || k.starts_with("registrations");
             if numeric && v.parse::<u128>().is_ok() {
                 fields.push(format!("\"{k}\":{v}"));
             } else {
@@ -121,6 +124,12 @@ pub fn status(mountpoint: &Path, json: bool) -> Result<bool, Failure> {
         println!("requests:     {} to ZooKeeper", get("requests"));
         println!("kernel:       {}", get("kernel_requests"));
         println!("daemon pid:   {}", get("pid"));
+        println!(
+            "registrations: {} owned, {} pending, {} held by another session",
+            get("registrations"),
+            get("registrations_pending"),
+            get("registrations_held_by_others")
+        );
     }
     Ok(connected)
 }

@@ -12,6 +12,7 @@ mod daemon;
 mod fs;
 mod fuse;
 mod memory;
+mod register;
 mod zk;
 
 use std::process::ExitCode;
@@ -27,6 +28,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if let Command::Register(args) = cli.command {
+        return match register::register(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(failure) => {
+                eprintln!("zkfs register: {}", failure.message);
+                ExitCode::from(failure.code)
+            }
+        };
+    }
     let result = match cli.command {
         Command::Mount(args) => daemon::mount(*args),
         Command::Unmount(args) => control::unmount(&args.mountpoint),
@@ -40,6 +50,7 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Register(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

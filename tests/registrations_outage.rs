@@ -318,3 +318,59 @@ fn shell_overwrite_while_down_fails_and_changes_nothing() {
         "the refused new file was never created"
     );
 }
+
+/// While the mount could not reach the server, its session expired and
+/// another client registered the same name: the mount leaves that node
+/// alone (and says so in `zkfs status`), and takes the name back as soon as
+/// the other client's node goes.
+#[test]
+fn foreign_registration_is_left_alone_and_taken_back_when_it_goes() {
+    let zk = common::shared_zk();
+    let root = unique_root("outage-foreign");
+    Other::connect(&zk).ensure(&format!("{root}/svc/servers"));
+    let proxy = Proxy::start(&zk);
+    let mount = mount_for(&proxy.address(), &root, "2s");
+    let regs = registrations(1);
+    register_all(&mount, &regs);
+    let path = format!("{root}/svc/servers/{}", regs[0].0);
+    proxy.cut();
+    let other = Other::connect(&zk);
+    wait_until("the server expired the mount's session", DEADLINE, || {
+        node(&other, &path).is_none()
+    });
+    let squatter = Other::connect(&zk);
+    squatter.create_mode(&path, b"theirs", zookeeper_client::CreateMode::Ephemeral);
+    proxy.restore();
+    let status = || {
+        let out = std::process::Command::new(common::zkfs_bin())
+            .args(["status", "--json"])
+            .arg(mount.path())
+            .output()
+            .expect("zkfs status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until(
+        "status shows the registration held by another session",
+        DEADLINE,
+        || status().contains("\"registrations_held_by_others\":1"),
+    );
+    assert_eq!(
+        node(&other, &path).map(|(d, o)| (d, o == squatter.session_id())),
+        Some((b"theirs".to_vec(), true)),
+        "the other client's node is left alone"
+    );
+    assert!(
+        mount.log().contains("owned by another session; left alone"),
+        "logged"
+    );
+    drop(squatter);
+    let back = Instant::now();
+    assert_recovered(&zk, &mount, &root, &regs, back);
+    assert!(
+        status().contains(
+            "\"registrations\":1,\"registrations_pending\":0,\"registrations_held_by_others\":0"
+        ),
+        "{}",
+        status()
+    );
+}
