@@ -345,3 +345,55 @@ fn register_passes_data_and_exit_status_and_refuses_non_registrations() {
     assert!(!Path::new(&marker).exists(), "CMD did not run");
     assert!(stat(&other, &format!("{root}/plain/x")).is_none());
 }
+
+/// The descriptor mechanism without the wrapper, as doc/SEMANTICS.md shows
+/// it for a shell: open, write, `setfattr user.zkfs.hold`, exec the service
+/// (which inherits the descriptor). The registration lives while the service
+/// runs and goes with it, `kill -9` included.
+#[test]
+fn held_descriptor_from_a_shell_lives_as_long_as_the_process() {
+    let zk = shared_zk();
+    let root = unique_root("hold-shell");
+    let other = Other::connect(&zk);
+    other.ensure(&format!("{root}/svc/api/servers"));
+    let mount = Mount::start(&format!("{zk}{root}"), &["--ephemeral", "svc/*/servers"]);
+    let file = mount.path().join("svc/api/servers/10.4.0.1:80");
+    let node = format!("{root}/svc/api/servers/10.4.0.1:80");
+    let script = format!(
+        "exec 3>'{f}'; printf '{{\"pid\": %d}}' $$ >&3; \
+         setfattr -n user.zkfs.hold -v 1 '{f}' || exit 9; exec sleep 60",
+        f = file.display()
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .spawn()
+        .expect("sh");
+    let expected = format!("{{\"pid\": {}}}", child.id());
+    wait_until("registered with its data", DEADLINE, || {
+        stat(&other, &node).is_some_and(|(d, _)| d == expected.as_bytes())
+    });
+    wait_until("the service runs, holding the descriptor", DEADLINE, || {
+        fs::read_to_string(format!("/proc/{}/comm", child.id())).is_ok_and(|c| c == "sleep\n")
+    });
+    assert!(stat(&other, &node).is_some(), "still registered");
+    // A hold refused: not a registration directory.
+    other.ensure(&format!("{root}/plain"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3>'{f}'; echo x >&3; setfattr -n user.zkfs.hold -v 1 '{f}'",
+            f = mount.path().join("plain/x").display()
+        ))
+        .output()
+        .expect("sh");
+    assert!(!out.status.success(), "hold outside --ephemeral refused");
+    kill9(child.id());
+    let _ = child.wait();
+    wait_until(
+        "registration gone after kill -9 of the holder",
+        Duration::from_secs(1),
+        || stat(&other, &node).is_none(),
+    );
+    assert_eq!(xattr_string(mount.path(), "user.zkfs.registrations"), "0");
+}

@@ -137,10 +137,16 @@ fn assert_recovered(
         }
         thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(
-        xattr_string(mount.path(), "user.zkfs.registrations"),
-        regs.len().to_string()
-    );
+    let deadline = Instant::now() + DEADLINE;
+    while xattr_string(mount.path(), "user.zkfs.registrations") != regs.len().to_string() {
+        if Instant::now() > deadline {
+            panic!(
+                "the mount does not count them all as owned\n{}",
+                describe(&other, mount, root, regs)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A mount of `connect{root}` with `svc/servers` as its registration directory.
@@ -372,5 +378,55 @@ fn foreign_registration_is_left_alone_and_taken_back_when_it_goes() {
         ),
         "{}",
         status()
+    );
+}
+
+/// CMD under `zkfs register` dies while ZooKeeper is down: its registration
+/// cannot be removed then, but it is as soon as the server is back, and it
+/// is never re-created.
+#[test]
+fn register_cmd_dying_during_an_outage_is_deregistered_when_back() {
+    let mut server = ZkServer::start();
+    let zk = server.connect_string();
+    let root = unique_root("outage-register");
+    Other::connect(&zk).ensure(&format!("{root}/svc/servers"));
+    let mount = mount_for(&zk, &root, "2s");
+    let file = mount.path().join("svc/servers/10.9.1.1:80");
+    let path = format!("{root}/svc/servers/10.9.1.1:80");
+    let mut wrapper = std::process::Command::new(common::zkfs_bin())
+        .arg("register")
+        .arg(&file)
+        .args(["--", "sleep", "60"])
+        .spawn()
+        .expect("zkfs register");
+    {
+        let other = Other::connect(&zk);
+        wait_until("registered", DEADLINE, || node(&other, &path).is_some());
+    }
+    server.stop();
+    wait_until("the mount noticed the outage", DEADLINE, || {
+        xattr_string(mount.path(), "user.zkfs.state") != "connected"
+    });
+    // SAFETY: signalling the wrapper this test started; it passes SIGTERM on.
+    unsafe { libc::kill(wrapper.id() as libc::pid_t, libc::SIGTERM) };
+    let status = wrapper.wait().expect("wrapper exits");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "CMD's status");
+    server.start_again();
+    let back = Instant::now();
+    let other = Other::connect(&zk);
+    wait_until("deregistered once the server is back", DEADLINE, || {
+        node(&other, &path).is_none()
+    });
+    // Past the old session's timeout (a restarted server may restore it):
+    // still gone, and not owned by the mount any more.
+    let settle = back + SESSION_TIMEOUT * 2 + Duration::from_secs(1);
+    if let Some(rest) = settle.checked_duration_since(Instant::now()) {
+        thread::sleep(rest);
+    }
+    assert!(node(&other, &path).is_none(), "{}", mount.log());
+    assert_eq!(xattr_string(mount.path(), "user.zkfs.registrations"), "0");
+    assert_eq!(
+        xattr_string(mount.path(), "user.zkfs.registrations_pending"),
+        "0"
     );
 }

@@ -83,6 +83,9 @@ struct Reg {
     attempts: u32,
     /// The foreign owner already logged (log once per owner).
     logged_owner: Option<i64>,
+    /// Bumped by every request to look again (deletion event, reconnect):
+    /// one that arrives while a step runs makes the step's answer stale.
+    marks: u64,
 }
 
 #[derive(Default)]
@@ -90,6 +93,9 @@ struct Inner {
     regs: HashMap<String, Reg>,
     /// Holder handles per held registration.
     holders: HashMap<String, HashSet<u64>>,
+    /// Released held registrations whose node must still be deleted (if it
+    /// is one of this mount's): path → (when due, attempts so far).
+    doomed: HashMap<String, (Instant, u32)>,
 }
 
 /// The desired registrations and their state. Cheap, synchronous methods for
@@ -112,7 +118,9 @@ impl Registry {
     /// current session.
     pub fn insert(&self, path: &str, data: Vec<u8>) {
         let generation = self.next_generation();
-        lock(&self.inner).regs.insert(
+        let mut inner = lock(&self.inner);
+        inner.doomed.remove(path);
+        inner.regs.insert(
             path.to_string(),
             Reg {
                 data,
@@ -121,6 +129,7 @@ impl Registry {
                 due: None,
                 attempts: 0,
                 logged_owner: None,
+                marks: 0,
             },
         );
     }
@@ -151,9 +160,16 @@ impl Registry {
     /// Called *before* the node is deleted, so its deletion event does not
     /// make the supervisor re-create it.
     pub fn take(&self, path: &str) -> Option<Vec<u8>> {
-        let mut inner = lock(&self.inner);
-        inner.holders.remove(path);
-        inner.regs.remove(path).map(|r| r.data)
+        lock(&self.inner).regs.remove(path).map(|r| r.data)
+    }
+
+    /// Delete the node at `path` if it is (or becomes visible as) one of this
+    /// mount's: a held registration whose last holder is gone.
+    fn doom(&self, path: &str) {
+        lock(&self.inner)
+            .doomed
+            .insert(path.to_string(), (Instant::now(), 0));
+        self.wake.notify_one();
     }
 
     /// A deletion event for `path`: if it is ours, re-create it.
@@ -166,6 +182,7 @@ impl Registry {
             reg.state = RegState::Pending;
             reg.due = Some(Instant::now());
             reg.attempts = 0;
+            reg.marks += 1;
             drop(inner);
             self.wake.notify_one();
         }
@@ -174,13 +191,19 @@ impl Registry {
     /// A new session or a reconnect: check every registration now.
     pub fn reconcile_all(&self) {
         let now = Instant::now();
-        for reg in lock(&self.inner).regs.values_mut() {
+        let mut inner = lock(&self.inner);
+        for (due, _) in inner.doomed.values_mut() {
+            *due = now;
+        }
+        for reg in inner.regs.values_mut() {
             if reg.state == RegState::Owned {
                 reg.state = RegState::Pending;
             }
             reg.due = Some(now);
             reg.attempts = 0;
+            reg.marks += 1;
         }
+        drop(inner);
         self.wake.notify_one();
     }
 
@@ -228,9 +251,28 @@ impl Registry {
         let inner = lock(&self.inner);
         let mut ready = Vec::new();
         let mut next: Option<Instant> = None;
+        for (path, (t, _)) in &inner.doomed {
+            if *t <= now {
+                ready.push(DueStep {
+                    path: path.clone(),
+                    data: Vec::new(),
+                    generation: 0,
+                    marks: 0,
+                    remove: true,
+                });
+            } else {
+                next = Some(next.map_or(*t, |n| n.min(*t)));
+            }
+        }
         for (path, reg) in &inner.regs {
             match reg.due {
-                Some(t) if t <= now => ready.push((path.clone(), reg.data.clone(), reg.generation)),
+                Some(t) if t <= now => ready.push(DueStep {
+                    path: path.clone(),
+                    data: reg.data.clone(),
+                    generation: reg.generation,
+                    marks: reg.marks,
+                    remove: false,
+                }),
                 Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
                 None => {}
             }
@@ -257,12 +299,19 @@ impl Registry {
     /// Record a step's outcome for `path` if the registration is still the
     /// one the step worked on. Returns false when it is no longer desired at
     /// all (removed through the mount meanwhile).
-    fn settle(&self, path: &str, generation: u64, outcome: &Step) -> bool {
+    fn settle(&self, due: &DueStep, outcome: &Step) -> bool {
+        let path = due.path.as_str();
         let mut inner = lock(&self.inner);
         let Some(reg) = inner.regs.get_mut(path) else {
             return false;
         };
-        if reg.generation != generation {
+        if reg.generation != due.generation {
+            return true;
+        }
+        if reg.marks != due.marks {
+            // Something happened to the node while the step ran: look again.
+            reg.state = RegState::Pending;
+            reg.due = Some(Instant::now());
             return true;
         }
         match outcome {
@@ -306,8 +355,56 @@ impl Registry {
     }
 }
 
-/// A step to run: (path, desired data, generation).
-type DueStep = (String, Vec<u8>, u64);
+/// A step to run, with what it was based on.
+struct DueStep {
+    path: String,
+    data: Vec<u8>,
+    generation: u64,
+    marks: u64,
+    /// A doomed node to delete, not a registration to keep.
+    remove: bool,
+}
+
+/// A registration taken out of the desired state while its node is being
+/// deleted through the mount. Put back (and checked at once) unless
+/// [`Removal::done`] is called: on failure, and when the operation is
+/// cancelled (the FUSE adapter's `--op-timeout`) before it finished.
+pub struct Removal<'a> {
+    registry: &'a Registry,
+    path: String,
+    data: Option<Vec<u8>>,
+}
+
+impl Removal<'_> {
+    /// Whether the path was a registration of this mount.
+    pub fn was_registered(&self) -> bool {
+        self.data.is_some()
+    }
+
+    /// The node is gone: the registration stays removed.
+    pub fn done(mut self) {
+        self.data = None;
+    }
+}
+
+impl Drop for Removal<'_> {
+    fn drop(&mut self) {
+        if let Some(data) = self.data.take() {
+            self.registry.restore(&self.path, data);
+        }
+    }
+}
+
+impl Registry {
+    /// Start removing `path` through the mount (see [`Removal`]).
+    pub fn removing(&self, path: &str) -> Removal<'_> {
+        Removal {
+            registry: self,
+            path: path.to_string(),
+            data: self.take(path),
+        }
+    }
+}
 
 /// What one reconcile step found.
 #[derive(Debug)]
@@ -339,8 +436,8 @@ impl<B: ZkBackend> ZkFs<B> {
                 }
                 continue;
             }
-            for (path, data, generation) in ready {
-                self.reconcile_one(&path, &data, generation).await;
+            for due in ready {
+                self.reconcile_one(&due).await;
             }
         }
     }
@@ -351,13 +448,17 @@ impl<B: ZkBackend> ZkFs<B> {
     pub async fn reconcile_due(&self) -> usize {
         let (ready, _) = self.registry.due(Instant::now());
         let n = ready.len();
-        for (path, data, generation) in ready {
-            self.reconcile_one(&path, &data, generation).await;
+        for due in ready {
+            self.reconcile_one(&due).await;
         }
         n
     }
 
-    async fn reconcile_one(&self, path: &str, data: &[u8], generation: u64) {
+    async fn reconcile_one(&self, due: &DueStep) {
+        if due.remove {
+            return self.remove_doomed(&due.path).await;
+        }
+        let (path, data) = (due.path.as_str(), due.data.as_slice());
         let step = if self.store.backend().is_connected() {
             match tokio::time::timeout(STEP_LIMIT, self.reconcile_step(path, data)).await {
                 Ok(step) => step,
@@ -367,7 +468,7 @@ impl<B: ZkBackend> ZkFs<B> {
             Step::Failed("not connected to ZooKeeper".into())
         };
         let created = matches!(step, Step::Owned);
-        if !self.registry.settle(path, generation, &step) && created {
+        if !self.registry.settle(due, &step) && created {
             // Removed through the mount while we were re-creating it: undo.
             let backend = self.store.backend();
             if let Ok((_, stat)) = backend.get_data(path).await
@@ -474,38 +575,60 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     /// After the last close of a handle: if it was the last holder of a held
-    /// registration, deregister it (only a node owned by this mount).
+    /// registration, stop owning it and have the supervisor delete its node
+    /// (only a node owned by one of this mount's sessions; retried while
+    /// disconnected, so a dead holder's registration never lingers).
     pub(super) async fn release_hold(&self, fh: u64) {
         let Some(path) = self.registry.release_holder(fh) else {
             return;
         };
-        if self.registry.take(&path).is_none() {
-            return;
+        if self.registry.take(&path).is_some() {
+            info!(path, "last holder of the registration closed it: removing");
+            self.registry.doom(&path);
         }
+    }
+
+    /// Delete a released held registration's node if it is ours.
+    async fn remove_doomed(&self, path: &str) {
         let backend = self.store.backend();
-        for attempt in 0..3 {
-            match backend.get_data(&path).await {
-                Ok((_, stat)) if backend.is_own_session(stat.ephemeral_owner) => {
-                    match self.store.delete(&path, Some(stat.version)).await {
-                        Ok(()) | Err(ZkError::NoNode) => {
-                            info!(path, "held registration released: removed");
-                            break;
-                        }
-                        Err(e) if attempt < 2 => {
-                            debug!(path, error = %e, "removing held registration; retrying")
-                        }
-                        Err(e) => warn!(path, error = %e, "cannot remove released registration"),
+        let result = if backend.is_connected() {
+            let attempt = async {
+                match backend.get_data(path).await {
+                    Ok((_, stat)) if backend.is_own_session(stat.ephemeral_owner) => {
+                        backend.delete(path, Some(stat.version)).await
                     }
+                    // Gone, or not ours: nothing to delete.
+                    Ok(_) | Err(ZkError::NoNode) => Ok(()),
+                    Err(e) => Err(e),
                 }
-                Ok(_) | Err(ZkError::NoNode) => break,
-                Err(e) => {
-                    // It is no longer ours either way: not re-created, and
-                    // the session's end removes it.
-                    warn!(path, error = %e, "cannot remove released registration now");
-                    break;
+            };
+            match tokio::time::timeout(STEP_LIMIT, attempt).await {
+                Ok(Err(ZkError::NoNode)) => Ok(()),
+                Ok(r) => r,
+                Err(_) => Err(ZkError::Timeout),
+            }
+        } else {
+            Err(ZkError::ConnectionLoss)
+        };
+        let mut inner = lock(&self.registry.inner);
+        match result {
+            Ok(()) => {
+                if inner.doomed.remove(path).is_some() {
+                    info!(path, "released registration removed");
+                }
+                drop(inner);
+                self.invalidate_path(path);
+            }
+            Err(e) => {
+                if let Some((due, attempts)) = inner.doomed.get_mut(path) {
+                    let delay = self.registry.backoff(*attempts, RETRY_CAP);
+                    if *attempts == 0 {
+                        warn!(path, error = %e, retry_in = ?delay, "cannot remove released registration yet; retrying");
+                    }
+                    *attempts = attempts.saturating_add(1);
+                    *due = Instant::now() + delay;
                 }
             }
         }
-        self.invalidate_path(&path);
     }
 }

@@ -561,10 +561,10 @@ impl<B: ZkBackend> ZkFs<B> {
 
     async fn delete(&self, p: &str) -> Result<(), FsError> {
         // Not ours any more before its deletion event can arrive.
-        let registration = self.registry.take(p);
+        let removal = self.registry.removing(p);
         let result = self.store.delete(p, None).await;
-        if let (Err(_), Some(data)) = (&result, registration) {
-            self.registry.restore(p, data);
+        if matches!(result, Ok(()) | Err(ZkError::NoNode)) {
+            removal.done();
         }
         match result {
             Ok(()) => {
@@ -684,10 +684,11 @@ impl<B: ZkBackend> ZkFs<B> {
         // Taken before the transaction: its own Deleted event may detach the
         // source path from its inode before we get to move it.
         let src_ino = lock(&self.inodes).node_ino(&src);
-        let moved = self.registry.take(&src);
+        let removal = self.registry.removing(&src);
+        let moved = removal.was_registered();
         let results = self.store.multi(&ops).await;
-        if let (Err(_), Some(data)) = (&results, &moved) {
-            self.registry.restore(&src, data.clone());
+        if results.is_ok() {
+            removal.done();
         }
         let results = results.map_err(|e| match e {
             ZkError::BadVersion => FsError::Conflict {
@@ -706,7 +707,7 @@ impl<B: ZkBackend> ZkFs<B> {
         });
         // Only a rename to a new name keeps the node ephemeral (ours); onto an
         // existing node, that node keeps its own mode.
-        if moved.is_some() && mode == CreateMode::Ephemeral && dst_view.is_none() {
+        if moved && mode == CreateMode::Ephemeral && dst_view.is_none() {
             self.registry.insert(&dst, data.to_vec());
         }
         if lock(&self.created_as_dir).remove(&src) {
