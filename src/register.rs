@@ -65,9 +65,33 @@ fn content(args: &RegisterArgs, pid: u32) -> Result<Vec<u8>, Failure> {
     }
 }
 
+/// Whether `dir` is a directory of a zkfs mount (every node there carries
+/// `user.zk.version`), so nothing is created on another filesystem.
+fn in_zkfs(dir: &Path) -> bool {
+    let (Ok(dir), Ok(name)) = (
+        CString::new(dir.as_os_str().as_bytes()),
+        CString::new("user.zk.version"),
+    ) else {
+        return false;
+    };
+    // SAFETY: NUL-terminated path and name; a size-0 query writes nothing.
+    unsafe { libc::getxattr(dir.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
 /// Create (or overwrite) the registration, send it, and mark the descriptor
 /// as its holder. On failure a file created here is removed again.
 fn hold(path: &Path, data: &[u8]) -> Result<File, Failure> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !in_zkfs(dir) {
+        return Err(fail(format!(
+            "{}: not a registration: {} is not a directory of a zkfs mount",
+            path.display(),
+            dir.display()
+        )));
+    }
     let (mut file, created) = match OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(f) => (f, true),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {

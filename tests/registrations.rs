@@ -344,6 +344,23 @@ fn register_passes_data_and_exit_status_and_refuses_non_registrations() {
     );
     assert!(!Path::new(&marker).exists(), "CMD did not run");
     assert!(stat(&other, &format!("{root}/plain/x")).is_none());
+
+    // Not in a zkfs mount at all: refused before anything is created.
+    let local = format!("{probe}.local");
+    let out = Command::new(common::zkfs_bin())
+        .arg("register")
+        .arg(&local)
+        .args(["--", "touch", &marker])
+        .output()
+        .expect("zkfs register");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a directory of a zkfs mount"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new(&marker).exists(), "CMD did not run");
+    assert!(!Path::new(&local).exists(), "nothing created");
 }
 
 /// The descriptor mechanism without the wrapper, as doc/SEMANTICS.md shows

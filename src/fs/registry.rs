@@ -632,3 +632,69 @@ impl<B: ZkBackend> ZkFs<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        let r = Registry::default();
+        let mut seen = HashSet::new();
+        for attempts in 0..40 {
+            let nominal = (RETRY_BASE * 2u32.pow(attempts.min(10))).min(RETRY_CAP);
+            let d = r.backoff(attempts, RETRY_CAP);
+            assert!(
+                d >= nominal / 2,
+                "attempt {attempts}: {d:?} < half of {nominal:?}"
+            );
+            assert!(
+                d < nominal * 3 / 2,
+                "attempt {attempts}: {d:?} >= 1.5 × {nominal:?}"
+            );
+            seen.insert(d);
+        }
+        assert!(
+            seen.len() > 20,
+            "jittered: {} distinct delays of 40",
+            seen.len()
+        );
+        assert!(r.backoff(1000, RETRY_CAP) < Duration::from_millis(7500));
+    }
+
+    #[test]
+    fn counts_and_removal_guard() {
+        let r = Registry::default();
+        r.insert("/a", b"1".to_vec());
+        r.insert("/b", b"2".to_vec());
+        r.reconcile_all();
+        assert_eq!(
+            r.counts(),
+            RegCounts {
+                owned: 0,
+                pending: 2,
+                held_by_others: 0
+            }
+        );
+        // A removal that does not finish puts the registration back.
+        drop(r.removing("/a"));
+        assert!(r.contains("/a"));
+        r.removing("/a").done();
+        assert!(!r.contains("/a"));
+        // Deletion events for paths that are not ours change nothing.
+        r.node_deleted("/a");
+        assert!(!r.contains("/a"));
+        assert_eq!(r.counts().pending, 1);
+    }
+
+    #[test]
+    fn last_holder_release_names_the_path() {
+        let r = Registry::default();
+        r.insert("/a", Vec::new());
+        r.hold("/a", [7, 8]);
+        assert_eq!(r.release_holder(7), None, "8 still holds it");
+        assert_eq!(r.release_holder(9), None, "not a holder");
+        assert_eq!(r.release_holder(8).as_deref(), Some("/a"));
+        assert_eq!(r.release_holder(8), None, "released once");
+    }
+}
