@@ -28,15 +28,6 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    if let Command::Register(args) = cli.command {
-        return match register::register(args) {
-            Ok(code) => ExitCode::from(code),
-            Err(failure) => {
-                eprintln!("zkfs register: {}", failure.message);
-                ExitCode::from(failure.code)
-            }
-        };
-    }
     let result = match cli.command {
         Command::Mount(args) => daemon::mount(*args),
         Command::Unmount(args) => control::unmount(&args.mountpoint),
@@ -50,7 +41,10 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Command::Register(_) => unreachable!("handled above"),
+        Command::Register(args) => match register::register(args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(failure) => Err(failure),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
