@@ -78,6 +78,31 @@ fn in_zkfs(dir: &Path) -> bool {
     unsafe { libc::getxattr(dir.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
 }
 
+/// The value of extended attribute `name` of `path`, if it has one.
+fn xattr(path: &Path, name: &str) -> Option<String> {
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated path and name; the buffer is as long as stated.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    buf.truncate(n);
+    String::from_utf8(buf).ok()
+}
+
+/// The session id of the zkfs mount `dir` is in (its root carries it).
+fn mount_session(dir: &Path) -> Option<String> {
+    dir.ancestors()
+        .find_map(|a| xattr(a, "user.zkfs.session_id"))
+}
+
 /// Create (or overwrite) the registration, send it, and mark the descriptor
 /// as its holder. On failure a file created here is removed again.
 fn hold(path: &Path, data: &[u8]) -> Result<File, Failure> {
@@ -95,6 +120,17 @@ fn hold(path: &Path, data: &[u8]) -> Result<File, Failure> {
     let (mut file, created) = match OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(f) => (f, true),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            // Only a registration of this very mount may be taken over;
+            // another client's node (or a persistent one) is not touched.
+            let owner = xattr(path, "user.zk.ephemeral_owner");
+            let session = mount_session(dir);
+            if owner.is_none() || owner != session {
+                return Err(fail(format!(
+                    "{} exists and is not a registration of this mount (ephemeral owner {}); left alone",
+                    path.display(),
+                    owner.as_deref().unwrap_or("unknown")
+                )));
+            }
             let f = OpenOptions::new()
                 .write(true)
                 .truncate(true)

@@ -345,6 +345,27 @@ fn register_passes_data_and_exit_status_and_refuses_non_registrations() {
     assert!(!Path::new(&marker).exists(), "CMD did not run");
     assert!(stat(&other, &format!("{root}/plain/x")).is_none());
 
+    // Another client's registration under that name: refused, not touched.
+    let taken = format!("{root}/svc/api/servers/10.3.0.2:80");
+    other.create_mode(&taken, b"theirs", CreateMode::Ephemeral);
+    let out = Command::new(common::zkfs_bin())
+        .arg("register")
+        .arg(mount.path().join("svc/api/servers/10.3.0.2:80"))
+        .args(["--", "touch", &marker])
+        .output()
+        .expect("zkfs register");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a registration of this mount"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new(&marker).exists(), "CMD did not run");
+    assert_eq!(
+        stat(&other, &taken),
+        Some((b"theirs".to_vec(), other.session_id()))
+    );
+
     // Not in a zkfs mount at all: refused before anything is created.
     let local = format!("{probe}.local");
     let out = Command::new(common::zkfs_bin())
