@@ -34,6 +34,24 @@ pub enum Command {
     Status(StatusArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
+    /// Run CMD with a registration at PATH (a file in an --ephemeral
+    /// directory of a zkfs mount) that exists exactly as long as CMD runs.
+    Register(RegisterArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    /// Registration content (default: {"pid": N}, N being CMD's pid).
+    #[arg(long, conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// Read the registration content from FILE.
+    #[arg(long, value_name = "FILE")]
+    pub data_file: Option<PathBuf>,
+    /// The registration file, e.g. /zk/services/web/servers/10.0.0.5:8080
+    pub path: PathBuf,
+    /// The command to run (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -199,6 +217,7 @@ pub fn default_to_mount(mut args: Vec<OsString>) -> Vec<OsString> {
         "unmount",
         "status",
         "completions",
+        "register",
         "help",
         "-h",
         "--help",

@@ -20,6 +20,9 @@ const STATUS_KEYS: &[&str] = &[
     "requests",
     "pid",
     "kernel_requests",
+    "registrations",
+    "registrations_pending",
+    "registrations_held_by_others",
 ];
 
 fn getxattr(path: &Path, name: &str) -> Result<String, std::io::Error> {
@@ -72,7 +75,13 @@ fn json_escape(s: &str) -> String {
 }
 
 /// Attributes shown by mounts of older zkfs versions may lack (never fatal).
-const OPTIONAL_KEYS: &[&str] = &["reconnects", "session_expiries", "registrations"];
+const OPTIONAL_KEYS: &[&str] = &[
+    "reconnects",
+    "session_expiries",
+    "registrations",
+    "registrations_pending",
+    "registrations_held_by_others",
+];
 
 /// Attributes whose values are plain counts (numbers in JSON).
 const NUMERIC_KEYS: &[&str] = &[
@@ -190,8 +199,16 @@ fn prometheus(mountpoint: &Path, get: &dyn Fn(&str) -> Option<String>, age_ms: u
     metric(
         "zkfs_registrations",
         "gauge",
-        "Registrations (ephemeral nodes) this mount holds.",
-        plain("registrations"),
+        "Registrations this mount keeps, by state (owned by its current \
+         session, pending re-creation, held by another session).",
+        [
+            ("owned", "registrations"),
+            ("pending", "registrations_pending"),
+            ("held_by_others", "registrations_held_by_others"),
+        ]
+        .into_iter()
+        .filter_map(|(state, key)| get(key).map(|v| (format!(",state=\"{state}\""), v)))
+        .collect(),
     );
     out
 }
@@ -230,7 +247,9 @@ pub fn status(mountpoint: &Path, format: StatusFormat) -> Result<bool, Failure> 
                         .map(|(op, n)| format!("\"{}\":{n}", json_escape(op)))
                         .collect();
                     fields.push(format!("\"{k}\":{{{}}}", counts.join(",")));
-                } else if NUMERIC_KEYS.contains(k) && v.parse::<u128>().is_ok() {
+                } else if (NUMERIC_KEYS.contains(k) || k.starts_with("registrations"))
+                    && v.parse::<u128>().is_ok()
+                {
                     fields.push(format!("\"{k}\":{v}"));
                 } else {
                     fields.push(format!("\"{k}\":\"{}\"", json_escape(v)));
@@ -259,7 +278,11 @@ pub fn status(mountpoint: &Path, format: StatusFormat) -> Result<bool, Failure> 
                 println!("reconnects:   {r} (session expiries: {e})");
             }
             if let Some(r) = lookup("registrations") {
-                println!("registered:   {r} ephemeral nodes");
+                println!(
+                    "registrations: {r} owned, {} pending, {} held by another session",
+                    get("registrations_pending"),
+                    get("registrations_held_by_others")
+                );
             }
             println!("kernel:       {}", get("kernel_requests"));
             println!("daemon pid:   {}", get("pid"));

@@ -591,6 +591,10 @@ fn run_foreground(
     }
     {
         let fs = fs.clone();
+        runtime.spawn(async move { fs.supervise_registrations().await });
+    }
+    {
+        let fs = fs.clone();
         let lifecycle = lifecycle.clone();
         runtime.spawn(async move {
             while let Some(event) = events_rx.recv().await {
@@ -603,11 +607,12 @@ fn run_foreground(
                     }
                     SessionEvent::Resync => {
                         lifecycle.reconnects.fetch_add(1, Ordering::Relaxed);
-                        fs.resync().await
+                        fs.reregister();
+                        fs.resync().await;
                     }
                     SessionEvent::NewSession => {
                         lifecycle.session_expiries.fetch_add(1, Ordering::Relaxed);
-                        fs.reregister().await;
+                        fs.reregister();
                         fs.resync().await;
                     }
                 }
@@ -624,7 +629,17 @@ fn run_foreground(
     runtime.block_on(close_session(&session));
     runtime.shutdown_timeout(Duration::from_millis(200));
     drop(served_tx);
-    served.map_err(|e| Failure::new(format!("FUSE session failed: {e}")))
+    match served {
+        // The kernel ends a connection whose mount is gone with ENODEV
+        // (fuser's Ok) or, when it aborts requests still queued at that
+        // moment (a lazily detached mount whose last file closes), with
+        // ECONNABORTED: both are the end of the mount, not a failure.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            tracing::debug!("FUSE connection aborted by the kernel at unmount");
+            Ok(())
+        }
+        served => served.map_err(|e| Failure::new(format!("FUSE session failed: {e}"))),
+    }
 }
 
 /// Close the ZooKeeper session (its ephemeral nodes go at once), bounded.

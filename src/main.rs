@@ -17,6 +17,7 @@ mod fuse;
 mod logging;
 mod memory;
 mod notify;
+mod register;
 mod syslog;
 mod zk;
 
@@ -85,6 +86,10 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
+        Command::Register(args) => match register::register(args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(failure) => Err(failure),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

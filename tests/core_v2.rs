@@ -242,16 +242,22 @@ fn whole_file_reads_are_one_complete_version_under_concurrent_changes() {
     other.create(&node, &big);
     wait_until("node visible", DEADLINE, || m.join("flip").exists());
     let stop = Arc::new(AtomicBool::new(false));
+    let flips = Arc::new(AtomicUsize::new(0));
     let flipper = {
-        let (stop, node, big, small) = (stop.clone(), node.clone(), big.clone(), small.clone());
+        let (stop, flips, node, big, small) = (
+            stop.clone(),
+            flips.clone(),
+            node.clone(),
+            big.clone(),
+            small.clone(),
+        );
         thread::spawn(move || {
             let other = Other::connect(&shared_zk());
-            let mut flips = 0;
             while !stop.load(Ordering::SeqCst) {
-                other.set(&node, if flips % 2 == 0 { &small } else { &big });
-                flips += 1;
+                let n = flips.load(Ordering::SeqCst);
+                other.set(&node, if n % 2 == 0 { &small } else { &big });
+                flips.fetch_add(1, Ordering::SeqCst);
             }
-            flips
         })
     };
     let bad = Arc::new(AtomicUsize::new(0));
@@ -259,15 +265,22 @@ fn whole_file_reads_are_one_complete_version_under_concurrent_changes() {
     let readers: Vec<_> = [0usize, 64 * 1024, 4096]
         .into_iter()
         .map(|chunk| {
-            let (m, bad, reads, big, small) = (
+            let (m, bad, reads, big, small, flips) = (
                 m.clone(),
                 bad.clone(),
                 reads.clone(),
                 big.clone(),
                 small.clone(),
+                flips.clone(),
             );
             thread::spawn(move || {
-                for _ in 0..80 {
+                // Until the node has changed 40 times and this reader has
+                // read 40 times (bounded, so a stuck flipper fails the test).
+                let start = std::time::Instant::now();
+                let mut mine = 0;
+                while mine < 40 || flips.load(Ordering::SeqCst) < 40 {
+                    assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+                    mine += 1;
                     let got = if chunk == 0 {
                         fs::read(m.join("flip")).expect("read")
                     } else {
@@ -299,11 +312,8 @@ fn whole_file_reads_are_one_complete_version_under_concurrent_changes() {
         r.join().expect("reader");
     }
     stop.store(true, Ordering::SeqCst);
-    let flips = flipper.join().expect("flipper");
-    assert!(
-        flips > 10,
-        "the node changed only {flips} times during the reads"
-    );
+    flipper.join().expect("flipper");
+    let flips = flips.load(Ordering::SeqCst);
     assert_eq!(
         bad.load(Ordering::SeqCst),
         0,
@@ -424,6 +434,17 @@ fn failed_close_is_final(fault: Fault) {
     let m = mount.path().to_path_buf();
     assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "before");
     assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "before");
+    // Opened while connected (an open for writing while disconnected
+    // already fails); the connection goes before the content is sent.
+    let mut closing = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.join("cfg"))
+        .expect("open for write");
+    let mut syncing = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("cfg"))
+        .expect("open for write");
     match fault {
         Fault::Cut => proxy.cut(),
         Fault::Blackhole => proxy.blackhole(),
@@ -433,26 +454,24 @@ fn failed_close_is_final(fault: Fault) {
     });
     // close() fails ...
     {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(m.join("cfg"))
-            .expect("open for write");
-        f.write_all(b"closed-while-down").expect("buffered write");
-        let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+        closing
+            .write_all(b"closed-while-down")
+            .expect("buffered write");
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(closing);
         // SAFETY: closing the descriptor we own.
         let rc = unsafe { libc::close(fd) };
         assert_eq!(rc, -1, "close while disconnected must report the failure");
     }
     // ... and so does fsync, then close.
     {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(m.join("cfg"))
-            .expect("open for write");
-        f.write_all(b"fsynced-while-down").expect("buffered write");
-        assert!(f.sync_all().is_err(), "fsync while disconnected must fail");
-        drop(f);
+        syncing
+            .write_all(b"fsynced-while-down")
+            .expect("buffered write");
+        assert!(
+            syncing.sync_all().is_err(),
+            "fsync while disconnected must fail"
+        );
+        drop(syncing);
     }
     proxy.restore();
     wait_until("reconnected", DEADLINE, || {

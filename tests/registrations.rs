@@ -10,6 +10,7 @@ mod zkops;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -192,4 +193,245 @@ fn listings_follow_other_clients_registrations() {
         f.sync_all().err().and_then(|e| e.raw_os_error()),
         Some(libc::ESTALE)
     );
+}
+
+/// The pid of the only child of `parent` (from /proc, not from zkfs).
+fn only_child(parent: u32) -> Option<u32> {
+    let text = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    let pids: Vec<u32> = text
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    match pids.as_slice() {
+        [pid] => Some(*pid),
+        _ => None,
+    }
+}
+
+fn kill9(pid: u32) {
+    // SAFETY: sending a signal to a process this test started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+/// A mount with `svc/*/servers` as registration directories and a wrapper
+/// `zkfs register <dir>/<name> -- sleep 60` started on it.
+struct Registered {
+    other: Other,
+    root: String,
+    mount: Mount,
+    wrapper: std::process::Child,
+    sleep_pid: u32,
+    node: String,
+}
+
+fn start_registered(tag: &str) -> Registered {
+    let zk = shared_zk();
+    let root = unique_root(tag);
+    let other = Other::connect(&zk);
+    other.ensure(&format!("{root}/svc/api/servers"));
+    let mount = Mount::start(&format!("{zk}{root}"), &["--ephemeral", "svc/*/servers"]);
+    let file = mount.path().join("svc/api/servers/10.2.0.1:80");
+    let wrapper = Command::new(common::zkfs_bin())
+        .arg("register")
+        .arg(&file)
+        .args(["--", "sleep", "60"])
+        .spawn()
+        .expect("zkfs register");
+    let mut sleep_pid = None;
+    wait_until("sleep started under the wrapper", DEADLINE, || {
+        sleep_pid = only_child(wrapper.id()).filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "sleep\n")
+        });
+        sleep_pid.is_some()
+    });
+    let node = format!("{root}/svc/api/servers/10.2.0.1:80");
+    let sleep_pid = sleep_pid.unwrap_or_default();
+    Registered {
+        other,
+        root,
+        mount,
+        wrapper,
+        sleep_pid,
+        node,
+    }
+}
+
+#[test]
+fn register_holds_while_cmd_runs_and_kill9_of_cmd_removes_it() {
+    let mut r = start_registered("register-cmd");
+    let expected = format!("{{\"pid\": {}}}", r.sleep_pid);
+    // CMD runs only once the registration exists.
+    let (data, owner) = stat(&r.other, &r.node).expect("registered while sleep runs");
+    assert_eq!(String::from_utf8_lossy(&data), expected);
+    assert_eq!(owner, session_of(&r.mount));
+    kill9(r.sleep_pid);
+    let killed = std::time::Instant::now();
+    wait_until(
+        "registration gone after kill -9 of CMD",
+        Duration::from_secs(1),
+        || stat(&r.other, &r.node).is_none(),
+    );
+    eprintln!("gone {:?} after kill -9", killed.elapsed());
+    let status = r.wrapper.wait().expect("wrapper exits");
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGKILL),
+        "exit status is CMD's"
+    );
+    assert_eq!(xattr_string(r.mount.path(), "user.zkfs.registrations"), "0");
+    let _ = r.root;
+}
+
+#[test]
+fn register_kill9_of_the_wrapper_removes_it() {
+    let mut r = start_registered("register-wrapper");
+    assert!(stat(&r.other, &r.node).is_some(), "registered");
+    kill9(r.wrapper.id());
+    let _ = r.wrapper.wait();
+    wait_until(
+        "registration gone after kill -9 of the wrapper",
+        Duration::from_secs(1),
+        || stat(&r.other, &r.node).is_none(),
+    );
+    kill9(r.sleep_pid);
+    // Not re-created by the supervisor later either.
+    wait_until("the mount counts no registration", DEADLINE, || {
+        xattr_string(r.mount.path(), "user.zkfs.registrations") == "0"
+    });
+    assert!(stat(&r.other, &r.node).is_none());
+}
+
+#[test]
+fn register_passes_data_and_exit_status_and_refuses_non_registrations() {
+    let zk = shared_zk();
+    let root = unique_root("register-data");
+    let other = Other::connect(&zk);
+    other.ensure(&format!("{root}/svc/api/servers"));
+    let mount = Mount::start(&format!("{zk}{root}"), &["--ephemeral", "svc/*/servers"]);
+    let file = mount.path().join("svc/api/servers/10.3.0.1:80");
+    let node = format!("{root}/svc/api/servers/10.3.0.1:80");
+    let probe = format!(
+        "{}/probe",
+        common::TempDir::new("register").into_path().display()
+    );
+    // CMD reads the node through another client's eyes: its data file copy.
+    let out = Command::new(common::zkfs_bin())
+        .arg("register")
+        .args(["--data", "{\"port\": 80}"])
+        .arg(&file)
+        .args(["--", "sh", "-c"])
+        .arg(format!("cat '{}' > '{probe}'; exit 3", file.display()))
+        .output()
+        .expect("zkfs register");
+    assert_eq!(out.status.code(), Some(3), "CMD's exit status");
+    assert_eq!(fs::read_to_string(&probe).expect("probe"), "{\"port\": 80}");
+    assert!(stat(&other, &node).is_none(), "removed when CMD exited");
+
+    // Outside an --ephemeral directory: refused, CMD never runs, nothing left.
+    other.ensure(&format!("{root}/plain"));
+    let marker = format!("{probe}.ran");
+    let out = Command::new(common::zkfs_bin())
+        .arg("register")
+        .arg(mount.path().join("plain/x"))
+        .args(["--", "touch", &marker])
+        .output()
+        .expect("zkfs register");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a registration"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new(&marker).exists(), "CMD did not run");
+    assert!(stat(&other, &format!("{root}/plain/x")).is_none());
+
+    // Another client's registration under that name: refused, not touched.
+    let taken = format!("{root}/svc/api/servers/10.3.0.2:80");
+    other.create_mode(&taken, b"theirs", CreateMode::Ephemeral);
+    let out = Command::new(common::zkfs_bin())
+        .arg("register")
+        .arg(mount.path().join("svc/api/servers/10.3.0.2:80"))
+        .args(["--", "touch", &marker])
+        .output()
+        .expect("zkfs register");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a registration of this mount"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new(&marker).exists(), "CMD did not run");
+    assert_eq!(
+        stat(&other, &taken),
+        Some((b"theirs".to_vec(), other.session_id()))
+    );
+
+    // Not in a zkfs mount at all: refused before anything is created.
+    let local = format!("{probe}.local");
+    let out = Command::new(common::zkfs_bin())
+        .arg("register")
+        .arg(&local)
+        .args(["--", "touch", &marker])
+        .output()
+        .expect("zkfs register");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a directory of a zkfs mount"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new(&marker).exists(), "CMD did not run");
+    assert!(!Path::new(&local).exists(), "nothing created");
+}
+
+/// The descriptor mechanism without the wrapper, as doc/SEMANTICS.md shows
+/// it for a shell: open, write, `setfattr user.zkfs.hold`, exec the service
+/// (which inherits the descriptor). The registration lives while the service
+/// runs and goes with it, `kill -9` included.
+#[test]
+fn held_descriptor_from_a_shell_lives_as_long_as_the_process() {
+    let zk = shared_zk();
+    let root = unique_root("hold-shell");
+    let other = Other::connect(&zk);
+    other.ensure(&format!("{root}/svc/api/servers"));
+    let mount = Mount::start(&format!("{zk}{root}"), &["--ephemeral", "svc/*/servers"]);
+    let file = mount.path().join("svc/api/servers/10.4.0.1:80");
+    let node = format!("{root}/svc/api/servers/10.4.0.1:80");
+    let script = format!(
+        "exec 3>'{f}'; printf '{{\"pid\": %d}}' $$ >&3; \
+         setfattr -n user.zkfs.hold -v 1 '{f}' || exit 9; exec sleep 60",
+        f = file.display()
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .spawn()
+        .expect("sh");
+    let expected = format!("{{\"pid\": {}}}", child.id());
+    wait_until("registered with its data", DEADLINE, || {
+        stat(&other, &node).is_some_and(|(d, _)| d == expected.as_bytes())
+    });
+    wait_until("the service runs, holding the descriptor", DEADLINE, || {
+        fs::read_to_string(format!("/proc/{}/comm", child.id())).is_ok_and(|c| c == "sleep\n")
+    });
+    assert!(stat(&other, &node).is_some(), "still registered");
+    // A hold refused: not a registration directory.
+    other.ensure(&format!("{root}/plain"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3>'{f}'; echo x >&3; setfattr -n user.zkfs.hold -v 1 '{f}'",
+            f = mount.path().join("plain/x").display()
+        ))
+        .output()
+        .expect("sh");
+    assert!(!out.status.success(), "hold outside --ephemeral refused");
+    kill9(child.id());
+    let _ = child.wait();
+    wait_until(
+        "registration gone after kill -9 of the holder",
+        Duration::from_secs(1),
+        || stat(&other, &node).is_none(),
+    );
+    assert_eq!(xattr_string(mount.path(), "user.zkfs.registrations"), "0");
 }

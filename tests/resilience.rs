@@ -234,16 +234,30 @@ fn writes_while_disconnected_fail_in_bounded_time_and_apply_nothing() {
     );
     let m = mount.path();
     assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "before");
-    proxy.cut();
-    wait_until("disconnected", DEADLINE, || {
-        xattr_string(m, "user.zkfs.state") == "disconnected"
-    });
-    let start = Instant::now();
+    // Opened while connected: the connection drops before the close.
     let mut f = fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(m.join("cfg"))
-        .expect("open for write (served from cache)");
+        .expect("open for write");
+    proxy.cut();
+    wait_until("disconnected", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "disconnected"
+    });
+    // Opening for writing while disconnected fails the open itself.
+    let start = Instant::now();
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.join("cfg"))
+        .expect_err("open for write while disconnected");
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        start.elapsed()
+    );
+    let start = Instant::now();
     use std::io::Write;
     f.write_all(b"after").expect("buffered");
     let err = f.sync_all().expect_err("cannot be sent while disconnected");

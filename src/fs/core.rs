@@ -171,8 +171,8 @@ pub struct ZkFs<B: ZkBackend> {
     /// writer's change (`sed -i`, editors' atomic saves).
     pub(super) reads: Mutex<lru::LruCache<(u32, String), (i32, i64)>>,
     /// Ephemeral nodes this mount created and still owns, with their last
-    /// data: re-created after a session expiry.
-    pub(super) registrations: Mutex<HashMap<String, Vec<u8>>>,
+    /// data: kept on the server by the supervisor (`registry.rs`).
+    pub(super) registry: super::registry::Registry,
     /// This filesystem's own `Arc`, once registered: background work (ACLs of
     /// a listing) is spawned with it. Without it that work runs inline.
     me: std::sync::OnceLock<std::sync::Weak<Self>>,
@@ -206,7 +206,7 @@ impl<B: ZkBackend> ZkFs<B> {
             reads: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(READS_KEPT).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
-            registrations: Mutex::new(HashMap::new()),
+            registry: Default::default(),
             me: std::sync::OnceLock::new(),
             invalidator,
             status,
@@ -629,6 +629,9 @@ impl<B: ZkBackend> ZkFs<B> {
         if mode.write && self.config.presentation.read_only {
             return Err(FsError::ReadOnly(inode.path.to_string()));
         }
+        if mode.write {
+            self.until_connected(&inode.path).await?;
+        }
         if inode.czxid == super::write::PENDING_CZXID {
             return self.open_pending(ino, &inode.path, mode, pid);
         }
@@ -1026,9 +1029,12 @@ impl<B: ZkBackend> ZkFs<B> {
         attrs.push(("cached_nodes".into(), nodes.to_string()));
         attrs.push(("cached_bytes".into(), bytes.to_string()));
         attrs.push(("inodes".into(), lock(&self.inodes).len().to_string()));
+        let counts = self.registry.counts();
+        attrs.push(("registrations".into(), counts.owned.to_string()));
+        attrs.push(("registrations_pending".into(), counts.pending.to_string()));
         attrs.push((
-            "registrations".into(),
-            lock(&self.registrations).len().to_string(),
+            "registrations_held_by_others".into(),
+            counts.held_by_others.to_string(),
         ));
         attrs
     }
@@ -1036,10 +1042,8 @@ impl<B: ZkBackend> ZkFs<B> {
     /// Apply a watch event: update the cache, drop kernel caches for what
     /// changed. Returns a path worth re-reading in the background.
     pub fn apply_event(&self, event: &NodeEvent) -> Option<String> {
-        if event.kind == crate::zk::backend::NodeEventKind::Deleted
-            && lock(&self.registrations).remove(&event.path).is_some()
-        {
-            tracing::info!(path = %event.path, "registration deleted by another client; it will not be re-created");
+        if event.kind == crate::zk::backend::NodeEventKind::Deleted {
+            self.registry.node_deleted(&event.path);
         }
         let (changes, refresh) = self.store.apply_event(event);
         self.invalidate(&changes);

@@ -14,8 +14,10 @@ pub mod error;
 pub mod glob;
 pub mod inode;
 pub mod name;
+pub mod online;
 pub mod overlay;
 pub mod pointer;
+pub mod registry;
 pub mod write;
 pub mod xattr;
 

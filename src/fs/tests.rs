@@ -849,7 +849,8 @@ async fn registrations_are_ephemeral_and_come_back_after_expiry() {
     // The session expires: the server drops our ephemerals (no events reach us).
     h.zk.delete("/services/web/servers/10.0.0.5:8080")
         .expect("expired");
-    h.fs.reregister().await;
+    h.fs.reregister();
+    h.fs.reconcile_due().await;
     assert_eq!(
         h.zk.data("/services/web/servers/10.0.0.5:8080").as_deref(),
         Some(&b"{\"pid\": 4242}"[..]),
@@ -992,4 +993,63 @@ async fn a_failed_write_retires_the_inode_the_kernel_sized_for_it() {
         h.cat("/cfg").await.expect("cat"),
         b"changed by another client"
     );
+}
+
+#[tokio::test]
+async fn supervisor_moves_old_session_nodes_and_waits_out_foreign_ones() {
+    let h = harness();
+    h.apply(h.zk.create("/services", b"", 0));
+    h.apply(h.zk.create("/services/web", b"", 0));
+    h.apply(h.zk.create("/services/web/servers", b"", 0));
+    let a = "/services/web/servers/a:1";
+    let b = "/services/web/servers/b:1";
+    h.write_file(a, b"{\"pid\": 1}", WRITE_TRUNC)
+        .await
+        .expect("register a");
+    h.write_file(b, b"{\"pid\": 2}", WRITE_TRUNC)
+        .await
+        .expect("register b");
+    h.deliver_own();
+    let owner = |p: &str| h.zk.stat(p).map(|s| s.ephemeral_owner);
+    assert_eq!(owner(a), Some(1));
+
+    // The client declared session 1 expired, the server still holds it (and
+    // its nodes); a new session 2 is up. Meanwhile someone else (session 77)
+    // took b.
+    h.zk.new_session();
+    h.apply(h.zk.delete(b));
+    h.apply(h.zk.create(b, b"theirs", 77));
+    h.fs.reregister();
+    assert_eq!(h.fs.reconcile_due().await, 2);
+    assert_eq!(owner(a), Some(2), "moved to the current session");
+    assert_eq!(h.zk.data(a).as_deref(), Some(&b"{\"pid\": 1}"[..]));
+    assert_eq!(owner(b), Some(77), "someone else's node is left alone");
+    assert_eq!(h.zk.data(b).as_deref(), Some(&b"theirs"[..]));
+    async fn mount_attr(h: &Harness, name: &str) -> String {
+        let value =
+            h.fs.getxattr(1, OsStr::new(&format!("user.zkfs.{name}")))
+                .await
+                .expect("xattr");
+        String::from_utf8(value).expect("utf-8")
+    }
+    assert_eq!(mount_attr(&h, "registrations").await, "1");
+    assert_eq!(mount_attr(&h, "registrations_held_by_others").await, "1");
+    assert_eq!(mount_attr(&h, "registrations_pending").await, "0");
+
+    // The other session ends: b is taken back at its deletion event.
+    h.deliver_own();
+    h.apply(h.zk.delete(b));
+    assert!(h.fs.reconcile_due().await >= 1);
+    assert_eq!(owner(b), Some(2), "taken back when it went");
+    assert_eq!(h.zk.data(b).as_deref(), Some(&b"{\"pid\": 2}"[..]));
+    assert_eq!(mount_attr(&h, "registrations").await, "2");
+
+    // rm through the mount is for good: its deletion event re-creates nothing.
+    h.deliver_own();
+    let servers = h.resolve("/services/web/servers").await.expect("dir").ino;
+    h.fs.unlink(servers, OsStr::new("a:1")).await.expect("rm");
+    h.deliver_own();
+    assert_eq!(h.fs.reconcile_due().await, 0);
+    assert!(!h.zk.exists(a));
+    assert_eq!(mount_attr(&h, "registrations").await, "1");
 }

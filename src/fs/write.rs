@@ -228,6 +228,7 @@ impl<B: ZkBackend> ZkFs<B> {
         pid: u32,
     ) -> Result<(Entry, u64), FsError> {
         let (dir, child) = self.new_child(parent, name)?;
+        self.until_connected(&child).await?;
         let mode = OpenMode {
             write: true,
             ..mode
@@ -290,10 +291,10 @@ impl<B: ZkBackend> ZkFs<B> {
         self.overlay.remember(&child, FileKind::RegularFile);
         let mode = self.create_mode(&child);
         if mode == CreateMode::Ephemeral {
-            lock(&self.registrations).insert(child.clone(), Vec::new());
+            self.registry.insert(&child, Vec::new());
         }
         if let Err(e) = self.store.create(&child, Vec::new(), mode, None).await {
-            lock(&self.registrations).remove(&child);
+            self.registry.take(&child);
             self.overlay.forget(&child);
             return Err(create_error(&child, e));
         }
@@ -444,7 +445,7 @@ impl<B: ZkBackend> ZkFs<B> {
             let mode = self.create_mode(path);
             let result = self.store.create(path, data.clone(), mode, None).await;
             if result.is_ok() && mode == CreateMode::Ephemeral {
-                lock(&self.registrations).insert(path.to_string(), data);
+                self.registry.insert(path, data);
             }
             lock(&self.pending).remove(path);
             if result.is_err() {
@@ -485,11 +486,11 @@ impl<B: ZkBackend> ZkFs<B> {
         } else {
             Some(version)
         };
-        let registration = lock(&self.registrations).contains_key(path);
+        let registration = self.registry.contains(path);
         match self.store.set_data(path, data.clone(), expected).await {
             Ok(stat) => {
                 if registration {
-                    lock(&self.registrations).insert(path.to_string(), data);
+                    self.registry.update(path, data);
                 }
                 w.base_version = Some(stat.version);
                 // The writer's inode now shows what it wrote (same number).
@@ -523,6 +524,7 @@ impl<B: ZkBackend> ZkFs<B> {
         if let Some(file) = lock(&self.files).remove(&fh) {
             file.released.notify_waiters();
         }
+        self.release_hold(fh).await;
         result
     }
 
@@ -648,7 +650,13 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     async fn delete(&self, p: &str) -> Result<(), FsError> {
-        match self.store.delete(p, None).await {
+        // Not ours any more before its deletion event can arrive.
+        let removal = self.registry.removing(p);
+        let result = self.store.delete(p, None).await;
+        if matches!(result, Ok(()) | Err(ZkError::NoNode)) {
+            removal.done();
+        }
+        match result {
             Ok(()) => {
                 self.forget_path(p);
                 Ok(())
@@ -788,7 +796,13 @@ impl<B: ZkBackend> ZkFs<B> {
         // Taken before the transaction: its own Deleted event may detach the
         // source path from its inode before we get to move it.
         let src_ino = lock(&self.inodes).node_ino(&src);
-        let results = self.store.multi(&ops).await.map_err(|e| match e {
+        let removal = self.registry.removing(&src);
+        let moved = removal.was_registered();
+        let results = self.store.multi(&ops).await;
+        if results.is_ok() {
+            removal.done();
+        }
+        let results = results.map_err(|e| match e {
             ZkError::BadVersion => FsError::Conflict {
                 path: src.clone(),
                 detail: format!("{src} or {dst} changed by another client; nothing was renamed"),
@@ -803,11 +817,10 @@ impl<B: ZkBackend> ZkFs<B> {
             WriteResult::Created(s) | WriteResult::Set(s) => Some((s.czxid, s.mzxid)),
             WriteResult::Deleted => None,
         });
-        let moved = lock(&self.registrations).remove(&src);
         // Only a rename to a new name keeps the node ephemeral (ours); onto an
         // existing node, that node keeps its own mode.
-        if moved.is_some() && mode == CreateMode::Ephemeral && dst_view.is_none() {
-            lock(&self.registrations).insert(dst.clone(), data.to_vec());
+        if moved && mode == CreateMode::Ephemeral && dst_view.is_none() {
+            self.registry.insert(&dst, data.to_vec());
         }
         // The node shows at `dst` as what it showed as at `src`: an empty
         // file stays a file, an empty directory a directory.
@@ -958,43 +971,10 @@ impl<B: ZkBackend> ZkFs<B> {
         }
     }
 
-    /// After a session expiry: re-create every registration this mount still
-    /// owns, with its last data. One already re-created by someone else is
-    /// left alone (and no longer ours).
-    pub async fn reregister(&self) {
-        let owned: Vec<(String, Vec<u8>)> = lock(&self.registrations)
-            .iter()
-            .map(|(p, d)| (p.clone(), d.clone()))
-            .collect();
-        for (path, data) in owned {
-            let mut delay = std::time::Duration::from_millis(100);
-            for attempt in 0..8 {
-                match self
-                    .store
-                    .create(&path, data.clone(), CreateMode::Ephemeral, None)
-                    .await
-                {
-                    Ok(_) => {
-                        info!(path = %path, "registration re-created on the new session");
-                        self.invalidate_path(&path);
-                        break;
-                    }
-                    Err(ZkError::NodeExists) => {
-                        warn!(path = %path, "registration already exists (re-created by someone else); left alone");
-                        lock(&self.registrations).remove(&path);
-                        break;
-                    }
-                    Err(e) if e.is_connectivity() && attempt < 7 => {
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
-                    Err(e) => {
-                        warn!(path = %path, error = %e, "cannot re-create registration");
-                        break;
-                    }
-                }
-            }
-        }
+    /// After a new session or a reconnect: have the supervisor check every
+    /// registration this mount owns (`registry.rs`).
+    pub fn reregister(&self) {
+        self.registry.reconcile_all();
     }
 
     /// `link(2)`: ZooKeeper has no hard links.
@@ -1009,7 +989,7 @@ impl<B: ZkBackend> ZkFs<B> {
 
     fn forget_path(&self, p: &str) {
         self.overlay.forget(p);
-        lock(&self.registrations).remove(p);
+        self.registry.take(p);
         self.invalidate_path(p);
         lock(&self.inodes).detach(p);
     }

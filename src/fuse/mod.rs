@@ -598,16 +598,23 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
         self.arrived(KernelOp::Other);
-        // Attributes mirror ZooKeeper's Stat; they cannot be set.
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+        // Attributes mirror ZooKeeper's Stat; only user.zkfs.hold can be set.
+        let fs = self.fs.clone();
+        let (name, value) = (name.to_os_string(), value.to_vec());
+        self.dispatch(
+            "setxattr",
+            ino.0,
+            async move { fs.setxattr(ino.0, &name, &value).await },
+            empty_reply(reply),
+        );
     }
 
     fn ioctl(

@@ -177,6 +177,16 @@ pub trait ZkBackend: Send + Sync + 'static {
     /// Whether the session is connected right now (reads of stale entries go
     /// to the server only then; otherwise the last known value is served).
     fn is_connected(&self) -> bool;
+    /// The current session's id (0 when unknown): the `ephemeralOwner` of
+    /// nodes created now.
+    fn session_id(&self) -> i64 {
+        0
+    }
+    /// Whether `owner` is a session this mount has had (the current one or
+    /// an earlier one): the registration supervisor's test for "ours".
+    fn is_own_session(&self, owner: i64) -> bool {
+        owner != 0 && owner == self.session_id()
+    }
 
     /// Create a node; `acl: None` means the mount's default ACL.
     fn create(
@@ -226,6 +236,12 @@ impl<T: ZkBackend> ZkBackend for std::sync::Arc<T> {
     }
     fn is_connected(&self) -> bool {
         (**self).is_connected()
+    }
+    fn session_id(&self) -> i64 {
+        (**self).session_id()
+    }
+    fn is_own_session(&self, owner: i64) -> bool {
+        (**self).is_own_session(owner)
     }
     fn create(
         &self,

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use super::backend::{
     AclEntry, BatchAnswer, CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult,
@@ -48,6 +48,8 @@ pub struct FakeZk {
     write_faults: Mutex<std::collections::VecDeque<WriteFault>>,
     /// Write requests that reached the server (applied or refused by it).
     writes_received: AtomicU64,
+    /// The current session id (1, 2, ...: every earlier one was ours too).
+    session: AtomicI64,
 }
 
 impl Default for FakeZk {
@@ -72,6 +74,7 @@ impl FakeZk {
             read_delay_ms: AtomicU64::new(0),
             write_faults: Mutex::new(std::collections::VecDeque::new()),
             writes_received: AtomicU64::new(0),
+            session: AtomicI64::new(1),
         }
     }
 
@@ -138,6 +141,12 @@ impl FakeZk {
     /// was sent (the state it reports is the one at sending time).
     pub fn delay_reads(&self, ms: u64) {
         self.read_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The session expired and a new one is up (ephemerals of the old one
+    /// are not removed: the test decides what the server did with them).
+    pub fn new_session(&self) {
+        self.session.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn set_connected(&self, up: bool) {
@@ -378,6 +387,14 @@ impl ZkBackend for FakeZk {
         self.connected.load(Ordering::SeqCst)
     }
 
+    fn session_id(&self) -> i64 {
+        self.session.load(Ordering::SeqCst)
+    }
+
+    fn is_own_session(&self, owner: i64) -> bool {
+        owner >= 1 && owner <= self.session_id()
+    }
+
     fn create(
         &self,
         p: &str,
@@ -385,7 +402,11 @@ impl ZkBackend for FakeZk {
         mode: CreateMode,
         _acl: Option<&[AclEntry]>,
     ) -> impl Future<Output = Result<NodeStat, ZkError>> + Send {
-        let owner = if mode == CreateMode::Ephemeral { 1 } else { 0 };
+        let owner = if mode == CreateMode::Ephemeral {
+            self.session.load(Ordering::SeqCst)
+        } else {
+            0
+        };
         answer(self.faulty_write(|| {
             self.create(p, data, owner).and_then(|events| {
                 self.queue(events);
@@ -448,7 +469,11 @@ impl FakeZk {
                 WriteOp::Create {
                     path, data, mode, ..
                 } => {
-                    let owner = if *mode == CreateMode::Ephemeral { 1 } else { 0 };
+                    let owner = if *mode == CreateMode::Ephemeral {
+                        self.session.load(Ordering::SeqCst)
+                    } else {
+                        0
+                    };
                     self.create(path, data, owner).and_then(|e| {
                         events.extend(e);
                         self.stat(path)

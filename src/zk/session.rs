@@ -124,6 +124,8 @@ pub struct ZkSession {
     status: Mutex<Status>,
     connected: AtomicBool,
     requests: AtomicU64,
+    /// Every session id this mount has had, oldest first (the last is current).
+    sessions: Mutex<Vec<i64>>,
 }
 
 fn map_error(e: zk::Error) -> ZkError {
@@ -201,6 +203,7 @@ impl ZkSession {
             }),
             connected: AtomicBool::new(true),
             requests: AtomicU64::new(0),
+            sessions: Mutex::new(vec![session_id]),
             config,
         };
         match session.get_data(&session.config.root).await {
@@ -374,6 +377,10 @@ impl ZkSession {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .session_id = id;
+            self.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id);
             info!(session = %format!("{id:#x}"), "new ZooKeeper session after expiry");
             self.set_state(ConnState::Connected);
             let _ = events.send(SessionEvent::NewSession);
@@ -614,6 +621,22 @@ impl ZkBackend for ZkSession {
 
     fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    fn session_id(&self) -> i64 {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .session_id
+    }
+
+    fn is_own_session(&self, owner: i64) -> bool {
+        owner != 0
+            && self
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&owner)
     }
 
     fn create(

@@ -229,6 +229,12 @@ impl<B: ZkBackend> Store<B> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The backend itself, for callers that must ask the server and not the
+    /// cache (the registration supervisor).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     /// (cached nodes, cached data bytes)
     pub fn usage(&self) -> (usize, usize) {
         let cache = self.cache();

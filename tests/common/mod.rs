@@ -373,6 +373,24 @@ impl Ensemble {
         &mut self.servers[i]
     }
 
+    /// Starts every stopped member again at once (one alone has no quorum,
+    /// so it would never serve) and waits until each serves.
+    pub fn start_all_again(&mut self) {
+        for server in &mut self.servers {
+            if server.child.is_none() {
+                server.spawn_java();
+            }
+        }
+        for server in &mut self.servers {
+            if let Err(e) = server.wait_serving() {
+                panic!(
+                    "ensemble member failed to start again: {e}\n{}",
+                    server.log_tail()
+                );
+            }
+        }
+    }
+
     /// Index of the current leader, if one answers.
     pub fn leader(&self) -> Option<usize> {
         self.servers.iter().position(|s| {
