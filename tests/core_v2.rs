@@ -232,6 +232,95 @@ fn vim_saves_ten_times_in_a_row() {
     );
 }
 
+/// nano (in a tmux pane) saves 10 times in a row: it never asks "File was
+/// modified since you opened it", and every save is in the file.
+#[test]
+fn nano_saves_ten_times_without_a_modified_prompt() {
+    let (other, root, mount) = mounted("nano", &[]);
+    let m = mount.path();
+    fs::write(m.join("conf"), "line\n").expect("write conf");
+    let session = format!("zkfs-nano-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("tmux {args:?}: {e}"))
+    };
+    let pane = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    let editor = format!("cd {} && nano --ignorercfiles --quickblank conf", m.display());
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &editor,
+    ]);
+    assert!(
+        started.status.success(),
+        "tmux: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    wait_until("nano shows the file", DEADLINE, || pane().contains("line"));
+    let mut prompts = 0;
+    for i in 0..10 {
+        // Typing clears the last status message.
+        tmux(&["send-keys", "-t", &session, &format!("s{i}")]);
+        wait_until("typed text shown", DEADLINE, || {
+            let p = pane();
+            p.contains(&format!("s{i}")) && !p.contains("Wrote")
+        });
+        tmux(&["send-keys", "-t", &session, "C-o"]);
+        wait_until("save prompt", DEADLINE, || {
+            pane().contains("File Name to Write")
+        });
+        tmux(&["send-keys", "-t", &session, "Enter"]);
+        wait_until("saved or asked", DEADLINE, || {
+            let p = pane();
+            p.contains("Wrote") || p.contains("modified since")
+        });
+        if pane().contains("modified since") {
+            prompts += 1;
+            tmux(&["send-keys", "-t", &session, "y"]);
+            wait_until("saved after the prompt", DEADLINE, || {
+                pane().contains("Wrote")
+            });
+        }
+    }
+    tmux(&["send-keys", "-t", &session, "C-x"]);
+    let _ = tmux(&["kill-session", "-t", &session]);
+    assert_eq!(
+        prompts, 0,
+        "nano said the file was modified since it was opened"
+    );
+    let expected = format!(
+        "{}line\n",
+        (0..10)
+            .rev()
+            .map(|i| format!("s{i}"))
+            .collect::<Vec<_>>()
+            .concat()
+    );
+    // Typed at the cursor, which stays after the text typed so far.
+    let expected_forward = format!(
+        "{}line\n",
+        (0..10)
+            .map(|i| format!("s{i}"))
+            .collect::<Vec<_>>()
+            .concat()
+    );
+    let got = String::from_utf8_lossy(&get(&other, &format!("{root}/conf")).0).into_owned();
+    assert!(
+        got == expected_forward || got == expected,
+        "ZooKeeper holds {got:?}"
+    );
+}
+
 #[test]
 fn whole_file_reads_are_one_complete_version_under_concurrent_changes() {
     let (other, root, mount) = mounted("atomic", &[]);
@@ -536,6 +625,23 @@ fn posix_details_names_nlink_dangling_symlinks_and_truncate() {
         fs::symlink_metadata(m.join("longlink")).is_err(),
         "nothing created"
     );
+
+    // `mv -T new dir/.data` right after a `cp` to it.
+    fs::create_dir(m.join("dd")).expect("mkdir dd");
+    fs::write(m.join("dd/child"), "c").expect("child");
+    for i in 0..15 {
+        let (rc, out, err) = shell(
+            m,
+            &format!(
+                "echo v{i} > /tmp/zkfs-cp-src-$$ && cp /tmp/zkfs-cp-src-$$ dd/.data && rm /tmp/zkfs-cp-src-$$ && echo new{i} > newdata && mv -T newdata dd/.data && cat dd/.data"
+            ),
+        );
+        assert_eq!(
+            (rc, out.trim()),
+            (0, &*format!("new{i}")),
+            "round {i}: {err}"
+        );
+    }
 
     // `: > f` is visible at once.
     for i in 0..20 {
