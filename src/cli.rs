@@ -54,6 +54,24 @@ pub struct RegisterArgs {
     pub command: Vec<OsString>,
 }
 
+/// `--new-node-acl`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewNodeAclChoice {
+    /// world:anyone:cdrwa
+    Open,
+    /// auth::cdrwa (only this mount's identity; needs credentials)
+    Creator,
+}
+
+/// `--pointers`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointersChoice {
+    /// Pointer nodes are symlinks.
+    Auto,
+    /// Pointer nodes are files.
+    Off,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct MountArgs {
     /// ZooKeeper connection string: host[:port][,host[:port]...][/chroot]
@@ -120,8 +138,8 @@ pub struct MountArgs {
     pub auth_file: Option<PathBuf>,
     /// ACL of nodes this mount creates: `open` (world:anyone:cdrwa) or
     /// `creator` (auth::cdrwa: only this mount's identity; needs credentials).
-    #[arg(long, default_value = "open", value_parser = ["open", "creator"], help_heading = "Writes")]
-    pub new_node_acl: String,
+    #[arg(long, value_enum, default_value_t = NewNodeAclChoice::Open, help_heading = "Writes")]
+    pub new_node_acl: NewNodeAclChoice,
     /// Write with setData version -1 (last writer wins) instead of failing
     /// close with ESTALE when someone else changed the node since open.
     #[arg(long, help_heading = "Writes")]
@@ -138,8 +156,8 @@ pub struct MountArgs {
 
     /// `auto`: show pointer nodes (data = the path of another node in the
     /// mount) as symlinks; `off`: show them as files.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "off"], help_heading = "Presentation")]
-    pub pointers: String,
+    #[arg(long, value_enum, default_value_t = PointersChoice::Auto, help_heading = "Presentation")]
+    pub pointers: PointersChoice,
 
     /// Bound on cached node data (e.g. 256M, 1G; bare number = bytes). Least
     /// recently used data is dropped first; node metadata is always kept.

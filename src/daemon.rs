@@ -206,7 +206,7 @@ fn load_credentials(args: &MountArgs) -> Result<Option<Credentials>, Failure> {
             });
         return Err(Failure::new(format!("{origin}: expected user:password")));
     }
-    if args.new_node_acl == "creator" && text.is_empty() {
+    if args.new_node_acl == crate::cli::NewNodeAclChoice::Creator && text.is_empty() {
         return Err(Failure::new("--new-node-acl creator needs credentials"));
     }
     Ok(Some(Credentials(text)))
@@ -218,7 +218,7 @@ fn load_credentials(args: &MountArgs) -> Result<Option<Credentials>, Failure> {
 pub fn mount(args: MountArgs, argv: Vec<OsString>) -> Result<(), Failure> {
     let mountpoint = check_mountpoint(&args.mountpoint, args.nonempty)?;
     let credentials = load_credentials(&args)?;
-    if args.new_node_acl == "creator" && credentials.is_none() {
+    if args.new_node_acl == crate::cli::NewNodeAclChoice::Creator && credentials.is_none() {
         return Err(Failure::new(
             "--new-node-acl creator needs credentials (--auth-file or ZKFS_AUTH)",
         ));
@@ -438,7 +438,7 @@ fn run_foreground(
         op_timeout: args.op_timeout,
         connect_timeout: args.connect_timeout,
         credentials: credentials.clone(),
-        new_node_acl: if args.new_node_acl == "creator" {
+        new_node_acl: if args.new_node_acl == crate::cli::NewNodeAclChoice::Creator {
             NewNodeAcl::Creator
         } else {
             NewNodeAcl::Open
@@ -467,7 +467,7 @@ fn run_foreground(
         max_data: args.max_data as usize,
         last_writer_wins: args.last_writer_wins,
         chrooted: args.servers.contains('/'),
-        pointers: args.pointers == "auto",
+        pointers: args.pointers == crate::cli::PointersChoice::Auto,
         mountpoint: mountpoint.clone(),
         ephemeral: args
             .ephemeral

@@ -249,7 +249,10 @@ fn nano_saves_ten_times_without_a_modified_prompt() {
     let pane = || {
         String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
     };
-    let editor = format!("cd {} && nano --ignorercfiles --quickblank conf", m.display());
+    let editor = format!(
+        "cd {} && nano --ignorercfiles --quickblank conf",
+        m.display()
+    );
     let started = tmux(&[
         "new-session",
         "-d",

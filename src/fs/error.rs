@@ -113,6 +113,8 @@ impl FsError {
                 // ENOTCONN, which users read as "the FUSE daemon died".
                 ZkError::ConnectionLoss | ZkError::SessionExpired => libc::EIO,
                 ZkError::Unimplemented => libc::ENOSYS,
+                // Only `create` meets it, and maps it to EPERM itself.
+                ZkError::NoChildrenForEphemerals => libc::EPERM,
                 ZkError::Other(_) => libc::EIO,
             },
         }

@@ -998,7 +998,7 @@ impl<B: ZkBackend> ZkFs<B> {
 fn create_error(path: &str, e: ZkError) -> FsError {
     match e {
         ZkError::NodeExists => FsError::Exists(path.to_string()),
-        ZkError::Other(msg) if msg.to_lowercase().contains("ephemeral") => {
+        ZkError::NoChildrenForEphemerals => {
             warn!(path, "cannot create a child of an ephemeral node");
             FsError::NotPermitted(path.to_string(), "ephemeral nodes cannot have children")
         }

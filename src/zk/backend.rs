@@ -68,6 +68,8 @@ pub enum ZkError {
     Timeout,
     /// The server does not implement the request (e.g. persistent watches before 3.6).
     Unimplemented,
+    /// A create under an ephemeral node (they cannot have children).
+    NoChildrenForEphemerals,
     Other(String),
 }
 
@@ -93,6 +95,7 @@ impl fmt::Display for ZkError {
             ZkError::SessionExpired => f.write_str("SessionExpired"),
             ZkError::Timeout => f.write_str("operation timed out"),
             ZkError::Unimplemented => f.write_str("Unimplemented"),
+            ZkError::NoChildrenForEphemerals => f.write_str("NoChildrenForEphemerals"),
             ZkError::Other(s) => f.write_str(s),
         }
     }

@@ -201,7 +201,7 @@ impl FakeZk {
             .map(|(_, s)| *s)
             .ok_or(ZkError::NoNode)?;
         if parent_stat.ephemeral_owner != 0 {
-            return Err(ZkError::Other("NoChildrenForEphemerals".into()));
+            return Err(ZkError::NoChildrenForEphemerals);
         }
         state.zxid += 1;
         let zxid = state.zxid;

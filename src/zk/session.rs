@@ -143,6 +143,7 @@ fn map_error(e: zk::Error) -> ZkError {
         zk::Error::SessionExpired | zk::Error::ClientClosed => ZkError::SessionExpired,
         zk::Error::Timeout => ZkError::Timeout,
         zk::Error::Unimplemented => ZkError::Unimplemented,
+        zk::Error::NoChildrenForEphemerals => ZkError::NoChildrenForEphemerals,
         other => ZkError::Other(other.to_string()),
     }
 }
