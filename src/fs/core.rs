@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::attr::{self, Attr, FileKind, Presentation};
 use super::error::FsError;
+use super::handle::{OpenFile, OpenMode, Opened, PageCache, Writer};
 use super::inode::{Inode, InodeTable, ROOT_INO, Role};
 use super::name::NodeName;
 use super::pointer;
@@ -92,55 +93,8 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
-pub(super) struct OpenFile {
-    pub(super) ino: u64,
-    /// Node whose data this handle reads/writes (the directory for `.data`).
-    pub(super) path: String,
-    /// The content as of `open`: reads through one handle are consistent.
-    pub(super) data: Arc<[u8]>,
-    /// Present for handles opened for writing.
-    pub(super) writer: Option<Arc<tokio::sync::Mutex<super::write::Writer>>>,
-    /// Attributes at open: what `stat` shows through this handle once the
-    /// node is gone (a vanished registration still reads its last data).
-    pub(super) attr: Option<Attr>,
-    /// The process that opened it (the FUSE request's pid).
-    pub(super) pid: u32,
-    /// Notified when the handle is released (opens waiting for a pending
-    /// truncation to be sent, see `Writer::awaits_release`).
-    pub(super) released: Arc<tokio::sync::Notify>,
-}
-
 /// How many (process, path) → version-read records are kept.
 const READS_KEPT: usize = 4096;
-
-/// What the kernel may do with its cached pages of a file just opened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PageCache {
-    /// Keep them: the inode shows one version, and the pages are of it.
-    Keep,
-    /// Drop them and read through this handle (a writer is open here).
-    Drop,
-    /// Bypass the page cache and the inode's size (direct I/O): this handle
-    /// reads a version other than the one its inode shows (the node moved
-    /// on before the kernel looked the name up again), so neither the
-    /// inode's pages nor its size may be mixed with it.
-    Bypass,
-}
-
-/// The answer to `open`.
-#[derive(Clone, Copy, Debug)]
-pub struct Opened {
-    pub fh: u64,
-    pub cache: PageCache,
-}
-
-/// How a file is opened.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OpenMode {
-    pub write: bool,
-    pub truncate: bool,
-    pub append: bool,
-}
 
 struct OpenDir {
     ino: u64,
@@ -553,7 +507,7 @@ impl<B: ZkBackend> ZkFs<B> {
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         self.note_activity();
         let inode = self.inode(ino)?;
-        if inode.czxid == super::write::PENDING_CZXID {
+        if inode.czxid == super::inode::PENDING_CZXID {
             return Ok(self.pending_attr(ino).await);
         }
         let mut attr = match self.node_attr(ino, &inode).await {
@@ -632,7 +586,7 @@ impl<B: ZkBackend> ZkFs<B> {
         if mode.write {
             self.until_connected(&inode.path).await?;
         }
-        if inode.czxid == super::write::PENDING_CZXID {
+        if inode.czxid == super::inode::PENDING_CZXID {
             return self.open_pending(ino, &inode.path, mode, pid);
         }
         self.wait_for_pending_release(&inode.path).await;
@@ -656,7 +610,7 @@ impl<B: ZkBackend> ZkFs<B> {
             );
         }
         if mode.write {
-            let writer = super::write::Writer::existing(&data, view.stat.version, mode);
+            let writer = Writer::existing(&data, view.stat.version, mode);
             let fh = self.add_handle(ino, &inode.path, data, Some(writer), attr, pid);
             let cache = if shows_it {
                 PageCache::Drop
@@ -683,14 +637,12 @@ impl<B: ZkBackend> ZkFs<B> {
     /// release that follows; an open of the same node waits for it (at most
     /// a second), so the next `cat` sees the emptied file.
     async fn wait_for_pending_release(&self, path: &str) {
-        let waiting: Vec<(
-            Arc<tokio::sync::Mutex<super::write::Writer>>,
-            Arc<tokio::sync::Notify>,
-        )> = lock(&self.files)
-            .values()
-            .filter(|f| *f.path == *path)
-            .filter_map(|f| f.writer.clone().map(|w| (w, f.released.clone())))
-            .collect();
+        let waiting: Vec<(Arc<tokio::sync::Mutex<Writer>>, Arc<tokio::sync::Notify>)> =
+            lock(&self.files)
+                .values()
+                .filter(|f| *f.path == *path)
+                .filter_map(|f| f.writer.clone().map(|w| (w, f.released.clone())))
+                .collect();
         for (writer, released) in waiting {
             let notified = released.notified();
             tokio::pin!(notified);
@@ -706,7 +658,7 @@ impl<B: ZkBackend> ZkFs<B> {
         ino: u64,
         path: &str,
         data: Arc<[u8]>,
-        writer: Option<super::write::Writer>,
+        writer: Option<Writer>,
         attr: Option<Attr>,
         pid: u32,
     ) -> u64 {

@@ -28,6 +28,9 @@ use super::attr::FileKind;
 
 pub const ROOT_INO: u64 = 1;
 
+/// czxid of an inode whose node is not created yet (it is, at close).
+pub const PENDING_CZXID: i64 = -1;
+
 /// What an inode stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {

@@ -12,20 +12,21 @@ pub mod attr;
 pub mod core;
 pub mod error;
 pub mod glob;
+pub mod handle;
 pub mod inode;
 pub mod name;
 pub mod online;
 pub mod overlay;
 pub mod pointer;
 pub mod registry;
+pub mod supervisor;
 pub mod write;
 pub mod xattr;
 
-pub use self::core::{
-    Entry, FsConfig, Invalidation, Invalidator, MountStatus, OpenMode, Opened, PageCache, ZkFs,
-};
+pub use self::core::{Entry, FsConfig, Invalidation, Invalidator, MountStatus, ZkFs};
 pub use attr::{Attr, FileKind};
 pub use error::FsError;
+pub use handle::{OpenMode, Opened, PageCache};
 pub use write::RenameFlags;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! The registration supervisor (contract §6, issue 14): the set of
-//! registrations this mount owns (path → data) is *desired state*, and a
-//! single background task reconciles it with ZooKeeper on every new session,
+//! The registrations this mount owns (contract §6): path → data as *desired
+//! state*, with each one's standing (owned, pending, held by another
+//! session), the due queue and the backoff. The task that reconciles it
+//! (`super::supervisor`) runs on every new session,
 //! every reconnect and every deletion event for an owned path, until the file
 //! is removed through the mount or the mount goes away.
 //!
@@ -28,7 +29,6 @@
 //! the cache coherent. It never deletes a node owned by another client.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,22 +36,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::core::{ZkFs, lock};
-use super::error::FsError;
-use crate::zk::{CreateMode, ZkBackend, ZkError};
+/// A poisoned lock still holds consistent state (every change is one step).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The extended attribute that makes a write handle hold its registration.
 pub const HOLD_XATTR: &str = "user.zkfs.hold";
 
 /// Upper bound of one reconcile step (at most three bounded calls).
-const STEP_LIMIT: Duration = Duration::from_secs(60);
+pub(super) const STEP_LIMIT: Duration = Duration::from_secs(60);
 /// First retry delay after a failed step ...
-const RETRY_BASE: Duration = Duration::from_millis(200);
+pub(super) const RETRY_BASE: Duration = Duration::from_millis(200);
 /// ... doubling up to this.
-const RETRY_CAP: Duration = Duration::from_secs(5);
+pub(super) const RETRY_CAP: Duration = Duration::from_secs(5);
 /// A node held by someone else is re-checked at most this far apart (its
 /// deletion event normally wakes us first).
-const HELD_RECHECK_CAP: Duration = Duration::from_secs(10);
+pub(super) const HELD_RECHECK_CAP: Duration = Duration::from_secs(10);
 
 /// Where a registration stands with ZooKeeper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,30 +73,30 @@ pub struct RegCounts {
     pub held_by_others: usize,
 }
 
-struct Reg {
-    data: Vec<u8>,
-    state: RegState,
+pub(super) struct Reg {
+    pub(super) data: Vec<u8>,
+    pub(super) state: RegState,
     /// Changes whenever the registration is (re-)made through the mount, so
     /// a step that raced with that does not overwrite its outcome.
-    generation: u64,
+    pub(super) generation: u64,
     /// When the next reconcile step is due (None: nothing to do).
-    due: Option<Instant>,
-    attempts: u32,
+    pub(super) due: Option<Instant>,
+    pub(super) attempts: u32,
     /// The foreign owner already logged (log once per owner).
-    logged_owner: Option<i64>,
+    pub(super) logged_owner: Option<i64>,
     /// Bumped by every request to look again (deletion event, reconnect):
     /// one that arrives while a step runs makes the step's answer stale.
-    marks: u64,
+    pub(super) marks: u64,
 }
 
 #[derive(Default)]
-struct Inner {
-    regs: HashMap<String, Reg>,
+pub(super) struct Inner {
+    pub(super) regs: HashMap<String, Reg>,
     /// Holder handles per held registration.
-    holders: HashMap<String, HashSet<u64>>,
+    pub(super) holders: HashMap<String, HashSet<u64>>,
     /// Released held registrations whose node must still be deleted (if it
     /// is one of this mount's): path → (when due, attempts so far).
-    doomed: HashMap<String, (Instant, u32)>,
+    pub(super) doomed: HashMap<String, (Instant, u32)>,
 }
 
 /// The desired registrations and their state. Cheap, synchronous methods for
@@ -103,14 +104,14 @@ struct Inner {
 /// [`ZkFs::supervise_registrations`].
 #[derive(Default)]
 pub struct Registry {
-    inner: Mutex<Inner>,
-    wake: Notify,
-    generations: AtomicU64,
-    jitter_seed: AtomicU64,
+    pub(super) inner: Mutex<Inner>,
+    pub(super) wake: Notify,
+    pub(super) generations: AtomicU64,
+    pub(super) jitter_seed: AtomicU64,
 }
 
 impl Registry {
-    fn next_generation(&self) -> u64 {
+    pub(super) fn next_generation(&self) -> u64 {
         self.generations.fetch_add(1, Ordering::Relaxed) + 1
     }
 
@@ -165,7 +166,7 @@ impl Registry {
 
     /// Delete the node at `path` if it is (or becomes visible as) one of this
     /// mount's: a held registration whose last holder is gone.
-    fn doom(&self, path: &str) {
+    pub(super) fn doom(&self, path: &str) {
         lock(&self.inner)
             .doomed
             .insert(path.to_string(), (Instant::now(), 0));
@@ -247,7 +248,7 @@ impl Registry {
     }
 
     /// Paths whose step is due at `now`, and when the next one is due.
-    fn due(&self, now: Instant) -> (Vec<DueStep>, Option<Instant>) {
+    pub(super) fn due(&self, now: Instant) -> (Vec<DueStep>, Option<Instant>) {
         let inner = lock(&self.inner);
         let mut ready = Vec::new();
         let mut next: Option<Instant> = None;
@@ -281,7 +282,7 @@ impl Registry {
     }
 
     /// A delay of `base * 2^attempts`, capped, times a jitter in [0.5, 1.5).
-    fn backoff(&self, attempts: u32, cap: Duration) -> Duration {
+    pub(super) fn backoff(&self, attempts: u32, cap: Duration) -> Duration {
         let exp = RETRY_BASE.saturating_mul(1u32 << attempts.min(16)).min(cap);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -299,7 +300,7 @@ impl Registry {
     /// Record a step's outcome for `path` if the registration is still the
     /// one the step worked on. Returns false when it is no longer desired at
     /// all (removed through the mount meanwhile).
-    fn settle(&self, due: &DueStep, outcome: &Step) -> bool {
+    pub(super) fn settle(&self, due: &DueStep, outcome: &Step) -> bool {
         let path = due.path.as_str();
         let mut inner = lock(&self.inner);
         let Some(reg) = inner.regs.get_mut(path) else {
@@ -356,13 +357,13 @@ impl Registry {
 }
 
 /// A step to run, with what it was based on.
-struct DueStep {
-    path: String,
-    data: Vec<u8>,
-    generation: u64,
-    marks: u64,
+pub(super) struct DueStep {
+    pub(super) path: String,
+    pub(super) data: Vec<u8>,
+    pub(super) generation: u64,
+    pub(super) marks: u64,
     /// A doomed node to delete, not a registration to keep.
-    remove: bool,
+    pub(super) remove: bool,
 }
 
 /// A registration taken out of the desired state while its node is being
@@ -370,9 +371,9 @@ struct DueStep {
 /// [`Removal::done`] is called: on failure, and when the operation is
 /// cancelled (the FUSE adapter's `--op-timeout`) before it finished.
 pub struct Removal<'a> {
-    registry: &'a Registry,
-    path: String,
-    data: Option<Vec<u8>>,
+    pub(super) registry: &'a Registry,
+    pub(super) path: String,
+    pub(super) data: Option<Vec<u8>>,
 }
 
 impl Removal<'_> {
@@ -408,7 +409,7 @@ impl Registry {
 
 /// What one reconcile step found.
 #[derive(Debug)]
-enum Step {
+pub(super) enum Step {
     /// The node is ours on the current session.
     Owned,
     /// Someone else's node (session id; 0 for a persistent node).
@@ -418,227 +419,12 @@ enum Step {
     Failed(String),
 }
 
-impl<B: ZkBackend> ZkFs<B> {
-    /// The supervisor's loop: runs until the runtime shuts down.
-    pub async fn supervise_registrations(&self) {
-        loop {
-            let woken = self.registry.wake.notified();
-            let (ready, next) = self.registry.due(Instant::now());
-            if ready.is_empty() {
-                match next {
-                    Some(t) => {
-                        tokio::select! {
-                            _ = woken => {}
-                            _ = tokio::time::sleep_until(t.into()) => {}
-                        }
-                    }
-                    None => woken.await,
-                }
-                continue;
-            }
-            for due in ready {
-                self.reconcile_one(&due).await;
-            }
-        }
-    }
-
-    /// Run the steps due now once (what one turn of the loop does); returns
-    /// how many ran.
-    #[cfg(test)]
-    pub async fn reconcile_due(&self) -> usize {
-        let (ready, _) = self.registry.due(Instant::now());
-        let n = ready.len();
-        for due in ready {
-            self.reconcile_one(&due).await;
-        }
-        n
-    }
-
-    async fn reconcile_one(&self, due: &DueStep) {
-        if due.remove {
-            return self.remove_doomed(&due.path).await;
-        }
-        let (path, data) = (due.path.as_str(), due.data.as_slice());
-        let step = if self.store.backend().is_connected() {
-            match tokio::time::timeout(STEP_LIMIT, self.reconcile_step(path, data)).await {
-                Ok(step) => step,
-                Err(_) => Step::Failed(format!("no answer within {STEP_LIMIT:?}")),
-            }
-        } else {
-            Step::Failed("not connected to ZooKeeper".into())
-        };
-        let created = matches!(step, Step::Owned);
-        if !self.registry.settle(due, &step) && created {
-            // Removed through the mount while we were re-creating it: undo.
-            let backend = self.store.backend();
-            if let Ok((_, stat)) = backend.get_data(path).await
-                && stat.ephemeral_owner == backend.session_id()
-            {
-                let _ = backend.delete(path, Some(stat.version)).await;
-            }
-        }
-        if created {
-            self.invalidate_path(path);
-        }
-    }
-
-    async fn reconcile_step(&self, path: &str, data: &[u8]) -> Step {
-        let backend = self.store.backend();
-        let current = backend.session_id();
-        match backend.get_data(path).await {
-            Err(ZkError::NoNode) => {}
-            Ok((_, stat)) if stat.ephemeral_owner != 0 && stat.ephemeral_owner == current => {
-                return Step::Owned;
-            }
-            Ok((_, stat)) if backend.is_own_session(stat.ephemeral_owner) => {
-                info!(
-                    path,
-                    old_session = %format!("{:#x}", stat.ephemeral_owner),
-                    session = %format!("{current:#x}"),
-                    "registration still owned by an earlier session of this mount; moving it to the current one"
-                );
-                match backend.delete(path, Some(stat.version)).await {
-                    Ok(()) | Err(ZkError::NoNode) => {}
-                    Err(ZkError::BadVersion) => return Step::Again,
-                    Err(e) => return Step::Failed(format!("delete: {e}")),
-                }
-            }
-            Ok((_, stat)) => return Step::HeldBy(stat.ephemeral_owner),
-            Err(e) => return Step::Failed(format!("getData: {e}")),
-        }
-        match backend
-            .create(path, data, CreateMode::Ephemeral, None)
-            .await
-        {
-            Ok(stat) if stat.ephemeral_owner == backend.session_id() => {
-                info!(path, session = %format!("{:#x}", stat.ephemeral_owner), "registration created on the current session");
-                Step::Owned
-            }
-            // Created on a session that ended meanwhile: look again.
-            Ok(_) => Step::Again,
-            Err(ZkError::NodeExists) => Step::Again,
-            Err(ZkError::NoNode) => {
-                Step::Failed("its parent node does not exist (created again when it does)".into())
-            }
-            Err(e) => Step::Failed(format!("create: {e}")),
-        }
-    }
-
-    /// `setxattr`: only [`HOLD_XATTR`] on a registration open for writing
-    /// can be set (everything else mirrors ZooKeeper's Stat: ENOTSUP).
-    pub async fn setxattr(&self, ino: u64, name: &OsStr, _value: &[u8]) -> Result<(), FsError> {
-        let inode = self.inode(ino)?;
-        let path = inode.path.to_string();
-        if name != OsStr::new(HOLD_XATTR) {
-            return Err(FsError::XattrUnsupported(path));
-        }
-        if !self.creates_ephemeral(&path) {
-            warn!(
-                path,
-                "user.zkfs.hold refused: not in an --ephemeral directory"
-            );
-            return Err(FsError::Unsupported(
-                path,
-                "user.zkfs.hold outside an --ephemeral directory",
-            ));
-        }
-        // The content must be on the server first (write, then fsync).
-        if !self.registry.contains(&path) {
-            warn!(
-                path,
-                "user.zkfs.hold refused: not registered yet (write and fsync first)"
-            );
-            return Err(FsError::Unsupported(
-                path,
-                "user.zkfs.hold before the registration was created (fsync first)",
-            ));
-        }
-        let handles: Vec<u64> = lock(&self.files)
-            .iter()
-            .filter(|(_, f)| f.ino == ino && f.writer.is_some())
-            .map(|(fh, _)| *fh)
-            .collect();
-        if handles.is_empty() {
-            warn!(
-                path,
-                "user.zkfs.hold refused: no descriptor open for writing"
-            );
-            return Err(FsError::BadFileHandle);
-        }
-        info!(
-            path,
-            handles = handles.len(),
-            "registration held by its open descriptor(s)"
-        );
-        self.registry.hold(&path, handles);
-        Ok(())
-    }
-
-    /// After the last close of a handle: if it was the last holder of a held
-    /// registration, stop owning it and have the supervisor delete its node
-    /// (only a node owned by one of this mount's sessions; retried while
-    /// disconnected, so a dead holder's registration never lingers).
-    pub(super) async fn release_hold(&self, fh: u64) {
-        let Some(path) = self.registry.release_holder(fh) else {
-            return;
-        };
-        if self.registry.take(&path).is_some() {
-            info!(path, "last holder of the registration closed it: removing");
-            self.registry.doom(&path);
-        }
-    }
-
-    /// Delete a released held registration's node if it is ours.
-    async fn remove_doomed(&self, path: &str) {
-        let backend = self.store.backend();
-        let result = if backend.is_connected() {
-            let attempt = async {
-                match backend.get_data(path).await {
-                    Ok((_, stat)) if backend.is_own_session(stat.ephemeral_owner) => {
-                        backend.delete(path, Some(stat.version)).await
-                    }
-                    // Gone, or not ours: nothing to delete.
-                    Ok(_) | Err(ZkError::NoNode) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            };
-            match tokio::time::timeout(STEP_LIMIT, attempt).await {
-                Ok(Err(ZkError::NoNode)) => Ok(()),
-                Ok(r) => r,
-                Err(_) => Err(ZkError::Timeout),
-            }
-        } else {
-            Err(ZkError::ConnectionLoss)
-        };
-        let mut inner = lock(&self.registry.inner);
-        match result {
-            Ok(()) => {
-                if inner.doomed.remove(path).is_some() {
-                    info!(path, "released registration removed");
-                }
-                drop(inner);
-                self.invalidate_path(path);
-            }
-            Err(e) => {
-                if let Some((due, attempts)) = inner.doomed.get_mut(path) {
-                    let delay = self.registry.backoff(*attempts, RETRY_CAP);
-                    if *attempts == 0 {
-                        warn!(path, error = %e, retry_in = ?delay, "cannot remove released registration yet; retrying");
-                    }
-                    *attempts = attempts.saturating_add(1);
-                    *due = Instant::now() + delay;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_is_capped_and_jittered() {
+    pub(super) fn backoff_doubles_is_capped_and_jittered() {
         let r = Registry::default();
         let mut seen = HashSet::new();
         for attempts in 0..40 {
@@ -663,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_removal_guard() {
+    pub(super) fn counts_and_removal_guard() {
         let r = Registry::default();
         r.insert("/a", b"1".to_vec());
         r.insert("/b", b"2".to_vec());
@@ -688,7 +474,7 @@ mod tests {
     }
 
     #[test]
-    fn last_holder_release_names_the_path() {
+    pub(super) fn last_holder_release_names_the_path() {
         let r = Registry::default();
         r.insert("/a", Vec::new());
         r.hold("/a", [7, 8]);

@@ -12,109 +12,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use super::attr::{Attr, FileKind};
-use super::core::{Entry, OpenMode, Opened, PageCache, ZkFs, lock};
+use super::core::{Entry, ZkFs, lock};
 use super::error::FsError;
+use super::handle::{OpenMode, Opened, PageCache, WriteState, Writer};
+use super::inode::PENDING_CZXID;
 use super::inode::Role;
 use super::name::NodeName;
 use super::pointer;
 use crate::zk::NodeView;
 use crate::zk::path;
 use crate::zk::{CreateMode, WriteOp, WriteResult, ZkBackend, ZkError};
-
-/// czxid of an inode whose node is not created yet (it is, at close).
-pub const PENDING_CZXID: i64 = -1;
-
-/// Where a write handle's content stands. The state is set *before* any
-/// `.await` to what is right if the operation were dropped there, so a
-/// cancelled or failed send can never be sent again behind the caller's back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WriteState {
-    /// Nothing to send: the content is what the node has (as far as this
-    /// handle knows).
-    Clean,
-    /// Changed since open or since the last send.
-    Dirty,
-    /// A write beyond `--max-data` was refused: nothing from this handle is
-    /// ever sent, so no reader sees a truncated value. `reported` once a
-    /// close/fsync said so too.
-    Refused { size: usize, reported: bool },
-    /// A send failed and the failure was reported: this content is never
-    /// sent again (a reported failure is final); new writes make it Dirty.
-    Failed,
-}
-
-/// The state of one write handle.
-#[derive(Debug)]
-pub struct Writer {
-    buf: Vec<u8>,
-    /// The node version this content is based on (None: node not created yet).
-    base_version: Option<i32>,
-    state: WriteState,
-    /// Data was written (or the size set) through this handle since open.
-    /// `flush` runs at every close of a duplicated descriptor (the shell's
-    /// `>` closes one right after open), so only then does it send; the
-    /// last close (`release`) sends whatever is left.
-    written: bool,
-    /// A close (`flush`) left content unsent (a truncation with nothing
-    /// written): opens of the node wait for the release that sends it.
-    closed_unsent: bool,
-    append: bool,
-}
-
-impl Writer {
-    pub fn existing(data: &[u8], version: i32, mode: OpenMode) -> Writer {
-        Writer {
-            buf: if mode.truncate {
-                Vec::new()
-            } else {
-                data.to_vec()
-            },
-            base_version: Some(version),
-            // `> file` must empty the node even when nothing is written.
-            state: if mode.truncate {
-                WriteState::Dirty
-            } else {
-                WriteState::Clean
-            },
-            written: false,
-            closed_unsent: false,
-            append: mode.append,
-        }
-    }
-
-    fn new_file(mode: OpenMode) -> Writer {
-        Writer {
-            buf: Vec::new(),
-            base_version: None,
-            state: WriteState::Dirty,
-            written: false,
-            closed_unsent: false,
-            append: mode.append,
-        }
-    }
-
-    pub fn content(&self) -> &[u8] {
-        &self.buf
-    }
-
-    /// Content this handle holds and has not sent (for `stat` while open).
-    fn unsent(&self) -> Option<usize> {
-        (self.state == WriteState::Dirty).then_some(self.buf.len())
-    }
-
-    /// A close left content to be sent at release.
-    pub fn awaits_release(&self) -> bool {
-        self.closed_unsent && self.state == WriteState::Dirty
-    }
-
-    /// New content through this handle (after a refusal nothing counts).
-    fn touched(&mut self) {
-        if !matches!(self.state, WriteState::Refused { .. }) {
-            self.state = WriteState::Dirty;
-        }
-        self.written = true;
-    }
-}
 
 /// Flags of `rename(2)` the core understands.
 #[derive(Clone, Copy, Debug, Default)]
