@@ -110,6 +110,8 @@ pub struct ZkFs<B: ZkBackend> {
     /// Files created through this mount and not yet sent (path → inode):
     /// the node is created with its complete content when the file is closed.
     pub(super) pending: Mutex<HashMap<String, u64>>,
+    /// Pending files whose create is in flight (claimed by one handle).
+    pub(super) creating: Mutex<HashSet<String>>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     pub(super) next_fh: AtomicU64,
     /// When the last operation started, in µs since `epoch`.
@@ -151,6 +153,7 @@ impl<B: ZkBackend> ZkFs<B> {
             config,
             files: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             last_activity_us: AtomicU64::new(0),

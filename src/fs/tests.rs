@@ -1053,3 +1053,45 @@ async fn supervisor_moves_old_session_nodes_and_waits_out_foreign_ones() {
     assert!(!h.zk.exists(a));
     assert_eq!(mount_attr(&h, "registrations").await, "1");
 }
+
+#[tokio::test]
+async fn a_new_file_opened_twice_is_created_once_and_stays_a_file() {
+    // pjdfstest open/23: create, then open again before the first close's
+    // create went out; both closes raced to create the node, the loser's
+    // NodeExists made the mount forget it had made a file (so the empty
+    // node showed as a directory).
+    let h = harness();
+    let rw = OpenMode {
+        write: true,
+        truncate: false,
+        append: false,
+    };
+    for (name, second_writes) in [("n", false), ("m", true)] {
+        let (entry, fh1) =
+            h.fs.create(ROOT_INO, OsStr::new(name), WRITE_TRUNC, false, 1)
+                .await
+                .expect("create");
+        let fh2 =
+            h.fs.open(entry.attr.ino, rw, 1)
+                .await
+                .expect("open again")
+                .fh;
+        if second_writes {
+            h.fs.write(fh2, 0, b"second").await.expect("write");
+        }
+        // The first create's answer is late, so the second release runs
+        // while it is out.
+        h.zk.inject(WriteFault::LateAnswer(50));
+        let (a, b) = tokio::join!(h.fs.release(fh1), h.fs.release(fh2));
+        assert_eq!((a, b), (Ok(()), Ok(())), "{name}");
+        h.deliver_own();
+        let path = format!("/{name}");
+        let expected: &[u8] = if second_writes { b"second" } else { b"" };
+        assert_eq!(h.zk.data(&path).as_deref(), Some(expected), "{name}");
+        assert_eq!(
+            h.resolve(&path).await.expect("stat").kind,
+            FileKind::RegularFile,
+            "{name} stays a file"
+        );
+    }
+}

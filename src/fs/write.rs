@@ -312,7 +312,12 @@ impl<B: ZkBackend> ZkFs<B> {
         // Failed until proven sent: if this future were dropped while the
         // request is out, the content must not be sent again later.
         w.state = WriteState::Failed;
-        let result = self.send(ino, &path, &mut w).await;
+        let others: Vec<_> = lock(&self.files)
+            .iter()
+            .filter(|(other, f)| **other != fh && f.path == path)
+            .filter_map(|(_, f)| f.writer.clone())
+            .collect();
+        let result = self.send(ino, &path, &mut w, &others).await;
         w.closed_unsent = false;
         match &result {
             Ok(()) => {
@@ -340,46 +345,110 @@ impl<B: ZkBackend> ZkFs<B> {
         self.invalidate_path(path);
     }
 
-    async fn send(&self, ino: u64, path: &str, w: &mut Writer) -> Result<(), FsError> {
+    /// Send one handle's content. `others`: the other write handles of the
+    /// same path (a new file opened twice before it was created: exactly one
+    /// of them creates the node, the rest wait for it and then write to it).
+    async fn send(
+        &self,
+        ino: u64,
+        path: &str,
+        w: &mut Writer,
+        others: &[Arc<tokio::sync::Mutex<Writer>>],
+    ) -> Result<(), FsError> {
         let data = w.buf.clone();
-        let Some(version) = w.base_version else {
-            if !lock(&self.pending).contains_key(path) {
-                // Unlinked before it was ever sent: nothing to create.
-                return Ok(());
-            }
-            // Before the node exists, so nobody sees it as an empty directory.
-            self.overlay.remember(path, FileKind::RegularFile);
-            let mode = self.create_mode(path);
-            let result = self.store.create(path, data.clone(), mode, None).await;
-            if result.is_ok() && mode == CreateMode::Ephemeral {
-                self.registry.insert(path, data);
-            }
-            lock(&self.pending).remove(path);
-            if result.is_err() {
-                self.overlay.forget(path);
-            }
-            return match result {
-                Ok(stat) => {
-                    lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
-                    w.base_version = Some(stat.version);
-                    self.invalidate_entry_of(path);
-                    Ok(())
+        let version = match w.base_version {
+            Some(version) => version,
+            None => {
+                let pending = lock(&self.pending).contains_key(path);
+                // One creator per new file (a claim that outlives no await
+                // it does not cover: released when the create ends).
+                if pending && lock(&self.creating).insert(path.to_string()) {
+                    let result = self.create_pending(ino, path, w, data).await;
+                    lock(&self.creating).remove(path);
+                    return result;
                 }
-                Err(ZkError::NodeExists) => {
-                    lock(&self.inodes).detach(path);
-                    Err(FsError::Conflict {
-                        path: path.to_string(),
-                        detail: "another client created the node while this file was open; \
-                                 it keeps the other client's data"
-                            .into(),
-                    })
+                // Another handle creates (or created) it, or it was unlinked
+                // before it was ever sent. A claimer never waits for anyone,
+                // so waiting for the others cannot deadlock.
+                for other in others {
+                    drop(other.lock().await);
                 }
-                Err(e) => {
-                    lock(&self.inodes).detach(path);
-                    Err(create_error(path, e))
+                if !w.written {
+                    return Ok(());
                 }
-            };
+                match self.store.node(path).await {
+                    // Created through this mount and not changed since: this
+                    // handle's content follows, as one more setData.
+                    Ok(view) if self.store.written_here(path, view.stat.mzxid) => view.stat.version,
+                    Ok(_) => {
+                        return Err(FsError::Conflict {
+                            path: path.to_string(),
+                            detail: "changed by another client before this file's content \
+                                     was sent; it keeps the other writer's data"
+                                .into(),
+                        });
+                    }
+                    // Unlinked before it was ever sent: nothing to create.
+                    Err(ZkError::NoNode) => return Ok(()),
+                    Err(e) => return Err(FsError::zk(path, "getData", e)),
+                }
+            }
         };
+        self.set_content(ino, path, w, data, version).await
+    }
+
+    /// Create a new file's node with its complete content (this handle
+    /// holds the claim in `creating`).
+    async fn create_pending(
+        &self,
+        ino: u64,
+        path: &str,
+        w: &mut Writer,
+        data: Vec<u8>,
+    ) -> Result<(), FsError> {
+        // Before the node exists, so nobody sees it as an empty directory.
+        self.overlay.remember(path, FileKind::RegularFile);
+        let mode = self.create_mode(path);
+        let result = self.store.create(path, data.clone(), mode, None).await;
+        if result.is_ok() && mode == CreateMode::Ephemeral {
+            self.registry.insert(path, data);
+        }
+        lock(&self.pending).remove(path);
+        if result.is_err() {
+            self.overlay.forget(path);
+        }
+        match result {
+            Ok(stat) => {
+                lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
+                w.base_version = Some(stat.version);
+                self.invalidate_entry_of(path);
+                Ok(())
+            }
+            Err(ZkError::NodeExists) => {
+                lock(&self.inodes).detach(path);
+                Err(FsError::Conflict {
+                    path: path.to_string(),
+                    detail: "another client created the node while this file was open; \
+                                 it keeps the other client's data"
+                        .into(),
+                })
+            }
+            Err(e) => {
+                lock(&self.inodes).detach(path);
+                Err(create_error(path, e))
+            }
+        }
+    }
+
+    /// One versioned setData of a handle's content.
+    async fn set_content(
+        &self,
+        ino: u64,
+        path: &str,
+        w: &mut Writer,
+        data: Vec<u8>,
+        version: i32,
+    ) -> Result<(), FsError> {
         // A file this mount empties stays a file here (it would otherwise
         // turn into an empty directory under the user's feet).
         let is_node = lock(&self.inodes)
@@ -503,7 +572,7 @@ impl<B: ZkBackend> ZkFs<B> {
                     let mut w = Writer::existing(&[], view.stat.version, OpenMode::default());
                     w.buf = data;
                     w.state = WriteState::Dirty;
-                    self.send(ino, &inode.path, &mut w).await?;
+                    self.send(ino, &inode.path, &mut w, &[]).await?;
                 }
             }
         }
