@@ -63,13 +63,7 @@ fn shell(dir: &Path, script: &str) -> (i32, String, String) {
 }
 
 fn get(other: &Other, path: &str) -> (Vec<u8>, i32) {
-    let fut = other.client.get_data(path);
-    let (data, stat) = other
-        .rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(20), fut).await })
-        .unwrap_or_else(|_| panic!("get {path}: timed out"))
-        .unwrap_or_else(|e| panic!("get {path}: {e}"));
-    (data, stat.version)
+    other.get(path)
 }
 
 #[test]

@@ -29,13 +29,7 @@ fn mounted(tag: &str, extra: &[&str]) -> (Other, String, Mount) {
 }
 
 fn get(other: &Other, path: &str) -> (Vec<u8>, i32) {
-    let fut = other.client.get_data(path);
-    let (data, stat) = other
-        .rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(20), fut).await })
-        .unwrap_or_else(|_| panic!("get {path}: timed out"))
-        .unwrap_or_else(|e| panic!("get {path}: {e}"));
-    (data, stat.version)
+    other.get(path)
 }
 
 fn exists(other: &Other, path: &str) -> bool {

@@ -835,46 +835,15 @@ impl<B: ZkBackend> ZkFs<B> {
                 // permissions (opening or stat-ing it then gives EACCES)
                 // instead of failing the whole listing.
                 Err(crate::zk::ZkError::NoAuth) => {
-                    let ino =
-                        lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, 0, 0);
-                    let p = &self.config.presentation;
-                    entries.push(DirEntry {
-                        name,
-                        attr: Attr {
-                            ino,
-                            kind: FileKind::RegularFile,
-                            size: 0,
-                            mtime_ns: 0,
-                            crtime_ms: 0,
-                            perm: 0,
-                            nlink: 1,
-                            uid: p.uid,
-                            gid: p.gid,
-                        },
-                    });
+                    entries.push(self.unread_entry(name, &child, 0));
                     continue;
                 }
                 // Known to exist (an event said so before ZooKeeper became
                 // unreachable) but never read: list it, as a file with no
                 // content yet, rather than fail the whole listing.
                 Err(e) if e.is_connectivity() => {
-                    let ino =
-                        lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, 0, 0);
-                    let p = &self.config.presentation;
-                    entries.push(DirEntry {
-                        name,
-                        attr: Attr {
-                            ino,
-                            kind: FileKind::RegularFile,
-                            size: 0,
-                            mtime_ns: 0,
-                            crtime_ms: 0,
-                            perm: p.file_mode & !0o222,
-                            nlink: 1,
-                            uid: p.uid,
-                            gid: p.gid,
-                        },
-                    });
+                    let perm = self.config.presentation.file_mode & !0o222;
+                    entries.push(self.unread_entry(name, &child, perm));
                     continue;
                 }
                 Err(e) => return Err(FsError::zk(&child, "getData", e)),
@@ -904,6 +873,27 @@ impl<B: ZkBackend> ZkFs<B> {
             }
         }
         Ok(entries)
+    }
+
+    /// A listed child whose node cannot be read (no permission, or never
+    /// read and ZooKeeper unreachable): a file with no content and `perm`.
+    fn unread_entry(&self, name: String, child: &str, perm: u16) -> DirEntry {
+        let ino = lock(&self.inodes).resolve(child, Role::Node, FileKind::RegularFile, 0, 0);
+        let p = &self.config.presentation;
+        DirEntry {
+            name,
+            attr: Attr {
+                ino,
+                kind: FileKind::RegularFile,
+                size: 0,
+                mtime_ns: 0,
+                crtime_ms: 0,
+                perm,
+                nlink: 1,
+                uid: p.uid,
+                gid: p.gid,
+            },
+        }
     }
 
     /// The relative path a symlink (pointer node) shows.

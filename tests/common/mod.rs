@@ -849,62 +849,7 @@ impl Mount {
 
     /// Like [`Mount::start`], but returns the failure (with the daemon's log).
     pub fn try_start(servers: &str, extra_args: &[&str]) -> Result<Mount, String> {
-        let dir = TempDir::new("mnt").into_path();
-        let mountpoint = dir.join("mnt");
-        let log_path = dir.join("zkfs.log");
-        let mut mount = Mount {
-            dir,
-            mountpoint,
-            log_path,
-            child: None,
-            exit_status: None,
-        };
-        fs::create_dir(&mount.mountpoint)
-            .map_err(|e| format!("cannot create {}: {e}", mount.mountpoint.display()))?;
-        let log = File::create(&mount.log_path)
-            .map_err(|e| format!("cannot create {}: {e}", mount.log_path.display()))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| format!("cannot clone the log file handle: {e}"))?;
-        let mut cmd = Command::new(zkfs_bin());
-        cmd.arg("mount")
-            .arg("--foreground")
-            .args(extra_args)
-            .arg(servers)
-            .arg(&mount.mountpoint)
-            .env("ZKFS_LOG", "zkfs=debug,zookeeper_client=info,warn")
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        let what = format!("{cmd:?}");
-        let child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
-        mount.child = Some(child);
-
-        let start = Instant::now();
-        loop {
-            if fuse_mounted(&mount.mountpoint) {
-                return Ok(mount);
-            }
-            if let Some(child) = mount.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                mount.exit_status = Some(status);
-                mount.child = None;
-                return Err(format!(
-                    "{what} exited with {status} before mounting\n--- zkfs log ---\n{}",
-                    mount.log()
-                ));
-            }
-            if start.elapsed() > MOUNT_TIMEOUT {
-                return Err(format!(
-                    "{what}: {} not mounted after {MOUNT_TIMEOUT:?}\n--- zkfs log ---\n{}",
-                    mount.mountpoint.display(),
-                    mount.log()
-                ));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        Mount::try_start_with_env(servers, extra_args, &[])
     }
 
     /// The mount point.

@@ -53,6 +53,17 @@ impl Other {
             .unwrap_or_else(|e| panic!("set {path}: {e}"));
     }
 
+    /// The node's data and version; panics if it cannot be read in 20 s.
+    pub fn get(&self, path: &str) -> (Vec<u8>, i32) {
+        let fut = self.client.get_data(path);
+        let (data, stat) = self
+            .rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), fut).await })
+            .unwrap_or_else(|_| panic!("get {path}: timed out"))
+            .unwrap_or_else(|e| panic!("get {path}: {e}"));
+        (data, stat.version)
+    }
+
     pub fn delete(&self, path: &str) {
         let fut = self.client.delete(path, None);
         self.rt
