@@ -3,6 +3,8 @@
 //! serving reads, accepts writes and sees other clients' changes (§8).
 
 mod common;
+#[path = "support/proxy.rs"]
+mod proxy;
 #[path = "support/zkops.rs"]
 mod zkops;
 
@@ -11,6 +13,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::{Ensemble, Mount, unique_root, wait_until};
+use proxy::Proxy;
 use zkops::{Other, xattr_string};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -63,14 +66,118 @@ fn mount_carries_on_while_each_server_in_turn_is_down() {
     assert_eq!(xattr_string(m, "user.zkfs.state"), "connected");
 }
 
+/// A writer through `mount` (on `file`): every write truncates and writes
+/// `w-N` and fsyncs; counts successes, keeps failures and the last success.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    written: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::JoinHandle<(Vec<String>, String)>,
+}
+
+impl Writer {
+    fn start(file: std::path::PathBuf) -> Writer {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, written) = (stop.clone(), written.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let mut last = String::from("start");
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let value = format!("w-{i}");
+                    let result = fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(&file)
+                        .and_then(|mut f| {
+                            f.write_all(value.as_bytes())?;
+                            f.sync_all()
+                        });
+                    match result {
+                        Ok(()) => {
+                            last = value;
+                            written.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => failures.push(format!("{value}: {e}")),
+                    }
+                    i += 1;
+                }
+                (failures, last)
+            })
+        };
+        Writer {
+            stop,
+            written,
+            thread,
+        }
+    }
+
+    /// Wait until `n` more writes succeeded.
+    fn progress(&self, n: usize) {
+        use std::sync::atomic::Ordering;
+        let start = self.written.load(Ordering::SeqCst);
+        wait_until("the writer makes progress", DEADLINE, || {
+            self.written.load(Ordering::SeqCst) >= start + n
+        });
+    }
+
+    /// Stop; no write may have failed. Returns the last value written.
+    fn finish(self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (failures, last) = self.thread.join().expect("writer");
+        assert!(
+            failures.is_empty(),
+            "{} writes failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        last
+    }
+}
+
+/// Each server of the ensemble behind its own proxy is blackholed in turn
+/// (connections open, nothing gets through) while a writer runs: the mount
+/// finds out, fails over to another server and resolves the write there;
+/// no write fails.
+#[test]
+fn a_blackholed_server_during_a_write_loop_fails_no_write() {
+    let ensemble = Ensemble::start();
+    let zk = ensemble.connect_string();
+    let proxies: Vec<Proxy> = zk.split(',').map(Proxy::start).collect();
+    let through: Vec<String> = proxies.iter().map(Proxy::address).collect();
+    let root = unique_root("blackhole");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/cfg"), b"start");
+    drop(other);
+    let mount = Mount::start(
+        &format!("{}{root}", through.join(",")),
+        &["--session-timeout", "6s", "--op-timeout", "5s"],
+    );
+    let writer = Writer::start(mount.path().join("cfg"));
+    writer.progress(10);
+    for proxy in &proxies {
+        proxy.blackhole();
+        writer.progress(10);
+        proxy.restore();
+    }
+    let last = writer.finish();
+    let other = Other::connect(&zk);
+    assert_eq!(
+        String::from_utf8_lossy(&other.get(&format!("{root}/cfg")).0),
+        last
+    );
+    drop(ensemble);
+}
+
 /// A writer keeps writing through the mount while each server in turn is
 /// stopped gracefully (SIGTERM closes the mount's connection mid-request):
 /// no write fails, and what ZooKeeper holds at the end is the last write.
 #[test]
 fn graceful_server_stops_during_a_write_loop_fail_no_write() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
     let mut ensemble = Ensemble::start();
     let zk = ensemble.connect_string();
     let root = unique_root("sigterm");
@@ -82,62 +189,18 @@ fn graceful_server_stops_during_a_write_loop_fail_no_write() {
         &format!("{zk}{root}"),
         &["--session-timeout", "10s", "--op-timeout", "5s"],
     );
-    let file = mount.path().join("cfg");
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicUsize::new(0));
-    let writer = {
-        let (stop, written, file) = (stop.clone(), written.clone(), file.clone());
-        std::thread::spawn(move || {
-            let mut failures = Vec::new();
-            let mut last = String::from("start");
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let value = format!("w-{i}");
-                let result = fs::OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .open(&file)
-                    .and_then(|mut f| {
-                        f.write_all(value.as_bytes())?;
-                        f.sync_all()
-                    });
-                match result {
-                    Ok(()) => {
-                        last = value;
-                        written.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) => failures.push(format!("{value}: {e}")),
-                }
-                i += 1;
-            }
-            (failures, last)
-        })
-    };
-    let progress = |n: usize| {
-        let start = written.load(Ordering::SeqCst);
-        wait_until("the writer makes progress", DEADLINE, || {
-            written.load(Ordering::SeqCst) >= start + n
-        });
-    };
-    progress(20);
+    let writer = Writer::start(mount.path().join("cfg"));
+    writer.progress(20);
     for i in 0..3 {
         ensemble.server(i).stop_gracefully();
-        progress(20);
+        writer.progress(20);
         ensemble.server(i).start_again();
-        progress(20);
+        writer.progress(20);
     }
-    stop.store(true, Ordering::SeqCst);
-    let (failures, last) = writer.join().expect("writer");
-    assert!(
-        failures.is_empty(),
-        "{} writes failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let last = writer.finish();
     let other = Other::connect(&zk);
-    let (data, _) = other
-        .rt
-        .block_on(other.client.get_data(&format!("{root}/cfg")))
-        .expect("get");
-    assert_eq!(String::from_utf8_lossy(&data), last);
+    assert_eq!(
+        String::from_utf8_lossy(&other.get(&format!("{root}/cfg")).0),
+        last
+    );
 }
