@@ -116,8 +116,9 @@ pub struct MountArgs {
     /// Owner, group and mode of the nodes whose path (relative to the mount
     /// root) matches GLOB (`*` one element, `**` any depth): USER and GROUP
     /// as names or numbers, MODE octal (directories get x where r is set);
-    /// an empty field keeps the mount-wide value. Repeatable; later rules
-    /// win. In -o, one rule per `attrs=` (a comma ends it).
+    /// an empty field sets nothing (earlier rules or the mount-wide value
+    /// apply). Repeatable; later rules win. In -o, one rule per `attrs=` (a
+    /// comma ends it).
     #[arg(long, value_name = "GLOB=USER:GROUP:MODE", value_parser = crate::fs::attrs::AttrRule::parse, help_heading = "Presentation")]
     pub attrs: Vec<crate::fs::attrs::AttrRule>,
     /// `refuse`: chmod and chown fail with EPERM; `ignore`: they succeed and
