@@ -271,6 +271,40 @@ fn rsync_a_works_with_chmod_ignore_and_fails_with_refuse() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+    // cp -a and tar x preserve modes too.
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(src.path())
+        .arg(mount.path().join("copied"))
+        .output()
+        .expect("cp -a");
+    assert!(
+        cp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
+    assert_eq!(
+        data(&format!("{root}/copied/conf.d/extra.conf")),
+        b"extra=1\n"
+    );
+    fs::create_dir(mount.path().join("untarred")).expect("mkdir");
+    let tar = Command::new("sh")
+        .arg("-c")
+        .arg("tar cf - -C \"$1\" . | tar xf - -C \"$2\"")
+        .arg("sh")
+        .arg(src.path())
+        .arg(mount.path().join("untarred"))
+        .output()
+        .expect("tar");
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    assert_eq!(
+        data(&format!("{root}/untarred/app.json")),
+        b"{\"threads\": 4}\n"
+    );
 
     // The default (refuse): rsync -a fails (exit 23, chmod refused with EPERM).
     let (_other2, _root2, servers2) = tree("rsync-refuse");
@@ -284,6 +318,13 @@ fn rsync_a_works_with_chmod_ignore_and_fails_with_refuse() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(src.path())
+        .arg(refusing.path().join("copied"))
+        .output()
+        .expect("cp -a");
+    assert!(!cp.status.success(), "cp -a preserves modes: refused");
     let err = Command::new("chmod")
         .arg("0600")
         .arg(refusing.path().join("public/app.json"))

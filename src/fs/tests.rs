@@ -686,6 +686,28 @@ async fn refusals_have_precise_errnos() {
 }
 
 #[tokio::test]
+async fn chmod_ignore_accepts_chmod_and_chown_and_changes_nothing() {
+    let mut h = harness();
+    h.fs.config.chmod_ignore = true;
+    h.apply(h.zk.create("/f", b"x", 0));
+    let ino = h.resolve("/f").await.expect("f").ino;
+    let before = h.fs.getattr(ino).await.expect("stat");
+    let after =
+        h.fs.setattr(ino, Some(0o100600), Some(0), Some(0), None, None)
+            .await
+            .expect("accepted");
+    assert_eq!((after.perm, after.uid, after.gid), (0o644, 1000, 1000));
+    assert_eq!(after, h.fs.getattr(ino).await.expect("stat"));
+    assert_eq!(before.perm, after.perm);
+    // A truncate in the same call is still applied.
+    let cut =
+        h.fs.setattr(ino, Some(0o100600), None, None, Some(0), None)
+            .await
+            .expect("truncate");
+    assert_eq!(cut.size, 0);
+}
+
+#[tokio::test]
 async fn mkdir_unlink_rmdir_and_data_file() {
     let h = harness();
     let root = ROOT_INO;
