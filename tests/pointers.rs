@@ -256,6 +256,11 @@ fn pointer_data_with_the_chroot_prefix_resolves_inside_the_chroot() {
         &format!("{root}/pointers/later"),
         format!("{root}/configs/v3").as_bytes(),
     );
+    // The listing of pointers/ is cached: the new name shows once the
+    // watch event arrives.
+    wait_until("later visible", DEADLINE, || {
+        later.symlink_metadata().is_ok()
+    });
     assert!(later.symlink_metadata().expect("lstat").is_file());
     assert_eq!(
         fs::read_to_string(&later).expect("text"),
