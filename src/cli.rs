@@ -131,6 +131,23 @@ pub struct MountArgs {
     /// Name of the hidden file holding a directory node's own data.
     #[arg(long, default_value = ".data", value_parser = parse_data_name, help_heading = "Presentation")]
     pub data_name: String,
+    /// Owner, group and mode of the nodes whose path (relative to the mount
+    /// root) matches GLOB (`*` one element, `**` any depth): USER and GROUP
+    /// as names or numbers, MODE octal (directories get x where r is set);
+    /// an empty field sets nothing (earlier rules or the mount-wide value
+    /// apply). Repeatable; later rules win. In -o, one rule per `attrs=` (a
+    /// comma ends it).
+    #[arg(long, value_name = "GLOB=USER:GROUP:MODE", value_parser = crate::fs::attrs::AttrRule::parse, help_heading = "Presentation")]
+    pub attrs: Vec<crate::fs::attrs::AttrRule>,
+    /// `refuse`: chmod and chown fail with EPERM; `ignore`: they succeed and
+    /// change nothing (for rsync -a, cp -a, tar x).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "refuse",
+        help_heading = "Presentation"
+    )]
+    pub chmod: ChmodPolicy,
 
     /// File holding digest credentials `user:password` for the ZooKeeper
     /// session (or set ZKFS_AUTH=user:password). Never put secrets on argv.
@@ -187,6 +204,15 @@ pub struct UnmountArgs {
     /// file on it is closed (umount -l).
     #[arg(long, short = 'z')]
     pub lazy: bool,
+}
+
+/// What chmod/chown (and fchmod, fchown) do (`--chmod`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChmodPolicy {
+    /// Fail with EPERM (ZooKeeper nodes have no owner or mode).
+    Refuse,
+    /// Succeed and change nothing.
+    Ignore,
 }
 
 /// Output formats of `zkfs status`.
@@ -613,6 +639,48 @@ mod tests {
         };
         assert!(m.read_only);
         assert_eq!(m.session_timeout, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn attrs_and_chmod_options() {
+        let out = expand_mount_options(os(&[
+            "zkfs",
+            "mount",
+            "-o",
+            "attrs=secrets/*=0:0:0400,chmod=ignore,attrs=a/**=::0644",
+            "--attrs",
+            "b=0::",
+            "s",
+            "m",
+        ]));
+        assert_eq!(
+            strings(&out),
+            [
+                "zkfs",
+                "mount",
+                "--attrs=secrets/*=0:0:0400",
+                "--chmod=ignore",
+                "--attrs=a/**=::0644",
+                "--attrs",
+                "b=0::",
+                "s",
+                "m"
+            ]
+        );
+        let cli = Cli::try_parse_from(out).expect("parses");
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        assert_eq!(m.attrs.len(), 3);
+        assert_eq!(m.chmod, ChmodPolicy::Ignore);
+        let cli = Cli::try_parse_from(os(&["zkfs", "mount", "s", "m"])).expect("parses");
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        assert_eq!(m.chmod, ChmodPolicy::Refuse, "the default");
+        assert!(m.attrs.is_empty());
+        let bad = Cli::try_parse_from(os(&["zkfs", "mount", "--attrs", "x", "s", "m"]));
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -21,8 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
-use crate::cli::MountArgs;
+use crate::cli::{ChmodPolicy, MountArgs};
 use crate::fs::attr::Presentation;
+use crate::fs::attrs::AttrRules;
 use crate::fs::glob::DirGlob;
 use crate::fs::{FsConfig, MountStatus, ZkFs};
 use crate::fuse::busy_poll::BusyPoll;
@@ -389,6 +390,14 @@ impl MountStatus for SessionStatus {
     }
 }
 
+/// The chroot of a connection string (`/bank` of `zk1:2181/bank/`), "" without one.
+fn chroot_of(servers: &str) -> String {
+    servers
+        .find('/')
+        .map(|i| servers[i..].trim_end_matches('/').to_string())
+        .unwrap_or_default()
+}
+
 fn run_foreground(
     args: MountArgs,
     mountpoint: PathBuf,
@@ -463,10 +472,13 @@ fn run_foreground(
             dir_mode: args.dir_mode,
             read_only,
             identity,
+            attrs: AttrRules::new(&args.root, args.attrs.clone()),
         },
         max_data: args.max_data as usize,
         last_writer_wins: args.last_writer_wins,
         chrooted: args.servers.contains('/'),
+        chroot: chroot_of(&args.servers),
+        chmod_ignore: args.chmod == ChmodPolicy::Ignore,
         pointers: args.pointers == crate::cli::PointersChoice::Auto,
         mountpoint: mountpoint.clone(),
         ephemeral: args

@@ -215,3 +215,103 @@ fn chains_resolve_and_cycles_are_eloop() {
     let err = fs::read(m.join("a")).expect_err("cycle");
     assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
 }
+
+#[test]
+fn pointer_data_with_the_chroot_prefix_resolves_inside_the_chroot() {
+    // The mount's connection string ends in `{root}` (its chroot); a client
+    // without a chroot writes the full path, `{root}/configs/v1`.
+    let (other, root, mount) = bank("ptr-chroot", &[]);
+    let m = mount.path();
+    other.create(
+        &format!("{root}/pointers/full"),
+        format!("{root}/configs/v1").as_bytes(),
+    );
+    let full = m.join("pointers/full");
+    assert!(
+        full.symlink_metadata()
+            .expect("lstat")
+            .file_type()
+            .is_symlink(),
+        "{}",
+        mount.log()
+    );
+    assert_eq!(
+        fs::read_link(&full).expect("readlink").to_string_lossy(),
+        "../configs/v1"
+    );
+    assert_eq!(fs::read_to_string(&full).expect("cat"), "config one\n");
+
+    // Listed (readdirplus) the same way.
+    let listed = fs::read_dir(m.join("pointers"))
+        .expect("ls")
+        .filter_map(Result::ok)
+        .find(|e| e.file_name() == "full")
+        .expect("listed");
+    assert!(listed.file_type().expect("type").is_symlink());
+
+    // Nothing there inside the chroot: a file with its text, until the
+    // node appears.
+    let later = m.join("pointers/later");
+    other.create(
+        &format!("{root}/pointers/later"),
+        format!("{root}/configs/v3").as_bytes(),
+    );
+    // The listing of pointers/ is cached: the new name shows once the
+    // watch event arrives.
+    wait_until("later visible", DEADLINE, || {
+        later.symlink_metadata().is_ok()
+    });
+    assert!(later.symlink_metadata().expect("lstat").is_file());
+    assert_eq!(
+        fs::read_to_string(&later).expect("text"),
+        format!("{root}/configs/v3")
+    );
+    other.create(&format!("{root}/configs/v3"), b"config three\n");
+    wait_until("pointer to the new node", DEADLINE, || {
+        later
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+    });
+    assert_eq!(fs::read_to_string(&later).expect("cat"), "config three\n");
+
+    // The data as written names a node too (`{root}{root}/configs/v3` for a
+    // client without a chroot): the node inside the chroot still wins, and
+    // the pointer falls back to the data as written when it goes.
+    other.ensure(&format!("{root}{root}/configs"));
+    other.create(&format!("{root}{root}/configs/v3"), b"nested\n");
+    assert_eq!(fs::read_to_string(&later).expect("cat"), "config three\n");
+    other.delete(&format!("{root}/configs/v3"));
+    wait_until("pointer to the data as written", DEADLINE, || {
+        fs::read_to_string(&later).is_ok_and(|s| s == "nested\n")
+    });
+    assert_eq!(
+        fs::read_link(&later).expect("readlink").to_string_lossy(),
+        format!("..{root}/configs/v3")
+    );
+
+    // A mount of a subtree inside the chroot: the prefixed path is resolved
+    // in the chroot too (and the pointer is no symlink when its target is
+    // outside that subtree).
+    let sub = Mount::start(&format!("{}{root}", shared_zk()), &["--root", "/pointers"]);
+    other.create(
+        &format!("{root}/pointers/sibling"),
+        format!("{root}/pointers/full").as_bytes(),
+    );
+    wait_until("sibling listed", DEADLINE, || {
+        sub.path().join("sibling").symlink_metadata().is_ok()
+    });
+    assert!(
+        sub.path()
+            .join("sibling")
+            .symlink_metadata()
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_link(sub.path().join("sibling"))
+            .expect("readlink")
+            .to_string_lossy(),
+        "full"
+    );
+}

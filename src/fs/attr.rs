@@ -36,6 +36,8 @@ pub struct Presentation {
     pub read_only: bool,
     /// Digest user of the session, to judge which ACL entries apply to us.
     pub identity: Option<String>,
+    /// Per-node owner, group and mode (`--attrs`), over the values above.
+    pub attrs: super::attrs::AttrRules,
 }
 
 /// Whether an ACL lets this session write: an entry with WRITE for
@@ -82,19 +84,17 @@ pub fn node_kind(
     }
 }
 
-/// Attributes of the node itself (role `Node`) or of its data file.
+/// Attributes of the node `path` itself (role `Node`) or of its data file.
 pub fn attr_of(
     ino: u64,
     kind: FileKind,
+    path: &str,
     view: &NodeView,
     nlink: u32,
     presentation: &Presentation,
 ) -> Attr {
-    let mut perm = match kind {
-        FileKind::Directory => presentation.dir_mode,
-        FileKind::RegularFile => presentation.file_mode,
-        FileKind::Symlink => 0o777,
-    };
+    let owner = super::attrs::owner(presentation, path, kind);
+    let mut perm = owner.perm;
     let acl_denies = view
         .acl
         .as_ref()
@@ -114,8 +114,8 @@ pub fn attr_of(
         crtime_ms: view.stat.ctime,
         perm,
         nlink,
-        uid: presentation.uid,
-        gid: presentation.gid,
+        uid: owner.uid,
+        gid: owner.gid,
     }
 }
 

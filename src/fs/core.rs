@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::attr::{self, Attr, FileKind, Presentation};
+use super::attrs;
 use super::error::FsError;
 use super::handle::{OpenFile, OpenMode, Opened, PageCache, Writer};
 use super::inode::{Inode, InodeTable, ROOT_INO, Role};
@@ -37,6 +38,11 @@ pub struct FsConfig {
     pub last_writer_wins: bool,
     /// The connection string has a chroot (so `/zookeeper` is not reserved).
     pub chrooted: bool,
+    /// That chroot (`/bank` of `zk1:2181/bank`), "" without one: pointer data
+    /// starting with it is resolved inside the chroot (`pointer.rs`).
+    pub chroot: String,
+    /// `--chmod ignore`: chmod and chown succeed and change nothing.
+    pub chmod_ignore: bool,
     /// Show pointer nodes as symlinks (`--pointers auto`).
     pub pointers: bool,
     /// Where the mount is, to resolve absolute `ln -s` targets.
@@ -289,11 +295,21 @@ impl<B: ZkBackend> ZkFs<B> {
         {
             return target.clone();
         }
-        let target = pointer::parse_pointer(view.data.as_deref()?, &self.config.root);
+        let data = view.data.as_deref()?;
+        let plain = pointer::parse_pointer(data, &self.config.root);
+        let inside = self.unchrooted(data);
+        // Data starting with the chroot names a node inside it when that
+        // node exists (or when the data as written is outside the subtree).
+        let target = match &inside {
+            Some(t) if plain.is_none() || self.store.peek(t).is_some() => inside.clone(),
+            _ => plain,
+        };
         index
             .by_path
             .insert(path.to_string(), (stat.mzxid, target.clone()));
-        if let Some(t) = &target {
+        // Under the in-chroot reading too: its appearing or vanishing
+        // changes the choice (`invalidate`).
+        for t in target.iter().chain(&inside) {
             index
                 .by_target
                 .entry(t.clone())
@@ -301,6 +317,53 @@ impl<B: ZkBackend> ZkFs<B> {
                 .insert(path.to_string());
         }
         target
+    }
+
+    /// Pointer data's in-chroot reading (`pointer::parse_unchrooted`).
+    fn unchrooted(&self, data: &[u8]) -> Option<String> {
+        pointer::parse_unchrooted(data, &self.config.root, &self.config.chroot)
+    }
+
+    /// The in-chroot reading of a possible pointer's data when it is not
+    /// loaded and the pointer's target not chosen yet: load it before
+    /// choosing (see `pointer_target`).
+    fn unchosen_inside(&self, path: &str, view: &NodeView) -> Option<String> {
+        if self.config.chroot.is_empty() || !self.may_be_pointer(&view.stat) {
+            return None;
+        }
+        let inside = self.unchrooted(view.data.as_deref()?)?;
+        let chosen = lock(&self.pointers)
+            .by_path
+            .get(path)
+            .is_some_and(|(mzxid, _)| *mzxid == view.stat.mzxid);
+        (!chosen && self.store.peek(&inside).is_none()).then_some(inside)
+    }
+
+    /// Node `p` appeared or vanished: pointers whose data names it inside
+    /// the chroot switch between it and the data's reading as written.
+    fn rechoose_chroot_pointer(&self, q: &str, p: &str, created: bool) {
+        let mut index = lock(&self.pointers);
+        let Some((_, target)) = index.by_path.get_mut(q) else {
+            return;
+        };
+        let written = format!("{}{p}", self.config.chroot);
+        let new = match target.as_deref() {
+            // The in-chroot node appeared: it wins over the data as written.
+            Some(t) if created && t != p && self.unchrooted(t.as_bytes()).as_deref() == Some(p) => {
+                p.to_string()
+            }
+            // It vanished: back to the data as written, if inside the subtree.
+            Some(t) if !created && t == p && path::is_within(&written, &self.config.root) => {
+                written
+            }
+            _ => return,
+        };
+        *target = Some(new.clone());
+        index
+            .by_target
+            .entry(new)
+            .or_default()
+            .insert(q.to_string());
     }
 
     /// Make `kind_of` exact for a possible pointer: its data and its target
@@ -316,6 +379,9 @@ impl<B: ZkBackend> ZkFs<B> {
                 Ok((data, _)) => view.data = Some(data),
                 Err(_) => return,
             }
+        }
+        if let Some(inside) = self.unchosen_inside(path, &view) {
+            let _ = self.store.node(&inside).await;
         }
         if let Some(target) = self.pointer_target(path, &view)
             && self.store.peek(&target).is_none()
@@ -362,7 +428,8 @@ impl<B: ZkBackend> ZkFs<B> {
         match role {
             Role::Node => {
                 let nlink = self.nlink(path, kind, view);
-                let mut attr = attr::attr_of(ino, kind, view, nlink, &self.config.presentation);
+                let mut attr =
+                    attr::attr_of(ino, kind, path, view, nlink, &self.config.presentation);
                 if kind == FileKind::Symlink
                     && let Some(target) = self.pointer_target(path, view)
                 {
@@ -373,6 +440,7 @@ impl<B: ZkBackend> ZkFs<B> {
             Role::DataFile => attr::attr_of(
                 ino,
                 FileKind::RegularFile,
+                path,
                 view,
                 1,
                 &self.config.presentation,
@@ -753,7 +821,16 @@ impl<B: ZkBackend> ZkFs<B> {
         };
         let child_paths: Vec<String> = names.iter().map(|n| path::join(&dir.path, n)).collect();
         let views = self.store.load_many(&child_paths).await;
-        // Pointer children need their targets known to get their kind right.
+        // Pointer children need their targets known to get their kind right
+        // (first the in-chroot readings, which decide what the target is).
+        let inside: Vec<String> = child_paths
+            .iter()
+            .zip(&views)
+            .filter_map(|(c, v)| v.as_ref().ok().and_then(|v| self.unchosen_inside(c, v)))
+            .collect();
+        if !inside.is_empty() {
+            let _ = self.store.load_many(&inside).await;
+        }
         let mut targets = Vec::new();
         for (child, view) in child_paths.iter().zip(&views) {
             if let Ok(view) = view {
@@ -842,8 +919,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 // unreachable) but never read: list it, as a file with no
                 // content yet, rather than fail the whole listing.
                 Err(e) if e.is_connectivity() => {
-                    let perm = self.config.presentation.file_mode & !0o222;
-                    entries.push(self.unread_entry(name, &child, perm));
+                    entries.push(self.unread_entry(name, &child, !0o222));
                     continue;
                 }
                 Err(e) => return Err(FsError::zk(&child, "getData", e)),
@@ -876,10 +952,11 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     /// A listed child whose node cannot be read (no permission, or never
-    /// read and ZooKeeper unreachable): a file with no content and `perm`.
-    fn unread_entry(&self, name: String, child: &str, perm: u16) -> DirEntry {
+    /// read and ZooKeeper unreachable): a file with no content, its owner
+    /// from `--attrs`, and its file mode masked by `perm_mask`.
+    fn unread_entry(&self, name: String, child: &str, perm_mask: u16) -> DirEntry {
         let ino = lock(&self.inodes).resolve(child, Role::Node, FileKind::RegularFile, 0, 0);
-        let p = &self.config.presentation;
+        let p = attrs::owner(&self.config.presentation, child, FileKind::RegularFile);
         DirEntry {
             name,
             attr: Attr {
@@ -888,7 +965,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 size: 0,
                 mtime_ns: 0,
                 crtime_ms: 0,
-                perm,
+                perm: p.perm & perm_mask,
                 nlink: 1,
                 uid: p.uid,
                 gid: p.gid,
@@ -1022,6 +1099,8 @@ impl<B: ZkBackend> ZkFs<B> {
                         .map(|s| s.iter().cloned().collect())
                         .unwrap_or_default();
                     for q in pointing {
+                        let created = matches!(change, Change::Created(_));
+                        self.rechoose_chroot_pointer(&q, p, created);
                         self.collect_content_change(&q, &mut out);
                     }
                     if matches!(change, Change::Deleted(_)) {
@@ -1045,12 +1124,15 @@ impl<B: ZkBackend> ZkFs<B> {
         drop(inodes);
         self.overlay.forget(p);
         let mut index = lock(&self.pointers);
-        if let Some((_, Some(target))) = index.by_path.remove(p)
-            && let Some(set) = index.by_target.get_mut(&target)
-        {
-            set.remove(p);
-            if set.is_empty() {
-                index.by_target.remove(&target);
+        if let Some((_, Some(target))) = index.by_path.remove(p) {
+            let inside = self.unchrooted(target.as_bytes());
+            for t in std::iter::once(target).chain(inside) {
+                if let Some(set) = index.by_target.get_mut(&t) {
+                    set.remove(p);
+                    if set.is_empty() {
+                        index.by_target.remove(&t);
+                    }
+                }
             }
         }
     }

@@ -1,7 +1,8 @@
-//! `--ephemeral GLOB` patterns: relative to the mount root, `/`-separated;
-//! `*` and `?` match within one path element, `**` matches any number of
-//! whole elements. A file created in a directory that matches becomes an
-//! ephemeral node.
+//! `--ephemeral GLOB` and `--attrs GLOB=...` patterns: relative to the mount
+//! root, `/`-separated; `*` and `?` match within one path element, `**`
+//! matches any number of whole elements (none included). A pattern matches a
+//! node path, file or directory alike: for `--ephemeral` the directory a file
+//! is created in, for `--attrs` the node itself.
 
 #[derive(Clone, Debug)]
 pub struct DirGlob {
@@ -10,22 +11,27 @@ pub struct DirGlob {
 
 impl DirGlob {
     pub fn parse(pattern: &str) -> Result<DirGlob, String> {
+        DirGlob::parse_for(pattern, "--ephemeral")
+    }
+
+    /// [`DirGlob::parse`] for `option` (named in error messages).
+    pub fn parse_for(pattern: &str, option: &str) -> Result<DirGlob, String> {
         let trimmed = pattern.trim_matches('/');
         if trimmed.is_empty() {
-            return Err(format!("empty --ephemeral pattern '{pattern}'"));
+            return Err(format!("empty {option} pattern '{pattern}'"));
         }
         let elements: Vec<String> = trimmed.split('/').map(String::from).collect();
         if elements
             .iter()
             .any(|e| e.is_empty() || e == "." || e == "..")
         {
-            return Err(format!("invalid --ephemeral pattern '{pattern}'"));
+            return Err(format!("invalid {option} pattern '{pattern}'"));
         }
         Ok(DirGlob { elements })
     }
 
-    /// Whether a directory, given as its path relative to the mount root
-    /// (elements), matches.
+    /// Whether a node (a directory, for `--ephemeral`), given as its path
+    /// relative to the mount root (elements), matches.
     pub fn matches(&self, dir: &[&str]) -> bool {
         match_elements(&self.elements, dir)
     }

@@ -9,6 +9,7 @@
 //! them on the calling thread.
 
 pub mod attr;
+pub mod attrs;
 pub mod core;
 pub mod error;
 pub mod glob;

@@ -1,6 +1,8 @@
 //! Pointer nodes (contract §5): a childless persistent node whose data is the
-//! absolute path of an existing node inside the mounted subtree is shown as
-//! a symlink. Pure path arithmetic here; the core decides when to apply it.
+//! absolute path of an existing node inside the mounted subtree (inside the
+//! chroot, or, data starting with the chroot, as a client without it wrote
+//! it) is shown as a symlink. Pure path arithmetic here; the core decides
+//! when to apply it.
 
 use std::path::{Component, Path};
 
@@ -25,6 +27,23 @@ pub fn parse_pointer(data: &[u8], root: &str) -> Option<String> {
         return None;
     }
     path::is_within(text, root).then(|| text.to_string())
+}
+
+/// The node path pointer data names inside the mount's `chroot` when it
+/// starts with it (`/bank/configs/v1` with chroot `/bank` → `/configs/v1`),
+/// as a client connected without that chroot writes it: one valid absolute
+/// path strictly below `chroot` whose rest lies inside `root`. The core
+/// prefers it to [`parse_pointer`]'s reading when that node exists.
+pub fn parse_unchrooted(data: &[u8], root: &str, chroot: &str) -> Option<String> {
+    if chroot.len() < 2 {
+        return None;
+    }
+    let full = parse_pointer(data, "/")?;
+    let rest = full.strip_prefix(chroot)?;
+    if !rest.starts_with('/') {
+        return None;
+    }
+    path::is_within(rest, root).then(|| rest.to_string())
 }
 
 /// The relative link text from the directory holding `link` to `target`.
@@ -119,6 +138,33 @@ mod tests {
         assert_eq!(parse_pointer(b"/a//b", "/"), None);
         assert_eq!(parse_pointer(b"{\"a\": 1}", "/"), None);
         assert_eq!(parse_pointer(b"/", "/"), None);
+    }
+
+    #[test]
+    fn pointers_written_without_the_chroot() {
+        let u = |data: &[u8], root| parse_unchrooted(data, root, "/bank");
+        assert_eq!(u(b"/bank/configs/v1", "/"), Some("/configs/v1".into()));
+        assert_eq!(u(b"/bank/configs/v1\n", "/"), Some("/configs/v1".into()));
+        assert_eq!(
+            u(b"/bank/configs/v1", "/configs"),
+            Some("/configs/v1".into())
+        );
+        assert_eq!(u(b"/bank/configs/v1", "/other"), None, "outside the root");
+        assert_eq!(u(b"/bank", "/"), None, "the chroot itself");
+        assert_eq!(u(b"/bank/", "/"), None);
+        assert_eq!(u(b"/banking/x", "/"), None, "a longer first element");
+        assert_eq!(u(b"/configs/v1", "/"), None, "no chroot prefix");
+        assert_eq!(u(b"/bank//x", "/"), None);
+        assert_eq!(
+            parse_unchrooted(b"/bank/x", "/", ""),
+            None,
+            "mount without a chroot"
+        );
+        assert_eq!(
+            parse_unchrooted(b"/a/b/x", "/", "/a/b"),
+            Some("/x".into()),
+            "a chroot of several elements"
+        );
     }
 
     #[test]

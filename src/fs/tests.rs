@@ -56,10 +56,13 @@ fn harness_with_limit(limit: usize) -> Harness {
                 dir_mode: 0o755,
                 read_only: false,
                 identity: None,
+                attrs: Default::default(),
             },
             max_data: 1000,
             last_writer_wins: false,
             chrooted: false,
+            chroot: String::new(),
+            chmod_ignore: false,
             pointers: true,
             mountpoint: "/mnt/zk".into(),
             ephemeral: vec![super::glob::DirGlob::parse("services/*/servers").expect("glob")],
@@ -680,6 +683,28 @@ async fn refusals_have_precise_errnos() {
     h.fs.setattr(ino, Some(0o100644), Some(1000), Some(1000), None, None)
         .await
         .expect("no-op");
+}
+
+#[tokio::test]
+async fn chmod_ignore_accepts_chmod_and_chown_and_changes_nothing() {
+    let mut h = harness();
+    h.fs.config.chmod_ignore = true;
+    h.apply(h.zk.create("/f", b"x", 0));
+    let ino = h.resolve("/f").await.expect("f").ino;
+    let before = h.fs.getattr(ino).await.expect("stat");
+    let after =
+        h.fs.setattr(ino, Some(0o100600), Some(0), Some(0), None, None)
+            .await
+            .expect("accepted");
+    assert_eq!((after.perm, after.uid, after.gid), (0o644, 1000, 1000));
+    assert_eq!(after, h.fs.getattr(ino).await.expect("stat"));
+    assert_eq!(before.perm, after.perm);
+    // A truncate in the same call is still applied.
+    let cut =
+        h.fs.setattr(ino, Some(0o100600), None, None, Some(0), None)
+            .await
+            .expect("truncate");
+    assert_eq!(cut.size, 0);
 }
 
 #[tokio::test]

@@ -80,16 +80,21 @@ impl<B: ZkBackend> ZkFs<B> {
     /// Attributes of a file created here and not yet sent.
     pub(super) async fn pending_attr(&self, ino: u64) -> Attr {
         let size = self.unsent_size(ino).await.unwrap_or(0);
+        let path = self
+            .inode(ino)
+            .map(|i| i.path.to_string())
+            .unwrap_or_default();
+        let owner = super::attrs::owner(&self.config.presentation, &path, FileKind::RegularFile);
         Attr {
             ino,
             kind: FileKind::RegularFile,
             size,
             mtime_ns: now_ns(),
             crtime_ms: (now_ns() / 1_000_000) as i64,
-            perm: self.config.presentation.file_mode,
+            perm: owner.perm,
             nlink: 1,
-            uid: self.config.presentation.uid,
-            gid: self.config.presentation.gid,
+            uid: owner.uid,
+            gid: owner.gid,
         }
     }
 
@@ -504,7 +509,8 @@ impl<B: ZkBackend> ZkFs<B> {
         result
     }
 
-    /// `truncate`/`ftruncate`, `chmod`, `chown`, `utimes` (times: accepted, no-op).
+    /// `truncate`/`ftruncate`, `chmod`, `chown`, `utimes` (times: accepted,
+    /// no-op; chmod/chown too with `--chmod ignore`).
     pub async fn setattr(
         &self,
         ino: u64,
@@ -515,23 +521,27 @@ impl<B: ZkBackend> ZkFs<B> {
         fh: Option<u64>,
     ) -> Result<Attr, FsError> {
         let inode = self.inode(ino)?;
-        let p = &self.config.presentation;
         if mode.is_some() || uid.is_some() || gid.is_some() || size.is_some() {
             self.writable(&inode.path)?;
         }
         let current = self.getattr(ino).await?;
+        let refuse = !self.config.chmod_ignore;
         if let Some(mode) = mode
             && (mode & 0o7777) as u16 != current.perm
+            && refuse
         {
             return Err(FsError::NotPermitted(
                 inode.path.to_string(),
-                "chmod: ZooKeeper nodes have no mode bits (set --file-mode/--dir-mode)",
+                "chmod: ZooKeeper nodes have no mode bits \
+                 (set --file-mode/--dir-mode/--attrs, or --chmod ignore)",
             ));
         }
-        if uid.is_some_and(|u| u != p.uid) || gid.is_some_and(|g| g != p.gid) {
+        if (uid.is_some_and(|u| u != current.uid) || gid.is_some_and(|g| g != current.gid))
+            && refuse
+        {
             return Err(FsError::NotPermitted(
                 inode.path.to_string(),
-                "chown: ZooKeeper nodes have no owner (set --uid/--gid)",
+                "chown: ZooKeeper nodes have no owner (set --uid/--gid/--attrs, or --chmod ignore)",
             ));
         }
         if let Some(size) = size {
