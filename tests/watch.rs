@@ -3,6 +3,8 @@
 //! (no polling), and the watch ends when the mount goes away.
 
 mod common;
+#[path = "support/proxy.rs"]
+mod proxy;
 #[path = "support/zkops.rs"]
 mod zkops;
 
@@ -13,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Mount, TempDir, shared_zk, unique_root, wait_until, zkfs_bin};
+use proxy::Proxy;
 use zkops::{Other, requests, xattr_string};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -300,4 +303,49 @@ fn the_watch_never_polls() {
     assert_eq!(runs[0].0, text(&file));
     std::thread::sleep(QUIET);
     assert_eq!(watcher.runs().len(), 1);
+}
+
+#[test]
+fn changes_while_disconnected_run_the_command_after_the_resync() {
+    let zk = shared_zk();
+    let root = unique_root("watch-gap");
+    let other = Other::connect(&zk);
+    other.ensure(&format!("{root}/config"));
+    other.create(&format!("{root}/config/app.json"), b"v0");
+    other.ensure(&format!("{root}/servers/a"));
+    let proxy = Proxy::start(&zk);
+    let mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &["--session-timeout", "30s", "--op-timeout", "1s"],
+    );
+    let m = mount.path();
+    let file = m.join("config/app.json");
+    let fresh = m.join("config/new.json");
+    let dir = m.join("servers");
+    let watcher = Watcher::start(&[], &[&file, &fresh, &dir], &file);
+
+    proxy.cut();
+    wait_until("mount notices the drop", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "disconnected"
+    });
+    // The mount gets no events for these: only its resync finds them.
+    other.set(&format!("{root}/config/app.json"), b"v1");
+    other.create(&format!("{root}/config/new.json"), b"");
+    other.create(&format!("{root}/servers/b"), b"");
+    proxy.restore();
+
+    let all: std::collections::BTreeSet<String> = [text(&dir), text(&file), text(&fresh)]
+        .into_iter()
+        .collect();
+    let seen = || -> std::collections::BTreeSet<String> {
+        watcher
+            .runs()
+            .iter()
+            .flat_map(|r| r.0.split('|').map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    };
+    wait_until("every change found by the resync ran CMD", DEADLINE, || {
+        seen() == all
+    });
+    assert_eq!(watcher.runs().last().map(|r| r.1.as_str()), Some("v1"));
 }
