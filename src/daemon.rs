@@ -355,7 +355,7 @@ struct SessionStatus {
     session: Arc<ZkSession>,
     kernel_requests: Arc<KernelRequestCounters>,
     lifecycle: Arc<Lifecycle>,
-    events_socket: String,
+    events_socket: Option<String>,
 }
 
 impl MountStatus for SessionStatus {
@@ -388,8 +388,14 @@ impl MountStatus for SessionStatus {
                     .load(Ordering::Relaxed)
                     .to_string(),
             ),
-            ("events_socket".into(), self.events_socket.clone()),
         ]
+        .into_iter()
+        .chain(
+            self.events_socket
+                .clone()
+                .map(|p| ("events_socket".into(), p)),
+        )
+        .collect()
     }
 }
 
@@ -484,7 +490,8 @@ fn run_foreground(
     let kernel_requests = Arc::new(KernelRequestCounters::default());
     let lifecycle = Arc::new(Lifecycle::default());
     let event_socket = EventSocket::bind()
-        .map_err(|e| Failure::new(format!("cannot create the change notification socket: {e}")))?;
+        .map_err(|e| warn!(error = %e, "cannot create the change notification socket; zkfs watch will not work"))
+        .ok();
     let store =
         Store::new(session.clone(), args.cache_size as usize).with_connect_wait(args.op_timeout);
     let fs = Arc::new(ZkFs::new(
@@ -495,7 +502,9 @@ fn run_foreground(
             session: session.clone(),
             kernel_requests: kernel_requests.clone(),
             lifecycle: lifecycle.clone(),
-            events_socket: event_socket.path().to_string_lossy().into_owned(),
+            events_socket: event_socket
+                .as_ref()
+                .map(|s| s.path().to_string_lossy().into_owned()),
         }),
     ));
     fs.register_arc();
@@ -585,9 +594,11 @@ fn run_foreground(
             let fs = fs.clone();
             Box::pin(async move { crate::events::warm(fs.store(), &node).await })
         });
-        event_socket
-            .serve(hub.clone(), warm, runtime.handle().clone())
-            .map_err(Failure::new)?;
+        if let Some(socket) = event_socket {
+            socket
+                .serve(hub.clone(), warm, runtime.handle().clone())
+                .map_err(Failure::new)?;
+        }
     }
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     {

@@ -232,23 +232,46 @@ pub fn remove_socket() {
     }
 }
 
-/// Where socket directories go: `$XDG_RUNTIME_DIR`, `/run/zkfs` for root,
-/// else the temp directory.
-fn socket_base() -> PathBuf {
+/// Where socket directories may go, in order of preference:
+/// `$XDG_RUNTIME_DIR`, `/run/zkfs` for root, the temp directory.
+fn socket_bases() -> Vec<PathBuf> {
+    let mut bases = Vec::new();
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)
         && dir.is_absolute()
         && dir.is_dir()
     {
-        return dir;
+        bases.push(dir);
     }
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         let run = PathBuf::from("/run/zkfs");
         if std::fs::DirBuilder::new().mode(0o755).create(&run).is_ok() || run.is_dir() {
-            return run;
+            bases.push(run);
         }
     }
-    std::env::temp_dir()
+    bases.push(std::env::temp_dir());
+    bases
+}
+
+/// A fresh private directory under `base`.
+fn private_dir(base: &Path) -> Result<PathBuf, String> {
+    for attempt in 0..100u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let candidate = base.join(format!(
+            "zkfs-events-{}-{:x}",
+            std::process::id(),
+            nanos.wrapping_add(attempt)
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("cannot create {}: {e}", candidate.display())),
+        }
+    }
+    Err(format!("no fresh directory name under {}", base.display()))
 }
 
 /// The bound socket, not yet served.
@@ -258,39 +281,43 @@ pub struct EventSocket {
 }
 
 impl EventSocket {
-    /// Create the private directory and bind the socket in it.
+    /// Create the private directory and bind the socket in it, in the
+    /// first place of [`socket_bases`] where that works.
     pub fn bind() -> Result<EventSocket, String> {
-        let base = socket_base();
-        let mut dir = None;
-        for attempt in 0..100u32 {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let candidate = base.join(format!(
-                "zkfs-events-{}-{:x}",
-                std::process::id(),
-                nanos.wrapping_add(attempt)
-            ));
-            match std::fs::DirBuilder::new().mode(0o700).create(&candidate) {
-                Ok(()) => {
-                    dir = Some(candidate);
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(format!("cannot create {}: {e}", candidate.display())),
+        let mut failures = Vec::new();
+        for base in socket_bases() {
+            match Self::bind_in(&base) {
+                Ok(socket) => return Ok(socket),
+                Err(e) => failures.push(e),
             }
         }
-        let dir = dir.ok_or_else(|| format!("no fresh directory name under {}", base.display()))?;
-        // The umask may have narrowed it further; never widened.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let _ = SOCKET_DIR.set(dir.clone());
+        Err(failures.join("; "))
+    }
+
+    fn bind_in(base: &Path) -> Result<EventSocket, String> {
+        let dir = private_dir(base)?;
         let path = dir.join(SOCKET_NAME);
-        let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(EventSocket { listener, path })
+        let bound = (|| {
+            // The umask may have narrowed the directory; never widened.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let listener =
+                UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(listener)
+        })();
+        match bound {
+            Ok(listener) => {
+                let _ = SOCKET_DIR.set(dir);
+                Ok(EventSocket { listener, path })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -465,6 +492,26 @@ mod tests {
         assert!(!concerns("/r/a", "/r/a/x/y", Created));
         assert!(!concerns("/r/a", "/r/ab", Created));
         assert!(!concerns("/r/a", "/r", DataChanged));
+    }
+
+    #[test]
+    fn a_socket_that_cannot_be_bound_leaves_no_directory_behind() {
+        // Longer than a unix socket address may be (108 bytes).
+        let base = std::env::temp_dir().join(format!(
+            "zkfs-events-unit-{}-{}",
+            std::process::id(),
+            "x".repeat(120)
+        ));
+        std::fs::create_dir_all(&base).expect("base");
+        let failure = EventSocket::bind_in(&base).err();
+        let left = std::fs::read_dir(&base).expect("list").count();
+        std::fs::remove_dir(&base).expect("cleanup");
+        assert!(failure.is_some(), "bound a socket path that is too long");
+        assert_eq!(left, 0, "the private directory was removed");
+        assert!(
+            EventSocket::bind_in(Path::new("/nonexistent/zkfs")).is_err(),
+            "no directory to create it in"
+        );
     }
 
     #[test]

@@ -211,7 +211,7 @@ fn target(path: &Path) -> Result<Target, Failure> {
     }
     Err(fail(match zkfs_without_socket {
         Some(root) => format!(
-            "{}: the zkfs mount at {} serves no change notifications (its daemon is older; remount it)",
+            "{}: the zkfs mount at {} serves no change notifications (its daemon is older, or could not create its socket: see its log)",
             path.display(),
             root.display()
         ),
