@@ -235,6 +235,19 @@ fn a_directory_changes_with_its_list_of_children() {
     assert_eq!(runs[2].0, text(&dir));
 }
 
+#[test]
+fn a_file_that_does_not_exist_yet_changes_when_created_and_deleted() {
+    let (other, root, mount) = seeded("watch-absent", &[]);
+    let file = mount.path().join("config/later.json");
+    let watcher = Watcher::start(&[], &[&file], &file);
+    other.create(&format!("{root}/config/later.json"), b"here");
+    let runs = watcher.wait_runs(1);
+    assert_eq!(runs[0], (text(&file), "here".to_string()));
+    other.delete(&format!("{root}/config/later.json"));
+    let runs = watcher.wait_runs(2);
+    assert_eq!(runs[1], (text(&file), String::new()));
+}
+
 /// Kernel requests by operation, without the getxattr calls reading them.
 fn kernel_requests(mount: &Path) -> Vec<String> {
     xattr_string(mount, "user.zkfs.kernel_requests")
