@@ -37,6 +37,26 @@ pub enum Command {
     /// Run CMD with a registration at PATH (a file in an --ephemeral
     /// directory of a zkfs mount) that exists exactly as long as CMD runs.
     Register(RegisterArgs),
+    /// Run CMD after each change of any PATH (files or directories in zkfs
+    /// mounts), with the changed paths in ZKFS_CHANGED (one a line).
+    Watch(WatchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Changes closer together than this run CMD once (e.g. 150ms, 1s).
+    #[arg(long, default_value = "150ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// Also run CMD once at start (ZKFS_CHANGED lists every PATH).
+    #[arg(long)]
+    pub initial: bool,
+    /// Files (their data and existence) or directories (their list of
+    /// children) inside zkfs mounts; a file need not exist yet.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// The command to run (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
@@ -262,6 +282,7 @@ pub fn default_to_mount(mut args: Vec<OsString>) -> Vec<OsString> {
         "status",
         "completions",
         "register",
+        "watch",
         "help",
         "-h",
         "--help",

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use crate::cli::{ChmodPolicy, MountArgs};
+use crate::events::{EventHub, EventSocket};
 use crate::fs::attr::Presentation;
 use crate::fs::attrs::AttrRules;
 use crate::fs::glob::DirGlob;
@@ -229,6 +230,7 @@ pub fn mount(args: MountArgs, argv: Vec<OsString>) -> Result<(), Failure> {
     }
     let mut reporter = Reporter::from_env();
     let result = run_foreground(args, mountpoint, &mut reporter);
+    crate::events::remove_socket();
     if let Err(failure) = &result {
         reporter.fail(failure);
     }
@@ -354,6 +356,7 @@ struct SessionStatus {
     session: Arc<ZkSession>,
     kernel_requests: Arc<KernelRequestCounters>,
     lifecycle: Arc<Lifecycle>,
+    events_socket: Option<String>,
 }
 
 impl MountStatus for SessionStatus {
@@ -387,6 +390,13 @@ impl MountStatus for SessionStatus {
                     .to_string(),
             ),
         ]
+        .into_iter()
+        .chain(
+            self.events_socket
+                .clone()
+                .map(|p| ("events_socket".into(), p)),
+        )
+        .collect()
     }
 }
 
@@ -491,6 +501,9 @@ fn run_foreground(
     let (invalidator, invalidations) = invalidate::channel();
     let kernel_requests = Arc::new(KernelRequestCounters::default());
     let lifecycle = Arc::new(Lifecycle::default());
+    let event_socket = EventSocket::bind()
+        .map_err(|e| warn!(error = %e, "cannot create the change notification socket; zkfs watch will not work"))
+        .ok();
     let store =
         Store::new(session.clone(), args.cache_size as usize).with_connect_wait(args.op_timeout);
     let fs = Arc::new(ZkFs::new(
@@ -501,6 +514,9 @@ fn run_foreground(
             session: session.clone(),
             kernel_requests: kernel_requests.clone(),
             lifecycle: lifecycle.clone(),
+            events_socket: event_socket
+                .as_ref()
+                .map(|s| s.path().to_string_lossy().into_owned()),
         }),
     ));
     fs.register_arc();
@@ -583,6 +599,19 @@ fn run_foreground(
     invalidate::spawn_sender(invalidations, fuse_session.notifier(), device)
         .map_err(|e| Failure::new(format!("cannot start invalidation thread: {e}")))?;
 
+    let hub = Arc::new(EventHub::new(&args.root, &args.data_name));
+    {
+        let fs = fs.clone();
+        let warm: crate::events::Warm = Arc::new(move |node: String| {
+            let fs = fs.clone();
+            Box::pin(async move { crate::events::warm(fs.store(), &node).await })
+        });
+        if let Some(socket) = event_socket {
+            socket
+                .serve(hub.clone(), warm, runtime.handle().clone())
+                .map_err(Failure::new)?;
+        }
+    }
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     {
         // The follow loop must not die silently (the cache would go stale
@@ -612,7 +641,9 @@ fn run_foreground(
             while let Some(event) = events_rx.recv().await {
                 match event {
                     SessionEvent::Node(e) => {
-                        if let Some(path) = fs.apply_event(&e) {
+                        let refresh = fs.apply_event(&e);
+                        hub.publish(&e.path, e.kind);
+                        if let Some(path) = refresh {
                             let fs = fs.clone();
                             tokio::spawn(async move { fs.refresh(&path).await });
                         }
@@ -620,12 +651,12 @@ fn run_foreground(
                     SessionEvent::Resync => {
                         lifecycle.reconnects.fetch_add(1, Ordering::Relaxed);
                         fs.reregister();
-                        fs.resync().await;
+                        hub.publish_changes(&fs.resync().await);
                     }
                     SessionEvent::NewSession => {
                         lifecycle.session_expiries.fetch_add(1, Ordering::Relaxed);
                         fs.reregister();
-                        fs.resync().await;
+                        hub.publish_changes(&fs.resync().await);
                     }
                 }
             }
@@ -709,6 +740,7 @@ impl SignalThread {
                     signal = sig,
                     "signal received before the mount was made; exiting"
                 );
+                crate::events::remove_socket();
                 std::process::exit(0);
             };
             info!(signal = sig, mountpoint = %mounted.mountpoint.display(), "signal received; unmounting");
@@ -724,6 +756,7 @@ impl SignalThread {
                     "files on the detached mount are still open; exiting without waiting for them"
                 );
                 mounted.runtime.block_on(close_session(&mounted.session));
+                crate::events::remove_socket();
                 std::process::exit(0);
             }
             return;

@@ -3,7 +3,8 @@
 //! Layers, bottom up: [`zk`] (ZooKeeper session and coherent node cache),
 //! [`fs`] (filesystem semantics, no fuser), [`fuse`] (thin fuser adapter),
 //! and the process-level pieces: [`cli`], [`daemon`] (`zkfs mount`),
-//! [`control`] (`zkfs status` / `zkfs unmount`), [`logging`] and
+//! [`control`] (`zkfs status` / `zkfs unmount`), [`watch`] (`zkfs watch`,
+//! fed by the daemon's [`events`] socket), [`logging`] and
 //! [`syslog`] (where logs go), [`notify`] (systemd readiness), and
 //! [`memory`] (allocator settings that keep the daemon's footprint close to
 //! its live data). Run as `mount.zkfs` (a link to this binary), it is
@@ -12,6 +13,7 @@
 mod cli;
 mod control;
 mod daemon;
+mod events;
 mod fs;
 mod fuse;
 mod logging;
@@ -19,6 +21,7 @@ mod memory;
 mod notify;
 mod register;
 mod syslog;
+mod watch;
 mod zk;
 
 use std::ffi::OsString;
@@ -87,6 +90,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Register(args) => match register::register(args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(failure) => Err(failure),
+        },
+        Command::Watch(args) => match watch::watch(args) {
             Ok(code) => return ExitCode::from(code),
             Err(failure) => Err(failure),
         },

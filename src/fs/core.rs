@@ -1077,11 +1077,13 @@ impl<B: ZkBackend> ZkFs<B> {
         self.store.refresh(path).await;
     }
 
-    /// Compare the cache with the server after events may have been lost.
-    pub async fn resync(&self) {
+    /// Compare the cache with the server after events may have been lost;
+    /// returns what changed.
+    pub async fn resync(&self) -> Vec<Change> {
         let changes = self.store.resync().await;
         debug!(changes = changes.len(), "cache resynchronised");
         self.invalidate(&changes);
+        changes
     }
 
     fn invalidate(&self, changes: &[Change]) {
