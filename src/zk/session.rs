@@ -126,6 +126,9 @@ pub struct ZkSession {
     requests: AtomicU64,
     /// Every session id this mount has had, oldest first (the last is current).
     sessions: Mutex<Vec<i64>>,
+    /// Started without a connection (`--cache-dir` snapshot): `run` keeps
+    /// trying to connect first.
+    awaiting_first: AtomicBool,
 }
 
 fn map_error(e: zk::Error) -> ZkError {
@@ -188,8 +191,37 @@ async fn connect(config: &SessionConfig, timeout: Duration) -> Result<zk::Client
 
 impl ZkSession {
     /// Connect (bounded by `connect_timeout`) and check that the root exists.
-    pub async fn connect(config: SessionConfig) -> Result<ZkSession, String> {
-        let client = connect(&config, config.connect_timeout).await?;
+    /// With `last_known` (the time of a snapshot the mount can serve), a connect that no server answers within
+    /// `connect_timeout` yields an unconnected session instead of an error:
+    /// [`Self::run`] then keeps trying (with the backoff of a rebuild after
+    /// expiry), adds the root watch and reports [`SessionEvent::Resync`]. A
+    /// server that answers but refuses (no root, too old) still fails.
+    pub async fn connect_or_unconnected(
+        config: SessionConfig,
+        last_known: Option<SystemTime>,
+    ) -> Result<ZkSession, String> {
+        let client = match (connect(&config, config.connect_timeout).await, last_known) {
+            (Ok(client), _) => client,
+            (Err(e), Some(last_contact)) => {
+                warn!(error = %e, "starting unconnected; connecting in the background");
+                return Ok(ZkSession {
+                    client: RwLock::new(None),
+                    shutdown: tokio::sync::watch::Sender::new(false),
+                    initial_watcher: Mutex::new(None),
+                    status: Mutex::new(Status {
+                        state: ConnState::Disconnected,
+                        session_id: 0,
+                        last_contact,
+                    }),
+                    connected: AtomicBool::new(false),
+                    requests: AtomicU64::new(0),
+                    sessions: Mutex::new(Vec::new()),
+                    awaiting_first: AtomicBool::new(true),
+                    config,
+                });
+            }
+            (Err(e), None) => return Err(e),
+        };
         let session_id = client.session_id().0;
         info!(servers = %config.servers, session = %format!("{session_id:#x}"), "connected to ZooKeeper");
         let session = ZkSession {
@@ -204,6 +236,7 @@ impl ZkSession {
             connected: AtomicBool::new(true),
             requests: AtomicU64::new(0),
             sessions: Mutex::new(vec![session_id]),
+            awaiting_first: AtomicBool::new(false),
             config,
         };
         match session.get_data(&session.config.root).await {
@@ -350,6 +383,32 @@ impl ZkSession {
     /// Node events and resync requests go to `events`.
     pub async fn run(&self, events: mpsc::UnboundedSender<SessionEvent>) {
         let mut shutdown = self.shutdown.subscribe();
+        if self.awaiting_first.load(Ordering::SeqCst) {
+            let fresh = tokio::select! {
+                fresh = self.rebuild() => fresh,
+                _ = shutdown.wait_for(|closed| *closed) => return,
+            };
+            let id = fresh.session_id().0;
+            let mut state = fresh.state_watcher();
+            *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+            self.status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .session_id = id;
+            self.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id);
+            info!(session = %format!("{id:#x}"), "connected to ZooKeeper (started unconnected); adding the root watch and resynchronising");
+            self.set_state(ConnState::Connected);
+            let watcher = self.add_watch(&fresh, &mut state).await;
+            *self
+                .initial_watcher
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = watcher;
+            self.awaiting_first.store(false, Ordering::SeqCst);
+            let _ = events.send(SessionEvent::Resync);
+        }
         loop {
             let Some(client) = self.client() else {
                 return;
