@@ -218,3 +218,41 @@ fn without_a_usable_snapshot_a_mount_with_the_server_down_fails() {
     assert!(err.contains("cannot connect to ZooKeeper"), "{err}");
     assert!(err.contains("belongs to another mount"), "{err}");
 }
+
+#[test]
+fn the_snapshot_is_written_while_mounted_and_survives_kill_9() {
+    let mut server = ZkServer::start();
+    let zk = server.connect_string();
+    let other = Other::connect(&zk);
+    other.create("/cfg", b"one");
+    let base = TempDir::new("cachedir");
+    let dir = base.path().join("c");
+    let dir_arg = dir.to_string_lossy().into_owned();
+
+    let mut mount = Mount::start(&zk, &["--cache-dir", &dir_arg]);
+    let m = mount.path().to_path_buf();
+    assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "one");
+    // A change the mount learns of from its watch, then written periodically.
+    other.set("/cfg", b"two");
+    wait_until("the mount sees the change", DEADLINE, || {
+        fs::read_to_string(m.join("cfg")).is_ok_and(|s| s == "two")
+    });
+    wait_until("a snapshot with the change is on disk", DEADLINE, || {
+        dir.is_dir()
+            && files_in(&dir)
+                .iter()
+                .any(|f| fs::read(f).is_ok_and(|b| b.windows(3).any(|w| w == b"two")))
+    });
+    // No clean unmount: the periodic write is all there is.
+    mount.kill9();
+    drop(mount);
+    drop(other);
+    server.stop();
+
+    let mount = Mount::start(&zk, &["--cache-dir", &dir_arg, "--connect-timeout", "1s"]);
+    assert_eq!(
+        fs::read_to_string(mount.path().join("cfg")).expect("cat from snapshot"),
+        "two"
+    );
+    assert_eq!(xattr_string(mount.path(), "user.zkfs.source"), "snapshot");
+}
