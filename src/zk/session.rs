@@ -407,6 +407,14 @@ impl ZkSession {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = watcher;
             self.awaiting_first.store(false, Ordering::SeqCst);
+            // The start checks the root; here the snapshot is already served.
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let root = fresh.get_data(&self.config.root);
+            if let Ok(Err(zk::Error::NoNode)) =
+                tokio::time::timeout(self.config.op_timeout, root).await
+            {
+                error!(root = %self.config.root, "the root node does not exist on the server; the resync removes what the snapshot showed");
+            }
             let _ = events.send(SessionEvent::Resync);
         }
         loop {

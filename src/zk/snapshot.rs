@@ -78,49 +78,84 @@ pub fn file_for(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("zkfs-{:016x}.snapshot", fnv1a(key.as_bytes())))
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut table = [0u32; 256];
-    for (i, entry) in table.iter_mut().enumerate() {
-        let mut c = i as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+/// CRC-32 (IEEE, reflected), computed incrementally.
+struct Crc32 {
+    table: [u32; 256],
+    value: u32,
+}
+
+impl Crc32 {
+    fn new() -> Crc32 {
+        let mut table = [0u32; 256];
+        for (i, entry) in table.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *entry = c;
         }
-        *entry = c;
+        Crc32 { table, value: !0 }
     }
-    !bytes.iter().fold(!0u32, |c, b| {
-        table[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8)
-    })
+
+    fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.value =
+                self.table[((self.value ^ u32::from(*b)) & 0xff) as usize] ^ (self.value >> 8);
+        }
+    }
+
+    fn finish(&self) -> u32 {
+        !self.value
+    }
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
-    let len = u32::try_from(bytes.len()).map_err(|_| "field longer than 4 GiB".to_string())?;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(bytes);
-    Ok(())
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = Crc32::new();
+    crc.update(bytes);
+    crc.finish()
 }
 
-/// Encode a snapshot into its file content.
-pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    put_bytes(&mut body, snapshot.key.as_bytes())?;
-    body.extend_from_slice(&snapshot.taken_ms.to_le_bytes());
-    body.extend_from_slice(&(snapshot.nodes.len() as u64).to_le_bytes());
+/// Where the body's bytes go, in order (see [`emit_body`]).
+struct Emit<'a> {
+    out: &'a mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+}
+
+impl Emit<'_> {
+    fn raw(&mut self, bytes: &[u8]) -> Result<(), String> {
+        (self.out)(bytes).map_err(|e| e.to_string())
+    }
+
+    /// A u32 length, then the bytes.
+    fn field(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let len = u32::try_from(bytes.len()).map_err(|_| "field longer than 4 GiB".to_string())?;
+        self.raw(&len.to_le_bytes())?;
+        self.raw(bytes)
+    }
+}
+
+/// Hand the body's bytes, in order, to `emit` (done twice by [`encode_to`]:
+/// once to measure, once to write, so the layout is stated once).
+fn emit_body(snapshot: &Snapshot, emit: &mut Emit<'_>) -> Result<(), String> {
+    emit.field(snapshot.key.as_bytes())?;
+    emit.raw(&snapshot.taken_ms.to_le_bytes())?;
+    emit.raw(&(snapshot.nodes.len() as u64).to_le_bytes())?;
     for node in &snapshot.nodes {
-        put_bytes(&mut body, node.path.as_bytes())?;
+        emit.field(node.path.as_bytes())?;
         let s = &node.stat;
+        let mut stat = Vec::with_capacity(69);
         for v in [s.czxid, s.mzxid, s.pzxid, s.ctime, s.mtime] {
-            body.extend_from_slice(&v.to_le_bytes());
+            stat.extend_from_slice(&v.to_le_bytes());
         }
         for v in [s.version, s.cversion, s.aversion] {
-            body.extend_from_slice(&v.to_le_bytes());
+            stat.extend_from_slice(&v.to_le_bytes());
         }
-        body.extend_from_slice(&s.ephemeral_owner.to_le_bytes());
+        stat.extend_from_slice(&s.ephemeral_owner.to_le_bytes());
         for v in [s.data_length, s.num_children] {
-            body.extend_from_slice(&v.to_le_bytes());
+            stat.extend_from_slice(&v.to_le_bytes());
         }
         let flags = if node.data.is_some() { FLAG_DATA } else { 0 }
             | if node.children.is_some() {
@@ -128,24 +163,56 @@ pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, String> {
             } else {
                 0
             };
-        body.push(flags);
+        stat.push(flags);
+        emit.raw(&stat)?;
         if let Some(data) = &node.data {
-            put_bytes(&mut body, data)?;
+            emit.field(data)?;
         }
         if let Some(children) = &node.children {
             let n = u32::try_from(children.len()).map_err(|_| "too many children".to_string())?;
-            body.extend_from_slice(&n.to_le_bytes());
+            emit.raw(&n.to_le_bytes())?;
             for c in children {
-                put_bytes(&mut body, c.as_bytes())?;
+                emit.field(c.as_bytes())?;
             }
         }
     }
-    let mut out = Vec::with_capacity(HEADER + body.len() + 4);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&crc32(&body).to_le_bytes());
+    Ok(())
+}
+
+/// Encode a snapshot into `w`, streaming (no copy of the data is made).
+pub fn encode_to(snapshot: &Snapshot, w: &mut impl Write) -> Result<(), String> {
+    let mut length: u64 = 0;
+    emit_body(
+        snapshot,
+        &mut Emit {
+            out: &mut |b: &[u8]| {
+                length += b.len() as u64;
+                Ok(())
+            },
+        },
+    )?;
+    let io = |e: std::io::Error| e.to_string();
+    w.write_all(MAGIC).map_err(io)?;
+    w.write_all(&VERSION.to_le_bytes()).map_err(io)?;
+    w.write_all(&length.to_le_bytes()).map_err(io)?;
+    let mut crc = Crc32::new();
+    emit_body(
+        snapshot,
+        &mut Emit {
+            out: &mut |b: &[u8]| {
+                crc.update(b);
+                w.write_all(b)
+            },
+        },
+    )?;
+    w.write_all(&crc.finish().to_le_bytes()).map_err(io)
+}
+
+/// Encode a snapshot into its file content (the tests' view of it).
+#[cfg(test)]
+pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    encode_to(snapshot, &mut out)?;
     Ok(out)
 }
 
@@ -295,7 +362,6 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
 /// file, directory fsynced. A crash leaves the old or the new file, never
 /// a mix (a leftover temp file is replaced by the next write).
 pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf, String> {
-    let bytes = encode(snapshot)?;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -312,8 +378,11 @@ pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf, String> {
             .mode(0o600)
             .open(&temp)
             .map_err(|e| io("cannot create", &temp, e))?;
-        file.write_all(&bytes)
-            .map_err(|e| io("cannot write", &temp, e))?;
+        let mut writer = std::io::BufWriter::new(&mut file);
+        encode_to(snapshot, &mut writer)
+            .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+        writer.flush().map_err(|e| io("cannot write", &temp, e))?;
+        drop(writer);
         file.sync_all().map_err(|e| io("cannot fsync", &temp, e))?;
     }
     fs::rename(&temp, &target).map_err(|e| io("cannot rename", &temp, e))?;
@@ -401,6 +470,26 @@ mod tests {
     }
 
     #[test]
+    fn layout_and_checksum_match_the_documented_format() {
+        // CRC-32 (IEEE) check value of the standard.
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        let empty = Snapshot {
+            key: "k".into(),
+            taken_ms: 0x0102,
+            nodes: vec![],
+        };
+        let bytes = encode(&empty).expect("encode");
+        let mut expected: Vec<u8> = b"ZKFSSNAP".to_vec();
+        expected.extend([1, 0, 0, 0]); // version
+        expected.extend([21, 0, 0, 0, 0, 0, 0, 0]); // body length: 4 + 1 + 8 + 8
+        expected.extend([1, 0, 0, 0, b'k']); // key
+        expected.extend([2, 1, 0, 0, 0, 0, 0, 0]); // taken_ms
+        expected.extend([0; 8]); // node count
+        assert_eq!(&bytes[..bytes.len() - 4], expected.as_slice());
+        assert_eq!(bytes.len(), expected.len() + 4);
+    }
+
+    #[test]
     fn every_flipped_byte_and_every_truncation_is_detected() {
         let bytes = encode(&sample()).expect("encode");
         for i in 0..bytes.len() {
@@ -424,6 +513,54 @@ mod tests {
         let mut bytes = encode(&sample()).expect("encode");
         bytes[8] = 2;
         assert!(decode(&bytes).unwrap_err().contains("version 2"));
+    }
+
+    /// A snapshot exported from one store and restored into a fresh one
+    /// (through the file format) serves the old state while the server is
+    /// unreachable and reports what changed at the first resync.
+    #[tokio::test]
+    async fn restored_snapshot_serves_while_disconnected_and_resyncs() {
+        use crate::zk::fake::FakeZk;
+        use crate::zk::{Change, Store};
+        let zk = Arc::new(FakeZk::new());
+        for (p, d) in [("/a", &b"1"[..]), ("/d", b""), ("/d/x", b"x")] {
+            zk.create(p, d, 0).expect("create");
+        }
+        let store = Store::new(zk.clone(), 1 << 20);
+        assert_eq!(&*store.data("/a").await.expect("a").0, b"1");
+        assert_eq!(store.children("/d").await.expect("ls"), ["x"]);
+        assert_eq!(&*store.data("/d/x").await.expect("x").0, b"x");
+        let (_, nodes) = store.export_snapshot();
+        let snap = Snapshot {
+            key: key("fake", "/"),
+            taken_ms: 1,
+            nodes,
+        };
+        let snap = decode(&encode(&snap).expect("encode")).expect("decode");
+
+        zk.set("/a", b"2").expect("set");
+        zk.create("/d/y", b"y", 0).expect("create y");
+        zk.delete("/d/x").expect("delete x");
+        zk.set_connected(false);
+        let fresh = Store::new(zk.clone(), 1 << 20);
+        fresh.restore_snapshot(snap.nodes);
+        let requests = zk.requests();
+        assert_eq!(&*fresh.data("/a").await.expect("a restored").0, b"1");
+        assert_eq!(fresh.children("/d").await.expect("ls restored"), ["x"]);
+        assert_eq!(&*fresh.data("/d/x").await.expect("x restored").0, b"x");
+        assert_eq!(zk.requests(), requests, "served without asking the server");
+
+        zk.set_connected(true);
+        let changes = fresh.resync().await;
+        for expected in [
+            Change::Data("/a".into()),
+            Change::Deleted("/d/x".into()),
+            Change::Created("/d/y".into()),
+        ] {
+            assert!(changes.contains(&expected), "{expected:?} in {changes:?}");
+        }
+        assert_eq!(&*fresh.data("/a").await.expect("a live").0, b"2");
+        assert_eq!(fresh.children("/d").await.expect("ls live"), ["y"]);
     }
 
     #[test]

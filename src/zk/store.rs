@@ -1059,22 +1059,26 @@ impl<B: ZkBackend> Store<B> {
     /// change counter it corresponds to. The lock is held while copying
     /// (data is shared, not copied).
     pub fn export_snapshot(&self) -> (u64, Vec<super::snapshot::SnapNode>) {
-        let cache = self.cache();
-        let mut paths = cache.paths();
-        paths.sort();
-        let nodes = paths
-            .into_iter()
-            .filter_map(|path| {
-                let node = cache.get(&path)?;
-                Some(super::snapshot::SnapNode {
-                    stat: node.stat,
-                    data: node.data.clone(),
-                    children: node.children.as_ref().map(|c| c.iter().cloned().collect()),
-                    path,
+        let (changes, mut nodes) = {
+            let cache = self.cache();
+            let nodes: Vec<_> = cache
+                .paths()
+                .into_iter()
+                .filter_map(|path| {
+                    let node = cache.get(&path)?;
+                    Some(super::snapshot::SnapNode {
+                        stat: node.stat,
+                        data: node.data.clone(),
+                        children: node.children.as_ref().map(|c| c.iter().cloned().collect()),
+                        path,
+                    })
                 })
-            })
-            .collect();
-        (cache.changes(), nodes)
+                .collect();
+            (cache.changes(), nodes)
+        };
+        // Parents before children; sorted outside the lock.
+        nodes.sort_by(|a, b| a.path.cmp(&b.path));
+        (changes, nodes)
     }
 
     /// Fill the cache from a snapshot, every node stale: served while
