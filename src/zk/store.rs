@@ -4,7 +4,9 @@
 //! Owns the rules "when may a read be answered from memory" (cached and not
 //! stale, or stale while ZooKeeper is unreachable) and "what did an event or a
 //! resync change" (reported as [`Change`]s for the layer above to turn into
-//! kernel invalidations). It must not know about inodes or FUSE.
+//! kernel invalidations), and copies the cache out to and back in from a
+//! `--cache-dir` snapshot (whose format and files are `snapshot`'s). It must
+//! not know about inodes or FUSE.
 
 use std::collections::HashMap;
 use std::future::Future;
