@@ -255,4 +255,28 @@ fn the_snapshot_is_written_while_mounted_and_survives_kill_9() {
         "two"
     );
     assert_eq!(xattr_string(mount.path(), "user.zkfs.source"), "snapshot");
+    let status = run_zkfs(&["status", "--json", &mount.path().to_string_lossy()]);
+    let json = String::from_utf8_lossy(&status.stdout);
+    assert!(json.contains("\"source\":\"snapshot\""), "{json}");
+    // A mount that never reached ZooKeeper leaves the snapshot as it was
+    // (not even rewritten: a write replaces the file, a new inode).
+    let snapshot_files = || -> Vec<(PathBuf, u64, Vec<u8>)> {
+        use std::os::unix::fs::MetadataExt;
+        files_in(&dir)
+            .into_iter()
+            .map(|f| {
+                let ino = fs::metadata(&f).expect("stat snapshot").ino();
+                let bytes = fs::read(&f).expect("read snapshot");
+                (f, ino, bytes)
+            })
+            .collect()
+    };
+    let before = snapshot_files();
+    let mut mount = mount;
+    mount.unmount();
+    let after = snapshot_files();
+    assert!(
+        before == after,
+        "snapshot unchanged by a mount that only served it"
+    );
 }
