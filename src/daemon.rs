@@ -448,10 +448,14 @@ fn run_foreground(
         .cache_dir
         .as_deref()
         .map(|dir| crate::persist::Persist::new(dir, &servers, &args.root));
-    let snapshot = persist.as_ref().and_then(|p| p.load());
-    let last_known = snapshot
-        .as_ref()
-        .map(|s| UNIX_EPOCH + Duration::from_millis(s.taken_ms));
+    // Read only when ZooKeeper does not answer in time.
+    let mut restore = None;
+    let last_known = || {
+        restore = persist.as_ref().and_then(|p| p.load());
+        restore
+            .as_ref()
+            .map(|s| UNIX_EPOCH + Duration::from_millis(s.taken_ms))
+    };
     let session = Arc::new(
         runtime
             .block_on(ZkSession::connect_or_unconnected(
@@ -460,7 +464,6 @@ fn run_foreground(
             ))
             .map_err(Failure::new)?,
     );
-    let restore = snapshot.filter(|_| !crate::zk::ZkBackend::is_connected(&*session));
     let persist = persist.map(|p| match &restore {
         Some(s) => Arc::new(p.serving(s)),
         None => Arc::new(p),
@@ -665,7 +668,7 @@ fn run_foreground(
     notifier.stopping();
     info!(mountpoint = %mountpoint.display(), "unmounted");
     if let Some(persist) = &persist {
-        persist.write(fs.store(), snapshot_taken_ms(&session));
+        persist.write_final(fs.store(), snapshot_taken_ms(&session));
     }
     runtime.block_on(close_session(&session));
     runtime.shutdown_timeout(Duration::from_millis(200));

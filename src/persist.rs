@@ -1,7 +1,8 @@
 //! `--cache-dir`: the mount's cache kept on disk across restarts, so a mount
 //! started while ZooKeeper is unreachable serves the last known data.
 //!
-//! Owns *when* snapshots are read and written: read once at start (a corrupt
+//! Owns *when* snapshots are read and written: read at start only when
+//! ZooKeeper does not answer within `--connect-timeout` (a corrupt
 //! snapshot, or one of another ensemble/chroot/root, is ignored with one
 //! warning), written when the cache changed (at most every
 //! [`WRITE_INTERVAL`]) and at a clean unmount, and never while the mount
@@ -11,8 +12,8 @@
 //! module must not talk to ZooKeeper itself.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
@@ -32,6 +33,9 @@ pub struct Persist {
     from_snapshot: AtomicBool,
     /// `taken_ms` of the snapshot the mount started from (0: none).
     snapshot_ms: u64,
+    /// Held while writing (one writer at a time: they share the temp file);
+    /// true once the final write at unmount was made (no more writes).
+    writing: Mutex<bool>,
 }
 
 impl Persist {
@@ -41,6 +45,7 @@ impl Persist {
             key: snapshot::key(servers, root),
             from_snapshot: AtomicBool::new(false),
             snapshot_ms: 0,
+            writing: Mutex::new(false),
         }
     }
 
@@ -74,12 +79,29 @@ impl Persist {
         }
     }
 
+    /// The last write, at unmount: no periodic write follows it.
+    pub fn write_final<B: ZkBackend>(&self, store: &Store<B>, taken_ms: u64) {
+        self.write_locked(store, taken_ms, true);
+    }
+
     /// Write the cache now (when it may be written). `taken_ms`: when the
     /// cached data was last known current. Returns the change counter written.
-    pub fn write<B: ZkBackend>(&self, store: &Store<B>, taken_ms: u64) -> Option<u64> {
-        if self.from_snapshot.load(Ordering::SeqCst) {
+    fn write<B: ZkBackend>(&self, store: &Store<B>, taken_ms: u64) -> Option<u64> {
+        self.write_locked(store, taken_ms, false)
+    }
+
+    fn write_locked<B: ZkBackend>(
+        &self,
+        store: &Store<B>,
+        taken_ms: u64,
+        last: bool,
+    ) -> Option<u64> {
+        let mut closed = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed || self.from_snapshot.load(Ordering::SeqCst) {
+            *closed |= last;
             return None;
         }
+        *closed = last;
         let (changes, nodes) = store.export_snapshot();
         let count = nodes.len();
         let snapshot = Snapshot {

@@ -237,11 +237,13 @@ fn the_snapshot_is_written_while_mounted_and_survives_kill_9() {
     wait_until("the mount sees the change", DEADLINE, || {
         fs::read_to_string(m.join("cfg")).is_ok_and(|s| s == "two")
     });
+    // The renamed file, not a temp file still being written.
     wait_until("a snapshot with the change is on disk", DEADLINE, || {
         dir.is_dir()
-            && files_in(&dir)
-                .iter()
-                .any(|f| fs::read(f).is_ok_and(|b| b.windows(3).any(|w| w == b"two")))
+            && files_in(&dir).iter().any(|f| {
+                f.extension().is_some_and(|e| e == "snapshot")
+                    && fs::read(f).is_ok_and(|b| b.windows(3).any(|w| w == b"two"))
+            })
     });
     // No clean unmount: the periodic write is all there is.
     mount.kill9();

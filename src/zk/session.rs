@@ -193,19 +193,23 @@ async fn connect(config: &SessionConfig, timeout: Duration) -> Result<zk::Client
 
 impl ZkSession {
     /// Connect (bounded by `connect_timeout`) and check that the root exists.
-    /// With `last_known` (the time of a snapshot the mount can serve), a
-    /// connect that no server answers within `connect_timeout` yields an
-    /// unconnected session instead of an error: [`Self::run`] then keeps
+    /// When no server answers within `connect_timeout`, `last_known` is
+    /// asked (only then) for the time of a snapshot the mount can serve;
+    /// with one, the result is an unconnected session instead of an error:
+    /// [`Self::run`] then keeps
     /// trying (with the backoff of a rebuild after expiry), adds the root
     /// watch and reports [`SessionEvent::Resync`]. A server that answers but
     /// refuses (no root, too old) still fails.
     pub async fn connect_or_unconnected(
         config: SessionConfig,
-        last_known: Option<SystemTime>,
+        last_known: impl FnOnce() -> Option<SystemTime>,
     ) -> Result<ZkSession, String> {
-        let client = match (connect(&config, config.connect_timeout).await, last_known) {
-            (Ok(client), _) => client,
-            (Err(e), Some(last_contact)) => {
+        let client = match connect(&config, config.connect_timeout)
+            .await
+            .map_err(|e| (last_known(), e))
+        {
+            Ok(client) => client,
+            Err((Some(last_contact), e)) => {
                 warn!(error = %e, "starting unconnected; connecting in the background");
                 return Ok(ZkSession {
                     client: RwLock::new(None),
@@ -223,7 +227,7 @@ impl ZkSession {
                     config,
                 });
             }
-            (Err(e), None) => return Err(e),
+            Err((None, e)) => return Err(e),
         };
         let session_id = client.session_id().0;
         info!(servers = %config.servers, session = %format!("{session_id:#x}"), "connected to ZooKeeper");
