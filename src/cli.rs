@@ -201,6 +201,14 @@ pub struct MountArgs {
     #[arg(long, default_value = "256M", value_parser = parse_size, help_heading = "Cache")]
     pub cache_size: u64,
 
+    /// Keep a snapshot of the cache (data within --cache-size, stats, listed
+    /// directories) in DIR (created 0700; files 0600), written when it
+    /// changed (every few seconds at most) and at unmount. A mount that
+    /// cannot reach ZooKeeper within --connect-timeout then starts from it,
+    /// disconnected, and resynchronises when ZooKeeper answers.
+    #[arg(long, value_name = "DIR", help_heading = "Cache")]
+    pub cache_dir: Option<PathBuf>,
+
     /// After each kernel request, poll the FUSE device this long before
     /// sleeping (e.g. 200us, 1ms; 0 = off). Saves a thread wake-up per cached
     /// open during bursts of requests, at the cost of one CPU while a burst

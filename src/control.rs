@@ -81,6 +81,8 @@ const OPTIONAL_KEYS: &[&str] = &[
     "registrations",
     "registrations_pending",
     "registrations_held_by_others",
+    "source",
+    "snapshot_time",
 ];
 
 /// Attributes whose values are plain counts (numbers in JSON).
@@ -93,6 +95,7 @@ const NUMERIC_KEYS: &[&str] = &[
     "reconnects",
     "session_expiries",
     "registrations",
+    "snapshot_time",
 ];
 
 /// `lookup=3 getattr=0 ...` as (operation, count) pairs.
@@ -265,6 +268,13 @@ pub fn status(mountpoint: &Path, format: StatusFormat) -> Result<bool, Failure> 
         StatusFormat::Text => {
             println!("mountpoint:   {}", mountpoint.display());
             println!("state:        {}", get("state"));
+            if let Some(taken) = lookup("snapshot_time").and_then(|t| t.parse::<u128>().ok()) {
+                println!(
+                    "source:       from cache (--cache-dir snapshot of {:.1} s ago; \
+                     resynchronised when ZooKeeper answers)",
+                    now_ms().saturating_sub(taken) as f64 / 1000.0
+                );
+            }
             println!("session:      {}", get("session_id"));
             println!("server:       {}", get("server"));
             println!(

@@ -463,11 +463,30 @@ fn run_foreground(
             NewNodeAcl::Open
         },
     };
+    let persist = args
+        .cache_dir
+        .as_deref()
+        .map(|dir| crate::persist::Persist::new(dir, &servers, &args.root));
+    // Read only when ZooKeeper does not answer in time.
+    let mut restore = None;
+    let last_known = || {
+        restore = persist.as_ref().and_then(|p| p.load());
+        restore
+            .as_ref()
+            .map(|s| UNIX_EPOCH + Duration::from_millis(s.taken_ms))
+    };
     let session = Arc::new(
         runtime
-            .block_on(ZkSession::connect(session_config))
+            .block_on(ZkSession::connect_or_unconnected(
+                session_config,
+                last_known,
+            ))
             .map_err(Failure::new)?,
     );
+    let persist = persist.map(|p| match &restore {
+        Some(s) => Arc::new(p.serving(s)),
+        None => Arc::new(p),
+    });
 
     let read_only = args.read_only;
     // SAFETY: getuid/getgid cannot fail.
@@ -506,19 +525,29 @@ fn run_foreground(
         .ok();
     let store =
         Store::new(session.clone(), args.cache_size as usize).with_connect_wait(args.op_timeout);
-    let fs = Arc::new(ZkFs::new(
-        store,
-        fs_config,
-        Box::new(invalidator),
-        Box::new(SessionStatus {
-            session: session.clone(),
-            kernel_requests: kernel_requests.clone(),
-            lifecycle: lifecycle.clone(),
-            events_socket: event_socket
-                .as_ref()
-                .map(|s| s.path().to_string_lossy().into_owned()),
-        }),
-    ));
+    if let Some(snapshot) = restore {
+        warn!(
+            nodes = snapshot.nodes.len(),
+            taken_ms = snapshot.taken_ms,
+            "ZooKeeper unreachable: serving the --cache-dir snapshot as last known data"
+        );
+        store.restore_snapshot(snapshot.nodes);
+    }
+    let mut status: Box<dyn MountStatus> = Box::new(SessionStatus {
+        session: session.clone(),
+        kernel_requests: kernel_requests.clone(),
+        lifecycle: lifecycle.clone(),
+        events_socket: event_socket
+            .as_ref()
+            .map(|s| s.path().to_string_lossy().into_owned()),
+    });
+    if let Some(persist) = &persist {
+        status = Box::new(crate::persist::WithSource {
+            inner: status,
+            persist: persist.clone(),
+        });
+    }
+    let fs = Arc::new(ZkFs::new(store, fs_config, Box::new(invalidator), status));
     fs.register_arc();
     let busy_poll = busy_poll_window(args.busy_poll).map(|w| Arc::new(BusyPoll::new(w)));
     let adapter = ZkFuse::new(
@@ -634,9 +663,18 @@ fn run_foreground(
         let fs = fs.clone();
         runtime.spawn(async move { fs.supervise_registrations().await });
     }
+    if let Some(persist) = &persist {
+        let session = session.clone();
+        runtime.spawn(
+            persist
+                .clone()
+                .keep_written(fs.clone(), move || snapshot_taken_ms(&session)),
+        );
+    }
     {
         let fs = fs.clone();
         let lifecycle = lifecycle.clone();
+        let persist = persist.clone();
         runtime.spawn(async move {
             while let Some(event) = events_rx.recv().await {
                 match event {
@@ -652,6 +690,9 @@ fn run_foreground(
                         lifecycle.reconnects.fetch_add(1, Ordering::Relaxed);
                         fs.reregister();
                         hub.publish_changes(&fs.resync().await);
+                        if let Some(persist) = &persist {
+                            persist.resynchronised();
+                        }
                     }
                     SessionEvent::NewSession => {
                         lifecycle.session_expiries.fetch_add(1, Ordering::Relaxed);
@@ -669,6 +710,9 @@ fn run_foreground(
     let served = fuse_session.run();
     notifier.stopping();
     info!(mountpoint = %mountpoint.display(), "unmounted");
+    if let Some(persist) = &persist {
+        persist.write_final(fs.store(), snapshot_taken_ms(&session));
+    }
     runtime.block_on(close_session(&session));
     runtime.shutdown_timeout(Duration::from_millis(200));
     drop(served_tx);
@@ -683,6 +727,12 @@ fn run_foreground(
         }
         served => served.map_err(|e| Failure::new(format!("FUSE session failed: {e}"))),
     }
+}
+
+/// When the cached data was last known current: now while connected, else
+/// the last contact with ZooKeeper (for `--cache-dir` snapshots).
+fn snapshot_taken_ms(session: &ZkSession) -> u64 {
+    crate::persist::epoch_ms(session.status().last_contact)
 }
 
 /// Close the ZooKeeper session (its ephemeral nodes go at once), bounded.

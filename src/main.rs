@@ -19,6 +19,7 @@ mod fuse;
 mod logging;
 mod memory;
 mod notify;
+mod persist;
 mod register;
 mod syslog;
 mod watch;

@@ -49,6 +49,8 @@ pub struct NodeCache {
     /// Distinct ACLs seen, shared by every node that has one of them (a
     /// fleet's nodes mostly carry a handful of ACLs).
     acls: AclInterner,
+    /// Bumped by every change of what a snapshot would hold (`--cache-dir`).
+    changes: u64,
 }
 
 /// Hands out one shared copy of each distinct ACL, up to a bound (beyond it,
@@ -113,7 +115,42 @@ impl NodeCache {
             data_bytes: 0,
             data_limit,
             acls: AclInterner::default(),
+            changes: 0,
         }
+    }
+
+    /// A counter that moves whenever nodes, stats, data or child lists change.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Put a node read from a snapshot into the cache, stale (served only
+    /// while ZooKeeper is unreachable; re-read or resynced at first contact).
+    pub fn restore(
+        &mut self,
+        path: &str,
+        stat: NodeStat,
+        data: Option<Arc<[u8]>>,
+        children: Option<Vec<String>>,
+    ) {
+        self.remove(path);
+        self.nodes.insert(
+            Arc::from(path),
+            CachedNode {
+                stat,
+                data: None,
+                children: children.map(|c| c.into_iter().collect()),
+                stale: true,
+                children_stale: true,
+                seq: 0,
+                change_time_ns: next_change_time(None, &stat),
+                acl: None,
+            },
+        );
+        if let Some(data) = data {
+            self.set_data(path, data);
+        }
+        self.changes += 1;
     }
 
     pub fn get(&self, path: &str) -> Option<&CachedNode> {
@@ -234,6 +271,7 @@ impl NodeCache {
             }
         }
         self.set_data(path, data.into());
+        self.changes += 1;
         changed
     }
 
@@ -263,6 +301,7 @@ impl NodeCache {
         }
         node.children = Some(names.into_iter().collect());
         node.children_stale = !quiet;
+        self.changes += 1;
         if is_not_older(&stat, &node.stat) && stat.mzxid == node.stat.mzxid {
             node.stat.pzxid = stat.pzxid;
             node.stat.cversion = stat.cversion;
@@ -308,6 +347,7 @@ impl NodeCache {
     pub fn remove(&mut self, path: &str) -> Option<CachedNode> {
         self.note_uncached_event(path);
         let node = self.nodes.remove(path)?;
+        self.changes += 1;
         if let Some(data) = &node.data {
             self.data_bytes -= data.len();
         }
@@ -319,6 +359,7 @@ impl NodeCache {
     pub fn add_child(&mut self, parent: &str, name: &str) {
         self.note_uncached_event(parent);
         if let Some(node) = self.nodes.get_mut(parent) {
+            self.changes += 1;
             node.seq += 1;
             match &mut node.children {
                 Some(children) => {
@@ -341,6 +382,7 @@ impl NodeCache {
     pub fn remove_child(&mut self, parent: &str, name: &str) {
         self.note_uncached_event(parent);
         if let Some(node) = self.nodes.get_mut(parent) {
+            self.changes += 1;
             node.seq += 1;
             match &mut node.children {
                 Some(children) => {

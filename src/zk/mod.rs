@@ -16,6 +16,7 @@ pub mod cache;
 pub mod fake;
 pub mod path;
 pub mod session;
+pub mod snapshot;
 pub mod store;
 
 pub use backend::{

@@ -5,7 +5,9 @@
 //! Owns connection state, the request counter and the workarounds for the
 //! client's known gaps (watches forgotten after reconnect; events lost during
 //! a disconnect, ZOOKEEPER-4698). It reports node events and "resync needed"
-//! upward through a channel and must not touch the cache itself.
+//! upward through a channel and must not touch the cache itself. A mount
+//! with a `--cache-dir` snapshot may start it unconnected; it then connects
+//! in the background and reports a resync once it has.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -126,6 +128,9 @@ pub struct ZkSession {
     requests: AtomicU64,
     /// Every session id this mount has had, oldest first (the last is current).
     sessions: Mutex<Vec<i64>>,
+    /// Started without a connection (`--cache-dir` snapshot): `run` keeps
+    /// trying to connect first.
+    awaiting_first: AtomicBool,
 }
 
 fn map_error(e: zk::Error) -> ZkError {
@@ -189,8 +194,42 @@ async fn connect(config: &SessionConfig, timeout: Duration) -> Result<zk::Client
 
 impl ZkSession {
     /// Connect (bounded by `connect_timeout`) and check that the root exists.
-    pub async fn connect(config: SessionConfig) -> Result<ZkSession, String> {
-        let client = connect(&config, config.connect_timeout).await?;
+    /// When no server answers within `connect_timeout`, `last_known` is
+    /// asked (only then) for the time of a snapshot the mount can serve;
+    /// with one, the result is an unconnected session instead of an error:
+    /// [`Self::run`] then keeps
+    /// trying (with the backoff of a rebuild after expiry), adds the root
+    /// watch and reports [`SessionEvent::Resync`]. A server that answers but
+    /// refuses (no root, too old) still fails.
+    pub async fn connect_or_unconnected(
+        config: SessionConfig,
+        last_known: impl FnOnce() -> Option<SystemTime>,
+    ) -> Result<ZkSession, String> {
+        let client = match connect(&config, config.connect_timeout)
+            .await
+            .map_err(|e| (last_known(), e))
+        {
+            Ok(client) => client,
+            Err((Some(last_contact), e)) => {
+                warn!(error = %e, "starting unconnected; connecting in the background");
+                return Ok(ZkSession {
+                    client: RwLock::new(None),
+                    shutdown: tokio::sync::watch::Sender::new(false),
+                    initial_watcher: Mutex::new(None),
+                    status: Mutex::new(Status {
+                        state: ConnState::Disconnected,
+                        session_id: 0,
+                        last_contact,
+                    }),
+                    connected: AtomicBool::new(false),
+                    requests: AtomicU64::new(0),
+                    sessions: Mutex::new(Vec::new()),
+                    awaiting_first: AtomicBool::new(true),
+                    config,
+                });
+            }
+            Err((None, e)) => return Err(e),
+        };
         let session_id = client.session_id().0;
         info!(servers = %config.servers, session = %format!("{session_id:#x}"), "connected to ZooKeeper");
         let session = ZkSession {
@@ -205,6 +244,7 @@ impl ZkSession {
             connected: AtomicBool::new(true),
             requests: AtomicU64::new(0),
             sessions: Mutex::new(vec![session_id]),
+            awaiting_first: AtomicBool::new(false),
             config,
         };
         match session.get_data(&session.config.root).await {
@@ -351,6 +391,9 @@ impl ZkSession {
     /// Node events and resync requests go to `events`.
     pub async fn run(&self, events: mpsc::UnboundedSender<SessionEvent>) {
         let mut shutdown = self.shutdown.subscribe();
+        if self.awaiting_first.load(Ordering::SeqCst) && !self.first_connect(&events).await {
+            return;
+        }
         loop {
             let Some(client) = self.client() else {
                 return;
@@ -386,6 +429,45 @@ impl ZkSession {
             self.set_state(ConnState::Connected);
             let _ = events.send(SessionEvent::NewSession);
         }
+    }
+
+    /// A session started unconnected: connect (retrying like after expiry),
+    /// add the root watch for the first `follow` and ask for a resync.
+    /// False when the mount was closed meanwhile.
+    async fn first_connect(&self, events: &mpsc::UnboundedSender<SessionEvent>) -> bool {
+        let mut shutdown = self.shutdown.subscribe();
+        let fresh = tokio::select! {
+            fresh = self.rebuild() => fresh,
+            _ = shutdown.wait_for(|closed| *closed) => return false,
+        };
+        let id = fresh.session_id().0;
+        let mut state = fresh.state_watcher();
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .session_id = id;
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
+        info!(session = %format!("{id:#x}"), "connected to ZooKeeper (started unconnected); adding the root watch and resynchronising");
+        self.set_state(ConnState::Connected);
+        let watcher = self.add_watch(&fresh, &mut state).await;
+        *self
+            .initial_watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = watcher;
+        self.awaiting_first.store(false, Ordering::SeqCst);
+        // The start checks the root; here the snapshot is already served.
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let root = fresh.get_data(&self.config.root);
+        if let Ok(Err(zk::Error::NoNode)) = tokio::time::timeout(self.config.op_timeout, root).await
+        {
+            error!(root = %self.config.root, "the root node does not exist on the server; the resync removes what the snapshot showed");
+        }
+        let _ = events.send(SessionEvent::Resync);
+        true
     }
 
     /// Build a new client after expiry, retrying with backoff until it works.

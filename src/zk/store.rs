@@ -4,7 +4,9 @@
 //! Owns the rules "when may a read be answered from memory" (cached and not
 //! stale, or stale while ZooKeeper is unreachable) and "what did an event or a
 //! resync change" (reported as [`Change`]s for the layer above to turn into
-//! kernel invalidations). It must not know about inodes or FUSE.
+//! kernel invalidations), and copies the cache out to and back in from a
+//! `--cache-dir` snapshot (whose format and files are `snapshot`'s). It must
+//! not know about inodes or FUSE.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -1046,6 +1048,50 @@ impl<B: ZkBackend> Store<B> {
             }
         }
         changes
+    }
+
+    /// A counter that moves whenever the cache changes (see
+    /// [`NodeCache::changes`]): whether a snapshot is due.
+    pub fn cache_changes(&self) -> u64 {
+        self.cache().changes()
+    }
+
+    /// What the cache holds, for a snapshot (`--cache-dir`): every node's
+    /// stat, its data when held and its child list when listed; with the
+    /// change counter it corresponds to. The lock is held while copying
+    /// (data is shared, not copied).
+    pub fn export_snapshot(&self) -> (u64, Vec<super::snapshot::SnapNode>) {
+        let (changes, mut nodes) = {
+            let cache = self.cache();
+            let nodes: Vec<_> = cache
+                .paths()
+                .into_iter()
+                .filter_map(|path| {
+                    let node = cache.get(&path)?;
+                    Some(super::snapshot::SnapNode {
+                        stat: node.stat,
+                        data: node.data.clone(),
+                        children: node.children.as_ref().map(|c| c.iter().cloned().collect()),
+                        path,
+                    })
+                })
+                .collect();
+            (cache.changes(), nodes)
+        };
+        // Parents before children; sorted outside the lock.
+        nodes.sort_by(|a, b| a.path.cmp(&b.path));
+        (changes, nodes)
+    }
+
+    /// Fill the cache from a snapshot, every node stale: served while
+    /// ZooKeeper is unreachable, compared with the server by the first
+    /// resync. Returns the change counter after loading.
+    pub fn restore_snapshot(&self, nodes: Vec<super::snapshot::SnapNode>) -> u64 {
+        let mut cache = self.cache();
+        for node in nodes {
+            cache.restore(&node.path, node.stat, node.data, node.children);
+        }
+        cache.changes()
     }
 }
 
