@@ -1120,3 +1120,28 @@ async fn a_new_file_opened_twice_is_created_once_and_stays_a_file() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_write_abandoned_while_its_answer_is_out_never_hides_its_own_echo() {
+    // Issue "Core v2" 3(b): the server applied a setData whose answer came
+    // after the operation was abandoned; the echo of that write must make
+    // the cache re-read the node, not be swallowed as "ours, already known"
+    // (the cache never recorded the write).
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    assert_eq!(h.cat("/cfg").await.expect("cat"), b"v1");
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.inject(WriteFault::LateAnswer(500));
+    {
+        let flush = h.fs.flush(fh);
+        tokio::pin!(flush);
+        let polled = tokio::time::timeout(std::time::Duration::from_millis(50), &mut flush).await;
+        assert!(polled.is_err(), "the answer is still out");
+    }
+    // Applied on the server; its watch event arrives.
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v2"[..]));
+    h.deliver_own();
+    assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
+    h.fs.release(fh).await.expect("release sends nothing more");
+    assert_eq!(h.zk.writes_received(), 1);
+}
