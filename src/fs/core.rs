@@ -108,6 +108,19 @@ struct OpenDir {
     listing: Option<Arc<Vec<DirEntry>>>,
 }
 
+/// The filesystem core.
+///
+/// **Lock order.** A write handle's `tokio::sync::Mutex<Writer>` is the only
+/// lock held across an `.await` (a send keeps its handle locked until the
+/// outcome is known); it is taken before any other lock, and a handle that
+/// claimed a pending create never waits for another handle's lock (so two
+/// handles of one new file cannot deadlock). Every `std::sync::Mutex` here
+/// (`inodes`, `files`, `pending`, `creating`, `dirs`, `pointers`, `reads`,
+/// the overlay's and the registry's) is a leaf: taken for one short step,
+/// never across an `.await`, and never while another of them is held
+/// (`inodes` may call into the invalidator, which only queues). The store's
+/// own locks (cache, own-write echoes, fetches in flight) are leaves below
+/// all of these.
 pub struct ZkFs<B: ZkBackend> {
     pub(super) store: Store<B>,
     pub(super) config: FsConfig,
