@@ -25,7 +25,8 @@ const STATUS_KEYS: &[&str] = &[
     "registrations_held_by_others",
 ];
 
-fn getxattr(path: &Path, name: &str) -> Result<String, std::io::Error> {
+/// The value of the extended attribute `name` of `path` (at most 4 KiB).
+pub fn getxattr(path: &Path, name: &str) -> Result<String, std::io::Error> {
     let cpath = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let cname = CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;

@@ -80,21 +80,7 @@ fn in_zkfs(dir: &Path) -> bool {
 
 /// The value of extended attribute `name` of `path`, if it has one.
 fn xattr(path: &Path, name: &str) -> Option<String> {
-    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let name = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: NUL-terminated path and name; the buffer is as long as stated.
-    let n = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    let n = usize::try_from(n).ok()?;
-    buf.truncate(n);
-    String::from_utf8(buf).ok()
+    crate::control::getxattr(path, name).ok()
 }
 
 /// The session id of the zkfs mount `dir` is in (its root carries it).

@@ -12,10 +12,9 @@
 //! away; never reconnects.
 
 use std::collections::BTreeSet;
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -106,21 +105,7 @@ where
 
 /// The value of extended attribute `name` of `path`, if it has one.
 fn xattr(path: &Path, name: &str) -> Option<String> {
-    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let name = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: NUL-terminated path and name; the buffer is as long as stated.
-    let n = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    let n = usize::try_from(n).ok()?;
-    buf.truncate(n);
-    String::from_utf8(buf).ok()
+    crate::control::getxattr(path, name).ok()
 }
 
 /// `path` made absolute with its existing ancestors canonicalized; the

@@ -356,14 +356,7 @@ impl ZkSession {
         &self,
         fut: impl Future<Output = Result<T, zk::Error>> + Send + 'static,
     ) -> impl Future<Output = Result<T, ZkError>> + Send + 'static {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let timeout = tokio::time::timeout(self.config.op_timeout, fut);
-        async move {
-            match timeout.await {
-                Ok(r) => r.map_err(map_error),
-                Err(_) => Err(ZkError::Timeout),
-            }
-        }
+        self.bound(self.config.op_timeout, fut)
     }
 
     /// Bound a write by `--op-timeout` plus the session timeout and count it.
@@ -376,8 +369,16 @@ impl ZkSession {
         &self,
         fut: impl Future<Output = Result<T, zk::Error>> + Send + 'static,
     ) -> impl Future<Output = Result<T, ZkError>> + Send + 'static {
+        self.bound(self.config.op_timeout + self.config.session_timeout, fut)
+    }
+
+    /// Count a request and bound it by `limit`.
+    fn bound<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, zk::Error>> + Send + 'static,
+    ) -> impl Future<Output = Result<T, ZkError>> + Send + 'static {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let limit = self.config.op_timeout + self.config.session_timeout;
         let timeout = tokio::time::timeout(limit, fut);
         async move {
             match timeout.await {
