@@ -3,6 +3,14 @@
 //! `create`) at close/fsync, and create, mkdir, unlink, rmdir, rename (one
 //! `multi`), truncate and the refusals. Plain Rust types in and out, like
 //! `core.rs`; nothing here knows about fuser.
+//!
+//! Cancellation: these operations are not cancellable — the adapter runs
+//! every modifying request to its end (`dispatch_write`), and the store bounds
+//! each step itself. Where bookkeeping precedes an `.await` (the overlay's
+//! kind, a registration, a handle's state) it is set to what is right if the
+//! request fails, or undone on the error path; a handle's state is set to
+//! `Failed` before its send goes out, so even a dropped send is never sent
+//! again.
 
 use std::ffi::OsStr;
 use std::path::Path;

@@ -416,20 +416,27 @@ impl ZkSession {
                 fresh = self.rebuild() => fresh,
                 _ = shutdown.wait_for(|closed| *closed) => return,
             };
-            let id = fresh.session_id().0;
-            *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
-            self.status
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .session_id = id;
-            self.sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(id);
+            let id = self.adopt(fresh);
             info!(session = %format!("{id:#x}"), "new ZooKeeper session after expiry");
             self.set_state(ConnState::Connected);
             let _ = events.send(SessionEvent::NewSession);
         }
+    }
+
+    /// Make `fresh` the session's client: its id is the current one and
+    /// joins the ids this mount has had (registrations it owned are its).
+    fn adopt(&self, fresh: zk::Client) -> i64 {
+        let id = fresh.session_id().0;
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .session_id = id;
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
+        id
     }
 
     /// A session started unconnected: connect (retrying like after expiry),
@@ -441,17 +448,8 @@ impl ZkSession {
             fresh = self.rebuild() => fresh,
             _ = shutdown.wait_for(|closed| *closed) => return false,
         };
-        let id = fresh.session_id().0;
         let mut state = fresh.state_watcher();
-        *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .session_id = id;
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(id);
+        let id = self.adopt(fresh.clone());
         info!(session = %format!("{id:#x}"), "connected to ZooKeeper (started unconnected); adding the root watch and resynchronising");
         self.set_state(ConnState::Connected);
         let watcher = self.add_watch(&fresh, &mut state).await;

@@ -98,6 +98,33 @@ pub struct Store<B: ZkBackend> {
     own_versions: Mutex<HashMap<String, i64>>,
 }
 
+/// Fetches begun (their tickets) whose answer is awaited: dropped before
+/// [`Fetching::settled`] (a read cancelled at `--op-timeout`), it ends them,
+/// so a cancelled read leaves no fetch counted as in flight.
+struct Fetching<'a, B: ZkBackend> {
+    store: &'a Store<B>,
+    begun: Vec<(String, FetchTicket)>,
+}
+
+impl<B: ZkBackend> Fetching<'_, B> {
+    /// The answers arrived: the caller ends the fetches itself.
+    fn settled(mut self) {
+        self.begun.clear();
+    }
+}
+
+impl<B: ZkBackend> Drop for Fetching<'_, B> {
+    fn drop(&mut self) {
+        if self.begun.is_empty() {
+            return;
+        }
+        let mut cache = self.store.cache();
+        for (path, ticket) in self.begun.drain(..) {
+            cache.end_fetch(&path, ticket);
+        }
+    }
+}
+
 /// The expected echo of one of our writes, counted while the write is out:
 /// dropped (the write failed, or its future was dropped) it takes the
 /// expectation back, so a late or lost answer can never make the cache
@@ -324,8 +351,10 @@ impl<B: ZkBackend> Store<B> {
         // The node itself must be cached for its child list to be kept.
         self.node(path).await?;
         let ticket = self.cache().begin_fetch(path);
+        let guard = self.fetching(path, ticket);
         let result = self.backend.get_children(path).await;
         let mut cache = self.cache();
+        guard.settled();
         cache.end_fetch(path, ticket);
         match result {
             Ok((mut names, stat)) => {
@@ -402,6 +431,7 @@ impl<B: ZkBackend> Store<B> {
                 .and_then(|n| n.acl.as_ref().map(|(aversion, _)| *aversion));
             (cache.begin_fetch(path), known)
         };
+        let guard = self.fetching(path, ticket);
         // The ACL travels with the data (pipelined) when we do not have it
         // yet: write bits depend on it. A refresh reads the data alone and
         // the ACL only when the stat says it changed.
@@ -423,6 +453,7 @@ impl<B: ZkBackend> Store<B> {
             }
         };
         let mut cache = self.cache();
+        guard.settled();
         cache.end_fetch(path, ticket);
         if let (Ok((_, stat)), Some(Ok(acl))) = (&result, acl) {
             let aversion = stat.aversion;
@@ -488,9 +519,23 @@ impl<B: ZkBackend> Store<B> {
             .collect()
     }
 
-    fn begin_fetches(&self, paths: &[&str]) -> Vec<FetchTicket> {
+    fn begin_fetches(&self, paths: &[&str]) -> (Vec<FetchTicket>, Fetching<'_, B>) {
         let mut cache = self.cache();
-        paths.iter().map(|p| cache.begin_fetch(p)).collect()
+        let tickets: Vec<FetchTicket> = paths.iter().map(|p| cache.begin_fetch(p)).collect();
+        let begun = paths
+            .iter()
+            .zip(&tickets)
+            .map(|(p, t)| (p.to_string(), *t))
+            .collect();
+        (tickets, Fetching { store: self, begun })
+    }
+
+    /// A guard for one fetch begun under `ticket`.
+    fn fetching(&self, path: &str, ticket: FetchTicket) -> Fetching<'_, B> {
+        Fetching {
+            store: self,
+            begun: vec![(path.to_string(), ticket)],
+        }
     }
 
     /// Load many nodes at once, in multi-reads (see [`BulkRead`]); results in
@@ -523,9 +568,10 @@ impl<B: ZkBackend> Store<B> {
         let sizes = self.known_sizes(&fetch_paths);
         let mut bulk = BulkRead::new(&sizes);
         while let Some(wave) = bulk.next_wave() {
-            let tickets = self.begin_fetches(&fetch_paths[wave.clone()]);
+            let (tickets, guard) = self.begin_fetches(&fetch_paths[wave.clone()]);
             let answers = bulk.read(&self.backend, &fetch_paths, wave.clone()).await;
             let mut cache = self.cache();
+            guard.settled();
             for ((k, ticket), answer) in wave.zip(tickets).zip(answers) {
                 let path = fetch_paths[k];
                 cache.end_fetch(path, ticket);
@@ -648,9 +694,7 @@ impl<B: ZkBackend> Store<B> {
     ) -> Option<NodeStat> {
         let find_out = async {
             loop {
-                while !self.backend.is_connected() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                self.connected().await;
                 match self.backend.get_data(path).await {
                     Ok((now, stat)) => {
                         let ours = now == data && before.is_none_or(|m| stat.mzxid > m);
@@ -669,14 +713,20 @@ impl<B: ZkBackend> Store<B> {
             .flatten()
     }
 
+    /// Until the session is connected (unbounded: callers bound it). The
+    /// backend reports state, not changes, so this looks every 20 ms.
+    async fn connected(&self) {
+        while !self.backend.is_connected() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// After a delete's answer was lost: whether the node is gone (found out
     /// once connected again, bounded like [`Self::written_anyway`]).
     async fn gone_anyway(&self, path: &str) -> bool {
         let find_out = async {
             loop {
-                while !self.backend.is_connected() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                self.connected().await;
                 match self.backend.get_data(path).await {
                     Ok(_) => return false,
                     Err(ZkError::NoNode) => return true,
@@ -733,12 +783,7 @@ impl<B: ZkBackend> Store<B> {
     /// caller was told the write failed. Waits up to `--op-timeout`, then
     /// fails with nothing sent.
     async fn until_connected(&self) -> Result<(), ZkError> {
-        let wait = async {
-            while !self.backend.is_connected() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(self.connect_wait, wait)
+        tokio::time::timeout(self.connect_wait, self.connected())
             .await
             .map_err(|_| ZkError::Timeout)
     }
@@ -991,9 +1036,10 @@ impl<B: ZkBackend> Store<B> {
         let sizes = self.known_sizes(&paths);
         let mut bulk = BulkRead::new(&sizes);
         while let Some(wave) = bulk.next_wave() {
-            let tickets = self.begin_fetches(&paths[wave.clone()]);
+            let (tickets, guard) = self.begin_fetches(&paths[wave.clone()]);
             let answers = bulk.read(&self.backend, &paths, wave.clone()).await;
             let mut cache = self.cache();
+            guard.settled();
             for ((k, ticket), answer) in wave.zip(tickets).zip(answers) {
                 let p = paths[k];
                 cache.end_fetch(p, ticket);
