@@ -84,6 +84,9 @@ const OPTIONAL_KEYS: &[&str] = &[
     "registrations_held_by_others",
     "source",
     "snapshot_time",
+    "opens",
+    "held_versions",
+    "held_bytes",
 ];
 
 /// Attributes whose values are plain counts (numbers in JSON).
@@ -97,6 +100,8 @@ const NUMERIC_KEYS: &[&str] = &[
     "session_expiries",
     "registrations",
     "snapshot_time",
+    "held_versions",
+    "held_bytes",
 ];
 
 /// `lookup=3 getattr=0 ...` as (operation, count) pairs.
@@ -199,6 +204,12 @@ fn prometheus(mountpoint: &Path, get: &dyn Fn(&str) -> Option<String>, age_ms: u
         "gauge",
         "Seconds since the last contact with ZooKeeper (0 while connected).",
         vec![(String::new(), format!("{:.3}", age_ms as f64 / 1000.0))],
+    );
+    metric(
+        "zkfs_held_versions",
+        "gauge",
+        "Superseded file versions kept for readers (mounts the kernel opens by itself).",
+        plain("held_versions"),
     );
     metric(
         "zkfs_registrations",

@@ -26,7 +26,7 @@ use crate::events::{EventHub, EventSocket};
 use crate::fs::attr::Presentation;
 use crate::fs::attrs::AttrRules;
 use crate::fs::glob::DirGlob;
-use crate::fs::{FsConfig, MountStatus, ZkFs};
+use crate::fs::{FsConfig, MountStatus, Opens, ZkFs};
 use crate::fuse::busy_poll::BusyPoll;
 use crate::fuse::counters::KernelRequestCounters;
 use crate::fuse::{ZkFuse, invalidate};
@@ -516,6 +516,13 @@ fn run_foreground(
             .map(|g| DirGlob::parse(g))
             .collect::<Result<_, _>>()
             .map_err(Failure::new)?,
+        // A read-only mount has nothing to send at close: let the kernel
+        // open by itself (no round trip per open; doc/SEMANTICS.md "Opens").
+        opens: if read_only {
+            Opens::Kernel
+        } else {
+            Opens::Handles
+        },
     };
     let (invalidator, invalidations) = invalidate::channel();
     let kernel_requests = Arc::new(KernelRequestCounters::default());

@@ -320,7 +320,18 @@ fn nano_saves_ten_times_without_a_modified_prompt() {
 
 #[test]
 fn whole_file_reads_are_one_complete_version_under_concurrent_changes() {
-    let (other, root, mount) = mounted("atomic", &[]);
+    whole_file_reads_under_flips("atomic", &[]);
+}
+
+/// The same on a read-only mount, whose files the kernel opens by itself
+/// (no handle holds a snapshot: the version is held per inode).
+#[test]
+fn whole_file_reads_are_one_complete_version_on_a_read_only_mount() {
+    whole_file_reads_under_flips("atomic-ro", &["--read-only"]);
+}
+
+fn whole_file_reads_under_flips(tag: &str, extra: &[&str]) {
+    let (other, root, mount) = mounted(tag, extra);
     let m = mount.path().to_path_buf();
     let big: Vec<u8> = (0..300 * 1024).map(|i| b'a' + (i % 23) as u8).collect();
     let small: Vec<u8> = (0..200 * 1024).map(|i| b'A' + (i % 19) as u8).collect();

@@ -49,6 +49,24 @@ pub struct FsConfig {
     pub mountpoint: std::path::PathBuf,
     /// Directories whose new files are ephemeral nodes (`--ephemeral`).
     pub ephemeral: Vec<super::glob::DirGlob>,
+    /// Who opens files and directories: this daemon or the kernel alone.
+    pub opens: Opens,
+}
+
+/// Who opens files and directories (doc/SEMANTICS.md, "Opens").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opens {
+    /// Every open is a handle here (`OPEN`/`OPENDIR`/`FLUSH` reach the
+    /// daemon): writes are buffered per handle and sent at close, a rename
+    /// is checked against the version its process opened. Writable mounts.
+    Handles,
+    /// The kernel opens by itself: the adapter answers `OPEN`, `OPENDIR`
+    /// and `FLUSH` with `ENOSYS` once and the kernel never sends them again,
+    /// so a warm open+read+close reaches no daemon thread. Reads and
+    /// listings are served per inode (a content inode is one version, kept
+    /// by [`super::held`] while the kernel may still read it). Read-only
+    /// mounts, which have nothing to send at close.
+    Kernel,
 }
 
 /// Which nodes are pointers, and to what (by the mzxid the data was read at),
@@ -67,6 +85,14 @@ pub enum Invalidation {
     Inode(u64),
     /// The dentry `name` in directory inode `parent`.
     Entry { parent: u64, name: String },
+    /// The dentry `name` in `parent` names `child`, a version that is no
+    /// longer there: drop the dentry and unlink `child`, so the kernel
+    /// forgets it once the last descriptor on it closes ([`Opens::Kernel`]).
+    Delete {
+        parent: u64,
+        child: u64,
+        name: String,
+    },
 }
 
 pub trait Invalidator: Send + Sync + 'static {
@@ -102,6 +128,20 @@ pub struct DirEntry {
 /// How many (process, path) → version-read records are kept.
 const READS_KEPT: usize = 4096;
 
+/// How many directories' listings are kept between `readdir` calls when
+/// the kernel opens directories itself (one listing per directory inode).
+const LISTINGS_KEPT: usize = 16;
+
+/// A directory's listing between the `readdir` calls of one pass
+/// ([`Opens::Kernel`]: no handle to keep it in).
+enum Listing {
+    /// Built at offset 0; later offsets continue it.
+    Partial(Arc<Vec<DirEntry>>),
+    /// The pass reached the end (the listing is dropped; the kernel's
+    /// closing call at the end's offset needs only its length).
+    Ended(u64),
+}
+
 struct OpenDir {
     ino: u64,
     /// Built at the first readdir (offset 0) and reused for later offsets.
@@ -115,7 +155,7 @@ struct OpenDir {
 /// outcome is known); it is taken before any other lock, and a handle that
 /// claimed a pending create never waits for another handle's lock (so two
 /// handles of one new file cannot deadlock). Every `std::sync::Mutex` here
-/// (`inodes`, `files`, `pending`, `creating`, `dirs`, `pointers`, `reads`,
+/// (`inodes`, `files`, `pending`, `creating`, `dirs`, `listings`, `held`, `pointers`, `reads`,
 /// the overlay's and the registry's) is a leaf: taken for one short step,
 /// never across an `.await`, and never while another of them is held
 /// (`inodes` may call into the invalidator, which only queues). The store's
@@ -132,6 +172,10 @@ pub struct ZkFs<B: ZkBackend> {
     /// Pending files whose create is in flight (claimed by one handle).
     pub(super) creating: Mutex<HashSet<String>>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
+    /// Listings by directory inode ([`Opens::Kernel`]).
+    listings: Mutex<lru::LruCache<u64, Listing>>,
+    /// Versions the kernel may still read ([`Opens::Kernel`]).
+    pub(super) held: super::held::Held,
     pub(super) next_fh: AtomicU64,
     /// When the last operation started, in µs since `epoch`.
     last_activity_us: AtomicU64,
@@ -155,6 +199,14 @@ pub struct ZkFs<B: ZkBackend> {
     status: Box<dyn MountStatus>,
 }
 
+/// `[offset, offset+size)` of `data`, clamped to its length.
+fn slice(data: Arc<[u8]>, offset: u64, size: u32) -> (Arc<[u8]>, usize, usize) {
+    let len = data.len();
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
+    let end = start.saturating_add(size as usize).min(len);
+    (data, start, end)
+}
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -174,6 +226,10 @@ impl<B: ZkBackend> ZkFs<B> {
             pending: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             dirs: Mutex::new(HashMap::new()),
+            listings: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(LISTINGS_KEPT).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+            held: Default::default(),
             next_fh: AtomicU64::new(1),
             last_activity_us: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -253,6 +309,11 @@ impl<B: ZkBackend> ZkFs<B> {
 
     pub fn store(&self) -> &Store<B> {
         &self.store
+    }
+
+    /// Who opens files on this mount.
+    pub fn opens(&self) -> Opens {
+        self.config.opens
     }
 
     /// The path behind an inode, for log lines.
@@ -580,7 +641,13 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        lock(&self.inodes).forget(ino, n);
+        let mut inodes = lock(&self.inodes);
+        inodes.forget(ino, n);
+        let referenced = inodes.get(ino).is_some_and(|i| i.lookups > 0);
+        drop(inodes);
+        if !referenced {
+            self.held.release(ino);
+        }
     }
 
     /// Count one more kernel reference (an entry returned by `readdirplus`).
@@ -606,6 +673,16 @@ impl<B: ZkBackend> ZkFs<B> {
                     .values()
                     .find(|f| f.ino == ino && f.attr.is_some())
                     .and_then(|f| f.attr.map(|a| (a, f.data.len())));
+                if open.is_none()
+                    && let Some(held) = self.held.get(ino)
+                {
+                    // A superseded version the kernel still reads (it was
+                    // told the version is deleted: no links left).
+                    return Ok(Attr {
+                        nlink: 0,
+                        ..held.attr
+                    });
+                }
                 match open {
                     Some((mut attr, len)) => {
                         attr.size = len as u64;
@@ -780,10 +857,146 @@ impl<B: ZkBackend> ZkFs<B> {
             Some(w) => Arc::from(w.lock().await.content()),
             None => data,
         };
-        let len = data.len();
-        let start = (offset as usize).min(len);
-        let end = start.saturating_add(size as usize).min(len);
+        Ok(slice(data, offset, size))
+    }
+
+    /// Bytes `[offset, offset+size)` of the version content inode `ino`
+    /// shows, without a handle ([`Opens::Kernel`]). Never another version's
+    /// bytes: a version the node has moved on from is served from what
+    /// [`super::held`] kept, else the read fails with `ESTALE`.
+    pub async fn read_inode(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<(Arc<[u8]>, usize, usize), FsError> {
+        self.note_activity();
+        if let Some(held) = self.held.get(ino) {
+            return Ok(slice(held.data, offset, size));
+        }
+        let inode = self.inode(ino)?;
+        if !inode.is_content() || inode.kind != FileKind::RegularFile {
+            return Err(FsError::IsDir(inode.path.to_string()));
+        }
+        let fetched = self.store.data(&inode.path).await;
+        let shown = match &fetched {
+            Ok((_, view)) => {
+                inode.version == Some(view.stat.mzxid)
+                    && (inode.role != Role::Node || view.stat.czxid == inode.czxid)
+            }
+            Err(_) => false,
+        };
+        if !shown {
+            // The change was seen while this read waited: the version was
+            // held when it was (the cache still had its bytes then).
+            if let Some(held) = self.held.get(ino) {
+                return Ok(slice(held.data, offset, size));
+            }
+            return match fetched {
+                Err(e) if e != crate::zk::ZkError::NoNode => {
+                    Err(FsError::zk(&inode.path, "getData", e))
+                }
+                _ => Err(FsError::Stale(inode.path.to_string())),
+            };
+        }
+        let Ok((data, view)) = fetched else {
+            return Err(FsError::Stale(inode.path.to_string()));
+        };
+        let (data, start, end) = slice(data, offset, size);
+        if end < data.len() {
+            // More of this version may be read: keep it, whatever the node
+            // does meanwhile.
+            let attr = self.attr_for(ino, &inode.path, inode.role, inode.kind, &view);
+            self.held.hold(
+                ino,
+                super::held::HeldVersion {
+                    data: data.clone(),
+                    attr,
+                },
+            );
+        }
         Ok((data, start, end))
+    }
+
+    /// Before the cache forgets the version at `p` (a change or deletion
+    /// seen): hold it for every content inode of it the kernel references.
+    fn hold_outgoing_version(&self, p: &str) {
+        let Some(view) = self.store.peek(p) else {
+            return;
+        };
+        let Some(data) = view.data.clone() else {
+            return;
+        };
+        let shown: Vec<(u64, Role, FileKind)> = {
+            let inodes = lock(&self.inodes);
+            inodes
+                .current(p)
+                .into_iter()
+                .filter_map(|ino| inodes.get(ino).map(|i| (ino, i)))
+                .filter(|(_, i)| {
+                    i.kind == FileKind::RegularFile
+                        && i.lookups > 0
+                        && i.version == Some(view.stat.mzxid)
+                })
+                .map(|(ino, i)| (ino, i.role, i.kind))
+                .collect()
+        };
+        for (ino, role, kind) in shown {
+            let attr = self.attr_for(ino, p, role, kind, &view);
+            self.held.hold(
+                ino,
+                super::held::HeldVersion {
+                    data: data.clone(),
+                    attr,
+                },
+            );
+        }
+    }
+
+    /// The listing of directory `ino` from `offset`, without a handle
+    /// ([`Opens::Kernel`]): built at offset 0, continued at later offsets.
+    /// `ended` is called by the adapter once a reply reached the end.
+    pub async fn readdir_inode(
+        &self,
+        ino: u64,
+        offset: u64,
+    ) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        self.note_activity();
+        if offset != 0 {
+            match lock(&self.listings).get(&ino) {
+                Some(Listing::Partial(listing)) => return Ok(listing.clone()),
+                Some(Listing::Ended(len)) if offset >= *len => return Ok(Arc::new(Vec::new())),
+                _ => {}
+            }
+        }
+        let inode = self.inode(ino)?;
+        if inode.kind != FileKind::Directory || inode.role != Role::Node {
+            return Err(FsError::NotDir(inode.path.to_string()));
+        }
+        let listing = Arc::new(self.list(ino).await?);
+        lock(&self.listings).put(ino, Listing::Partial(listing.clone()));
+        Ok(listing)
+    }
+
+    /// A directory's listing from `offset`: by inode when the kernel opens
+    /// directories itself (`by_inode`), else from the open handle `fh`.
+    pub async fn listing(
+        &self,
+        by_inode: bool,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        if by_inode {
+            self.readdir_inode(ino, offset).await
+        } else {
+            self.readdir(fh, offset).await
+        }
+    }
+
+    /// A readdir pass over `ino` returned its last entry.
+    pub fn listing_ended(&self, ino: u64, len: u64) {
+        lock(&self.listings).put(ino, Listing::Ended(len));
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
@@ -1064,6 +1277,14 @@ impl<B: ZkBackend> ZkFs<B> {
         attrs.push(("cached_nodes".into(), nodes.to_string()));
         attrs.push(("cached_bytes".into(), bytes.to_string()));
         attrs.push(("inodes".into(), lock(&self.inodes).len().to_string()));
+        let opens = match self.config.opens {
+            Opens::Handles => "daemon",
+            Opens::Kernel => "kernel",
+        };
+        attrs.push(("opens".into(), opens.into()));
+        let (held, held_bytes) = self.held.usage();
+        attrs.push(("held_versions".into(), held.to_string()));
+        attrs.push(("held_bytes".into(), held_bytes.to_string()));
         let counts = self.registry.counts();
         attrs.push(("registrations".into(), counts.owned.to_string()));
         attrs.push(("registrations_pending".into(), counts.pending.to_string()));
@@ -1077,8 +1298,17 @@ impl<B: ZkBackend> ZkFs<B> {
     /// Apply a watch event: update the cache, drop kernel caches for what
     /// changed. Returns a path worth re-reading in the background.
     pub fn apply_event(&self, event: &NodeEvent) -> Option<String> {
-        if event.kind == crate::zk::backend::NodeEventKind::Deleted {
+        use crate::zk::backend::NodeEventKind;
+        if event.kind == NodeEventKind::Deleted {
             self.registry.node_deleted(&event.path);
+        }
+        if self.config.opens == Opens::Kernel
+            && matches!(
+                event.kind,
+                NodeEventKind::DataChanged | NodeEventKind::Deleted
+            )
+        {
+            self.hold_outgoing_version(&event.path);
         }
         let (changes, refresh) = self.store.apply_event(event);
         self.invalidate(&changes);
@@ -1135,6 +1365,7 @@ impl<B: ZkBackend> ZkFs<B> {
         for ino in inodes.current(p) {
             out.push(Invalidation::Inode(ino));
         }
+        self.collect_version_gone(&inodes, p, Role::Node, out);
         inodes.detach(p);
         drop(inodes);
         self.overlay.forget(p);
@@ -1196,12 +1427,69 @@ impl<B: ZkBackend> ZkFs<B> {
             .node_ino(p)
             .and_then(|ino| inodes.get(ino).map(|i| (ino, i.kind)));
         match node {
-            Some((ino, FileKind::Directory)) => out.push(Invalidation::Entry {
-                parent: ino,
-                name: self.config.data_name.clone(),
-            }),
-            _ => self.collect_entry(&inodes, p, out),
+            Some((ino, FileKind::Directory)) => {
+                if !self.collect_version_gone(&inodes, p, Role::DataFile, out) {
+                    out.push(Invalidation::Entry {
+                        parent: ino,
+                        name: self.config.data_name.clone(),
+                    })
+                }
+            }
+            _ => {
+                if !self.collect_version_gone(&inodes, p, Role::Node, out) {
+                    self.collect_entry(&inodes, p, out)
+                }
+            }
         }
+    }
+
+    /// On a mount the kernel opens by itself, the file version at (`p`,
+    /// `role`) is gone (changed or deleted): delete its dentry and unlink
+    /// its inode, so the kernel forgets it (and [`super::held`] its bytes)
+    /// once the last descriptor on it closes. Returns whether it did.
+    fn collect_version_gone(
+        &self,
+        inodes: &InodeTable,
+        p: &str,
+        role: Role,
+        out: &mut Vec<Invalidation>,
+    ) -> bool {
+        if self.config.opens != Opens::Kernel {
+            return false;
+        }
+        let child = match role {
+            Role::Node => inodes.node_ino(p),
+            Role::DataFile => inodes
+                .current(p)
+                .into_iter()
+                .find(|ino| inodes.get(*ino).is_some_and(|i| i.role == Role::DataFile)),
+        };
+        let Some((child, FileKind::RegularFile)) =
+            child.and_then(|ino| inodes.get(ino).map(|i| (ino, i.kind)))
+        else {
+            return false;
+        };
+        let (parent, name) = match role {
+            Role::DataFile => match inodes.node_ino(p) {
+                Some(dir) => (dir, self.config.data_name.clone()),
+                None => return false,
+            },
+            Role::Node => {
+                let parent = path::parent(p).and_then(|d| inodes.node_ino(d));
+                match parent {
+                    Some(parent) if p != self.config.root => {
+                        (parent, path::basename(p).to_string())
+                    }
+                    _ => return false,
+                }
+            }
+        };
+        out.push(Invalidation::Delete {
+            parent,
+            child,
+            name,
+        });
+        true
     }
 
     /// `p` appeared or vanished: its own entry (a negative or stale dentry)

@@ -14,6 +14,7 @@ pub mod core;
 pub mod error;
 pub mod glob;
 pub mod handle;
+pub mod held;
 pub mod inode;
 pub mod name;
 pub mod online;
@@ -24,7 +25,7 @@ pub mod supervisor;
 pub mod write;
 pub mod xattr;
 
-pub use self::core::{Entry, FsConfig, Invalidation, Invalidator, MountStatus, ZkFs};
+pub use self::core::{Entry, FsConfig, Invalidation, Invalidator, MountStatus, Opens, ZkFs};
 pub use attr::{Attr, FileKind};
 pub use error::FsError;
 pub use handle::{OpenMode, Opened, PageCache};

@@ -42,6 +42,15 @@ pub(super) struct Harness {
 }
 
 fn harness_with_limit(limit: usize) -> Harness {
+    harness_with(limit, crate::fs::Opens::Handles)
+}
+
+/// A read-only mount whose files the kernel opens by itself.
+pub(super) fn kernel_opens_harness() -> Harness {
+    harness_with(1 << 20, crate::fs::Opens::Kernel)
+}
+
+fn harness_with(limit: usize, opens: crate::fs::Opens) -> Harness {
     let zk = Arc::new(FakeZk::new());
     let invalidations = Recorder::default();
     let fs = ZkFs::new(
@@ -54,7 +63,7 @@ fn harness_with_limit(limit: usize) -> Harness {
                 gid: 1000,
                 file_mode: 0o644,
                 dir_mode: 0o755,
-                read_only: false,
+                read_only: opens == crate::fs::Opens::Kernel,
                 identity: None,
                 attrs: Default::default(),
             },
@@ -66,6 +75,7 @@ fn harness_with_limit(limit: usize) -> Harness {
             pointers: true,
             mountpoint: "/mnt/zk".into(),
             ephemeral: vec![super::glob::DirGlob::parse("services/*/servers").expect("glob")],
+            opens,
         },
         Box::new(invalidations.clone()),
         Box::new(NoStatus),
@@ -1144,4 +1154,127 @@ async fn a_write_abandoned_while_its_answer_is_out_never_hides_its_own_echo() {
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
     h.fs.release(fh).await.expect("release sends nothing more");
     assert_eq!(h.zk.writes_received(), 1);
+}
+
+// ---- Opens::Kernel: reads and listings without per-open state ----
+
+/// Read content inode `ino` from its start in `chunk`-byte requests, as the
+/// kernel does for a file larger than one request.
+async fn read_inode_all(h: &Harness, ino: u64, chunk: u32) -> Result<Vec<u8>, FsError> {
+    let mut out = Vec::new();
+    loop {
+        let (data, start, end) = h.fs.read_inode(ino, out.len() as u64, chunk).await?;
+        if start == end {
+            return Ok(out);
+        }
+        out.extend_from_slice(&data[start..end]);
+    }
+}
+
+#[tokio::test]
+async fn kernel_opens_a_version_read_in_pieces_stays_whole_across_a_change() {
+    let h = kernel_opens_harness();
+    h.apply(h.zk.create("/f", &[b'a'; 300], 0));
+    let old = h.resolve("/f").await.expect("f");
+    let (data, start, end) = h.fs.read_inode(old.ino, 0, 100).await.expect("first");
+    assert_eq!(&data[start..end], &[b'a'; 100][..]);
+    h.invalidations.take();
+
+    h.apply(h.zk.set("/f", &[b'b'; 250]));
+    // The rest of that inode is the version it showed, never a mix.
+    let mut rest = Vec::new();
+    while let Ok((data, start, end)) = h.fs.read_inode(old.ino, 100 + rest.len() as u64, 100).await
+        && start < end
+    {
+        rest.extend_from_slice(&data[start..end]);
+    }
+    assert_eq!(rest, vec![b'a'; 200]);
+    // The kernel is told that version is gone from the name (so it forgets
+    // the inode once nothing has it open), and sees it unlinked meanwhile.
+    assert!(h.invalidations.take().contains(&Invalidation::Delete {
+        parent: ROOT_INO,
+        child: old.ino,
+        name: "f".into()
+    }));
+    let attr = h.fs.getattr(old.ino).await.expect("old attr");
+    assert_eq!((attr.size, attr.nlink), (300, 0));
+    // The name now shows the new version, under a new number.
+    let new = h.resolve("/f").await.expect("f again");
+    assert_ne!(new.ino, old.ino);
+    assert_eq!(
+        read_inode_all(&h, new.ino, 100).await.expect("new"),
+        vec![b'b'; 250]
+    );
+}
+
+#[tokio::test]
+async fn kernel_opens_an_unread_version_is_held_when_it_changes_and_dropped_at_forget() {
+    let h = kernel_opens_harness();
+    h.apply(h.zk.create("/g", b"first", 0));
+    // Opened (looked up) but not read yet when another client changes it.
+    let old = h.resolve("/g").await.expect("g");
+    h.apply(h.zk.set("/g", b"second!"));
+    assert_eq!(
+        read_inode_all(&h, old.ino, 4096).await.expect("old"),
+        b"first"
+    );
+    assert_eq!(h.fs.held.usage(), (1, 5));
+    // A deleted node's last version is held the same way.
+    let new = h.resolve("/g").await.expect("g");
+    h.apply(h.zk.delete("/g"));
+    assert_eq!(
+        read_inode_all(&h, new.ino, 4096).await.expect("deleted"),
+        b"second!"
+    );
+    assert_eq!(h.fs.held.usage(), (2, 12));
+    // The kernel forgets the inodes: the bytes go, and a read of a version
+    // no longer held fails instead of showing another version.
+    h.fs.forget(old.ino, 1);
+    h.fs.forget(new.ino, 1);
+    assert_eq!(h.fs.held.usage(), (0, 0));
+    assert!(matches!(
+        h.fs.read_inode(old.ino, 0, 10).await,
+        Err(FsError::Stale(_))
+    ));
+}
+
+#[tokio::test]
+async fn kernel_opens_a_whole_file_read_holds_nothing() {
+    let h = kernel_opens_harness();
+    h.apply(h.zk.create("/small", b"0123456789", 0));
+    let attr = h.resolve("/small").await.expect("small");
+    assert_eq!(
+        read_inode_all(&h, attr.ino, 4096).await.expect("read"),
+        b"0123456789"
+    );
+    assert_eq!(h.fs.held.usage(), (0, 0));
+    // A version never looked up is not held when it changes.
+    h.apply(h.zk.create("/other", b"x", 0));
+    h.apply(h.zk.set("/other", b"y"));
+    assert_eq!(h.fs.held.usage(), (0, 0));
+}
+
+#[tokio::test]
+async fn kernel_opens_a_listing_continues_across_offsets_without_a_handle() {
+    let h = kernel_opens_harness();
+    h.apply(h.zk.create("/d", b"", 0));
+    for i in 0..5 {
+        h.apply(h.zk.create(&format!("/d/n{i}"), b"", 0));
+    }
+    let dir = h.resolve("/d").await.expect("d");
+    let first = h.fs.readdir_inode(dir.ino, 0).await.expect("offset 0");
+    // A child created between two calls of one pass does not shift it.
+    h.apply(h.zk.create("/d/zz", b"", 0));
+    let later = h.fs.readdir_inode(dir.ino, 3).await.expect("offset 3");
+    assert!(Arc::ptr_eq(&first, &later));
+    h.fs.listing_ended(dir.ino, later.len() as u64);
+    let end =
+        h.fs.readdir_inode(dir.ino, later.len() as u64)
+            .await
+            .expect("end");
+    assert!(end.is_empty());
+    // The next pass starts afresh and sees the new child.
+    let next = h.fs.readdir_inode(dir.ino, 0).await.expect("next pass");
+    assert!(next.iter().any(|e| e.name == "zz"));
+    assert!(!first.iter().any(|e| e.name == "zz"));
 }

@@ -9,7 +9,11 @@
 //! names the same inode. Removing it would unhash a directory that is some
 //! shell's working directory (`getcwd` then fails). fuser has no call for
 //! that flag, so this module writes the notification itself; kernels that
-//! refuse the flag get fuser's plain invalidation instead.
+//! refuse the flag get fuser's plain invalidation instead. A superseded
+//! *version* of a file on a mount the kernel opens by itself is deleted
+//! instead (`FUSE_NOTIFY_DELETE`): its inode then has no links, so the kernel
+//! forgets it as soon as nothing has it open (and the daemon drops the bytes
+//! it held for it).
 
 use std::ffi::OsStr;
 use std::io::IoSlice;
@@ -89,6 +93,17 @@ pub fn spawn_sender(
             for invalidation in rx {
                 let result = match &invalidation {
                     Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                    // ENOENT: the dentry is gone or names another inode
+                    // already (the kernel expired it all the same).
+                    Invalidation::Delete {
+                        parent,
+                        child,
+                        name,
+                    } => match notifier.delete(INodeNo(*parent), INodeNo(*child), OsStr::new(name))
+                    {
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                        r => r,
+                    },
                     Invalidation::Entry { parent, name } => {
                         let name = OsStr::new(name);
                         match expire.as_ref().map(|d| expire_entry(d, *parent, name)) {

@@ -26,7 +26,9 @@ use tracing::{Level, event};
 
 use self::busy_poll::BusyPoll;
 use self::counters::{KernelOp, KernelRequestCounters};
-use crate::fs::{Attr, Entry, FileKind, FsError, OpenMode, Opened, PageCache, RenameFlags, ZkFs};
+use crate::fs::{
+    Attr, Entry, FileKind, FsError, OpenMode, Opened, Opens, PageCache, RenameFlags, ZkFs,
+};
 use crate::zk::{ZkBackend, ZkError};
 
 /// How long the kernel may keep entries and attributes without asking. Every
@@ -43,6 +45,8 @@ pub struct ZkFuse<B: ZkBackend> {
     op_timeout: Duration,
     counters: Arc<KernelRequestCounters>,
     busy_poll: Option<Arc<BusyPoll>>,
+    /// Fixed at mount: whether the kernel opens by itself.
+    opens: Opens,
 }
 
 fn to_file_type(kind: FileKind) -> FileType {
@@ -114,6 +118,7 @@ impl<B: ZkBackend> ZkFuse<B> {
         busy_poll: Option<Arc<BusyPoll>>,
     ) -> Self {
         ZkFuse {
+            opens: fs.opens(),
             fs,
             runtime,
             op_timeout,
@@ -296,6 +301,13 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.arrived(KernelOp::Open);
+        if self.opens == Opens::Kernel {
+            // The kernel opens by itself from now on (fs/fuse/file.c:
+            // `no_open`, with FOPEN_KEEP_CACHE); this open succeeds. The
+            // mount is read-only, so the VFS refuses opens for writing.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         let mode = open_mode(flags.0);
         let fs = self.fs.clone();
         let pid = req.pid();
@@ -334,10 +346,17 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     ) {
         self.arrived(KernelOp::Read);
         let fs = self.fs.clone();
+        let by_inode = self.opens == Opens::Kernel;
         self.dispatch(
             "read",
             ino.0,
-            async move { fs.read(fh.0, offset, size).await },
+            async move {
+                if by_inode {
+                    fs.read_inode(ino.0, offset, size).await
+                } else {
+                    fs.read(fh.0, offset, size).await
+                }
+            },
             move |r| match r {
                 Ok((data, start, end)) => reply.data(&data[start..end]),
                 Err(e) => reply.error(errno(&e)),
@@ -398,6 +417,11 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         reply: ReplyEmpty,
     ) {
         self.arrived(KernelOp::Flush);
+        if self.opens == Opens::Kernel {
+            // Never sent again on this connection (`no_flush`).
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         let fs = self.fs.clone();
         self.dispatch_write(
             "flush",
@@ -640,6 +664,13 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.arrived(KernelOp::Opendir);
+        if self.opens == Opens::Kernel {
+            // `no_opendir`: the kernel opens directories by itself, with
+            // FOPEN_CACHE_DIR|FOPEN_KEEP_CACHE (listings cached until the
+            // directory's inode is invalidated, as every child change does).
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         match self.fs.opendir(ino.0) {
             // The kernel may keep listings across opens: every change to a
             // directory's children invalidates the directory's inode.
@@ -664,14 +695,17 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
     ) {
         self.arrived(KernelOp::Readdir);
         let fs = self.fs.clone();
+        let fs2 = self.fs.clone();
+        let by_inode = self.opens == Opens::Kernel;
         self.dispatch(
             "readdir",
             ino.0,
-            async move { fs.readdir(fh.0, offset).await },
+            async move { fs.listing(by_inode, ino.0, fh.0, offset).await },
             move |r| match r {
                 Ok(entries) => {
+                    let mut full = false;
                     for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-                        let full = reply.add(
+                        full = reply.add(
                             INodeNo(entry.attr.ino),
                             (i + 1) as u64,
                             to_file_type(entry.attr.kind),
@@ -680,6 +714,9 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                         if full {
                             break;
                         }
+                    }
+                    if by_inode && !full {
+                        fs2.listing_ended(ino.0, entries.len() as u64);
                     }
                     reply.ok()
                 }
@@ -699,14 +736,16 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.arrived(KernelOp::Readdir);
         let fs = self.fs.clone();
         let fs2 = self.fs.clone();
+        let by_inode = self.opens == Opens::Kernel;
         self.dispatch(
             "readdirplus",
             ino.0,
-            async move { fs.readdir(fh.0, offset).await },
+            async move { fs.listing(by_inode, ino.0, fh.0, offset).await },
             move |r| match r {
                 Ok(entries) => {
+                    let mut full = false;
                     for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-                        let full = reply.add(
+                        full = reply.add(
                             INodeNo(entry.attr.ino),
                             (i + 1) as u64,
                             &entry.name,
@@ -721,6 +760,9 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                         if entry.name != "." && entry.name != ".." {
                             fs2.remember_lookup(entry.attr.ino);
                         }
+                    }
+                    if by_inode && !full {
+                        fs2.listing_ended(ino.0, entries.len() as u64);
                     }
                     reply.ok()
                 }

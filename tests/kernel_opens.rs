@@ -1,0 +1,159 @@
+//! Read-only mounts let the kernel open files and directories by itself
+//! (issue "Performance v2", Deliver 1): warm opens, reads, closes and
+//! listings reach no daemon thread, and coherence still follows the watch.
+//! Through real kernel FUSE mounts of a real ZooKeeper server; expected
+//! answers come from what the test itself wrote.
+
+mod common;
+#[path = "support/zkops.rs"]
+mod zkops;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Mount, shared_zk, unique_root, wait_until};
+use zkops::{Other, xattr_string};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn read_only_mount(tag: &str) -> (Other, String, Mount) {
+    let zk = shared_zk();
+    let root = unique_root(tag);
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/app.conf"), b"threads=8\n");
+    other.create(&format!("{root}/services"), b"");
+    other.create(&format!("{root}/services/a:1"), b"{\"pid\":1}");
+    let mount = Mount::start(&format!("{zk}{root}"), &["--read-only"]);
+    (other, root, mount)
+}
+
+/// The kernel's requests to the daemon so far, by kind.
+fn kernel_requests(m: &Path) -> Vec<(String, u64)> {
+    xattr_string(m, "user.zkfs.kernel_requests")
+        .split_whitespace()
+        .filter_map(|pair| {
+            let (op, n) = pair.split_once('=')?;
+            Some((op.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+fn count(requests: &[(String, u64)], op: &str) -> u64 {
+    requests
+        .iter()
+        .find(|(o, _)| o == op)
+        .map_or_else(|| panic!("no {op} counter in {requests:?}"), |(_, n)| *n)
+}
+
+#[test]
+fn warm_opens_reads_and_listings_reach_no_daemon_thread() {
+    let (_other, _root, mount) = read_only_mount("ro-zero");
+    let m = mount.path();
+    assert_eq!(xattr_string(m, "user.zkfs.opens"), "kernel");
+    let conf = m.join("app.conf");
+    assert_eq!(fs::read(&conf).expect("first read"), b"threads=8\n");
+    assert_eq!(fs::read_dir(m.join("services")).expect("ls").count(), 1);
+    let before = kernel_requests(m);
+    // At most one OPEN and one OPENDIR ever reach the daemon (answered
+    // ENOSYS: the kernel opens by itself from then on).
+    assert!(count(&before, "open") <= 1, "{before:?}");
+    assert!(count(&before, "opendir") <= 1, "{before:?}");
+    for _ in 0..200 {
+        let mut f = fs::File::open(&conf).expect("open");
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).expect("read");
+        assert_eq!(got, b"threads=8\n");
+        drop(f);
+        assert_eq!(fs::read_dir(m.join("services")).expect("ls").count(), 1);
+    }
+    let after = kernel_requests(m);
+    for op in [
+        "lookup",
+        "getattr",
+        "open",
+        "read",
+        "flush",
+        "release",
+        "opendir",
+        "readdir",
+        "releasedir",
+    ] {
+        assert_eq!(
+            count(&after, op),
+            count(&before, op),
+            "{op}: 200 warm open+read+close and listings must not reach the daemon \
+             (before {before:?}, after {after:?})"
+        );
+    }
+}
+
+#[test]
+fn changes_by_another_client_are_seen_and_old_versions_released() {
+    let (other, root, mount) = read_only_mount("ro-coherent");
+    let m = mount.path();
+    let conf = m.join("app.conf");
+    assert_eq!(fs::read(&conf).expect("read"), b"threads=8\n");
+    // A reader that opened the old version keeps reading it whole.
+    let mut held = fs::File::open(&conf).expect("open");
+    let mut first = [0u8; 3];
+    held.read_exact(&mut first).expect("first bytes");
+    let old_ino = held.metadata().expect("fstat").ino();
+
+    other.set(&format!("{root}/app.conf"), b"threads=16 and more\n");
+    wait_until("setData visible through cat", DEADLINE, || {
+        fs::read(&conf).is_ok_and(|d| d == b"threads=16 and more\n")
+    });
+    assert_ne!(fs::metadata(&conf).expect("stat").ino(), old_ino);
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest)
+        .expect("rest of the old version");
+    assert_eq!([&first[..], &rest[..]].concat(), b"threads=8\n");
+    // The superseded version has no links left.
+    assert_eq!(held.metadata().expect("fstat").nlink(), 0);
+    drop(held);
+    wait_until("the old version is released", DEADLINE, || {
+        xattr_string(m, "user.zkfs.held_versions") == "0"
+    });
+
+    // Children come and go in listings; a shell's cwd survives.
+    let mut shell = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("cd services && { read _; pwd -P && ls; }")
+        .current_dir(m)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh");
+    other.create(&format!("{root}/services/b:2"), b"{\"pid\":2}");
+    wait_until("new child listed", DEADLINE, || {
+        fs::read_dir(m.join("services")).is_ok_and(|d| d.count() == 2)
+    });
+    other.delete(&format!("{root}/services/a:1"));
+    wait_until("deleted child gone", DEADLINE, || {
+        fs::metadata(m.join("services/a:1")).is_err()
+    });
+    drop(shell.stdin.take());
+    let out = shell.wait_with_output().expect("sh output");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.ends_with("services\nb:2\n"),
+        "cwd lost or stale: {out:?}"
+    );
+    assert_eq!(
+        fs::read(m.join("services/b:2")).expect("new child"),
+        b"{\"pid\":2}"
+    );
+
+    // Nothing can be written: the VFS refuses before the daemon is asked.
+    let e = fs::write(&conf, b"x").expect_err("read-only");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        fs::read(&conf).expect("read"),
+        b"threads=16 and more\n",
+        "unchanged"
+    );
+}
