@@ -653,7 +653,10 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         reply: fuser::ReplyIoctl,
     ) {
         self.arrived(KernelOp::Other);
-        // No ioctls (tools probe some, e.g. for reflinks): the usual answer.
+        // No ioctls (tools probe some, e.g. for reflinks; Python's open()
+        // asks isatty, TCGETS, of every file): the usual answer, at once.
+        // Unlike OPEN, an ENOSYS here does not stop the kernel asking again
+        // (tried on 6.18: every TCGETS still arrives).
         reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
