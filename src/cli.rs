@@ -107,7 +107,9 @@ pub struct MountArgs {
     /// zkfs returns once the mount is ready and keeps serving in the background.
     #[arg(long, short = 'f', help_heading = "Mount")]
     pub foreground: bool,
-    /// Refuse every modification with EROFS.
+    /// Refuse every modification with EROFS. The kernel then opens files and
+    /// directories by itself (no daemon round trip per open); a reader keeps
+    /// the version it opened until it closes it.
     #[arg(long, help_heading = "Mount")]
     pub read_only: bool,
     /// Let other users access the mount (turns on kernel permission checks).
