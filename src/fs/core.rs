@@ -1079,7 +1079,9 @@ impl<B: ZkBackend> ZkFs<B> {
             .filter(|(_, v)| v.as_ref().is_ok_and(|v| v.acl.is_none()))
             .map(|(p, _)| p.clone())
             .collect();
-        if !without_acl.is_empty() {
+        // ACLs only ever take write bits away: a read-only mount shows none
+        // anyway, so it never loads them (one request per child saved).
+        if !without_acl.is_empty() && !self.config.presentation.read_only {
             match self.me.get().and_then(std::sync::Weak::upgrade) {
                 Some(me) => {
                     tokio::spawn(async move { me.settle_acls(without_acl, true).await });

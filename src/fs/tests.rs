@@ -1278,3 +1278,24 @@ async fn kernel_opens_a_listing_continues_across_offsets_without_a_handle() {
     assert!(next.iter().any(|e| e.name == "zz"));
     assert!(!first.iter().any(|e| e.name == "zz"));
 }
+
+#[tokio::test]
+async fn a_read_only_listing_loads_no_acls() {
+    async fn listing_requests(h: &Harness) -> u64 {
+        h.apply(h.zk.create("/d", b"", 0));
+        for i in 0..5 {
+            h.apply(h.zk.create(&format!("/d/n{i}"), b"x", 0));
+        }
+        let before = h.zk.requests();
+        assert_eq!(h.ls("/d").await.expect("ls").len(), 5);
+        h.zk.requests() - before
+    }
+    // A writable mount loads each child's ACL (it may take the write bit
+    // away); a read-only one shows no write bits whatever the ACL says.
+    let writable = listing_requests(&harness()).await;
+    let read_only = listing_requests(&kernel_opens_harness()).await;
+    assert!(
+        writable >= read_only + 5,
+        "writable {writable}, read-only {read_only}"
+    );
+}
