@@ -157,3 +157,50 @@ fn changes_by_another_client_are_seen_and_old_versions_released() {
         "unchanged"
     );
 }
+
+/// Pages resident in the kernel's page cache for `files` (`fincore`, which
+/// asks the kernel without reading the files).
+fn resident_pages(files: &[std::path::PathBuf]) -> Vec<u64> {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "PAGES"])
+        .args(files)
+        .output()
+        .expect("run fincore");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
+}
+
+#[test]
+fn a_listing_fills_the_page_cache_so_the_first_cat_needs_no_read() {
+    let (other, root, mount) = read_only_mount("ro-pages");
+    let m = mount.path();
+    let names: Vec<String> = (0..40).map(|i| format!("host-{i}:80")).collect();
+    other.create(&format!("{root}/pool"), b"");
+    for name in &names {
+        other.create(
+            &format!("{root}/pool/{name}"),
+            format!("{{\"name\":\"{name}\"}}").as_bytes(),
+        );
+    }
+    let listed = std::process::Command::new("ls")
+        .arg("-l")
+        .arg(m.join("pool"))
+        .output()
+        .expect("ls -l");
+    assert!(listed.status.success());
+    let files: Vec<_> = names.iter().map(|n| m.join("pool").join(n)).collect();
+    wait_until("listed files' pages stored in the kernel", DEADLINE, || {
+        let pages = resident_pages(&files);
+        pages.len() == files.len() && pages.iter().all(|p| *p == 1)
+    });
+    let before = count(&kernel_requests(m), "read");
+    for (name, file) in names.iter().zip(&files) {
+        assert_eq!(
+            fs::read_to_string(file).expect("cat"),
+            format!("{{\"name\":\"{name}\"}}")
+        );
+    }
+    assert_eq!(count(&kernel_requests(m), "read"), before);
+}

@@ -85,6 +85,10 @@ pub enum Invalidation {
     Inode(u64),
     /// The dentry `name` in directory inode `parent`.
     Entry { parent: u64, name: String },
+    /// Put `data`, the whole content of the version content inode `ino`
+    /// shows, into the kernel's page cache (`FUSE_NOTIFY_STORE`), so the
+    /// first read of a listed file needs no round trip ([`Opens::Kernel`]).
+    Store { ino: u64, data: Arc<[u8]> },
     /// The dentry `name` in `parent` names `child`, a version that is no
     /// longer there: drop the dentry and unlink `child`, so the kernel
     /// forgets it once the last descriptor on it closes ([`Opens::Kernel`]).
@@ -127,6 +131,9 @@ pub struct DirEntry {
 
 /// How many (process, path) → version-read records are kept.
 const READS_KEPT: usize = 4096;
+
+/// Largest content offered to the kernel's page cache after a listing.
+const PAGES_OFFERED_MAX: usize = 16 * 1024;
 
 /// How many directories' listings are kept between `readdir` calls when
 /// the kernel opens directories itself (one listing per directory inode).
@@ -991,6 +998,41 @@ impl<B: ZkBackend> ZkFs<B> {
             self.readdir_inode(ino, offset).await
         } else {
             self.readdir(fh, offset).await
+        }
+    }
+
+    /// Offer the kernel the pages of these listed inodes (the kernel has
+    /// them now): each current small file whose version the cache holds
+    /// gets its whole content stored, so the first `cat` after `ls` is
+    /// served by the kernel ([`Opens::Kernel`] only: on writable mounts a
+    /// handle decides what the pages show).
+    pub fn offer_pages(&self, inos: &[u64]) {
+        if self.config.opens != Opens::Kernel {
+            return;
+        }
+        for &ino in inos {
+            let Ok(inode) = self.inode(ino) else {
+                continue;
+            };
+            if inode.kind != FileKind::RegularFile
+                || !inode.is_content()
+                || !lock(&self.inodes).is_current(ino)
+            {
+                continue;
+            }
+            let Some(view) = self.store.peek(&inode.path) else {
+                continue;
+            };
+            let shows_it = !view.stale
+                && inode.version == Some(view.stat.mzxid)
+                && (inode.role != Role::Node || view.stat.czxid == inode.czxid);
+            match view.data {
+                Some(data) if shows_it && !data.is_empty() && data.len() <= PAGES_OFFERED_MAX => {
+                    self.invalidator
+                        .invalidate(Invalidation::Store { ino, data })
+                }
+                _ => {}
+            }
         }
     }
 

@@ -93,6 +93,13 @@ pub fn spawn_sender(
             for invalidation in rx {
                 let result = match &invalidation {
                     Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                    // ENOENT: the kernel no longer has the inode.
+                    Invalidation::Store { ino, data } => {
+                        match notifier.store(INodeNo(*ino), 0, data) {
+                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                            r => r,
+                        }
+                    }
                     // ENOENT: the dentry is gone or names another inode
                     // already (the kernel expired it all the same).
                     Invalidation::Delete {

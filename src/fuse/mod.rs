@@ -11,9 +11,10 @@ pub mod busy_poll;
 pub mod counters;
 pub mod invalidate;
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +48,13 @@ pub struct ZkFuse<B: ZkBackend> {
     busy_poll: Option<Arc<BusyPoll>>,
     /// Fixed at mount: whether the kernel opens by itself.
     opens: Opens,
+    /// Files of each directory's last readdirplus chunk, whose pages are
+    /// offered once the kernel asks for the next chunk ([`Opens::Kernel`]).
+    listed: Arc<Mutex<HashMap<u64, Vec<u64>>>>,
+}
+
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn to_file_type(kind: FileKind) -> FileType {
@@ -119,6 +127,7 @@ impl<B: ZkBackend> ZkFuse<B> {
     ) -> Self {
         ZkFuse {
             opens: fs.opens(),
+            listed: Default::default(),
             fs,
             runtime,
             op_timeout,
@@ -740,6 +749,15 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         let fs = self.fs.clone();
         let fs2 = self.fs.clone();
         let by_inode = self.opens == Opens::Kernel;
+        // The kernel asks for the next chunk once it has made the inodes
+        // of this one: now their pages can be stored.
+        let offered = by_inode
+            .then(|| lock_ignoring_poison(&self.listed).remove(&ino.0))
+            .flatten();
+        if let Some(inos) = offered {
+            self.fs.offer_pages(&inos);
+        }
+        let listed = self.listed.clone();
         self.dispatch(
             "readdirplus",
             ino.0,
@@ -747,6 +765,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             move |r| match r {
                 Ok(entries) => {
                     let mut full = false;
+                    let mut files = Vec::new();
                     for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
                         full = reply.add(
                             INodeNo(entry.attr.ino),
@@ -763,9 +782,15 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                         if entry.name != "." && entry.name != ".." {
                             fs2.remember_lookup(entry.attr.ino);
                         }
+                        if by_inode && entry.attr.kind == FileKind::RegularFile {
+                            files.push(entry.attr.ino);
+                        }
                     }
                     if by_inode && !full {
                         fs2.listing_ended(ino.0, entries.len() as u64);
+                    }
+                    if !files.is_empty() {
+                        lock_ignoring_poison(&listed).insert(ino.0, files);
                     }
                     reply.ok()
                 }
