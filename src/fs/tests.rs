@@ -1299,3 +1299,28 @@ async fn a_read_only_listing_loads_no_acls() {
         "writable {writable}, read-only {read_only}"
     );
 }
+
+#[tokio::test]
+async fn kernel_opens_pages_are_offered_once_per_version() {
+    let h = kernel_opens_harness();
+    h.apply(h.zk.create("/f", b"one", 0));
+    let first = h.resolve("/f").await.expect("f");
+    h.invalidations.take();
+    let stores = |invs: Vec<Invalidation>| -> Vec<u64> {
+        invs.into_iter()
+            .filter_map(|i| match i {
+                Invalidation::Store { ino, .. } => Some(ino),
+                _ => None,
+            })
+            .collect()
+    };
+    h.fs.offer_pages(&[first.ino]);
+    h.fs.offer_pages(&[first.ino]);
+    assert_eq!(stores(h.invalidations.take()), [first.ino]);
+    // A new version is a new inode: offered again; the superseded one never.
+    h.apply(h.zk.set("/f", b"two"));
+    let second = h.resolve("/f").await.expect("f");
+    h.invalidations.take();
+    h.fs.offer_pages(&[first.ino, second.ino]);
+    assert_eq!(stores(h.invalidations.take()), [second.ino]);
+}
