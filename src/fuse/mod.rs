@@ -250,11 +250,24 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.arrived(KernelOp::Lookup);
         let fs = self.fs.clone();
         let name = name.to_os_string();
+        let offer = (self.opens == Opens::Kernel).then(|| self.fs.clone());
+        let reply = entry_reply(reply);
         self.dispatch(
             "lookup",
             parent.0,
             async move { fs.lookup(parent.0, &name).await },
-            entry_reply(reply),
+            move |r| {
+                let file = match &r {
+                    Ok(entry) if entry.attr.kind == FileKind::RegularFile => Some(entry.attr.ino),
+                    _ => None,
+                };
+                reply(r);
+                // A file looked up is usually read next (a new version
+                // after a change): its pages may be in the kernel first.
+                if let (Some(fs), Some(ino)) = (offer, file) {
+                    fs.offer_pages(&[ino]);
+                }
+            },
         );
     }
 
