@@ -904,6 +904,9 @@ async fn registrations_are_ephemeral_and_come_back_after_expiry() {
 }
 
 // ------------------------------------------------- faults and cancellation
+//
+// Paused time (tokio's clock advances only when every task waits): the
+// injected delays order events, never the machine's load.
 
 use crate::zk::fake::WriteFault;
 
@@ -923,7 +926,7 @@ impl Harness {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
     let h = harness();
     h.apply(h.zk.create("/cfg", b"v1", 0));
@@ -939,7 +942,7 @@ async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lost_request_is_sent_again_on_the_new_connection_once() {
     let h = harness();
     h.apply(h.zk.create("/cfg", b"v1", 0));
@@ -952,7 +955,7 @@ async fn a_lost_request_is_sent_again_on_the_new_connection_once() {
     assert_eq!(h.zk.writes_received(), 1, "the lost one never arrived");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_close_that_failed_while_disconnected_is_never_sent_later() {
     let h = harness();
     h.apply(h.zk.create("/cfg", b"v1", 0));
@@ -974,7 +977,7 @@ async fn a_close_that_failed_while_disconnected_is_never_sent_later() {
     assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v1"[..]));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_dropped_flush_is_never_sent_later() {
     let h = harness();
     h.apply(h.zk.create("/cfg", b"v1", 0));
@@ -993,7 +996,7 @@ async fn a_dropped_flush_is_never_sent_later() {
     assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v1"[..]));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_late_answer_never_leaves_the_cache_believing_an_old_value() {
     let h = harness();
     h.apply(h.zk.create("/cfg", b"v1", 0));
@@ -1012,7 +1015,7 @@ async fn a_late_answer_never_leaves_the_cache_believing_an_old_value() {
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"v3-other");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_write_retires_the_inode_the_kernel_sized_for_it() {
     let h = harness();
     h.apply(h.zk.create("/cfg", b"a longer value", 0));
@@ -1030,7 +1033,7 @@ async fn a_failed_write_retires_the_inode_the_kernel_sized_for_it() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn supervisor_moves_old_session_nodes_and_waits_out_foreign_ones() {
     let h = harness();
     h.apply(h.zk.create("/services", b"", 0));
@@ -1089,7 +1092,7 @@ async fn supervisor_moves_old_session_nodes_and_waits_out_foreign_ones() {
     assert_eq!(mount_attr(&h, "registrations").await, "1");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_new_file_opened_twice_is_created_once_and_stays_a_file() {
     // pjdfstest open/23: create, then open again before the first close's
     // create went out; both closes raced to create the node, the loser's
@@ -1131,7 +1134,7 @@ async fn a_new_file_opened_twice_is_created_once_and_stays_a_file() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_write_abandoned_while_its_answer_is_out_never_hides_its_own_echo() {
     // Issue "Core v2" 3(b): the server applied a setData whose answer came
     // after the operation was abandoned; the echo of that write must make
