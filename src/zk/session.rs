@@ -590,6 +590,10 @@ impl ZkSession {
                                 info!("reconnected to ZooKeeper; re-adding watch and resynchronising");
                                 // zookeeper-client 0.11.2 does not resend persistent
                                 // watches on reconnect: drop ours and add it again.
+                                // Dropping the last watcher of a path sends a
+                                // RemoveWatches (which the server answers with
+                                // NoWatcher): a request, so it is counted.
+                                self.requests.fetch_add(1, Ordering::Relaxed);
                                 drop(watcher);
                                 match self.add_watch(client, &mut state).await {
                                     Some(w) => watcher = w,
