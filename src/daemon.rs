@@ -343,9 +343,31 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// First wait before repeating a resync that could not read everything
+/// while connected; doubled up to [`RESYNC_RETRY_MAX`].
+const RESYNC_RETRY_FIRST: Duration = Duration::from_secs(1);
+const RESYNC_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Ask for a resync after a random delay below `limit`, unless one is due
+/// already (it will read the state after this reconnect too: the watch for
+/// the new connection is in place before the request). A fleet of mounts
+/// that reconnect together (a leader failover, a server's restart) so sends
+/// its resyncs spread over `limit` instead of in one burst.
+fn resync_due(due: &mut Option<tokio::time::Instant>, limit: Duration, lifecycle: &Lifecycle) {
+    lifecycle.resync_pending.store(true, Ordering::Relaxed);
+    if due.is_none() {
+        *due = Some(tokio::time::Instant::now() + crate::zk::session::jitter(limit));
+    }
+}
+
 /// Session lifecycle events seen by the event loop, for `zkfs status`.
 #[derive(Default)]
 struct Lifecycle {
+    /// Resyncs that compared every cached node with the server.
+    resyncs: AtomicU64,
+    /// A resync was asked for (reconnect, new session) and has not yet
+    /// completed: cached data may miss changes made during the gap.
+    resync_pending: std::sync::atomic::AtomicBool,
     /// Reconnections within the same session (events may have been lost).
     reconnects: AtomicU64,
     /// Expired sessions replaced by a new one.
@@ -381,6 +403,14 @@ impl MountStatus for SessionStatus {
                     .reconnects
                     .load(Ordering::Relaxed)
                     .to_string(),
+            ),
+            (
+                "resyncs".into(),
+                self.lifecycle.resyncs.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "resync_pending".into(),
+                u8::from(self.lifecycle.resync_pending.load(Ordering::Relaxed)).to_string(),
             ),
             (
                 "session_expiries".into(),
@@ -682,10 +712,25 @@ fn run_foreground(
         let fs = fs.clone();
         let lifecycle = lifecycle.clone();
         let persist = persist.clone();
+        let session = session.clone();
+        let jitter_limit = crate::zk::session::resync_jitter_limit(args.session_timeout);
         runtime.spawn(async move {
-            while let Some(event) = events_rx.recv().await {
+            // Resyncs are spread (see `resync_due`); events keep flowing
+            // meanwhile. Every event sent before a resync was asked for has
+            // been applied by the time it runs (one channel, in order), and
+            // the root watch was in place before it was asked for.
+            let mut due: Option<tokio::time::Instant> = None;
+            let mut retry = RESYNC_RETRY_FIRST;
+            loop {
+                let event = tokio::select! {
+                    event = events_rx.recv() => match event {
+                        Some(event) => Some(event),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => None,
+                };
                 match event {
-                    SessionEvent::Node(e) => {
+                    Some(SessionEvent::Node(e)) => {
                         let refresh = fs.apply_event(&e);
                         hub.publish(&e.path, e.kind);
                         if let Some(path) = refresh {
@@ -693,18 +738,35 @@ fn run_foreground(
                             tokio::spawn(async move { fs.refresh(&path).await });
                         }
                     }
-                    SessionEvent::Resync => {
+                    Some(SessionEvent::Resync) => {
                         lifecycle.reconnects.fetch_add(1, Ordering::Relaxed);
                         fs.reregister();
+                        resync_due(&mut due, jitter_limit, &lifecycle);
+                        retry = RESYNC_RETRY_FIRST;
+                    }
+                    Some(SessionEvent::NewSession) => {
+                        lifecycle.session_expiries.fetch_add(1, Ordering::Relaxed);
+                        fs.reregister();
+                        resync_due(&mut due, jitter_limit, &lifecycle);
+                        retry = RESYNC_RETRY_FIRST;
+                    }
+                    None => {
+                        due = None;
                         hub.publish_changes(&fs.resync().await);
                         if let Some(persist) = &persist {
                             persist.resynchronised();
                         }
-                    }
-                    SessionEvent::NewSession => {
-                        lifecycle.session_expiries.fetch_add(1, Ordering::Relaxed);
-                        fs.reregister();
-                        hub.publish_changes(&fs.resync().await);
+                        if fs.store().resync_complete() {
+                            lifecycle.resyncs.fetch_add(1, Ordering::Relaxed);
+                            lifecycle.resync_pending.store(false, Ordering::Relaxed);
+                        } else if crate::zk::backend::ZkBackend::is_connected(&*session) {
+                            // Some reads failed while connected (timeouts):
+                            // try again, backing off.
+                            warn!(retry_in = ?retry, "resync incomplete; repeating it");
+                            due = Some(tokio::time::Instant::now() + retry);
+                            retry = (retry * 2).min(RESYNC_RETRY_MAX);
+                        }
+                        // Else the connection went: its return asks again.
                     }
                 }
             }

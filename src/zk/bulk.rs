@@ -9,6 +9,12 @@
 //! they are, unknown ones as the mean of what this load has seen so far, and a
 //! load that knows nothing starts with a small probe.
 //!
+//! A resync ([`BulkRead::for_resync`]) re-reads nodes whose sizes are all
+//! known from their cached `Stat`s, so it needs no probe and no guess: its
+//! multi-reads are bounded by bytes alone, up to [`RESYNC_BATCH_BYTES`]
+//! (half of ZooKeeper's default `jute.maxbuffer`), which lets a reconnect
+//! re-check a few thousand small nodes in one or two requests.
+//!
 //! Owns only the grouping and the size guess. It knows nothing of the cache
 //! (the store records the answers) and sends nothing but
 //! [`ZkBackend::get_data_batch`].
@@ -28,6 +34,39 @@ pub const PROBE_NODES: usize = 32;
 pub const WAVE_NODES: usize = 2048;
 /// What one answer weighs besides its data (a `Stat` and framing).
 const ANSWER_OVERHEAD: usize = 96;
+/// A resync's multi-reads aim for answers of about this many bytes: half of
+/// the 1 MiB `jute.maxbuffer` most clients accept, so an answer never
+/// approaches that limit even if nodes grew since their cached `Stat`.
+pub const RESYNC_BATCH_BYTES: usize = 512 * 1024;
+/// A resync's multi-reads hold at most this many nodes.
+pub const RESYNC_MAX_NODES: usize = 8192;
+/// A resync keeps answers of about this many bytes outstanding at once.
+pub const RESYNC_WAVE_BYTES: usize = 4 * RESYNC_BATCH_BYTES;
+
+/// How a load groups its reads.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    batch_bytes: usize,
+    batch_nodes: usize,
+    /// A wave ends after this many nodes or (by known or guessed size)
+    /// this many bytes, whichever comes first.
+    wave_nodes: usize,
+    wave_bytes: usize,
+}
+
+const LOAD: Limits = Limits {
+    batch_bytes: BATCH_BYTES,
+    batch_nodes: BATCH_MAX_NODES,
+    wave_nodes: WAVE_NODES,
+    wave_bytes: usize::MAX,
+};
+
+const RESYNC: Limits = Limits {
+    batch_bytes: RESYNC_BATCH_BYTES,
+    batch_nodes: RESYNC_MAX_NODES,
+    wave_nodes: usize::MAX,
+    wave_bytes: RESYNC_WAVE_BYTES,
+};
 
 /// One node's answer to a bulk read.
 pub type NodeAnswer = Result<(Vec<u8>, NodeStat), ZkError>;
@@ -39,6 +78,7 @@ pub struct BulkRead<'a> {
     next: usize,
     seen_bytes: usize,
     seen_nodes: usize,
+    limits: Limits,
 }
 
 impl<'a> BulkRead<'a> {
@@ -49,7 +89,22 @@ impl<'a> BulkRead<'a> {
             next: 0,
             seen_bytes: 0,
             seen_nodes: 0,
+            limits: LOAD,
         }
+    }
+
+    /// A resync's read of cached nodes: sizes (all known) bound the
+    /// multi-reads by bytes, up to [`RESYNC_BATCH_BYTES`] and
+    /// [`RESYNC_MAX_NODES`] each, [`RESYNC_WAVE_BYTES`] in flight.
+    pub fn for_resync(sizes: &'a [Option<usize>]) -> Self {
+        BulkRead {
+            limits: RESYNC,
+            ..BulkRead::new(sizes)
+        }
+    }
+
+    fn weight(&self, i: usize) -> usize {
+        self.sizes[i].unwrap_or(self.guess().unwrap_or(0)) + ANSWER_OVERHEAD
     }
 
     /// The guessed data size of a node whose size is unknown.
@@ -63,23 +118,36 @@ impl<'a> BulkRead<'a> {
         if start >= self.sizes.len() {
             return None;
         }
-        let len = if self.guess().is_none() && self.sizes[start].is_none() {
-            PROBE_NODES
-        } else {
-            WAVE_NODES
-        };
-        self.next = (start + len).min(self.sizes.len());
-        Some(start..self.next)
+        if self.guess().is_none() && self.sizes[start].is_none() {
+            self.next = (start + PROBE_NODES).min(self.sizes.len());
+            return Some(start..self.next);
+        }
+        let (mut end, mut bytes) = (start, 0usize);
+        while end < self.sizes.len() && end - start < self.limits.wave_nodes {
+            let weight = self.weight(end);
+            if end > start && bytes.saturating_add(weight) > self.limits.wave_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(weight);
+            end += 1;
+        }
+        self.next = end;
+        Some(start..end)
     }
 
-    /// Split `wave` into consecutive multi-reads of about [`BATCH_BYTES`].
+    /// Split `wave` into consecutive multi-reads of about [`BATCH_BYTES`]
+    /// (a resync's: [`RESYNC_BATCH_BYTES`]).
     pub fn plan(&self, wave: Range<usize>) -> Vec<Range<usize>> {
-        let guess = self.guess().unwrap_or(0);
+        let Limits {
+            batch_bytes,
+            batch_nodes,
+            ..
+        } = self.limits;
         let mut batches = Vec::new();
         let (mut start, mut bytes) = (wave.start, 0);
         for i in wave.clone() {
-            let weight = self.sizes[i].unwrap_or(guess) + ANSWER_OVERHEAD;
-            if i > start && (bytes + weight > BATCH_BYTES || i - start >= BATCH_MAX_NODES) {
+            let weight = self.weight(i);
+            if i > start && (bytes + weight > batch_bytes || i - start >= batch_nodes) {
                 batches.push(start..i);
                 (start, bytes) = (i, 0);
             }
@@ -172,5 +240,43 @@ mod tests {
         let plan = bulk.plan(0..40);
         assert!(plan.iter().all(|b| b.len() <= 3), "{plan:?}");
         assert_eq!(plan.iter().map(|b| b.len()).sum::<usize>(), 40);
+    }
+
+    #[test]
+    fn a_resync_of_small_nodes_is_few_large_multi_reads() {
+        // 2,500 cached nodes of 40 bytes: one multi-read, where a cold load
+        // would send ten.
+        let sizes = vec![Some(40); 2500];
+        let mut resync = BulkRead::for_resync(&sizes);
+        assert_eq!(resync.next_wave(), Some(0..2500));
+        assert_eq!(resync.plan(0..2500), vec![0..2500]);
+        assert_eq!(resync.next_wave(), None);
+        let mut load = BulkRead::new(&sizes);
+        let wave = load.next_wave().expect("a wave");
+        assert_eq!(load.plan(wave).len(), WAVE_NODES / BATCH_MAX_NODES);
+    }
+
+    #[test]
+    fn a_resync_bounds_its_answers_by_bytes() {
+        // 10 KiB nodes: each multi-read stays within the resync budget, and a
+        // wave within its byte budget, so memory stays bounded.
+        let sizes = vec![Some(10 * 1024); 1000];
+        let mut resync = BulkRead::for_resync(&sizes);
+        let mut seen = 0;
+        while let Some(wave) = resync.next_wave() {
+            let wave_bytes: usize = wave.clone().map(|i| resync.weight(i)).sum();
+            assert!(wave_bytes <= RESYNC_WAVE_BYTES, "{wave_bytes}");
+            for batch in resync.plan(wave.clone()) {
+                let bytes: usize = batch.clone().map(|i| resync.weight(i)).sum();
+                assert!(bytes <= RESYNC_BATCH_BYTES, "{bytes}");
+                seen += batch.len();
+            }
+        }
+        assert_eq!(seen, 1000);
+        // One node bigger than the budget still gets its own read.
+        let huge = vec![Some(2 * RESYNC_WAVE_BYTES)];
+        let mut resync = BulkRead::for_resync(&huge);
+        assert_eq!(resync.next_wave(), Some(0..1));
+        assert_eq!(resync.plan(0..1), vec![0..1]);
     }
 }

@@ -416,9 +416,23 @@ impl ZkSession {
                 fresh = self.rebuild() => fresh,
                 _ = shutdown.wait_for(|closed| *closed) => return,
             };
-            let id = self.adopt(fresh);
+            let mut state = fresh.state_watcher();
+            let id = self.adopt(fresh.clone());
             info!(session = %format!("{id:#x}"), "new ZooKeeper session after expiry");
             self.set_state(ConnState::Connected);
+            // The watch goes on before the resync is asked for, so no change
+            // falls between the resync's reads and the first event; the
+            // next `follow` takes it. Without it (the session ended at once)
+            // `follow` adds one itself or builds the next session.
+            let watcher = tokio::select! {
+                watcher = self.add_watch(&fresh, &mut state) => watcher,
+                _ = shutdown.wait_for(|closed| *closed) => return,
+            };
+            *self
+                .initial_watcher
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = watcher;
+            drop(fresh);
             let _ = events.send(SessionEvent::NewSession);
         }
     }
@@ -476,8 +490,11 @@ impl ZkSession {
             match connect(&self.config, self.config.connect_timeout).await {
                 Ok(client) => return client,
                 Err(e) => {
-                    warn!(error = %e, retry_in = ?delay, "reconnect failed");
-                    tokio::time::sleep(delay).await;
+                    // Jittered, so mounts that lost their sessions together
+                    // (an ensemble outage) do not retry in step.
+                    let wait = delay / 2 + jitter(delay / 2);
+                    warn!(error = %e, retry_in = ?wait, "reconnect failed");
+                    tokio::time::sleep(wait).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
@@ -573,6 +590,10 @@ impl ZkSession {
                                 info!("reconnected to ZooKeeper; re-adding watch and resynchronising");
                                 // zookeeper-client 0.11.2 does not resend persistent
                                 // watches on reconnect: drop ours and add it again.
+                                // Dropping the last watcher of a path sends a
+                                // RemoveWatches (which the server answers with
+                                // NoWatcher): a request, so it is counted.
+                                self.requests.fetch_add(1, Ordering::Relaxed);
                                 drop(watcher);
                                 match self.add_watch(client, &mut state).await {
                                     Some(w) => watcher = w,
@@ -595,6 +616,45 @@ impl ZkSession {
             }
         }
     }
+}
+
+/// The longest a resync waits after a reconnect or a new session:
+/// `min(1 s, session timeout / 4)`. Spread over this window, a fleet of
+/// mounts that reconnect at the same moment (a leader failover) does not
+/// send its resyncs at the same moment; the window stays well inside the
+/// session timeout, and short enough that gap changes appear within about a
+/// second.
+pub fn resync_jitter_limit(session_timeout: Duration) -> Duration {
+    (session_timeout / 4).min(Duration::from_secs(1))
+}
+
+/// A uniformly random duration in `[0, max)` (zero for zero): a splitmix64
+/// step over a per-process seed and a counter, which is all a spread of
+/// retries needs (no crate for it).
+pub fn jitter(max: Duration) -> Duration {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let nanos = max.as_nanos().min(u64::MAX as u128) as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    let seed = *SEED.get_or_init(|| {
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        now ^ (u64::from(std::process::id()) << 32)
+    });
+    let mut z = seed.wrapping_add(
+        COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    Duration::from_nanos(z % nanos)
 }
 
 enum FollowEnd {
@@ -860,4 +920,36 @@ fn permission_bits(p: zk::Permission) -> i32 {
     .filter(|(perm, _)| p.has(*perm))
     .map(|(_, bit)| bit)
     .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_spreads_over_its_whole_window_and_stays_inside_it() {
+        let max = Duration::from_millis(1000);
+        let samples: Vec<Duration> = (0..2000).map(|_| jitter(max)).collect();
+        assert!(samples.iter().all(|d| *d < max));
+        // Each tenth of the window gets some of 2,000 draws (a constant or
+        // a narrow spread would leave most of them empty).
+        for decile in 0..10 {
+            let (lo, hi) = (max * decile / 10, max * (decile + 1) / 10);
+            let n = samples.iter().filter(|d| **d >= lo && **d < hi).count();
+            assert!(n > 100, "decile {decile}: {n} of 2000");
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn resync_jitter_limit_is_a_quarter_session_timeout_at_most_one_second() {
+        assert_eq!(
+            resync_jitter_limit(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            resync_jitter_limit(Duration::from_secs(30)),
+            Duration::from_secs(1)
+        );
+    }
 }

@@ -96,6 +96,11 @@ pub struct Store<B: ZkBackend> {
     /// (forgotten when the node is deleted): whether a node's current
     /// version is this mount's own.
     own_versions: Mutex<HashMap<String, i64>>,
+    /// Resync only: per listed directory, the `(czxid, pzxid)` at which the
+    /// last resync read or confirmed its child list (see [`Store::resync`]).
+    resync_baselines: Mutex<HashMap<String, (i64, i64)>>,
+    /// Resync only: whether the last resync compared every node.
+    resync_complete: std::sync::atomic::AtomicBool,
 }
 
 /// Fetches begun (their tickets) whose answer is awaited: dropped before
@@ -193,6 +198,8 @@ impl<B: ZkBackend> Store<B> {
             data_in_flight: Mutex::new(HashMap::new()),
             connect_wait: Duration::from_secs(5),
             own_versions: Mutex::new(HashMap::new()),
+            resync_baselines: Mutex::new(HashMap::new()),
+            resync_complete: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -1017,11 +1024,28 @@ impl<B: ZkBackend> Store<B> {
 
     /// Compare every cached node with the server (after a reconnect or a new
     /// session: events during the gap may be lost) and return what changed.
+    ///
+    /// Called once the root watch is in place again, so every change after
+    /// this read arrives as an event and every change before it is in the
+    /// answers. Every cached node's `getData` goes out in a few large
+    /// multi-reads ([`BulkRead::for_resync`]): a changed mzxid or version is
+    /// a data change, NoNode a deletion. A listed directory's children are
+    /// read again only when they may have changed: ZooKeeper sets a node's
+    /// pzxid to the zxid of the transaction that last created or deleted one
+    /// of its children, so a pzxid (and czxid) equal to the one at which the
+    /// previous resync read or confirmed the list proves that no child came
+    /// or went since; the list then is that one plus the events delivered
+    /// since, which are all in. The baseline is kept here, not taken from the
+    /// cached stat: a read answered on the new connection before the watch
+    /// was re-added can store a stat that already shows a gap change while
+    /// the cached list does not. A directory without a baseline (the first
+    /// resync after the mount listed it), with a changed pzxid, or with an
+    /// answer that failed is listed again.
     pub async fn resync(&self) -> Vec<Change> {
         // Events may have been lost: expectations of our own could now
         // swallow someone else's change.
         self.own().clear();
-        let (paths, listed): (Vec<String>, Vec<String>) = {
+        let (paths, listed): (Vec<String>, std::collections::HashSet<String>) = {
             let cache = self.cache();
             let paths = cache.paths();
             let listed = paths
@@ -1031,10 +1055,19 @@ impl<B: ZkBackend> Store<B> {
                 .collect();
             (paths, listed)
         };
+        let baselines = std::mem::take(
+            &mut *self
+                .resync_baselines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let mut complete = true;
+        let mut kept: HashMap<String, (i64, i64)> = HashMap::new();
+        let mut relist: Vec<String> = Vec::new();
         let mut changes = Vec::new();
         let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         let sizes = self.known_sizes(&paths);
-        let mut bulk = BulkRead::new(&sizes);
+        let mut bulk = BulkRead::for_resync(&sizes);
         while let Some(wave) = bulk.next_wave() {
             let (tickets, guard) = self.begin_fetches(&paths[wave.clone()]);
             let answers = bulk.read(&self.backend, &paths, wave.clone()).await;
@@ -1045,8 +1078,19 @@ impl<B: ZkBackend> Store<B> {
                 cache.end_fetch(p, ticket);
                 match answer {
                     Ok((data, stat)) => {
+                        let seen = (stat.czxid, stat.pzxid);
                         if cache.store_data(p, data, stat, ticket) {
                             changes.push(Change::Data(p.to_string()));
+                        }
+                        if listed.contains(p) {
+                            let list_ok = cache
+                                .get(p)
+                                .is_some_and(|n| n.children.is_some() && !n.children_stale);
+                            if list_ok && baselines.get(p) == Some(&seen) {
+                                kept.insert(p.to_string(), seen);
+                            } else {
+                                relist.push(p.to_string());
+                            }
                         }
                     }
                     Err(ZkError::NoNode) => {
@@ -1060,11 +1104,21 @@ impl<B: ZkBackend> Store<B> {
                     Err(e) => {
                         warn!(path = %p, error = %e, "resync could not read node; it stays stale");
                         cache.mark_stale(p);
+                        complete = false;
+                        if listed.contains(p) {
+                            relist.push(p.to_string());
+                        }
                     }
                 }
             }
         }
-        for chunk in listed.chunks(PIPELINE_DEPTH) {
+        debug!(
+            nodes = paths.len(),
+            listed = listed.len(),
+            relisted = relist.len(),
+            "resync compared the cache"
+        );
+        for chunk in relist.chunks(PIPELINE_DEPTH) {
             let tickets: Vec<FetchTicket> = {
                 let mut cache = self.cache();
                 chunk.iter().map(|p| cache.begin_fetch(p)).collect()
@@ -1074,8 +1128,14 @@ impl<B: ZkBackend> Store<B> {
             let mut cache = self.cache();
             for ((p, ticket), answer) in chunk.iter().zip(tickets).zip(answers) {
                 cache.end_fetch(p, ticket);
-                let Ok((names, stat)) = answer else {
-                    continue;
+                let (names, stat) = match answer {
+                    Ok(answer) => answer,
+                    Err(ZkError::NoNode) => continue,
+                    Err(e) => {
+                        warn!(path = %p, error = %e, "resync could not list directory; listed again at the next resync");
+                        complete = false;
+                        continue;
+                    }
                 };
                 let before: Vec<String> = cache
                     .get(p)
@@ -1090,10 +1150,33 @@ impl<B: ZkBackend> Store<B> {
                 for new in names.iter().filter(|n| !before.contains(n)) {
                     changes.push(Change::Created(path::join(p, new)));
                 }
+                let seen = (stat.czxid, stat.pzxid);
                 cache.store_children(p, names, stat, ticket);
+                // A baseline only for a list the cache took as it was read
+                // (no event raced it, same incarnation of the node).
+                if cache
+                    .get(p)
+                    .is_some_and(|n| !n.children_stale && n.stat.czxid == seen.0)
+                {
+                    kept.insert(p.clone(), seen);
+                }
             }
         }
+        *self
+            .resync_baselines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = kept;
+        self.resync_complete
+            .store(complete, std::sync::atomic::Ordering::SeqCst);
         changes
+    }
+
+    /// Whether the last [`Store::resync`] compared every cached node with
+    /// the server (false when some read failed: those nodes are stale and
+    /// the resync is worth repeating).
+    pub fn resync_complete(&self) -> bool {
+        self.resync_complete
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A counter that moves whenever the cache changes (see
@@ -1149,4 +1232,155 @@ async fn await_all<T, F: Future<Output = T>>(futures: Vec<F>) -> Vec<T> {
         out.push(f.await);
     }
     out
+}
+
+#[cfg(test)]
+mod resync_tests {
+    //! The resync's cheap check (directory pzxid against the last resync's
+    //! baseline) against the fake server, where changes can be made without
+    //! delivering their events (a disconnected mount's gap).
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::zk::fake::FakeZk;
+
+    fn sorted(mut changes: Vec<Change>) -> Vec<Change> {
+        changes.sort_by(|a, b| a.path().cmp(b.path()));
+        changes
+    }
+
+    /// A store that has read every node of a small tree and listed its
+    /// three directories.
+    async fn warm() -> (Arc<FakeZk>, Store<Arc<FakeZk>>) {
+        let zk = Arc::new(FakeZk::new());
+        for (p, d) in [
+            ("/d", &b""[..]),
+            ("/d/a", b"a"),
+            ("/d/b", b"b"),
+            ("/d/sub", b""),
+            ("/d/sub/x", b"x"),
+            ("/f", b"1"),
+        ] {
+            zk.as_ref().create(p, d, 0).expect("create");
+        }
+        let store = Store::new(zk.clone(), 1 << 20);
+        for dir in ["/", "/d", "/d/sub"] {
+            store.children(dir).await.expect("list");
+        }
+        for leaf in ["/d/a", "/d/b", "/d/sub/x", "/f"] {
+            store.data(leaf).await.expect("read");
+        }
+        (zk, store)
+    }
+
+    /// Requests one resync sends, and what it found.
+    async fn resync_counted(zk: &FakeZk, store: &Store<Arc<FakeZk>>) -> (u64, Vec<Change>) {
+        let before = zk.requests();
+        let changes = store.resync().await;
+        assert!(store.resync_complete());
+        (zk.requests() - before, sorted(changes))
+    }
+
+    #[tokio::test]
+    async fn a_resync_with_nothing_changed_is_one_multi_read() {
+        let (zk, store) = warm().await;
+        // The first resync has no baselines: it lists the three directories.
+        assert_eq!(resync_counted(&zk, &store).await, (1 + 3, vec![]));
+        // Later ones only read the nodes' stats, in one multi-read.
+        assert_eq!(resync_counted(&zk, &store).await, (1, vec![]));
+        assert_eq!(resync_counted(&zk, &store).await, (1, vec![]));
+    }
+
+    #[tokio::test]
+    async fn every_change_of_the_gap_is_found_and_only_changed_directories_are_listed() {
+        let (zk, store) = warm().await;
+        resync_counted(&zk, &store).await;
+        // The gap: data changed, a child created and one deleted in /d, and
+        // in /d/sub one created and another created and deleted again (the
+        // list ends as it was, only pzxid tells). Events are not delivered.
+        zk.as_ref().set("/f", b"2").expect("set");
+        zk.as_ref().create("/d/c", b"c", 0).expect("create");
+        zk.as_ref().delete("/d/a").expect("delete");
+        zk.as_ref().create("/d/sub/tmp", b"t", 0).expect("create");
+        zk.as_ref().delete("/d/sub/tmp").expect("delete");
+        zk.as_ref().create("/d/sub/y", b"y", 0).expect("create");
+        let (requests, changes) = resync_counted(&zk, &store).await;
+        assert_eq!(
+            changes,
+            vec![
+                Change::Data("/d".into()),
+                Change::Deleted("/d/a".into()),
+                Change::Created("/d/c".into()),
+                Change::Data("/d/sub".into()),
+                Change::Created("/d/sub/y".into()),
+                Change::Data("/f".into()),
+            ]
+        );
+        // One multi-read, then /d and /d/sub listed (not the root).
+        assert_eq!(requests, 1 + 2);
+        assert_eq!(
+            store.peek_children("/d").expect("listed"),
+            ["b", "c", "sub"]
+        );
+        assert_eq!(store.peek_children("/d/sub").expect("listed"), ["x", "y"]);
+        assert_eq!(&*store.data("/f").await.expect("read").0, b"2");
+        assert_eq!(resync_counted(&zk, &store).await, (1, vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_stat_read_before_the_resync_does_not_hide_a_gap_change() {
+        let (zk, store) = warm().await;
+        resync_counted(&zk, &store).await;
+        // In the gap a child is born and another dies (the count stays); a
+        // read on the new connection (before the resync) stores /d's new
+        // stat, whose pzxid shows it, while the cached list does not: the
+        // baseline must not come from that stat.
+        zk.as_ref().create("/d/late", b"l", 0).expect("create");
+        zk.as_ref().delete("/d/a").expect("delete");
+        store.read_fresh("/d").await.expect("read");
+        assert_eq!(
+            store.peek_children("/d").expect("listed"),
+            ["a", "b", "sub"]
+        );
+        let (requests, changes) = resync_counted(&zk, &store).await;
+        // Whether /d's own stat counts as changed depends on the order in
+        // which the answers are applied (the read stored the new one): only
+        // the child changes are asserted.
+        let children: Vec<Change> = changes
+            .into_iter()
+            .filter(|c| !matches!(c, Change::Data(_)))
+            .collect();
+        assert_eq!(
+            children,
+            vec![
+                Change::Deleted("/d/a".into()),
+                Change::Created("/d/late".into())
+            ]
+        );
+        assert_eq!(requests, 1 + 1);
+        assert_eq!(
+            store.peek_children("/d").expect("listed"),
+            ["b", "late", "sub"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resync_that_could_not_read_leaves_no_baseline() {
+        let (zk, store) = warm().await;
+        resync_counted(&zk, &store).await;
+        // Connection lost again during the resync: nothing is confirmed.
+        zk.set_connected(false);
+        store.resync().await;
+        assert!(!store.resync_complete());
+        zk.as_ref().create("/d/c", b"c", 0).expect("create");
+        zk.set_connected(true);
+        // So the next one lists every directory again, and finds the child.
+        let (requests, changes) = resync_counted(&zk, &store).await;
+        assert_eq!(
+            changes,
+            vec![Change::Data("/d".into()), Change::Created("/d/c".into())]
+        );
+        assert_eq!(requests, 1 + 3);
+    }
 }

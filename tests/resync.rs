@@ -1,0 +1,148 @@
+//! Resync after a reconnect against a real ZooKeeper: every change made
+//! while a mount was cut off (a leaf's data, children created and deleted
+//! in listed directories, with the child count unchanged too) is seen after
+//! the reconnect, also on the cheap path where a directory is listed again
+//! only when its pzxid moved; and a reconnect with nothing changed costs
+//! the root watch and one multi-read.
+
+mod common;
+#[path = "support/proxy.rs"]
+mod proxy;
+#[path = "support/zkops.rs"]
+mod zkops;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Mount, shared_zk, unique_root, wait_until};
+use proxy::Proxy;
+use zkops::{Other, requests, xattr_string};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn resyncs(m: &Path) -> u64 {
+    xattr_string(m, "user.zkfs.resyncs")
+        .parse()
+        .expect("resyncs")
+}
+
+/// Cut the connection, run `gap` while the mount cannot see anything,
+/// restore it and wait until the resync that follows has completed.
+fn cut_off(proxy: &Proxy, m: &Path, gap: impl FnOnce()) {
+    let done = resyncs(m);
+    proxy.cut();
+    wait_until("mount notices the drop", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "disconnected"
+    });
+    gap();
+    proxy.restore();
+    wait_until("reconnected and resynchronised", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "connected"
+            && resyncs(m) > done
+            && xattr_string(m, "user.zkfs.resync_pending") == "0"
+    });
+}
+
+#[test]
+fn every_gap_change_is_seen_and_an_unchanged_reconnect_is_cheap() {
+    let zk = shared_zk();
+    let root = unique_root("resync");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"v1");
+    other.ensure(&format!("{root}/svc"));
+    for name in ["a", "b", "c"] {
+        other.create(&format!("{root}/svc/{name}"), b"s");
+    }
+    other.ensure(&format!("{root}/svc/pool"));
+    for i in 0..20 {
+        other.create(&format!("{root}/svc/pool/n{i:02}"), b"p");
+    }
+    let proxy = Proxy::start(&zk);
+    let mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &[
+            "--session-timeout",
+            "30s",
+            "--op-timeout",
+            "1s",
+            "--read-only",
+        ],
+    );
+    let m = mount.path();
+    // Cache and list everything.
+    assert_eq!(names(m), ["config", "svc"]);
+    assert_eq!(names(&m.join("svc")), ["a", "b", "c", "pool"]);
+    assert_eq!(names(&m.join("svc/pool")).len(), 20);
+    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
+    for name in names(&m.join("svc/pool")) {
+        fs::read(m.join("svc/pool").join(name)).expect("cat");
+    }
+
+    // First gap: the first resync has no baseline and lists every directory.
+    // (No node is created here: a new node's ACL is loaded in the
+    // background, which would blur the counts below.)
+    cut_off(&proxy, m, || {
+        other.set(&format!("{root}/config"), b"v2");
+        other.delete(&format!("{root}/svc/c"));
+    });
+    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v2");
+    assert_eq!(names(&m.join("svc")), ["a", "b", "pool"]);
+
+    // A child arrives by event and is never looked at: its name is in the
+    // cached list, the node itself is not cached.
+    other.create(&format!("{root}/svc/z"), b"s");
+    wait_until("event applied", DEADLINE, || {
+        xattr_string(&m.join("svc"), "user.zk.num_children") == "4"
+    });
+    // Its pzxid moved since the first resync: /svc is listed again.
+    cut_off(&proxy, m, || {});
+
+    // Nothing changed: the root watch removed and added again (the client
+    // forgets it at reconnect) and one multi-read; no directory is listed.
+    let before = requests(m);
+    cut_off(&proxy, m, || {});
+    let cost = requests(m) - before;
+    assert!(
+        cost <= 3,
+        "a reconnect with nothing changed sent {cost} requests"
+    );
+
+    // The last gap, on the cheap path: a leaf's data; in /svc a child
+    // created and the uncached one deleted (the count stays, no cached node
+    // vanishes: only the pzxid tells); in /svc/pool one created, one created
+    // and deleted again, one deleted; a node created at the root.
+    cut_off(&proxy, m, || {
+        other.set(&format!("{root}/config"), b"v3");
+        other.create(&format!("{root}/svc/e"), b"s");
+        other.delete(&format!("{root}/svc/z"));
+        other.create(&format!("{root}/svc/pool/n20"), b"p");
+        other.create(&format!("{root}/svc/pool/tmp"), b"t");
+        other.delete(&format!("{root}/svc/pool/tmp"));
+        other.delete(&format!("{root}/svc/pool/n00"));
+        other.create(&format!("{root}/fresh"), b"f");
+    });
+    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v3");
+    assert_eq!(names(m), ["config", "fresh", "svc"]);
+    assert_eq!(names(&m.join("svc")), ["a", "b", "e", "pool"]);
+    let pool = names(&m.join("svc/pool"));
+    assert_eq!(pool.len(), 20);
+    assert!(pool.contains(&"n20".to_string()) && !pool.contains(&"n00".to_string()));
+    assert!(!m.join("svc/z").exists());
+
+    // The re-added watch works.
+    other.set(&format!("{root}/config"), b"v4");
+    wait_until("watch re-added", DEADLINE, || {
+        fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v4")
+    });
+}
