@@ -7,8 +7,16 @@
 //! must not talk to ZooKeeper or the kernel.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::attr::Attr;
+
+/// Orders the content changes of all write handles (see `Writer::changed`).
+static CHANGES: AtomicU64 = AtomicU64::new(1);
+
+fn next_change() -> u64 {
+    CHANGES.fetch_add(1, Ordering::Relaxed)
+}
 
 pub(super) struct OpenFile {
     pub(super) ino: u64,
@@ -92,6 +100,10 @@ pub struct Writer {
     /// written): opens of the node wait for the release that sends it.
     pub(super) closed_unsent: bool,
     pub(super) append: bool,
+    /// When the content last changed (a write, a size set, or an open that
+    /// starts it empty), in the order of every handle's changes: of several
+    /// handles of one file with unsent content, `stat` shows the latest.
+    pub(super) changed: u64,
 }
 
 impl Writer {
@@ -112,6 +124,7 @@ impl Writer {
             written: false,
             closed_unsent: false,
             append: mode.append,
+            changed: if mode.truncate { next_change() } else { 0 },
         }
     }
 
@@ -123,6 +136,7 @@ impl Writer {
             written: false,
             closed_unsent: false,
             append: mode.append,
+            changed: next_change(),
         }
     }
 
@@ -130,9 +144,10 @@ impl Writer {
         &self.buf
     }
 
-    /// Content this handle holds and has not sent (for `stat` while open).
-    pub(super) fn unsent(&self) -> Option<usize> {
-        (self.state == WriteState::Dirty).then_some(self.buf.len())
+    /// Size of the content this handle holds and has not sent (for `stat`
+    /// while open), with when it last changed.
+    pub(super) fn unsent(&self) -> Option<(u64, usize)> {
+        (self.state == WriteState::Dirty).then_some((self.changed, self.buf.len()))
     }
 
     /// A close left content to be sent at release.
@@ -146,5 +161,6 @@ impl Writer {
             self.state = WriteState::Dirty;
         }
         self.written = true;
+        self.changed = next_change();
     }
 }

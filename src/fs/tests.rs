@@ -1327,3 +1327,121 @@ async fn kernel_opens_pages_are_offered_once_per_version() {
     h.fs.offer_pages(&[first.ino, second.ino]);
     assert_eq!(stores(h.invalidations.take()), [second.ino]);
 }
+
+// ---- pjdfstest unlink/14: an unlinked open file keeps its writes ----
+
+const HELLO: &[u8] = b"Hello,_World!";
+
+/// pjdfstest unlink/14 test 5: `create N 0644` (open O_CREAT|O_EXCL, then
+/// close: the flush sends nothing, the release that creates the node comes
+/// asynchronously). Returns (inode, the creator's handle, not yet released).
+async fn created_and_closed(h: &Harness, name: &str) -> (u64, u64) {
+    let (entry, fh) =
+        h.fs.create(ROOT_INO, OsStr::new(name), OpenMode::default(), true, 1)
+            .await
+            .expect("create");
+    h.fs.flush(fh).await.expect("close");
+    (entry.attr.ino, fh)
+}
+
+const RW: OpenMode = OpenMode {
+    write: true,
+    truncate: false,
+    append: false,
+};
+
+#[tokio::test(start_paused = true)]
+async fn unlink14_a_file_opened_before_its_create_landed_stats_its_writes_once_unlinked() {
+    // Test 6 (`open N O_RDWR : write : unlink N : pread`) opened the file
+    // while test 5's release had not created it yet: its handle was opened
+    // on the pending file, then the release created the (empty) node. Once
+    // unlinked, `fstat`/`GETATTR` through that handle failed with ENOENT
+    // (the handle had no attributes of the created version to fall back to).
+    for in_flight in [false, true] {
+        let h = harness();
+        let (ino, creator) = created_and_closed(&h, "n").await;
+        let fh = if in_flight {
+            // The release's create is out (applied, answer late) while the
+            // next open and write arrive.
+            h.zk.inject(WriteFault::LateAnswer(50));
+            let release = h.fs.release(creator);
+            tokio::pin!(release);
+            let polled =
+                tokio::time::timeout(std::time::Duration::from_millis(10), &mut release).await;
+            assert!(polled.is_err(), "the create's answer is still out");
+            assert!(h.zk.exists("/n"));
+            let fh = h.fs.open(ino, RW, 1).await.expect("open").fh;
+            h.fs.write(fh, 0, HELLO).await.expect("write");
+            release.await.expect("release creates");
+            fh
+        } else {
+            let fh = h.fs.open(ino, RW, 1).await.expect("open").fh;
+            h.fs.write(fh, 0, HELLO).await.expect("write");
+            h.fs.release(creator).await.expect("late release creates");
+            fh
+        };
+        assert_eq!(h.zk.data("/n").as_deref(), Some(&b""[..]), "{in_flight}");
+        h.deliver_own();
+        assert_eq!(
+            h.fs.getattr(ino).await.expect("stat").size,
+            13,
+            "{in_flight}"
+        );
+        h.fs.unlink(ROOT_INO, OsStr::new("n"))
+            .await
+            .expect("unlink");
+        h.deliver_own();
+        assert!(!h.zk.exists("/n"), "{in_flight}: deleted");
+        let attr =
+            h.fs.getattr(ino)
+                .await
+                .expect("fstat of the open unlinked file");
+        assert_eq!((attr.size, attr.nlink), (13, 0), "{in_flight}");
+        let (data, start, end) = h.fs.read(fh, 0, 13).await.expect("pread");
+        assert_eq!(&data[start..end], HELLO, "{in_flight}");
+        let _ = h.fs.release(fh).await;
+        assert!(!h.zk.exists("/n"), "{in_flight}: nothing re-created");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unlink14_an_unlinked_new_file_shows_what_was_written_not_an_untouched_handle() {
+    // Test 5's release arrives after test 6's unlink: the new file is never
+    // created, and until then two write handles hold it, the creator's
+    // (nothing written) and test 6's (13 bytes). Its size was the last
+    // dirty handle's in the handle table's order (a hash map's), so a
+    // LOOKUP or GETATTR after the write could answer 0: the kernel takes
+    // that size for the inode, and a pread of the 13 bytes returns nothing.
+    // Which handle comes last differs per handle table: 32 fresh mounts
+    // make a pass by luck one chance in 2^32.
+    for round in 0..32 {
+        let h = harness();
+        let (ino, creator) = created_and_closed(&h, "n").await;
+        let fh = h.fs.open(ino, RW, 1).await.expect("open").fh;
+        h.fs.write(fh, 0, HELLO).await.expect("write");
+        let looked_up =
+            h.fs.lookup(ROOT_INO, OsStr::new("n"))
+                .await
+                .expect("lookup");
+        assert_eq!(looked_up.attr.size, 13, "round {round}: lookup");
+        assert_eq!(
+            h.fs.getattr(ino).await.expect("stat").size,
+            13,
+            "round {round}"
+        );
+        h.fs.unlink(ROOT_INO, OsStr::new("n"))
+            .await
+            .expect("unlink");
+        let attr =
+            h.fs.getattr(ino)
+                .await
+                .expect("fstat of the open unlinked file");
+        assert_eq!((attr.size, attr.nlink), (13, 0), "round {round}: fstat");
+        let (data, start, end) = h.fs.read(fh, 0, 13).await.expect("pread");
+        assert_eq!(&data[start..end], HELLO, "round {round}");
+        h.fs.release(creator).await.expect("late release");
+        h.fs.release(fh).await.expect("release");
+        assert!(!h.zk.exists("/n"), "round {round}: nothing created");
+        assert_eq!(h.zk.writes_received(), 0, "round {round}");
+    }
+}

@@ -93,6 +93,8 @@ impl<B: ZkBackend> ZkFs<B> {
             .map(|i| i.path.to_string())
             .unwrap_or_default();
         let owner = super::attrs::owner(&self.config.presentation, &path, FileKind::RegularFile);
+        // Unlinked before it was ever created, but still open: no links.
+        let nlink = u32::from(lock(&self.inodes).is_current(ino));
         Attr {
             ino,
             kind: FileKind::RegularFile,
@@ -100,26 +102,30 @@ impl<B: ZkBackend> ZkFs<B> {
             mtime_ns: now_ns(),
             crtime_ms: (now_ns() / 1_000_000) as i64,
             perm: owner.perm,
-            nlink: 1,
+            nlink,
             uid: owner.uid,
             gid: owner.gid,
         }
     }
 
-    /// Size of the content a write handle of `ino` holds but has not sent.
+    /// Size of the content a write handle of `ino` holds but has not sent
+    /// (of several such handles, the one changed last: a new file's creator
+    /// that wrote nothing must not hide what another handle wrote since).
     pub(super) async fn unsent_size(&self, ino: u64) -> Option<u64> {
         let writers: Vec<_> = lock(&self.files)
             .values()
             .filter(|f| f.ino == ino)
             .filter_map(|f| f.writer.clone())
             .collect();
-        let mut size = None;
+        let mut latest: Option<(u64, usize)> = None;
         for w in writers {
-            if let Some(len) = w.lock().await.unsent() {
-                size = Some(len as u64);
+            if let Some(unsent) = w.lock().await.unsent()
+                && latest.is_none_or(|l| unsent.0 > l.0)
+            {
+                latest = Some(unsent);
             }
         }
-        size
+        latest.map(|(_, len)| len as u64)
     }
 
     pub(super) fn open_pending(
@@ -434,6 +440,7 @@ impl<B: ZkBackend> ZkFs<B> {
             Ok(stat) => {
                 lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
                 w.base_version = Some(stat.version);
+                self.adopt_pending_handles(ino, path, &w.buf);
                 self.invalidate_entry_of(path);
                 Ok(())
             }
@@ -450,6 +457,26 @@ impl<B: ZkBackend> ZkFs<B> {
                 lock(&self.inodes).detach(path);
                 Err(create_error(path, e))
             }
+        }
+    }
+
+    /// The handles opened on a new file before it was created (with no
+    /// version to show) are handles of the version just created: `stat`
+    /// through them falls back to its attributes once the node is unlinked
+    /// (they had none, so an unlinked file opened while pending failed
+    /// `fstat` with ENOENT).
+    fn adopt_pending_handles(&self, ino: u64, path: &str, content: &[u8]) {
+        let Some(view) = self.store.peek(path) else {
+            return;
+        };
+        let attr = self.attr_for(ino, path, Role::Node, FileKind::RegularFile, &view);
+        let data: Arc<[u8]> = Arc::from(content);
+        for file in lock(&self.files)
+            .values_mut()
+            .filter(|f| f.ino == ino && f.attr.is_none())
+        {
+            file.attr = Some(attr);
+            file.data = data.clone();
         }
     }
 
