@@ -559,7 +559,15 @@ impl<B: ZkBackend> ZkFs<B> {
 
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
         self.note_activity();
-        self.lookup_inner(parent, name, false).await
+        let mut entry = self.lookup_inner(parent, name, false).await?;
+        // Like `getattr`: the kernel sets the inode's size from this answer,
+        // and a write handle of this inode may hold content not sent yet
+        // (the Created event of a file this mount just created makes the
+        // kernel look it up again while another descriptor has written).
+        if let Some(size) = self.unsent_size(entry.attr.ino).await {
+            entry.attr.size = size;
+        }
+        Ok(entry)
     }
 
     /// `lookup`, where `empty_data_file` also finds the data file of a

@@ -1445,3 +1445,41 @@ async fn unlink14_an_unlinked_new_file_shows_what_was_written_not_an_untouched_h
         assert_eq!(h.zk.writes_received(), 0, "round {round}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn unlink14_a_lookup_after_the_created_event_shows_the_unsent_writes() {
+    // Test 5's release created the (empty) node after test 6 opened and
+    // wrote the file (or its Created event came after the write): that event
+    // drops the kernel's dentry, so the unlink's path walk looks `N` up
+    // again, and the lookup answered the node's size (0) for the inode the
+    // write had sized to 13. The kernel takes it: pread then sees EOF.
+    for release_first in [false, true] {
+        let h = harness();
+        let (ino, creator) = created_and_closed(&h, "n").await;
+        if release_first {
+            h.fs.release(creator).await.expect("release creates");
+        }
+        let fh = h.fs.open(ino, RW, 1).await.expect("open").fh;
+        h.fs.write(fh, 0, HELLO).await.expect("write");
+        if !release_first {
+            h.fs.release(creator).await.expect("late release creates");
+        }
+        h.deliver_own();
+        let entry =
+            h.fs.lookup(ROOT_INO, OsStr::new("n"))
+                .await
+                .expect("lookup");
+        assert_eq!(
+            (entry.attr.ino, entry.attr.size),
+            (ino, 13),
+            "release first: {release_first}"
+        );
+        h.fs.unlink(ROOT_INO, OsStr::new("n"))
+            .await
+            .expect("unlink");
+        let (data, start, end) = h.fs.read(fh, 0, 13).await.expect("pread");
+        assert_eq!(&data[start..end], HELLO);
+        let _ = h.fs.release(fh).await;
+        assert!(!h.zk.exists("/n"));
+    }
+}
