@@ -681,6 +681,18 @@ impl<B: ZkBackend> ZkFs<B> {
         if inode.czxid == super::inode::PENDING_CZXID {
             return Ok(self.pending_attr(ino).await);
         }
+        // `: > f` from another process, then `stat f`: the truncation is
+        // sent by the release that follows the close, which the closing
+        // process does not wait for; the stat does (at most a second), so
+        // it shows the emptied file's new mtime (pjdfstest open/00).
+        let inode = if inode.is_content() {
+            self.wait_for_pending_release(&inode.path).await;
+            // The release's write keeps this inode's number with the new
+            // version (read it again).
+            self.inode(ino)?
+        } else {
+            inode
+        };
         let mut attr = match self.node_attr(ino, &inode).await {
             Ok(attr) => attr,
             Err(e @ (FsError::NotFound(_) | FsError::Stale(_))) => {

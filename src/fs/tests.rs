@@ -1483,3 +1483,33 @@ async fn unlink14_a_lookup_after_the_created_event_shows_the_unsent_writes() {
         assert!(!h.zk.exists("/n"));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn stat_after_another_process_truncated_by_open_shows_the_new_mtime() {
+    // pjdfstest open/00: `open(O_TRUNC)` + close in one process, then
+    // `stat` in another; the truncation goes out with the release, which
+    // the kernel sends without the closing process waiting for it.
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let before = h.resolve("/cfg").await.expect("stat");
+    let fh =
+        h.fs.open(before.ino, WRITE_TRUNC, 1)
+            .await
+            .expect("open")
+            .fh;
+    h.fs.flush(fh).await.expect("close");
+    let release_later = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        h.fs.release(fh).await.expect("release");
+    };
+    let (after, ()) = tokio::join!(h.fs.getattr(before.ino), release_later);
+    let after = after.expect("getattr");
+    assert_eq!(after.size, 0);
+    assert!(
+        after.mtime_ns > before.mtime_ns,
+        "mtime {} must exceed {}",
+        after.mtime_ns,
+        before.mtime_ns
+    );
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b""[..]));
+}
