@@ -136,6 +136,7 @@ fn main() {
     mount(zkfs, &format!("{zk}{root}"), &mnt, &[]);
     let pid = xattr(&mnt, "user.zkfs.pid");
     let rss_before = rss_kib(&pid);
+    let mem_before = bench::memory_breakdown(&pid);
     let mdir = mnt.join("servers");
     let k0 = kernel_requests(&mnt);
     let cold_ls = timed(|| run_quiet(&format!("ls -l '{}'", mdir.display())));
@@ -160,6 +161,7 @@ fn main() {
     // steady footprint.
     std::thread::sleep(Duration::from_secs(3));
     let rss_settled = rss_kib(&pid);
+    let mem_settled = bench::memory_breakdown(&pid);
     let rss_peak = peak_rss_kib(&pid);
     let cached_bytes: u64 = xattr(&mnt, "user.zkfs.cached_bytes").parse().unwrap_or(0);
     let requests = xattr(&mnt, "user.zkfs.requests");
@@ -245,6 +247,8 @@ fn main() {
         cached_bytes,
         requests.trim()
     );
+    println!("  after mount: {mem_before}");
+    println!("  settled:     {mem_settled}");
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_dir_all(&work);
 }

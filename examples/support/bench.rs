@@ -135,3 +135,83 @@ fn extra_mount_args() -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Where a process's resident memory is, from `/proc/PID/smaps`, in KiB:
+/// the heap (`[heap]` and anonymous mappings that are not thread stacks:
+/// malloc's large blocks and arenas), thread stacks (anonymous mappings right
+/// above a guard page), the executable's own file pages, shared libraries,
+/// and the rest; plus the threads by name. One line, for the tables.
+pub fn memory_breakdown(pid: &str) -> String {
+    let pid = pid.trim();
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return "unknown".into();
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (mut heap, mut stacks, mut binary, mut libs, mut other) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut stack_count, mut prev_guard_end) = (0usize, None::<u64>);
+    let mut current: Option<(u64, bool, String, String)> = None; // start, guard, perms, name
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) =
+                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            let perms = fields.next().unwrap_or("").to_string();
+            let name = fields.nth(3).unwrap_or("").to_string();
+            let is_guard = perms.starts_with("---") && name.is_empty();
+            let after_guard = prev_guard_end == Some(start);
+            prev_guard_end = is_guard.then_some(end);
+            current = Some((start, after_guard, perms, name));
+            continue;
+        }
+        if first != "Rss:" {
+            continue;
+        }
+        let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let Some((_, after_guard, perms, name)) = &current else {
+            continue;
+        };
+        if name == "[heap]" {
+            heap += kib;
+        } else if name.is_empty() && *after_guard && perms.starts_with("rw") {
+            stacks += kib;
+            stack_count += 1;
+        } else if name.is_empty() {
+            heap += kib;
+        } else if *name == exe {
+            binary += kib;
+        } else if name.starts_with('/') {
+            libs += kib;
+        } else {
+            other += kib; // [stack] of the main thread, [vdso], ...
+        }
+    }
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let mut threads: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < names.len() {
+        let same = names[i..].iter().take_while(|n| **n == names[i]).count();
+        threads.push(if same > 1 {
+            format!("{}x{same}", names[i])
+        } else {
+            names[i].clone()
+        });
+        i += same;
+    }
+    format!(
+        "heap {heap} KiB, thread stacks {stacks} KiB ({stack_count} stacks), executable {binary} KiB, libraries {libs} KiB, other {other} KiB; {} threads: {}",
+        names.len(),
+        threads.join(" ")
+    )
+}
