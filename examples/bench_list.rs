@@ -1,47 +1,27 @@
-//! Listing benchmark for registrations (run by `scripts/bench-list`, not a test).
+//! Listing benchmark for registrations (run by `scripts/bench` and
+//! `scripts/bench-list`, not a test).
 //!
 //! Seeds N (default 10,000) ephemeral registrations named like
-//! `10.0.x.y:8080` with ~60-byte JSON, then measures in one run: cold
-//! `ls -l` through a fresh zkfs mount (first access: every child's stat),
-//! warm `ls -l`, `ls -l` of the same files on tmpfs, a direct client
-//! `getChildren` + `getData` of every child (pipelined), and `cat` of every
-//! child (warm, mount vs tmpfs), plus the daemon's RSS before and after.
+//! `10.0.x.y:8080` with ~50-byte JSON, then measures in one run, each row
+//! against a baseline of the same run (tmpfs with the same files, or a
+//! direct client) with the goal from issue 17: cold `ls -l` through a fresh
+//! mount (first access: every child's stat), warm `ls -l`, warm `cat` of
+//! every child through a writable and a read-only (`--read-only`) mount,
+//! cold `cat` (fresh mount, no listing first), and the daemon's RSS after
+//! the writable mount's rows, with a breakdown of where it is.
 //!
 //! Usage: bench_list ZK_CONNECT ZKFS_BINARY [N]
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{kernel_requests, kernel_requests_per, mount, peak_rss_kib, rss_kib, xattr};
-
-fn timed<F: FnOnce()>(f: F) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn run_quiet(cmd: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdout(Stdio::null())
-        .status()
-        .expect("sh");
-    assert!(ok.success(), "{cmd}");
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+use bench::{
+    Goal, dur, kernel_requests, kernel_requests_per, median_of, mount, note, peak_rss_kib, ratio,
+    row, rss_kib, secs, sh_quiet, table, timed, unmount, xattr,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -119,132 +99,162 @@ fn main() {
     for (i, name) in names.iter().enumerate() {
         std::fs::write(format!("{tmp}/{name}"), payload(i)).expect("tmpfs file");
     }
-    let tmpfs_ls = median(
-        (0..5)
-            .map(|_| timed(|| run_quiet(&format!("ls -l '{tmp}'"))))
-            .collect(),
-    );
-    let tmpfs_cat = median(
-        (0..5)
-            .map(|_| timed(|| run_quiet(&format!("cd '{tmp}' && cat -- *"))))
-            .collect(),
-    );
+    let ls = |dir: &str| format!("ls -l '{dir}'");
+    let cat = |dir: &str| format!("cd '{dir}' && cat -- *");
+    let tmpfs_ls = median_of(5, || sh_quiet(&ls(&tmp)));
 
     let work = std::env::temp_dir().join(format!("zkfs-bench-list-{}", std::process::id()));
-    let mnt = work.join("mnt");
-    std::fs::create_dir_all(&mnt).expect("mkdir");
+    let (mnt, ro_mnt) = (work.join("rw"), work.join("ro"));
     mount(zkfs, &format!("{zk}{root}"), &mnt, &[]);
     let pid = xattr(&mnt, "user.zkfs.pid");
     let rss_before = rss_kib(&pid);
-    let mdir = mnt.join("servers");
+    let mem_before = bench::memory_breakdown(&pid);
+    let mdir = mnt.join("servers").to_string_lossy().into_owned();
     let k0 = kernel_requests(&mnt);
-    let cold_ls = timed(|| run_quiet(&format!("ls -l '{}'", mdir.display())));
+    let cold_ls = timed(|| sh_quiet(&ls(&mdir)));
     let k1 = kernel_requests(&mnt);
-    let warm_ls = median(
-        (0..5)
-            .map(|_| timed(|| run_quiet(&format!("ls -l '{}'", mdir.display()))))
-            .collect(),
-    );
+    let warm_ls = median_of(5, || sh_quiet(&ls(&mdir)));
     let k2 = kernel_requests(&mnt);
     // One unmeasured run first: it reads every child's data into the page cache.
-    run_quiet(&format!("cd '{}' && cat -- *", mdir.display()));
+    sh_quiet(&cat(&mdir));
     let k3 = kernel_requests(&mnt);
-    let warm_cat = median(
-        (0..5)
-            .map(|_| timed(|| run_quiet(&format!("cd '{}' && cat -- *", mdir.display()))))
-            .collect(),
-    );
+    // A read-only mount beside it, warmed the same way; the three `cat`s
+    // then alternate, so drift on the machine lands on all alike.
+    mount(zkfs, &format!("{zk}{root}"), &ro_mnt, &["--read-only"]);
+    let ro_dir = ro_mnt.join("servers").to_string_lossy().into_owned();
+    sh_quiet(&ls(&ro_dir));
+    sh_quiet(&cat(&ro_dir));
+    let (mut t_cat, mut rw_cat, mut ro_cat) = (Vec::new(), Vec::new(), Vec::new());
+    let ro_k0 = kernel_requests(&ro_mnt);
+    const WARM_RUNS: usize = 5;
+    for _ in 0..WARM_RUNS {
+        t_cat.push(timed(|| sh_quiet(&cat(&tmp))));
+        rw_cat.push(timed(|| sh_quiet(&cat(&mdir))));
+        ro_cat.push(timed(|| sh_quiet(&cat(&ro_dir))));
+    }
     let k4 = kernel_requests(&mnt);
+    let ro_k1 = kernel_requests(&ro_mnt);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (tmpfs_cat, warm_cat, ro_warm_cat) = (median(t_cat), median(rw_cat), median(ro_cat));
     let rss_after = rss_kib(&pid);
-    // The daemon hands free heap pages back every 2 s; what stays is its
-    // steady footprint.
+    // The daemon hands free heap pages (and code pages no longer used) back
+    // every 2 s: what it holds after that is its steady footprint.
     std::thread::sleep(Duration::from_secs(3));
     let rss_settled = rss_kib(&pid);
+    let mem_settled = bench::memory_breakdown(&pid);
     let rss_peak = peak_rss_kib(&pid);
     let cached_bytes: u64 = xattr(&mnt, "user.zkfs.cached_bytes").parse().unwrap_or(0);
     let requests = xattr(&mnt, "user.zkfs.requests");
+    unmount(zkfs, &ro_mnt);
 
     // Cold cat: a fresh mount, cat every child without listing first.
-    let _ = Command::new(zkfs)
-        .args(["unmount", &mnt.to_string_lossy()])
-        .status();
+    unmount(zkfs, &mnt);
     mount(zkfs, &format!("{zk}{root}"), &mnt, &[]);
     let k5 = kernel_requests(&mnt);
-    let cold_cat = timed(|| run_quiet(&format!("cd '{}' && cat -- *", mdir.display())));
+    let cold_cat = timed(|| sh_quiet(&cat(&mdir)));
     let k6 = kernel_requests(&mnt);
-    let _ = Command::new(zkfs)
-        .args(["unmount", &mnt.to_string_lossy()])
-        .status();
+    unmount(zkfs, &mnt);
 
-    println!(
-        "zkfs listing benchmark: {n} registrations (~{} bytes of JSON each)",
-        payload(0).len()
+    table(&format!(
+        "Listings: {n} registrations (~{} bytes of JSON each; seeded in {})",
+        payload(0).len(),
+        dur(seed)
+    ));
+    let tmpfs_ls_base = format!("tmpfs `ls -l` {}", dur(tmpfs_ls));
+    row(
+        "direct client getChildren + getData of every child, pipelined (context)",
+        &dur(direct),
+        &tmpfs_ls_base,
+        Some(ratio(direct, tmpfs_ls)),
+        Goal::none(),
     );
-    println!(
-        "seeding {n} ephemeral nodes (pipelined)          {:>9.1} ms",
-        ms(seed)
+    row(
+        "direct client getChildren + multi-reads of 256 (context: the fastest a client reads them)",
+        &dur(direct_multi),
+        &tmpfs_ls_base,
+        Some(ratio(direct_multi, tmpfs_ls)),
+        Goal::none(),
     );
-    println!(
-        "direct client getChildren + getData of all (pipelined) {:>9.1} ms",
-        ms(direct)
+    row(
+        &format!("`ls -l` of {n}, cold (first access: every child's stat)"),
+        &secs(cold_ls),
+        &tmpfs_ls_base,
+        Some(ratio(cold_ls, tmpfs_ls)),
+        Goal::at_most("≤ 0.15 s", cold_ls.as_secs_f64(), 0.15),
     );
-    println!(
-        "direct client getChildren + multi-reads of 256    {:>9.1} ms",
-        ms(direct_multi)
+    row(
+        "`ls -l`, warm (median of 5)",
+        &dur(warm_ls),
+        &tmpfs_ls_base,
+        Some(ratio(warm_ls, tmpfs_ls)),
+        Goal::at_most("≤ 1× tmpfs", ratio(warm_ls, tmpfs_ls), 1.0),
     );
-    println!(
-        "tmpfs  ls -l                                     {:>9.1} ms",
-        ms(tmpfs_ls)
+    let tmpfs_cat_base = format!("tmpfs `cat` {}", dur(tmpfs_cat));
+    row(
+        &format!("`cat` of {n} files, warm, writable mount (median of 5)"),
+        &dur(warm_cat),
+        &tmpfs_cat_base,
+        Some(ratio(warm_cat, tmpfs_cat)),
+        Goal::at_most("≤ 1.2× tmpfs", ratio(warm_cat, tmpfs_cat), 1.2),
     );
-    println!(
-        "zkfs   ls -l cold (first access)                 {:>9.1} ms  ({:.2}x tmpfs, {:.2}x direct pipelined, {:.2}x direct multi-read)",
-        ms(cold_ls),
-        cold_ls.as_secs_f64() / tmpfs_ls.as_secs_f64(),
-        cold_ls.as_secs_f64() / direct.as_secs_f64(),
-        cold_ls.as_secs_f64() / direct_multi.as_secs_f64()
+    row(
+        &format!("`cat` of {n} files, warm, read-only mount (median of 5)"),
+        &dur(ro_warm_cat),
+        &tmpfs_cat_base,
+        Some(ratio(ro_warm_cat, tmpfs_cat)),
+        Goal::at_most("≤ 1.2× tmpfs", ratio(ro_warm_cat, tmpfs_cat), 1.2),
     );
-    println!(
-        "zkfs   ls -l warm (median of 5)                  {:>9.1} ms  ({:.2}x tmpfs)",
-        ms(warm_ls),
-        warm_ls.as_secs_f64() / tmpfs_ls.as_secs_f64()
+    row(
+        &format!("`cat` of {n} files, cold (fresh mount, no listing first)"),
+        &secs(cold_cat),
+        &tmpfs_cat_base,
+        Some(ratio(cold_cat, tmpfs_cat)),
+        Goal::at_most("≤ 0.5 s", cold_cat.as_secs_f64(), 0.5),
     );
-    println!(
-        "tmpfs  cat of all                                {:>9.1} ms",
-        ms(tmpfs_cat)
-    );
-    println!(
-        "zkfs   cat of all warm (median of 5)             {:>9.1} ms  ({:.2}x tmpfs)",
-        ms(warm_cat),
-        warm_cat.as_secs_f64() / tmpfs_cat.as_secs_f64()
-    );
-    println!(
-        "zkfs   cat of all cold (fresh mount)             {:>9.1} ms  ({:.2}x tmpfs)",
-        ms(cold_cat),
-        cold_cat.as_secs_f64() / tmpfs_cat.as_secs_f64()
+    let mib = rss_settled as f64 / 1024.0;
+    row(
+        "daemon RSS after the writable mount's rows above (3 s after: the trimmer runs every 2 s)",
+        &format!("{mib:.1} MiB ({rss_settled} KiB)"),
+        &format!("{rss_before} KiB after mounting"),
+        Some(rss_settled as f64 / rss_before as f64),
+        Goal::at_most("≤ 12 MiB", mib, 12.0),
     );
     let per_child = n as f64;
-    println!("kernel requests per child (what reached the daemon):");
-    println!("  ls -l cold: {}", kernel_requests_per(&k0, &k1, per_child));
-    println!(
+    note("kernel requests per child (what reached the daemon):");
+    note(&format!(
+        "  ls -l cold: {}",
+        kernel_requests_per(&k0, &k1, per_child)
+    ));
+    note(&format!(
         "  ls -l warm: {}",
         kernel_requests_per(&k1, &k2, per_child * 5.0)
-    );
-    println!("  first cat:  {}", kernel_requests_per(&k2, &k3, per_child));
-    println!(
-        "  cat warm:   {}",
-        kernel_requests_per(&k3, &k4, per_child * 5.0)
-    );
-    println!("  cat cold:   {}", kernel_requests_per(&k5, &k6, per_child));
-    println!(
-        "daemon RSS: {} KiB after mount, {} KiB right after the runs, {} KiB 3 s later (peak {} KiB); {:.0} bytes per cached node ({} data bytes cached); {} ZooKeeper requests",
-        rss_before,
-        rss_after,
-        rss_settled,
-        rss_peak,
+    ));
+    note(&format!(
+        "  first cat:  {}",
+        kernel_requests_per(&k2, &k3, per_child)
+    ));
+    note(&format!(
+        "  cat warm, writable:  {}",
+        kernel_requests_per(&k3, &k4, per_child * WARM_RUNS as f64)
+    ));
+    note(&format!(
+        "  cat warm, read-only: {}",
+        kernel_requests_per(&ro_k0, &ro_k1, per_child * WARM_RUNS as f64)
+    ));
+    note(&format!(
+        "  cat cold:   {}",
+        kernel_requests_per(&k5, &k6, per_child)
+    ));
+    note(&format!(
+        "daemon RSS: {rss_before} KiB after mount, {rss_after} KiB right after the runs, {rss_settled} KiB 3 s later (peak {rss_peak} KiB); {:.0} bytes per cached node ({cached_bytes} data bytes cached); {} ZooKeeper requests",
         (rss_settled.saturating_sub(rss_before) as f64 * 1024.0) / n as f64,
-        cached_bytes,
         requests.trim()
-    );
+    ));
+    note(&format!("memory after mount: {mem_before}"));
+    note(&format!("memory 3 s after:   {mem_settled}"));
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_dir_all(&work);
 }

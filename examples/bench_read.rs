@@ -1,63 +1,30 @@
-//! Read-path benchmark (run by `scripts/bench`, not a test). Every figure is
-//! printed next to a baseline measured in the same run:
-//! - warm `cat` of a 1 KiB node as a whole process vs `cat` of the same bytes on tmpfs;
-//! - in-process open+read+close of the cached node vs tmpfs vs a direct `getData`;
-//! - change propagation: another client's `setData` returns, then the new
-//!   content is visible to a polling reader through the mount (after
-//!   unmeasured rounds that warm up the freshly started server, printed);
-//!   the same for `NodeCreated` in a directory listing;
-//! - `stat` of every node of a seeded tree (`find`), warm, vs tmpfs;
-//! - daemon RSS with every node's 1 KiB of data cached, and with `--cache-size`.
+//! Read-path benchmark (run by `scripts/bench`, not a test). Every row is a
+//! ratio against a baseline measured in the same run, with the goal from
+//! issue 17 and whether this run met it:
+//! - in-process open+read+close of a cached 1 KiB node on a read-only
+//!   (`--read-only`) and on a writable mount vs tmpfs (and a direct
+//!   `getData` for context);
+//! - warm `cat` of the node as a whole process, both mounts, vs tmpfs;
+//! - change propagation: another client's `setData` returns, then a polling
+//!   reader sees the new content through the mount (both mounts), against
+//!   the direct client's `getData` round trip (after unmeasured rounds that
+//!   warm up the freshly started server, printed); the same for
+//!   `NodeCreated` in a directory listing;
+//! - `stat` of every node of a seeded tree (`find`), cold and warm, vs tmpfs,
+//!   and daemon RSS with every node's 1 KiB of data cached and with
+//!   `--cache-size` (skipped when TREE_NODES is 0).
 //!
 //! Usage: bench_read ZK_CONNECT ZKFS_BINARY [TREE_NODES]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{mount, rss_kib, times, xattr};
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-}
-
-fn stats(mut v: Vec<Duration>) -> Stats {
-    v.sort();
-    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
-    Stats {
-        p50: at(0.5),
-        p99: at(0.99),
-    }
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn row(name: &str, s: &Stats, base: Option<&Stats>) {
-    let ratio = base
-        .map(|b| format!("{:>7.2}x", s.p50.as_secs_f64() / b.p50.as_secs_f64()))
-        .unwrap_or_else(|| "   base ".into());
-    println!(
-        "{name:<58} p50 {:>10.1} us  p99 {:>10.1} us  {ratio}",
-        us(s.p50),
-        us(s.p99)
-    );
-}
-
-fn quiet(cmd: &mut Command) {
-    let ok = cmd.stdout(Stdio::null()).status().expect("spawn");
-    assert!(ok.success(), "{cmd:?}");
-}
-
-fn unmount(zkfs: &str, at: &Path) {
-    let _ = Command::new(zkfs).arg("unmount").arg(at).status();
-}
+use bench::{Goal, Stats, dur, mount, note, quiet, row, rss_kib, table, times, unmount, xattr};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -81,93 +48,128 @@ fn main() {
     let tmpfs = PathBuf::from(format!("/dev/shm/zkfs-bench-read-{}", std::process::id()));
     std::fs::create_dir_all(&tmpfs).expect("tmpfs dir");
     std::fs::write(tmpfs.join("small"), &kib).expect("tmpfs small");
-    let mnt = work.join("mnt");
-    mount(zkfs, &format!("{zk}{root}"), &mnt, &[]);
-    let small = mnt.join("small");
+    // Both mounts at once, so that every measurement alternates between
+    // tmpfs, the read-only and the writable mount and drift on the machine
+    // (other processes, CPU frequency, the JVM) lands on all alike.
+    let (rw_mnt, ro_mnt) = (work.join("rw"), work.join("ro"));
+    mount(zkfs, &format!("{zk}{root}"), &rw_mnt, &[]);
+    mount(zkfs, &format!("{zk}{root}"), &ro_mnt, &["--read-only"]);
     let tsmall = tmpfs.join("small");
+    let (rw_small, ro_small) = (rw_mnt.join("small"), ro_mnt.join("small"));
     for _ in 0..100 {
-        std::fs::read(&small).expect("warm");
+        std::fs::read(&rw_small).expect("warm");
+        std::fs::read(&ro_small).expect("warm");
     }
-
-    println!("zkfs read benchmark (medians and p99s; ratio = p50 / baseline p50)");
-    println!("-- whole-process cat of a 1 KiB node (warm)");
-    // Alternate the two so that drift on the machine (other processes, CPU
-    // frequency, the JVM) lands on both sides alike.
-    let (mut on_tmpfs, mut on_zkfs) = (Vec::new(), Vec::new());
-    for _ in 0..500 {
-        on_tmpfs.extend(times(1, || quiet(Command::new("cat").arg(&tsmall))));
-        on_zkfs.extend(times(1, || quiet(Command::new("cat").arg(&small))));
-    }
-    let cat_tmpfs = stats(on_tmpfs);
-    let cat_zkfs = stats(on_zkfs);
-    row("cat on tmpfs", &cat_tmpfs, None);
-    row("cat through zkfs", &cat_zkfs, Some(&cat_tmpfs));
 
     // On a virtual machine the loop's speed moves in steps while it runs
     // (the same loop alternates between ~11, ~16 and ~30 us for seconds at
     // a time, with no steal time and no change in zkfs): several rounds,
-    // alternating with tmpfs, and every round's median printed, so that one
-    // lucky or unlucky stretch does not make the figure.
+    // alternating, and every round's median printed, so that one lucky or
+    // unlucky stretch does not make the figure.
     const ROUNDS: usize = 5;
-    println!("-- in-process open+read+close of the 1 KiB node ({ROUNDS} rounds of 10,000 loops)");
+    const LOOPS: usize = 10_000;
     let loop_read = |p: &Path| {
-        times(10_000, || {
+        times(LOOPS, || {
             let data = std::fs::read(p).expect("read");
             assert_eq!(data.len(), 1024);
         })
     };
-    let (mut all_tmpfs, mut all_zkfs, mut rounds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut t_all, mut ro_all, mut rw_all, mut rounds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        let (t, z) = (loop_read(&tsmall), loop_read(&small));
+        let (t, ro, rw) = (
+            loop_read(&tsmall),
+            loop_read(&ro_small),
+            loop_read(&rw_small),
+        );
         rounds.push(format!(
-            "{:.1}/{:.1}",
-            us(stats(t.clone()).p50),
-            us(stats(z.clone()).p50)
+            "{:.1}/{:.1}/{:.1}",
+            Stats::of(t.clone()).p50.as_secs_f64() * 1e6,
+            Stats::of(ro.clone()).p50.as_secs_f64() * 1e6,
+            Stats::of(rw.clone()).p50.as_secs_f64() * 1e6
         ));
-        all_tmpfs.extend(t);
-        all_zkfs.extend(z);
+        t_all.extend(t);
+        ro_all.extend(ro);
+        rw_all.extend(rw);
     }
-    let read_tmpfs = stats(all_tmpfs);
-    let read_zkfs = stats(all_zkfs);
+    let (read_t, read_ro, read_rw) = (Stats::of(t_all), Stats::of(ro_all), Stats::of(rw_all));
     let small_node = format!("{root}/small");
-    let direct = stats(times(2000, || {
+    let direct = Stats::of(times(2000, || {
         rt.block_on(client.get_data(&small_node)).expect("get_data");
     }));
-    row("open+read+close on tmpfs", &read_tmpfs, None);
+
+    let (mut cat_t, mut cat_ro, mut cat_rw) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..500 {
+        cat_t.extend(times(1, || quiet(Command::new("cat").arg(&tsmall))));
+        cat_ro.extend(times(1, || quiet(Command::new("cat").arg(&ro_small))));
+        cat_rw.extend(times(1, || quiet(Command::new("cat").arg(&rw_small))));
+    }
+    let (cat_t, cat_ro, cat_rw) = (Stats::of(cat_t), Stats::of(cat_ro), Stats::of(cat_rw));
+
+    table(&format!(
+        "Reads of a cached 1 KiB node (p50 and p99; ratio of p50s; in-process: {ROUNDS} rounds of {LOOPS} loops, alternating)"
+    ));
+    let tmpfs_base = |s: &Stats| format!("tmpfs {}", s.show());
     row(
-        "open+read+close through zkfs",
-        &read_zkfs,
-        Some(&read_tmpfs),
+        "in-process open+read+close, read-only mount",
+        &read_ro.show(),
+        &tmpfs_base(&read_t),
+        Some(read_ro.ratio(&read_t)),
+        Goal::at_most("≤ 1.5× tmpfs", read_ro.ratio(&read_t), 1.5),
     );
     row(
-        "direct getData on an open session",
-        &direct,
-        Some(&read_tmpfs),
+        "in-process open+read+close, writable mount",
+        &read_rw.show(),
+        &tmpfs_base(&read_t),
+        Some(read_rw.ratio(&read_t)),
+        Goal::at_most("≤ 4× tmpfs", read_rw.ratio(&read_t), 4.0),
     );
-    println!("  each round's p50, tmpfs/zkfs (us): {}", rounds.join("  "));
-    println!(
-        "{:<58} {:.1}x faster than getData",
-        "zkfs cached read vs direct getData",
-        direct.p50.as_secs_f64() / read_zkfs.p50.as_secs_f64()
+    row(
+        "direct getData on an open session (context)",
+        &direct.show(),
+        &tmpfs_base(&read_t),
+        Some(direct.ratio(&read_t)),
+        Goal::none(),
     );
+    row(
+        "whole-process `cat`, read-only mount (500 runs)",
+        &cat_ro.show(),
+        &tmpfs_base(&cat_t),
+        Some(cat_ro.ratio(&cat_t)),
+        Goal::at_most("≤ 1.05× tmpfs", cat_ro.ratio(&cat_t), 1.05),
+    );
+    row(
+        "whole-process `cat`, writable mount (500 runs)",
+        &cat_rw.show(),
+        &tmpfs_base(&cat_t),
+        Some(cat_rw.ratio(&cat_t)),
+        Goal::at_most("≤ 1.05× tmpfs", cat_rw.ratio(&cat_t), 1.05),
+    );
+    note(&format!(
+        "each in-process round's p50, tmpfs/read-only/writable (µs): {}",
+        rounds.join("  ")
+    ));
+    note(&format!(
+        "a cached read through the read-only mount is {:.1}× faster than a direct getData",
+        direct.p50.as_secs_f64() / read_ro.p50.as_secs_f64()
+    ));
 
     // p99 of 200 samples is their second worst; 1,000 make it less a matter
     // of one JVM pause.
     const CHANGES: usize = 1000;
-    println!(
-        "-- propagation: another client's change returns -> visible through the mount ({CHANGES} each)"
-    );
-    // Two pollers: one that re-reads without pause (it keeps one of the
-    // machine's cores busy itself) and one that yields the CPU between reads.
-    let propagation = |offset: usize, polite: bool| {
-        stats(
+    let mut version = 0usize;
+    // The reader re-reads without pause (it keeps one of the machine's
+    // cores busy itself) or yields the CPU between reads.
+    let mut propagation = |file: &Path, polite: bool| {
+        Stats::of(
             (0..CHANGES)
-                .map(|i| {
-                    let value = format!("version {}", offset + i);
+                .map(|_| {
+                    version += 1;
+                    let value = format!("version {version}");
                     rt.block_on(client.set_data(&small_node, value.as_bytes(), None))
                         .expect("set");
                     let t = Instant::now();
-                    while std::fs::read(&small)
+                    while std::fs::read(file)
                         .map(|d| d != value.as_bytes())
                         .unwrap_or(true)
                     {
@@ -182,32 +184,25 @@ fn main() {
     };
     // The server is a JVM started seconds ago whose compiler is still at
     // work: measured, the p99 of successive rounds of 1,000 changes falls
-    // from ~4 ms to ~0.7 ms over the first ~6,000 (each round also gets
-    // faster, 1.1 s -> 0.7 s). Production servers run warm, so measure
-    // after unmeasured warm-up rounds, and print those rounds too.
+    // from ~4 ms to ~0.7 ms over the first ~6,000. Production servers run
+    // warm, so measure after unmeasured warm-up rounds, and print those.
     const WARMUP_ROUNDS: usize = 8;
     let warmup: Vec<String> = (0..WARMUP_ROUNDS)
         .map(|k| {
-            let s = propagation(CHANGES * (2 + k), false);
-            format!("{:.2}", us(s.p99) / 1000.0)
+            let file = if k % 2 == 0 { &rw_small } else { &ro_small };
+            format!("{:.2}", propagation(file, false).p99.as_secs_f64() * 1e3)
         })
         .collect();
-    println!(
-        "  server warm-up, p99 of {WARMUP_ROUNDS} unmeasured rounds (ms): {}",
-        warmup.join(" ")
-    );
-    row(
-        "setData -> new content visible to a polling reader",
-        &propagation(0, false),
-        None,
-    );
-    row(
-        "  the same, reader yielding between reads",
-        &propagation(CHANGES, true),
-        None,
-    );
-    let dir = mnt.join("dir");
-    let create_latency = stats(
+    let prop_ro = propagation(&ro_small, false);
+    let prop_rw = propagation(&rw_small, false);
+    let prop_polite = propagation(&rw_small, true);
+    // The baseline: what the same change costs a direct client to see, one
+    // getData round trip, measured now (after the warm-up) as well.
+    let get_rtt = Stats::of(times(CHANGES, || {
+        rt.block_on(client.get_data(&small_node)).expect("get_data");
+    }));
+    let dir = rw_mnt.join("dir");
+    let create_latency = Stats::of(
         (0..CHANGES)
             .map(|i| {
                 let name = format!("n{i}");
@@ -229,11 +224,78 @@ fn main() {
             })
             .collect(),
     );
-    row("NodeCreated -> visible in readdir", &create_latency, None);
-    unmount(zkfs, &mnt);
+    table(&format!(
+        "Propagation: another client's setData returns → a reader polling through the mount sees it ({CHANGES} changes each)"
+    ));
+    let rtt_base = format!("direct getData {}", get_rtt.show());
+    let prop_goal = |s: &Stats| {
+        Goal::all(
+            "p50 ≤ 0.5 ms, p99 ≤ 1.5 ms",
+            &[
+                s.p50 <= Duration::from_micros(500),
+                s.p99 <= Duration::from_micros(1500),
+            ],
+        )
+    };
+    row(
+        "setData → visible, read-only mount, reader polling without pause",
+        &prop_ro.show(),
+        &rtt_base,
+        Some(prop_ro.ratio(&get_rtt)),
+        prop_goal(&prop_ro),
+    );
+    row(
+        "setData → visible, writable mount, reader polling without pause",
+        &prop_rw.show(),
+        &rtt_base,
+        Some(prop_rw.ratio(&get_rtt)),
+        prop_goal(&prop_rw),
+    );
+    row(
+        "the same, writable mount, reader yielding between reads",
+        &prop_polite.show(),
+        &rtt_base,
+        Some(prop_polite.ratio(&get_rtt)),
+        Goal::none(),
+    );
+    row(
+        "NodeCreated → visible in readdir (the directory grows to 1,000)",
+        &create_latency.show(),
+        &rtt_base,
+        Some(create_latency.ratio(&get_rtt)),
+        Goal::none(),
+    );
+    note(&format!(
+        "server warm-up: p99 of {WARMUP_ROUNDS} unmeasured rounds (ms): {}",
+        warmup.join(" ")
+    ));
+    unmount(zkfs, &ro_mnt);
+    unmount(zkfs, &rw_mnt);
 
-    // A tree of 1 KiB nodes: 100 directories of tree_nodes/100 files.
-    println!("-- tree of {tree_nodes} nodes of 1 KiB (100 directories)");
+    if tree_nodes > 0 {
+        tree(
+            &rt, &client, zk, zkfs, &root, &tmpfs, &rw_mnt, tree_nodes, &kib,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmpfs);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A tree of 1 KiB nodes, 100 directories of `tree_nodes / 100` files:
+/// `find` cold and warm vs tmpfs, and the daemon's RSS per cached node.
+#[allow(clippy::too_many_arguments)]
+fn tree(
+    rt: &tokio::runtime::Runtime,
+    client: &zookeeper_client::Client,
+    zk: &str,
+    zkfs: &str,
+    root: &str,
+    tmpfs: &Path,
+    mnt: &Path,
+    tree_nodes: usize,
+    kib: &[u8],
+) {
+    let open = CreateMode::Persistent.with_acls(Acls::anyone_all());
     let per_dir = (tree_nodes / 100).max(1);
     let seed = Instant::now();
     rt.block_on(client.create(&format!("{root}/tree"), b"", &open))
@@ -243,74 +305,76 @@ fn main() {
         rt.block_on(client.create(&dpath, b"", &open)).expect("dir");
         std::fs::create_dir_all(tmpfs.join(format!("tree/d{d}"))).expect("tmpfs dir");
         let paths: Vec<String> = (0..per_dir).map(|f| format!("{dpath}/f{f}")).collect();
-        let futures: Vec<_> = paths
-            .iter()
-            .map(|p| client.create(p, &kib, &open))
-            .collect();
+        let futures: Vec<_> = paths.iter().map(|p| client.create(p, kib, &open)).collect();
         for f in futures {
             rt.block_on(f).expect("create");
         }
         for f in 0..per_dir {
-            std::fs::write(tmpfs.join(format!("tree/d{d}/f{f}")), &kib).expect("tmpfs file");
+            std::fs::write(tmpfs.join(format!("tree/d{d}/f{f}")), kib).expect("tmpfs file");
         }
     }
-    println!("seeded in {:.1} s", seed.elapsed().as_secs_f64());
-    let find = |p: &Path| {
-        let t = Instant::now();
-        quiet(Command::new("find").arg(p).arg("-type").arg("f"));
-        t.elapsed()
+    let seeded = seed.elapsed();
+    let find = |p: &Path| bench::timed(|| quiet(Command::new("find").arg(p).arg("-type").arg("f")));
+    let cat_all = |p: &Path| {
+        bench::timed(|| {
+            bench::sh_quiet(&format!(
+                "find '{}' -type f -exec cat {{}} + > /dev/null",
+                p.display()
+            ))
+        })
     };
-    let find_ms = |d: Duration| d.as_secs_f64() * 1e3;
     let tmpfs_find = find(&tmpfs.join("tree"));
-    mount(zkfs, &format!("{zk}{root}"), &mnt, &[]);
-    let pid = xattr(&mnt, "user.zkfs.pid");
+    mount(zkfs, &format!("{zk}{root}"), mnt, &[]);
+    let pid = xattr(mnt, "user.zkfs.pid");
     let rss_empty = rss_kib(&pid);
     let cold_find = find(&mnt.join("tree"));
     let warm_find = find(&mnt.join("tree"));
-    println!(
-        "find (stat of every node) on tmpfs            {:>9.1} ms",
-        find_ms(tmpfs_find)
-    );
-    println!(
-        "find through zkfs, cold (first access)        {:>9.1} ms  ({:.2}x tmpfs)",
-        find_ms(cold_find),
-        cold_find.as_secs_f64() / tmpfs_find.as_secs_f64()
-    );
-    println!(
-        "find through zkfs, warm                       {:>9.1} ms  ({:.2}x tmpfs)",
-        find_ms(warm_find),
-        warm_find.as_secs_f64() / tmpfs_find.as_secs_f64()
-    );
-    // Read every file so every node's data is cached.
-    let t = Instant::now();
-    quiet(Command::new("sh").arg("-c").arg(format!(
-        "find '{}' -type f -exec cat {{}} + > /dev/null",
-        mnt.join("tree").display()
-    )));
-    println!(
-        "cat of every node, cold data                  {:>9.1} ms",
-        find_ms(t.elapsed())
-    );
+    let tmpfs_cat = cat_all(&tmpfs.join("tree"));
+    let cold_cat = cat_all(&mnt.join("tree"));
     let rss_full = rss_kib(&pid);
-    let cached = xattr(&mnt, "user.zkfs.cached_bytes");
-    println!(
-        "daemon RSS: {rss_empty} KiB mounted, {rss_full} KiB with {tree_nodes} nodes and {cached} data bytes cached ({:.0} bytes per node, data {:.0})",
-        (rss_full.saturating_sub(rss_empty) as f64 * 1024.0) / tree_nodes as f64,
-        1024.0
+    let cached = xattr(mnt, "user.zkfs.cached_bytes");
+    unmount(zkfs, mnt);
+    mount(zkfs, &format!("{zk}{root}"), mnt, &["--cache-size", "4M"]);
+    let pid = xattr(mnt, "user.zkfs.pid");
+    cat_all(&mnt.join("tree"));
+    let (rss_bounded, cached_bounded) = (rss_kib(&pid), xattr(mnt, "user.zkfs.cached_bytes"));
+    unmount(zkfs, mnt);
+
+    table(&format!(
+        "A tree of {tree_nodes} nodes of 1 KiB (100 directories; seeded in {})",
+        dur(seeded)
+    ));
+    let base = format!("tmpfs {}", dur(tmpfs_find));
+    row(
+        "`find -type f` (stat of every node), cold (first access)",
+        &dur(cold_find),
+        &base,
+        Some(bench::ratio(cold_find, tmpfs_find)),
+        Goal::none(),
     );
-    unmount(zkfs, &mnt);
-    mount(zkfs, &format!("{zk}{root}"), &mnt, &["--cache-size", "4M"]);
-    let pid = xattr(&mnt, "user.zkfs.pid");
-    quiet(Command::new("sh").arg("-c").arg(format!(
-        "find '{}' -type f -exec cat {{}} + > /dev/null",
-        mnt.join("tree").display()
-    )));
-    println!(
-        "with --cache-size 4M: RSS {} KiB, {} data bytes cached",
-        rss_kib(&pid),
-        xattr(&mnt, "user.zkfs.cached_bytes")
+    row(
+        "`find -type f`, warm",
+        &dur(warm_find),
+        &base,
+        Some(bench::ratio(warm_find, tmpfs_find)),
+        Goal::none(),
     );
-    unmount(zkfs, &mnt);
-    let _ = std::fs::remove_dir_all(&tmpfs);
-    let _ = std::fs::remove_dir_all(&work);
+    row(
+        "`cat` of every node (data cached in the daemon by `find`, not in the page cache)",
+        &dur(cold_cat),
+        &format!("tmpfs {}", dur(tmpfs_cat)),
+        Some(bench::ratio(cold_cat, tmpfs_cat)),
+        Goal::none(),
+    );
+    let per_node = (rss_full.saturating_sub(rss_empty) as f64 * 1024.0) / tree_nodes as f64;
+    row(
+        "daemon RSS per cached node (1024 data bytes each)",
+        &format!("{per_node:.0} bytes ({rss_empty} → {rss_full} KiB, {cached} data bytes cached)"),
+        "its 1024 data bytes",
+        Some(per_node / 1024.0),
+        Goal::none(),
+    );
+    note(&format!(
+        "with --cache-size 4M: RSS {rss_bounded} KiB, {cached_bounded} data bytes cached"
+    ));
 }

@@ -1,18 +1,15 @@
-//! Write-latency benchmark (run by `scripts/bench-write`, not a test).
-//!
-//! Measures, in one run against the same ZooKeeper server:
-//! - a direct `setData` on an open session (the baseline),
-//! - `open(O_TRUNC)` + `write` + `close` of a small file through a zkfs mount
-//!   (what `echo data > file` does, without the shell's fork/exec),
-//! - a whole `sh -c 'echo data > file'` through the mount and on tmpfs,
-//!   so the shell's own cost can be subtracted.
-//!
-//! It prints medians, p99s and ratios, plus the number of node versions each
-//! mount write produced (must be exactly one).
+//! Write benchmark (run by `scripts/bench` and `scripts/bench-write`, not a
+//! test). Measures, in one run against the same ZooKeeper server, each row
+//! against a baseline of the same run, with the goal from issue 17:
+//! - a whole-process 1 KiB write, `sh -c 'echo … > file'`, through a mount
+//!   vs on tmpfs (alternating), and the `setData` requests it cost, counted
+//!   as node versions (exactly one per write expected);
+//! - the same write in-process, `open(O_TRUNC)` + `write` + `close`, against
+//!   a direct `setData` of the same bytes on an open session, and on tmpfs.
 //!
 //! Usage: bench_write ZK_CONNECT ZKFS_BINARY [ITERATIONS]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,19 +17,7 @@ use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{mount, percentile, times as time};
-
-fn summarize(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort();
-    let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
-    println!(
-        "{name:<44} p50 {:>9.3} ms   p99 {:>9.3} ms   (n={})",
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
-        samples.len()
-    );
-    (p50, p99)
-}
+use bench::{Goal, Stats, mount, note, row, table, times, unmount, xattr};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -47,89 +32,122 @@ fn main() {
     let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
     rt.block_on(client.create(&root, b"", &options))
         .expect("create root");
-    rt.block_on(client.create(&format!("{root}/direct"), b"x", &options))
-        .expect("create");
-    rt.block_on(client.create(&format!("{root}/mounted"), b"x", &options))
-        .expect("create");
-    rt.block_on(client.create(&format!("{root}/shell"), b"x", &options))
-        .expect("create");
+    for name in ["direct", "mounted", "shell"] {
+        rt.block_on(client.create(&format!("{root}/{name}"), b"x", &options))
+            .expect("create");
+    }
 
     let work = std::env::temp_dir().join(format!("zkfs-bench-write-{}", std::process::id()));
     let mnt = work.join("mnt");
-    let tmpfs = PathBuf::from("/dev/shm").join(format!("zkfs-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&mnt).expect("mkdir mnt");
+    let tmpfs = PathBuf::from("/dev/shm").join(format!("zkfs-bench-write-{}", std::process::id()));
     std::fs::create_dir_all(&tmpfs).expect("mkdir tmpfs dir");
     mount(zkfs, &format!("{zk}{root}"), &mnt, &[]);
 
-    let payload = b"data 0123456789abcdef\n";
-    // Warm up both paths.
-    for _ in 0..20 {
-        rt.block_on(client.set_data(&format!("{root}/direct"), payload, None))
-            .expect("set");
-        std::fs::write(mnt.join("mounted"), payload).expect("write");
-    }
-    let direct_path = format!("{root}/direct");
-    let direct = time(n, || {
-        rt.block_on(client.set_data(&direct_path, payload, None))
-            .expect("set");
-    });
-    let version_before = rt
-        .block_on(client.get_data(&format!("{root}/mounted")))
-        .expect("get")
-        .1
-        .version;
-    let file = mnt.join("mounted");
-    let mounted = time(n, || std::fs::write(&file, payload).expect("write"));
-    let version_after = rt
-        .block_on(client.get_data(&format!("{root}/mounted")))
-        .expect("get")
-        .1
-        .version;
-
-    let shell = |target: &Path| {
-        let script = format!("echo 'data 0123456789abcdef' > '{}'", target.display());
-        time(n / 3, || {
-            let ok = Command::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .status()
-                .expect("sh");
-            assert!(ok.success());
-        })
+    // 1 KiB: 1023 characters and echo's newline.
+    let line: String = (0..1023).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let payload = format!("{line}\n").into_bytes();
+    let version = |name: &str| {
+        rt.block_on(client.get_data(&format!("{root}/{name}")))
+            .expect("get")
+            .1
+            .version
     };
-    let shell_tmpfs = shell(&tmpfs.join("shell"));
-    let shell_mount = shell(&mnt.join("shell"));
+    let requests = || -> u64 { xattr(&mnt, "user.zkfs.requests").parse().unwrap_or(0) };
+    // Warm up both paths.
+    let direct_path = format!("{root}/direct");
+    for _ in 0..20 {
+        rt.block_on(client.set_data(&direct_path, &payload, None))
+            .expect("set");
+        std::fs::write(mnt.join("mounted"), &payload).expect("write");
+    }
 
-    println!(
-        "zkfs write latency ({} iterations, {} bytes per write)",
-        n,
-        payload.len()
-    );
-    let (d50, d99) = summarize("direct setData (baseline, open session)", direct);
-    let (m50, m99) = summarize("mount: open(O_TRUNC)+write+close", mounted);
-    let (t50, _) = summarize("sh -c 'echo data > file' on tmpfs", shell_tmpfs);
-    let (s50, _) = summarize("sh -c 'echo data > file' on the mount", shell_mount);
-    let added = m50.saturating_sub(d50);
-    println!(
-        "mount vs direct: p50 {:.2}x, p99 {:.2}x; added p50 {:.3} ms (goal: < max(0.5 ms, 50% of direct = {:.3} ms))",
-        m50.as_secs_f64() / d50.as_secs_f64(),
-        m99.as_secs_f64() / d99.as_secs_f64(),
-        added.as_secs_f64() * 1e3,
-        (d50.as_secs_f64() * 0.5).max(0.0005) * 1e3
-    );
-    println!(
-        "shell echo: mount minus tmpfs p50 {:.3} ms (the write itself; fork/exec cancels out)",
-        s50.saturating_sub(t50).as_secs_f64() * 1e3
-    );
-    println!(
-        "node versions per mount write: {} writes -> {} versions",
-        n,
-        version_after - version_before
+    // Whole process: the shell's own echo writes the 1 KiB in one write(2).
+    let echo = |target: &std::path::Path| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo "$0" > "$1""#)
+            .arg(&line)
+            .arg(target);
+        move || {
+            let ok = cmd.status().expect("sh");
+            assert!(ok.success());
+        }
+    };
+    let (mut on_tmpfs, mut on_mount) = (Vec::new(), Vec::new());
+    let (mut tmpfs_echo, mut mount_echo) = (echo(&tmpfs.join("shell")), echo(&mnt.join("shell")));
+    let (shell_v0, shell_r0) = (version("shell"), requests());
+    for _ in 0..n {
+        on_tmpfs.extend(times(1, &mut tmpfs_echo));
+        on_mount.extend(times(1, &mut mount_echo));
+    }
+    let (shell_v1, shell_r1) = (version("shell"), requests());
+    assert_eq!(
+        std::fs::read(mnt.join("shell")).expect("read back"),
+        payload
     );
 
-    let _ = Command::new(zkfs)
-        .args(["unmount", &mnt.to_string_lossy()])
-        .status();
+    // In process.
+    let direct = Stats::of(times(n, || {
+        rt.block_on(client.set_data(&direct_path, &payload, None))
+            .expect("set");
+    }));
+    let (file, tfile) = (mnt.join("mounted"), tmpfs.join("mounted"));
+    let (mut mounted, mut local) = (Vec::new(), Vec::new());
+    let v0 = version("mounted");
+    for _ in 0..n {
+        mounted.extend(times(1, || std::fs::write(&file, &payload).expect("write")));
+        local.extend(times(1, || {
+            std::fs::write(&tfile, &payload).expect("write")
+        }));
+    }
+    let v1 = version("mounted");
+    let (shell_tmpfs, shell_mount) = (Stats::of(on_tmpfs), Stats::of(on_mount));
+    let (mounted, local) = (Stats::of(mounted), Stats::of(local));
+
+    table(&format!(
+        "Writes of 1 KiB ({n} each, alternating with their baseline; ratio of p50s)"
+    ));
+    let shell_ratio = shell_mount.ratio(&shell_tmpfs);
+    row(
+        "whole-process `sh -c 'echo … > file'` through the mount",
+        &shell_mount.show(),
+        &format!("tmpfs {}", shell_tmpfs.show()),
+        Some(shell_ratio),
+        Goal::at_most("≤ 2× tmpfs", shell_ratio, 2.0),
+    );
+    let per_write = (shell_v1 - shell_v0) as f64 / n as f64;
+    row(
+        "setData per write (node versions made by those writes)",
+        &format!(
+            "{per_write:.2} ({n} writes → {} versions)",
+            shell_v1 - shell_v0
+        ),
+        "1 per write",
+        None,
+        Goal::at_most("exactly one setData", (per_write - 1.0).abs(), 0.0),
+    );
+    row(
+        "in-process `open(O_TRUNC)`+`write`+`close` through the mount",
+        &mounted.show(),
+        &format!("direct setData {}", direct.show()),
+        Some(mounted.ratio(&direct)),
+        Goal::none(),
+    );
+    row(
+        "the same on tmpfs (context)",
+        &local.show(),
+        &format!("direct setData {}", direct.show()),
+        Some(local.ratio(&direct)),
+        Goal::none(),
+    );
+    note(&format!(
+        "in-process: {n} writes made {} versions; the shell writes cost {:.2} ZooKeeper requests each (user.zkfs.requests); the mount adds {} to a setData at the median",
+        v1 - v0,
+        (shell_r1 - shell_r0) as f64 / n as f64,
+        bench::dur(mounted.p50.saturating_sub(direct.p50))
+    ));
+
+    unmount(zkfs, &mnt);
     let _ = std::fs::remove_dir_all(&tmpfs);
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -5,11 +5,15 @@
 //! cached data (`--cache-size`, least recently used data dropped first; the
 //! `Stat` of a node is always kept) and the per-node "change time" that makes
 //! mtimes strictly increasing. It must not decide how nodes look as files.
+//!
+//! Memory is most of what a mount holds (a fleet host runs a hundred), so
+//! the entries are boxed (the table's empty slots then cost a pointer, not
+//! a whole entry) and the data's recency is a stamp in the entry instead of
+//! a linked list beside it: the eviction order is built only when the
+//! budget is exceeded (see [`NodeCache::evict`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-
-use lru::LruCache;
 
 use super::backend::{AclEntry, NodeStat};
 
@@ -26,24 +30,30 @@ pub struct CachedNode {
     /// The child list may miss changes (an event raced a listing).
     pub children_stale: bool,
     /// Bumped by every event that touches this node, so a fetch that was in
-    /// flight during an event does not mark the entry fresh.
-    pub seq: u64,
+    /// flight during an event does not mark the entry fresh (compared for
+    /// equality only; wraps).
+    pub seq: u32,
     /// Nanoseconds since the epoch; strictly increases with every data change
     /// this cache observes (see [`next_change_time`]).
     pub change_time_ns: u64,
     /// The node's ACL and the `aversion` it was read at.
     pub acl: Option<(i32, Arc<[AclEntry]>)>,
+    /// When the data was last stored or read ([`NodeCache`]'s clock).
+    used: u64,
 }
 
 /// The node cache. Paths are absolute ZooKeeper paths (in the client's chroot).
 pub struct NodeCache {
-    /// Keys are shared with `lru` (one allocation per path).
-    nodes: HashMap<Arc<str>, CachedNode>,
+    nodes: HashMap<Arc<str>, Box<CachedNode>>,
     /// Fetches in flight for nodes that are not cached: events seen for the
     /// path meanwhile, and how many fetches are pending.
-    pending: HashMap<String, (u64, usize)>,
-    /// Paths whose data is held, least recently used first out; value = bytes.
-    lru: LruCache<Arc<str>, usize>,
+    pending: HashMap<String, (u32, usize)>,
+    /// Counts data stores and reads; stamped into [`CachedNode::used`].
+    clock: u64,
+    /// Nodes that held data when the budget was last exceeded, as
+    /// `(used, path)`, least recently used first; empty while the data fits
+    /// (see [`NodeCache::evict`]).
+    eviction: VecDeque<(u64, Arc<str>)>,
     data_bytes: usize,
     data_limit: usize,
     /// Distinct ACLs seen, shared by every node that has one of them (a
@@ -97,7 +107,7 @@ pub fn next_change_time(prev: Option<(i64, u64)>, stat: &NodeStat) -> u64 {
 /// an event touched the node while the request was in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchTicket {
-    seq: u64,
+    seq: u32,
     cached: bool,
 }
 
@@ -111,7 +121,8 @@ impl NodeCache {
         NodeCache {
             nodes: HashMap::new(),
             pending: HashMap::new(),
-            lru: LruCache::unbounded(),
+            clock: 0,
+            eviction: VecDeque::new(),
             data_bytes: 0,
             data_limit,
             acls: AclInterner::default(),
@@ -136,7 +147,7 @@ impl NodeCache {
         self.remove(path);
         self.nodes.insert(
             Arc::from(path),
-            CachedNode {
+            Box::new(CachedNode {
                 stat,
                 data: None,
                 children: children.map(|c| c.into_iter().collect()),
@@ -145,7 +156,8 @@ impl NodeCache {
                 seq: 0,
                 change_time_ns: next_change_time(None, &stat),
                 acl: None,
-            },
+                used: 0,
+            }),
         );
         if let Some(data) = data {
             self.set_data(path, data);
@@ -154,13 +166,15 @@ impl NodeCache {
     }
 
     pub fn get(&self, path: &str) -> Option<&CachedNode> {
-        self.nodes.get(path)
+        self.nodes.get(path).map(|node| &**node)
     }
 
     /// Data of a cached node, marking it recently used.
     pub fn data(&mut self, path: &str) -> Option<Arc<[u8]>> {
-        let data = self.nodes.get(path)?.data.clone()?;
-        self.lru.promote(path);
+        self.clock += 1;
+        let node = self.nodes.get_mut(path)?;
+        let data = node.data.clone()?;
+        node.used = self.clock;
         Some(data)
     }
 
@@ -220,7 +234,7 @@ impl NodeCache {
     /// Record an event for a node that is not cached but may be being fetched.
     fn note_uncached_event(&mut self, path: &str) {
         if let Some(entry) = self.pending.get_mut(path) {
-            entry.0 += 1;
+            entry.0 = entry.0.wrapping_add(1);
         }
     }
 
@@ -257,7 +271,7 @@ impl NodeCache {
                 changed = true;
                 self.nodes.insert(
                     Arc::from(path),
-                    CachedNode {
+                    Box::new(CachedNode {
                         stat,
                         data: None,
                         children: None,
@@ -266,7 +280,8 @@ impl NodeCache {
                         seq: 0,
                         change_time_ns: next_change_time(None, &stat),
                         acl: None,
-                    },
+                        used: 0,
+                    }),
                 );
             }
         }
@@ -310,36 +325,53 @@ impl NodeCache {
     }
 
     fn set_data(&mut self, path: &str, data: Arc<[u8]>) {
-        let Some(key) = self.nodes.get_key_value(path).map(|(k, _)| k.clone()) else {
-            return;
-        };
         let Some(node) = self.nodes.get_mut(path) else {
             return;
         };
+        self.clock += 1;
+        node.used = self.clock;
         let new_len = data.len();
         if let Some(old) = node.data.replace(data) {
             self.data_bytes -= old.len();
         }
         self.data_bytes += new_len;
-        match self.lru.get_mut(path) {
-            Some(len) => *len = new_len,
-            None => {
-                self.lru.put(key, new_len);
-            }
-        }
         self.evict();
     }
 
+    /// Drop data, least recently used first, until it fits the budget.
+    ///
+    /// The order is built when the budget is first exceeded: every node
+    /// holding data then, by stamp. A node used (or stored, or re-created)
+    /// since has a newer stamp than all of them, so its entry no longer
+    /// matches and is skipped; the entries that still match come, in order,
+    /// before everything else: popping them is exact LRU. When they run out
+    /// the order is built again. Amortized, an eviction costs O(log n) and
+    /// a cache that fits its budget keeps no order at all.
     fn evict(&mut self) {
         while self.data_bytes > self.data_limit {
-            let Some((path, _)) = self.lru.pop_lru() else {
-                break;
+            let Some((used, path)) = self.eviction.pop_front() else {
+                let mut order: Vec<(u64, Arc<str>)> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, node)| node.data.is_some())
+                    .map(|(path, node)| (node.used, path.clone()))
+                    .collect();
+                if order.is_empty() {
+                    break;
+                }
+                order.sort_unstable_by_key(|(used, _)| *used);
+                self.eviction = order.into();
+                continue;
             };
             if let Some(node) = self.nodes.get_mut(&path)
+                && node.used == used
                 && let Some(old) = node.data.take()
             {
                 self.data_bytes -= old.len();
             }
+        }
+        if self.eviction.is_empty() && self.eviction.capacity() > 0 {
+            self.eviction = VecDeque::new();
         }
     }
 
@@ -351,8 +383,7 @@ impl NodeCache {
         if let Some(data) = &node.data {
             self.data_bytes -= data.len();
         }
-        self.lru.pop(path);
-        Some(node)
+        Some(*node)
     }
 
     /// Note that `name` appeared under `parent`.
@@ -360,7 +391,7 @@ impl NodeCache {
         self.note_uncached_event(parent);
         if let Some(node) = self.nodes.get_mut(parent) {
             self.changes += 1;
-            node.seq += 1;
+            node.seq = node.seq.wrapping_add(1);
             match &mut node.children {
                 Some(children) => {
                     children.insert(name.to_string());
@@ -383,7 +414,7 @@ impl NodeCache {
         self.note_uncached_event(parent);
         if let Some(node) = self.nodes.get_mut(parent) {
             self.changes += 1;
-            node.seq += 1;
+            node.seq = node.seq.wrapping_add(1);
             match &mut node.children {
                 Some(children) => {
                     children.remove(name);
@@ -406,7 +437,7 @@ impl NodeCache {
         self.note_uncached_event(path);
         match self.nodes.get_mut(path) {
             Some(node) => {
-                node.seq += 1;
+                node.seq = node.seq.wrapping_add(1);
                 node.stale = true;
                 true
             }
@@ -456,6 +487,59 @@ mod tests {
         assert!(cache.get("/a").is_some_and(|n| n.data.is_none()));
         assert!(cache.get("/b").is_some_and(|n| n.data.is_some()));
         assert_eq!(cache.node_count(), 2);
+    }
+
+    #[test]
+    fn eviction_is_exact_lru_under_reads_rewrites_and_removals() {
+        // Against a model that keeps paths in use order: every step leaves
+        // exactly the most recently used data that fits the budget.
+        let limit = 40;
+        let mut cache = NodeCache::new(limit);
+        let mut model: Vec<(String, usize)> = Vec::new(); // least recent first
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut zxid = 1;
+        for _ in 0..5000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let path = format!("/n{}", rng % 23);
+            let len = (rng >> 8) as usize % 9;
+            match (rng >> 20) % 4 {
+                0 | 1 => {
+                    zxid += 1;
+                    let t = cache.begin_fetch(&path);
+                    cache.store_data(&path, vec![0; len], stat(zxid, 1), t);
+                    cache.end_fetch(&path, t);
+                    model.retain(|(p, _)| *p != path);
+                    model.push((path, len));
+                }
+                2 => {
+                    let held = cache.data(&path).is_some();
+                    let pos = model.iter().position(|(p, _)| *p == path);
+                    assert_eq!(held, pos.is_some(), "{path}");
+                    if let Some(pos) = pos {
+                        let entry = model.remove(pos);
+                        model.push(entry);
+                    }
+                }
+                _ => {
+                    cache.remove(&path);
+                    model.retain(|(p, _)| *p != path);
+                }
+            }
+            while model.iter().map(|(_, len)| len).sum::<usize>() > limit {
+                model.remove(0);
+            }
+            assert_eq!(
+                cache.data_bytes(),
+                model.iter().map(|(_, len)| len).sum::<usize>()
+            );
+            for i in 0..23 {
+                let p = format!("/n{i}");
+                let held = cache.get(&p).is_some_and(|n| n.data.is_some());
+                assert_eq!(held, model.iter().any(|(m, _)| *m == p), "{p}");
+            }
+        }
     }
 
     #[test]
