@@ -424,7 +424,7 @@ fn main() {
         SESSION_TIMEOUT.as_secs()
     );
     println!(
-        "{:<38} {:>8} {:>8} {:>9} {:>8} {:>12} {:>9} {:>10}",
+        "{:<38} {:>8} {:>8} {:>9} {:>8} {:>12} {:>9} {:>10} {:>10}",
         "scenario",
         "reconn",
         "expired",
@@ -432,6 +432,7 @@ fn main() {
         "max/mnt",
         "req/1k nodes",
         "vs cold",
+        "zk back",
         "converge"
     );
     println!(
