@@ -367,6 +367,16 @@ impl<B: ZkBackend> Store<B> {
             Ok((mut names, stat)) => {
                 names.sort();
                 cache.store_children(path, names.clone(), stat, ticket);
+                // A list taken as read (no event raced it) is a resync
+                // baseline too: the first reconnect after a listing need
+                // not list the directory again if its pzxid did not move.
+                if cache
+                    .get(path)
+                    .is_some_and(|n| !n.children_stale && n.stat.czxid == stat.czxid)
+                {
+                    self.baselines()
+                        .insert(path.to_string(), (stat.czxid, stat.pzxid));
+                }
                 Ok(names)
             }
             Err(e) => {
@@ -981,6 +991,19 @@ impl<B: ZkBackend> Store<B> {
         let path = event.path.as_str();
         let parent = path::parent(path);
         let name = path::basename(path);
+        // A child event for a listed directory ends its resync baseline:
+        // the list is now the baseline's plus events, which a lost later
+        // event (or a late one for a change the baseline already had)
+        // could leave wrong while the pzxid still matches.
+        if matches!(event.kind, NodeEventKind::Created | NodeEventKind::Deleted) {
+            let mut baselines = self.baselines();
+            if let Some(parent) = parent {
+                baselines.remove(parent);
+            }
+            if event.kind == NodeEventKind::Deleted {
+                baselines.remove(path);
+            }
+        }
         let changes = match event.kind {
             NodeEventKind::Created => {
                 if !own {
@@ -1171,6 +1194,14 @@ impl<B: ZkBackend> Store<B> {
         changes
     }
 
+    /// The resync baselines (lock order: after the cache's lock, never
+    /// before it).
+    fn baselines(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, i64)>> {
+        self.resync_baselines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether the last [`Store::resync`] compared every cached node with
     /// the server (false when some read failed: those nodes are stale and
     /// the resync is worth repeating).
@@ -1285,11 +1316,51 @@ mod resync_tests {
     #[tokio::test]
     async fn a_resync_with_nothing_changed_is_one_multi_read() {
         let (zk, store) = warm().await;
-        // The first resync has no baselines: it lists the three directories.
-        assert_eq!(resync_counted(&zk, &store).await, (1 + 3, vec![]));
-        // Later ones only read the nodes' stats, in one multi-read.
+        // The listings were baselines: even the first resync only reads
+        // the nodes' stats, in one multi-read.
         assert_eq!(resync_counted(&zk, &store).await, (1, vec![]));
         assert_eq!(resync_counted(&zk, &store).await, (1, vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_child_event_after_a_listing_ends_its_baseline() {
+        let (zk, store) = warm().await;
+        // Late events for changes the listing already had (before it, t
+        // was created and deleted, b deleted and created again; the events
+        // of t's deletion and b's re-creation are then lost with the
+        // connection): the cached list has t instead of b, with the right
+        // count, while /d's pzxid still matches the listing's.
+        for (path, kind) in [
+            ("/d/t", NodeEventKind::Created),
+            ("/d/b", NodeEventKind::Deleted),
+        ] {
+            store.apply_event(&NodeEvent {
+                path: path.into(),
+                kind,
+            });
+        }
+        assert_eq!(
+            store.peek_children("/d").expect("listed"),
+            ["a", "sub", "t"]
+        );
+        let (requests, changes) = resync_counted(&zk, &store).await;
+        let children: Vec<Change> = changes
+            .into_iter()
+            .filter(|c| !matches!(c, Change::Data(_)))
+            .collect();
+        assert_eq!(
+            children,
+            vec![
+                Change::Created("/d/b".into()),
+                Change::Deleted("/d/t".into())
+            ]
+        );
+        // One multi-read and /d listed again.
+        assert_eq!(requests, 1 + 1);
+        assert_eq!(
+            store.peek_children("/d").expect("listed"),
+            ["a", "b", "sub"]
+        );
     }
 
     #[tokio::test]
