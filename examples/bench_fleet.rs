@@ -89,6 +89,11 @@ fn zk_script(args: &[&str]) {
     assert!(ok.success(), "scripts/zk {args:?} failed");
 }
 
+/// `scripts/zk ensemble stop-one|start-one DIR N` for server index `i` (0-based).
+fn member(action: &str, ens_dir: &str, i: usize) {
+    zk_script(&["ensemble", action, ens_dir, &(i + 1).to_string()]);
+}
+
 /// Seed `ROOT` with `dirs` directories of `per_dir` small files (multi
 /// writes of 200 creates).
 fn seed(rt: &tokio::runtime::Runtime, client: &zk::Client, dirs: usize, per_dir: usize) {
@@ -179,7 +184,7 @@ fn scenario(
     servers: &str,
     marker: &mut u64,
     cached: usize,
-    event: impl FnOnce(),
+    event: &dyn Fn(),
 ) -> Row {
     let before: Vec<Counters> = fleet.mounts.iter().map(|m| counters(m)).collect();
     let start = Instant::now();
@@ -348,57 +353,36 @@ fn main() {
     };
     let mut marker = 0;
     let mut rows = Vec::new();
-    for name in [
-        "(a) leader failover, 1st reconnect",
-        "(a) leader failover, 2nd",
-    ] {
-        let l = leader(&addrs);
-        rows.push(scenario(
+    // Every scenario measures the same fleet against the same ensemble.
+    let mut run = |name: &str, event: &dyn Fn()| {
+        scenario(
             name,
             &fleet,
             &rt,
             &servers,
             &mut marker,
             per_mount_nodes,
-            || {
-                zk_script(&["ensemble", "stop-one", &ens_dir, &(l + 1).to_string()]);
-            },
-        ));
-        zk_script(&["ensemble", "start-one", &ens_dir, &(l + 1).to_string()]);
+            event,
+        )
+    };
+    for name in [
+        "(a) leader failover, 1st reconnect",
+        "(a) leader failover, 2nd",
+    ] {
+        let l = leader(&addrs);
+        rows.push(run(name, &|| member("stop-one", &ens_dir, l)));
+        member("start-one", &ens_dir, l);
     }
     let l = leader(&addrs);
     let follower = (0..addrs.len()).find(|i| *i != l).expect("a follower");
-    rows.push(scenario(
-        "(b) follower restart",
-        &fleet,
-        &rt,
-        &servers,
-        &mut marker,
-        per_mount_nodes,
-        || {
-            zk_script(&[
-                "ensemble",
-                "stop-one",
-                &ens_dir,
-                &(follower + 1).to_string(),
-            ]);
-            zk_script(&[
-                "ensemble",
-                "start-one",
-                &ens_dir,
-                &(follower + 1).to_string(),
-            ]);
-        },
-    ));
+    rows.push(run("(b) follower restart", &|| {
+        member("stop-one", &ens_dir, follower);
+        member("start-one", &ens_dir, follower);
+    }));
     let outage = SESSION_TIMEOUT * 2;
-    rows.push(scenario(
+    rows.push(run(
         &format!("(c) ensemble outage {} s", outage.as_secs()),
-        &fleet,
-        &rt,
-        &servers,
-        &mut marker,
-        per_mount_nodes,
-        || {
+        &|| {
             zk_script(&["ensemble", "stop", &ens_dir]);
             wait_for("every mount disconnected", CONVERGE_DEADLINE, || {
                 fleet
@@ -410,9 +394,9 @@ fn main() {
             // for a condition.
             std::thread::sleep(outage);
             std::thread::scope(|s| {
-                for i in 1..=3 {
+                for i in 0..3 {
                     let dir = ens_dir.clone();
-                    s.spawn(move || zk_script(&["ensemble", "start-one", &dir, &i.to_string()]));
+                    s.spawn(move || member("start-one", &dir, i));
                 }
             });
         },
