@@ -567,7 +567,38 @@ impl<B: ZkBackend> ZkFs<B> {
         if let Some(size) = self.unsent_size(entry.attr.ino).await {
             entry.attr.size = size;
         }
+        self.hold_shown(&[entry.attr.ino]);
         Ok(entry)
+    }
+
+    /// The kernel is about to know these inodes (a lookup or listing
+    /// answer, [`Opens::Kernel`]): hold the version each file shows while
+    /// the cache has its bytes, until the kernel forgets it. A fetch that
+    /// replaces the cache's copy with a later version before that change's
+    /// event arrives (a refresh or resync that leapfrogs), or the cache's
+    /// budget, can then never leave a referenced version without its bytes.
+    /// While the version is current the held copy is the cache's own bytes.
+    pub fn hold_shown(&self, inos: &[u64]) {
+        if self.config.opens != Opens::Kernel {
+            return;
+        }
+        for &ino in inos {
+            let Ok(inode) = self.inode(ino) else {
+                continue;
+            };
+            if inode.kind != FileKind::RegularFile || !inode.is_content() {
+                continue;
+            }
+            let Some(view) = self.store.peek(&inode.path) else {
+                continue;
+            };
+            let shows_it = inode.version == Some(view.stat.mzxid)
+                && (inode.role != Role::Node || view.stat.czxid == inode.czxid);
+            if let Some(data) = view.data.clone().filter(|_| shows_it) {
+                let attr = self.attr_for(ino, &inode.path, inode.role, inode.kind, &view);
+                self.held.hold(ino, super::held::HeldVersion { data, attr });
+            }
+        }
     }
 
     /// `lookup`, where `empty_data_file` also finds the data file of a
@@ -1356,7 +1387,15 @@ impl<B: ZkBackend> ZkFs<B> {
             Opens::Kernel => "kernel",
         };
         attrs.push(("opens".into(), opens.into()));
-        let (held, held_bytes) = self.held.usage();
+        // Superseded versions only (a current one is the cache's bytes).
+        let (held, held_bytes) = {
+            let inodes = lock(&self.inodes);
+            self.held
+                .entries()
+                .into_iter()
+                .filter(|(ino, _)| !inodes.is_current(*ino))
+                .fold((0, 0), |(n, b), (_, len)| (n + 1, b + len))
+        };
         attrs.push(("held_versions".into(), held.to_string()));
         attrs.push(("held_bytes".into(), held_bytes.to_string()));
         let counts = self.registry.counts();

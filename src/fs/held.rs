@@ -52,7 +52,16 @@ impl Held {
         lock(&self.versions).remove(&ino);
     }
 
-    /// (versions held, bytes they keep), for status.
+    /// (inode, bytes) of every version held.
+    pub fn entries(&self) -> Vec<(u64, usize)> {
+        lock(&self.versions)
+            .iter()
+            .map(|(ino, v)| (*ino, v.data.len()))
+            .collect()
+    }
+
+    /// (versions held, bytes they keep).
+    #[cfg(test)]
     pub fn usage(&self) -> (usize, usize) {
         let versions = lock(&self.versions);
         (

@@ -1242,19 +1242,25 @@ async fn kernel_opens_an_unread_version_is_held_when_it_changes_and_dropped_at_f
 }
 
 #[tokio::test]
-async fn kernel_opens_a_whole_file_read_holds_nothing() {
+async fn kernel_opens_a_fetch_that_leapfrogs_a_looked_up_version_cannot_take_its_bytes() {
     let h = kernel_opens_harness();
-    h.apply(h.zk.create("/small", b"0123456789", 0));
-    let attr = h.resolve("/small").await.expect("small");
+    h.apply(h.zk.create("/f", b"version-1", 0));
+    let shown = h.resolve("/f").await.expect("f");
+    // Another client writes twice; before either event arrives, a fetch
+    // (a refresh after an earlier event, a resync) stores the last version.
+    h.zk.set("/f", b"version-2").expect("set");
+    h.zk.set("/f", b"version-3").expect("set");
+    h.fs.store().read_fresh("/f").await.expect("fetch");
     assert_eq!(
-        read_inode_all(&h, attr.ino, 4096).await.expect("read"),
-        b"0123456789"
+        read_inode_all(&h, shown.ino, 4)
+            .await
+            .expect("the looked-up version"),
+        b"version-1"
     );
-    assert_eq!(h.fs.held.usage(), (0, 0));
-    // A version never looked up is not held when it changes.
+    // A version never looked up is not held.
     h.apply(h.zk.create("/other", b"x", 0));
     h.apply(h.zk.set("/other", b"y"));
-    assert_eq!(h.fs.held.usage(), (0, 0));
+    assert_eq!(h.fs.held.usage(), (1, 9));
 }
 
 #[tokio::test]

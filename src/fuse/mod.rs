@@ -803,6 +803,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                         fs2.listing_ended(ino.0, entries.len() as u64);
                     }
                     if !files.is_empty() {
+                        fs2.hold_shown(&files);
                         lock_ignoring_poison(&listed).insert(ino.0, files);
                     }
                     reply.ok()
