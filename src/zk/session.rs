@@ -589,16 +589,19 @@ impl ZkSession {
                                 was_disconnected = false;
                                 info!("reconnected to ZooKeeper; re-adding watch and resynchronising");
                                 // zookeeper-client 0.11.2 does not resend persistent
-                                // watches on reconnect: drop ours and add it again.
-                                // Dropping the last watcher of a path sends a
-                                // RemoveWatches (which the server answers with
-                                // NoWatcher): a request, so it is counted.
-                                self.requests.fetch_add(1, Ordering::Relaxed);
-                                drop(watcher);
+                                // watches on reconnect: add ours again, and only
+                                // then drop the old watcher. Dropped first, it
+                                // would be the path's last watcher and the client
+                                // would send a RemoveWatches (answered NoWatcher);
+                                // dropped after, the new one remains and nothing is
+                                // sent. Events of the old one not yet taken are
+                                // covered by the resync that follows.
+                                let old = watcher;
                                 match self.add_watch(client, &mut state).await {
                                     Some(w) => watcher = w,
                                     None => return FollowEnd::Expired,
                                 }
+                                drop(old);
                                 let _ = events.send(SessionEvent::Resync);
                             }
                         }

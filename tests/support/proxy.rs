@@ -1,8 +1,11 @@
 #![allow(dead_code)] // each test binary uses a subset
 //! A loopback TCP proxy for fault injection: the mount connects through it,
 //! and a test can cut every connection (and refuse new ones) while other
-//! clients keep talking to the server directly, then restore it.
+//! clients keep talking to the server directly, then restore it. It also
+//! counts the requests that pass towards the server, by ZooKeeper op code,
+//! from the frames on the wire (independent of the mount's own counter).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +21,20 @@ pub struct Proxy {
     silent: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
+    requests: Requests,
+}
+
+/// Requests seen on the way to the server, by op code.
+type Requests = Arc<Mutex<BTreeMap<i32, u64>>>;
+
+/// ZooKeeper op codes the tests name (`ZooDefs.OpCode`).
+pub mod op {
+    pub const PING: i32 = 11;
+    pub const REMOVE_WATCHES: i32 = 18;
+    pub const MULTI_READ: i32 = 22;
+    pub const SET_WATCHES: i32 = 101;
+    pub const SET_WATCHES2: i32 = 105;
+    pub const ADD_WATCH: i32 = 106;
 }
 
 impl Proxy {
@@ -32,10 +49,16 @@ impl Proxy {
         let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let requests: Requests = Arc::default();
         let upstream = upstream.to_string();
         {
-            let (up, stop, streams, silent) =
-                (up.clone(), stop.clone(), streams.clone(), silent.clone());
+            let (up, stop, streams, silent, requests) = (
+                up.clone(),
+                stop.clone(),
+                streams.clone(),
+                silent.clone(),
+                requests.clone(),
+            );
             thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
@@ -55,8 +78,8 @@ impl Proxy {
                                 }
                             }
                             drop(list);
-                            pipe(&client, &server, &silent);
-                            pipe(&server, &client, &silent);
+                            pipe(&client, &server, &silent, Some(requests.clone()));
+                            pipe(&server, &client, &silent, None);
                         }
                         Err(_) => thread::sleep(Duration::from_millis(5)),
                     }
@@ -69,7 +92,24 @@ impl Proxy {
             silent,
             streams,
             stop,
+            requests,
         }
+    }
+
+    /// Requests forwarded to the server so far, by op code (connection
+    /// handshakes not included: they have no op code).
+    pub fn requests(&self) -> BTreeMap<i32, u64> {
+        self.requests.lock().expect("requests").clone()
+    }
+
+    /// Requests forwarded since `before` (a [`Self::requests`] snapshot),
+    /// by op code, zero counts left out.
+    pub fn requests_since(&self, before: &BTreeMap<i32, u64>) -> BTreeMap<i32, u64> {
+        self.requests()
+            .into_iter()
+            .map(|(code, n)| (code, n - before.get(&code).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     pub fn address(&self) -> String {
@@ -103,11 +143,53 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(from: &TcpStream, to: &TcpStream, silent: &Arc<AtomicBool>) {
+/// Splits a client's byte stream into ZooKeeper frames (a 4-byte
+/// big-endian length, then the body) and counts each request's op code (the
+/// second 4-byte field of a request header); the first frame of a
+/// connection is the ConnectRequest, which has no header.
+struct FrameCounter {
+    requests: Requests,
+    pending: Vec<u8>,
+    handshake_done: bool,
+}
+
+impl FrameCounter {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        loop {
+            let Some(len) = self.pending.get(..4) else {
+                return;
+            };
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            if self.pending.len() < 4 + len {
+                return;
+            }
+            if self.handshake_done && len >= 8 {
+                let t = &self.pending[8..12];
+                let code = i32::from_be_bytes([t[0], t[1], t[2], t[3]]);
+                *self
+                    .requests
+                    .lock()
+                    .expect("requests")
+                    .entry(code)
+                    .or_default() += 1;
+            }
+            self.handshake_done = true;
+            self.pending.drain(..4 + len);
+        }
+    }
+}
+
+fn pipe(from: &TcpStream, to: &TcpStream, silent: &Arc<AtomicBool>, count: Option<Requests>) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
     let silent = silent.clone();
+    let mut counter = count.map(|requests| FrameCounter {
+        requests,
+        pending: Vec::new(),
+        handshake_done: false,
+    });
     thread::spawn(move || {
         let mut buf = [0u8; 16384];
         loop {
@@ -115,6 +197,9 @@ fn pipe(from: &TcpStream, to: &TcpStream, silent: &Arc<AtomicBool>) {
                 Ok(0) | Err(_) => break,
                 Ok(_) if silent.load(Ordering::SeqCst) => {}
                 Ok(n) => {
+                    if let Some(counter) = &mut counter {
+                        counter.feed(&buf[..n]);
+                    }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
