@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cli::{ChmodPolicy, MountArgs};
 use crate::events::{EventHub, EventSocket};
@@ -749,6 +749,13 @@ fn run_foreground(
                         fs.reregister();
                         resync_due(&mut due, jitter_limit, &lifecycle);
                         retry = RESYNC_RETRY_FIRST;
+                    }
+                    // Disconnected again before it was due: every read
+                    // would wait out --op-timeout for nothing. The
+                    // reconnect asks for it again (resync stays pending).
+                    None if !crate::zk::backend::ZkBackend::is_connected(&*session) => {
+                        due = None;
+                        debug!("resync put off: disconnected again; the reconnect asks for it");
                     }
                     None => {
                         due = None;

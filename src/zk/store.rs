@@ -96,11 +96,29 @@ pub struct Store<B: ZkBackend> {
     /// (forgotten when the node is deleted): whether a node's current
     /// version is this mount's own.
     own_versions: Mutex<HashMap<String, i64>>,
-    /// Resync only: per listed directory, the `(czxid, pzxid)` at which the
-    /// last resync read or confirmed its child list (see [`Store::resync`]).
-    resync_baselines: Mutex<HashMap<String, (i64, i64)>>,
+    /// Resync only: per listed directory, the `(czxid, pzxid)` at which its
+    /// cached child list was read or confirmed (see [`Store::resync`]).
+    resync_baselines: Mutex<Baselines>,
     /// Resync only: whether the last resync compared every node.
     resync_complete: std::sync::atomic::AtomicBool,
+}
+
+/// The resync baselines and, while a resync runs, the directories whose
+/// baselines child events ended meanwhile (the resync's own result must not
+/// bring them back).
+#[derive(Default)]
+struct Baselines {
+    confirmed: HashMap<String, (i64, i64)>,
+    ended_during_resync: Option<std::collections::HashSet<String>>,
+}
+
+impl Baselines {
+    fn end(&mut self, dir: &str) {
+        self.confirmed.remove(dir);
+        if let Some(ended) = &mut self.ended_during_resync {
+            ended.insert(dir.to_string());
+        }
+    }
 }
 
 /// Fetches begun (their tickets) whose answer is awaited: dropped before
@@ -198,7 +216,7 @@ impl<B: ZkBackend> Store<B> {
             data_in_flight: Mutex::new(HashMap::new()),
             connect_wait: Duration::from_secs(5),
             own_versions: Mutex::new(HashMap::new()),
-            resync_baselines: Mutex::new(HashMap::new()),
+            resync_baselines: Mutex::new(Baselines::default()),
             resync_complete: std::sync::atomic::AtomicBool::new(true),
         }
     }
@@ -375,6 +393,7 @@ impl<B: ZkBackend> Store<B> {
                     .is_some_and(|n| !n.children_stale && n.stat.czxid == stat.czxid)
                 {
                     self.baselines()
+                        .confirmed
                         .insert(path.to_string(), (stat.czxid, stat.pzxid));
                 }
                 Ok(names)
@@ -998,10 +1017,10 @@ impl<B: ZkBackend> Store<B> {
         if matches!(event.kind, NodeEventKind::Created | NodeEventKind::Deleted) {
             let mut baselines = self.baselines();
             if let Some(parent) = parent {
-                baselines.remove(parent);
+                baselines.end(parent);
             }
             if event.kind == NodeEventKind::Deleted {
-                baselines.remove(path);
+                baselines.end(path);
             }
         }
         let changes = match event.kind {
@@ -1061,9 +1080,12 @@ impl<B: ZkBackend> Store<B> {
     /// since, which are all in. The baseline is kept here, not taken from the
     /// cached stat: a read answered on the new connection before the watch
     /// was re-added can store a stat that already shows a gap change while
-    /// the cached list does not. A directory without a baseline (the first
-    /// resync after the mount listed it), with a changed pzxid, or with an
-    /// answer that failed is listed again.
+    /// the cached list does not. A directory without a baseline or with a
+    /// changed pzxid is listed again; one whose answer failed keeps its
+    /// baseline for the next resync (a failed resync loses nothing it
+    /// knew). A child event during the resync ends the baseline it
+    /// confirmed, as one between resyncs does. (Not cancelled mid-way: the
+    /// daemon awaits it to its end.)
     pub async fn resync(&self) -> Vec<Change> {
         // Events may have been lost: expectations of our own could now
         // swallow someone else's change.
@@ -1078,12 +1100,11 @@ impl<B: ZkBackend> Store<B> {
                 .collect();
             (paths, listed)
         };
-        let baselines = std::mem::take(
-            &mut *self
-                .resync_baselines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let baselines = {
+            let mut b = self.baselines();
+            b.ended_during_resync = Some(Default::default());
+            std::mem::take(&mut b.confirmed)
+        };
         let mut complete = true;
         let mut kept: HashMap<String, (i64, i64)> = HashMap::new();
         let mut relist: Vec<String> = Vec::new();
@@ -1128,8 +1149,17 @@ impl<B: ZkBackend> Store<B> {
                         warn!(path = %p, error = %e, "resync could not read node; it stays stale");
                         cache.mark_stale(p);
                         complete = false;
+                        // Unanswered, a listed directory keeps its baseline:
+                        // its cached list is still the one confirmed there
+                        // (plus events), and the next resync compares its
+                        // pzxid with it. Without one it is listed again.
                         if listed.contains(p) {
-                            relist.push(p.to_string());
+                            match baselines.get(p) {
+                                Some(baseline) => {
+                                    kept.insert(p.to_string(), *baseline);
+                                }
+                                None => relist.push(p.to_string()),
+                            }
                         }
                     }
                 }
@@ -1185,10 +1215,18 @@ impl<B: ZkBackend> Store<B> {
                 }
             }
         }
-        *self
-            .resync_baselines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = kept;
+        {
+            // Listings made during the resync set baselines of their own
+            // (newer than its answers); a child event during it ended
+            // whatever it confirmed.
+            let mut b = self.baselines();
+            let ended = b.ended_during_resync.take().unwrap_or_default();
+            for (dir, baseline) in std::mem::take(&mut b.confirmed) {
+                kept.insert(dir, baseline);
+            }
+            kept.retain(|dir, _| !ended.contains(dir));
+            b.confirmed = kept;
+        }
         self.resync_complete
             .store(complete, std::sync::atomic::Ordering::SeqCst);
         changes
@@ -1196,7 +1234,7 @@ impl<B: ZkBackend> Store<B> {
 
     /// The resync baselines (lock order: after the cache's lock, never
     /// before it).
-    fn baselines(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, i64)>> {
+    fn baselines(&self) -> std::sync::MutexGuard<'_, Baselines> {
         self.resync_baselines
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1438,21 +1476,67 @@ mod resync_tests {
     }
 
     #[tokio::test]
-    async fn a_resync_that_could_not_read_leaves_no_baseline() {
+    async fn a_resync_that_could_not_read_keeps_the_baselines() {
         let (zk, store) = warm().await;
         resync_counted(&zk, &store).await;
-        // Connection lost again during the resync: nothing is confirmed.
+        // Connection lost again during the resync: nothing is confirmed,
+        // and nothing known is lost either.
         zk.set_connected(false);
         store.resync().await;
         assert!(!store.resync_complete());
         zk.as_ref().create("/d/c", b"c", 0).expect("create");
         zk.set_connected(true);
-        // So the next one lists every directory again, and finds the child.
+        // The next one compares every directory with its baseline: /d's
+        // pzxid moved (the child), the others' did not.
         let (requests, changes) = resync_counted(&zk, &store).await;
         assert_eq!(
             changes,
             vec![Change::Data("/d".into()), Change::Created("/d/c".into())]
         );
-        assert_eq!(requests, 1 + 3);
+        assert_eq!(requests, 1 + 1);
+        assert_eq!(resync_counted(&zk, &store).await, (1, vec![]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_event_during_a_resync_ends_the_baseline_it_confirms() {
+        let (zk, store) = warm().await;
+        resync_counted(&zk, &store).await;
+        // While the resync's multi-read is out, late events for changes
+        // /d's listing already had arrive (as in
+        // `a_child_event_after_a_listing_ends_its_baseline`): the answer
+        // confirms /d's baseline, but the list is wrong now.
+        zk.delay_reads(100);
+        let late_events = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for (path, kind) in [
+                ("/d/t", NodeEventKind::Created),
+                ("/d/b", NodeEventKind::Deleted),
+            ] {
+                store.apply_event(&NodeEvent {
+                    path: path.into(),
+                    kind,
+                });
+            }
+        };
+        tokio::join!(store.resync(), late_events);
+        assert_eq!(
+            store.peek_children("/d").expect("listed"),
+            ["a", "sub", "t"]
+        );
+        zk.delay_reads(0);
+        // So the next resync lists /d again and puts it right.
+        let (requests, changes) = resync_counted(&zk, &store).await;
+        assert_eq!(
+            child_changes(changes),
+            vec![
+                Change::Created("/d/b".into()),
+                Change::Deleted("/d/t".into())
+            ]
+        );
+        assert_eq!(requests, 1 + 1);
+        assert_eq!(
+            store.peek_children("/d").expect("listed"),
+            ["a", "b", "sub"]
+        );
     }
 }
