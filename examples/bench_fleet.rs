@@ -3,12 +3,14 @@
 //! 3-server ensemble, each caching the same seeded tree. For (a) a leader
 //! failover (twice: the first reconnect after mounting has no resync
 //! baselines yet, the second has), (b) a follower's restart and (c) an
-//! ensemble-wide outage longer than the session timeout it measures the
-//! ZooKeeper requests the mounts send (from each daemon's own counter) and
-//! the time until every mount has converged: connected, no resync pending,
-//! every reconnected mount resynchronised, and a change made after the
-//! event visible through every mount. The reference, measured in the same
-//! run, is a mount's cold warm-up (reading every node once).
+//! ensemble-wide outage longer than the session timeout, with nothing in
+//! the tree changed meanwhile, it measures the ZooKeeper requests the
+//! mounts send to reconnect (from each daemon's own counter), when the
+//! ensemble takes writes again, when the last mount is connected again, and
+//! when every mount has converged (connected, no resync pending, every
+//! reconnected mount resynchronised); then how long a change made after
+//! that takes to show through every mount. The reference, measured in the
+//! same run, is a mount's cold warm-up (reading every node once).
 //!
 //! Usage: bench_fleet SERVERS ZKFS ENSEMBLE_DIR MOUNT_DIR [MOUNTS [NODES]]
 //! (run by scripts/bench-fleet, which starts the ensemble).
@@ -24,6 +26,9 @@ use std::time::{Duration, Instant};
 use zookeeper_client as zk;
 
 const ROOT: &str = "/fleet";
+/// Written to find out when the ensemble takes writes again; outside
+/// `ROOT`, so no mount hears of it.
+const PROBE: &str = "/fleet-probe";
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -100,6 +105,7 @@ fn seed(rt: &tokio::runtime::Runtime, client: &zk::Client, dirs: usize, per_dir:
     let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
     rt.block_on(async {
         client.create(ROOT, b"", &opts).await.expect("root");
+        client.create(PROBE, b"0", &opts).await.expect("probe");
         client
             .create(&format!("{ROOT}/marker"), b"0", &opts)
             .await
@@ -169,14 +175,60 @@ struct Row {
     sum: u64,
     max: u64,
     per_1000: f64,
-    converge: Duration,
-    /// From the event until the ensemble took the marker write.
+    /// From the event until the ensemble took a write (outside the mounts' tree).
     serving: Duration,
+    /// From the event until every affected mount was connected again.
+    connected: Duration,
+    /// From the event until every mount was connected and resynchronised.
+    converge: Duration,
+    /// From a change made after that until every mount showed it.
+    visible: Duration,
 }
 
-/// Run one scenario: `event` disrupts the ensemble; then a new marker value
-/// is written (retried until the ensemble takes it) and every mount must
-/// converge. Requests are counted once every counter has settled.
+/// A write the ensemble must take, on a node outside the mounts' tree (so
+/// no mount sees an event for it); retried until it succeeds, each time on
+/// a fresh client (the event may have taken the last one's server).
+fn write_until_taken(rt: &tokio::runtime::Runtime, servers: &str, path: &str, value: &str) {
+    rt.block_on(async {
+        loop {
+            let attempt = async {
+                let c = zk::Client::connector()
+                    .with_session_timeout(Duration::from_secs(10))
+                    .connect(servers)
+                    .await?;
+                c.set_data(path, value.as_bytes(), None).await?;
+                Ok::<_, zk::Error>(())
+            };
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(())) => break,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+}
+
+/// Every counter of every mount, once two reads 0.5 s apart agree (the
+/// requests in flight have been answered).
+fn settled(fleet: &Fleet) -> Vec<Counters> {
+    let requests =
+        |f: &Fleet| -> Vec<u64> { f.mounts.iter().map(|m| counters(m).requests).collect() };
+    let mut last = requests(fleet);
+    wait_for("request counters settle", CONVERGE_DEADLINE, || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = requests(fleet);
+        let same = now == last;
+        last = now;
+        same
+    });
+    fleet.mounts.iter().map(|m| counters(m)).collect()
+}
+
+/// Run one scenario: `event` disrupts the ensemble while nothing in the
+/// mounts' tree changes; the ensemble is written to (outside the tree)
+/// until it takes a write; every mount must then be connected and
+/// resynchronised. The requests counted are those of the reconnects alone
+/// (nothing changed). Then a marker in the tree is changed and every mount
+/// must show it (the re-added watches work).
 fn scenario(
     name: &str,
     fleet: &Fleet,
@@ -190,84 +242,80 @@ fn scenario(
     let start = Instant::now();
     event();
     *marker += 1;
-    let value = marker.to_string();
-    // A fresh client each time: the event may have taken the old one's server.
-    rt.block_on(async {
-        loop {
-            let attempt = async {
-                let c = zk::Client::connector()
-                    .with_session_timeout(Duration::from_secs(10))
-                    .connect(servers)
-                    .await?;
-                c.set_data(&format!("{ROOT}/marker"), value.as_bytes(), None)
-                    .await?;
-                Ok::<_, zk::Error>(())
-            };
-            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                Ok(Ok(())) => break,
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
+    write_until_taken(rt, servers, PROBE, &marker.to_string());
     let serving = start.elapsed();
-    let converged = |i: usize, m: &Path| {
-        let now = counters(m);
+    let reconnected = |i: usize, now: &Counters| {
         let b = &before[i];
-        let reconnected = now.reconnects > b.reconnects || now.expiries > b.expiries;
-        bench::xattr(m, "user.zkfs.state") == "connected"
-            && bench::xattr(m, "user.zkfs.resync_pending") == "0"
-            && (!reconnected || now.resyncs > b.resyncs)
-            && std::fs::read_to_string(m.join("marker")).is_ok_and(|s| s == value)
+        now.reconnects > b.reconnects || now.expiries > b.expiries
     };
+    // When each mount was first seen connected after its reconnect.
+    let mut connected_at: Vec<Option<Duration>> = vec![None; fleet.mounts.len()];
     wait_for(
-        &format!("{name}: all mounts converged"),
+        &format!("{name}: all mounts connected and resynchronised"),
         CONVERGE_DEADLINE,
         || {
-            fleet
-                .mounts
-                .iter()
-                .enumerate()
-                .all(|(i, m)| converged(i, m))
+            let mut all = true;
+            for (i, m) in fleet.mounts.iter().enumerate() {
+                let now = counters(m);
+                let connected = bench::xattr(m, "user.zkfs.state") == "connected";
+                if connected && connected_at[i].is_none() && reconnected(i, &now) {
+                    connected_at[i] = Some(start.elapsed());
+                }
+                all &= connected
+                    && bench::xattr(m, "user.zkfs.resync_pending") == "0"
+                    && (!reconnected(i, &now) || now.resyncs > before[i].resyncs);
+            }
+            all
         },
     );
     let converge = start.elapsed();
-    // Counters settle: two reads 0.5 s apart agree (in-flight refreshes done).
-    let mut last: Vec<u64> = fleet.mounts.iter().map(|m| counters(m).requests).collect();
-    wait_for("request counters settle", CONVERGE_DEADLINE, || {
-        std::thread::sleep(Duration::from_millis(500));
-        let now: Vec<u64> = fleet.mounts.iter().map(|m| counters(m).requests).collect();
-        let same = now == last;
-        last = now;
-        same
-    });
-    let after: Vec<Counters> = fleet.mounts.iter().map(|m| counters(m)).collect();
-    let mut reconnected = 0;
-    let (mut sum, mut max, mut expired) = (0, 0, 0);
-    for (b, a) in before.iter().zip(&after) {
-        if a.reconnects > b.reconnects || a.expiries > b.expiries {
-            reconnected += 1;
-            // Includes the marker's refresh (one getData) when the watch
-            // event, not the resync, brought it.
+    let connected = connected_at
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or_default();
+    let after = settled(fleet);
+    let (mut count, mut sum, mut max, mut expired) = (0, 0, 0, 0);
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        if reconnected(i, a) {
+            count += 1;
             let d = a.requests - b.requests;
             sum += d;
             max = max.max(d);
         }
         expired += a.expiries - b.expiries;
     }
-    let per_1000 = if reconnected == 0 {
+    let per_1000 = if count == 0 {
         0.0
     } else {
-        sum as f64 / reconnected as f64 / (cached as f64 / 1000.0)
+        sum as f64 / count as f64 / (cached as f64 / 1000.0)
     };
+    let value = marker.to_string();
+    let changed = Instant::now();
+    write_until_taken(rt, servers, &format!("{ROOT}/marker"), &value);
+    wait_for(
+        &format!("{name}: the marker seen by all"),
+        CONVERGE_DEADLINE,
+        || {
+            fleet
+                .mounts
+                .iter()
+                .all(|m| std::fs::read_to_string(m.join("marker")).is_ok_and(|s| s == value))
+        },
+    );
+    let visible = changed.elapsed();
     Row {
         name: name.into(),
-        reconnected,
+        reconnected: count,
         expired,
         sum,
         max,
         per_1000,
-        converge,
         serving,
+        connected,
+        converge,
+        visible,
     }
 }
 
@@ -408,7 +456,7 @@ fn main() {
         SESSION_TIMEOUT.as_secs()
     );
     println!(
-        "{:<38} {:>8} {:>8} {:>9} {:>8} {:>12} {:>9} {:>10} {:>10}",
+        "{:<38} {:>7} {:>8} {:>8} {:>8} {:>12} {:>8} {:>8} {:>10} {:>9} {:>8}",
         "scenario",
         "reconn",
         "expired",
@@ -417,10 +465,12 @@ fn main() {
         "req/1k nodes",
         "vs cold",
         "zk back",
-        "converge"
+        "connected",
+        "converge",
+        "change"
     );
     println!(
-        "{:<38} {:>8} {:>8} {:>9} {:>8} {:>12.2} {:>9} {:>10} {:>10}",
+        "{:<38} {:>7} {:>8} {:>8} {:>8} {:>12.2} {:>8} {:>8} {:>10} {:>9} {:>8}",
         "cold warm-up (reference)",
         n,
         "-",
@@ -429,11 +479,14 @@ fn main() {
         warm_per_1000,
         "1.00",
         "-",
-        format!("{:.2} s", warm_time.as_secs_f64())
+        "-",
+        format!("{:.2} s", warm_time.as_secs_f64()),
+        "-"
     );
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
     for r in &rows {
         println!(
-            "{:<38} {:>8} {:>8} {:>9} {:>8} {:>12.2} {:>9.3} {:>10} {:>10}",
+            "{:<38} {:>7} {:>8} {:>8} {:>8} {:>12.2} {:>8.3} {:>8} {:>10} {:>9} {:>8}",
             r.name,
             r.reconnected,
             r.expired,
@@ -441,14 +494,18 @@ fn main() {
             r.max,
             r.per_1000,
             r.per_1000 / warm_per_1000,
-            format!("{:.2} s", r.serving.as_secs_f64()),
-            format!("{:.2} s", r.converge.as_secs_f64())
+            secs(r.serving),
+            secs(r.connected),
+            secs(r.converge),
+            format!("{:.0} ms", r.visible.as_secs_f64() * 1000.0)
         );
     }
     println!(
-        "(req/1k nodes: per reconnected mount, including the marker's refresh when its event brought \
-         it; zk back: from the event until the ensemble took a write; converge: from the event until \
-         all {n} mounts are connected, resynchronised and show that write)"
+        "(req: the requests the mounts sent (their own counters), per reconnected mount, nothing in the \
+         tree having changed; the client adds one SetWatches of its own at each reconnect (counted on \
+         the wire in tests/resync.rs); zk back: from the event until the ensemble took a write; \
+         connected: until the last affected mount was connected again; converge: until all {n} were \
+         connected and resynchronised; change: a marker changed after that, until all {n} showed it)"
     );
 
     for m in &fleet.mounts {
