@@ -1205,41 +1205,20 @@ impl<B: ZkBackend> ZkFs<B> {
         let mut entries = self.head_entries(ino, &dir.path, &view, &names);
         let child_paths: Vec<String> = names.iter().map(|n| path::join(&dir.path, n)).collect();
         let mut load = self.store.load_in_order(&child_paths);
-        let mut next = 0;
-        while let Some(views) = load.next().await {
-            let wave = next..next + views.len();
-            next = wave.end;
-            let paths = &child_paths[wave.clone()];
-            self.prepare_pointers(paths, &views).await;
-            // ACLs only ever take write bits away: a read-only mount shows
-            // none anyway, so it never loads them (one request per child).
-            if !self.config.presentation.read_only {
-                let acl_less = paths
-                    .iter()
-                    .zip(&views)
-                    .filter(|(_, v)| v.as_ref().is_ok_and(|v| v.acl.is_none()))
-                    .map(|(p, _)| p.clone());
-                match acls_later.as_deref_mut() {
-                    Some(later) => later.extend(acl_less),
-                    None => self.settle_acls(acl_less.collect(), false).await,
-                }
-            }
-            entries.reserve(views.len());
-            let mut failed = None;
-            for ((name, child), result) in names[wave].iter().zip(paths).zip(views) {
-                match self.child_entry(name, child, result) {
-                    Ok(Some(entry)) => entries.push(entry),
-                    Ok(None) => {}
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            out.push(std::mem::take(&mut entries));
-            if let Some(e) = failed {
-                return Err(e);
-            }
+        let mut start = 0;
+        let mut loaded = load.next().await;
+        while let Some(views) = loaded {
+            let wave = start..start + views.len();
+            start = wave.end;
+            // The next wave is read while this one's entries are made.
+            let made = self.push_wave(
+                out,
+                std::mem::take(&mut entries),
+                (&names[wave.clone()], &child_paths[wave]),
+                views,
+                acls_later.as_deref_mut(),
+            );
+            (loaded, ()) = tokio::try_join!(async { Ok(load.next().await) }, made)?;
             if out.abandoned() {
                 // (Nobody can read the pass any more.)
                 return Ok(());
@@ -1258,6 +1237,48 @@ impl<B: ZkBackend> ZkFs<B> {
         }
         out.push(entries);
         Ok(())
+    }
+
+    /// Push `entries` and those of one wave of children (`names`, `paths`)
+    /// from their `views`, once their pointers' targets and, unless left to
+    /// the caller (`acls_later`), their ACLs are loaded. A child that fails
+    /// fatally ends the wave short (the entries before it are pushed).
+    async fn push_wave(
+        &self,
+        out: &Filler,
+        mut entries: Vec<DirEntry>,
+        (names, paths): (&[String], &[String]),
+        views: Vec<Result<NodeView, ZkError>>,
+        acls_later: Option<&mut Vec<String>>,
+    ) -> Result<(), FsError> {
+        self.prepare_pointers(paths, &views).await;
+        // ACLs only ever take write bits away: a read-only mount shows none
+        // anyway, so it never loads them (one request per child saved).
+        if !self.config.presentation.read_only {
+            let acl_less = paths
+                .iter()
+                .zip(&views)
+                .filter(|(_, v)| v.as_ref().is_ok_and(|v| v.acl.is_none()))
+                .map(|(p, _)| p.clone());
+            match acls_later {
+                Some(later) => later.extend(acl_less),
+                None => self.settle_acls(acl_less.collect(), false).await,
+            }
+        }
+        entries.reserve(views.len());
+        let mut result = Ok(());
+        for ((name, child), view) in names.iter().zip(paths).zip(views) {
+            match self.child_entry(name, child, view) {
+                Ok(Some(entry)) => entries.push(entry),
+                Ok(None) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        out.push(entries);
+        result
     }
 
     /// A listing's first entries: `.`, `..` and the directory's data file
