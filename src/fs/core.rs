@@ -14,11 +14,12 @@ use super::attrs;
 use super::error::FsError;
 use super::handle::{OpenFile, OpenMode, Opened, PageCache, Writer};
 use super::inode::{Inode, InodeTable, ROOT_INO, Role};
+use super::listing::{self, Filler, Listed, Stream};
 use super::name::NodeName;
 use super::pointer;
 use super::xattr;
 use crate::zk::path;
-use crate::zk::{Change, NodeEvent, NodeView, Store, ZkBackend};
+use crate::zk::{Change, NodeEvent, NodeView, Store, ZkBackend, ZkError};
 
 /// Directories with more children than this report nlink 1 ("unknown")
 /// instead of counting subdirectories on every stat.
@@ -142,8 +143,8 @@ const LISTINGS_KEPT: usize = 16;
 /// A directory's listing between the `readdir` calls of one pass
 /// ([`Opens::Kernel`]: no handle to keep it in).
 enum Listing {
-    /// Built at offset 0; later offsets continue it.
-    Partial(Arc<Vec<DirEntry>>),
+    /// Started at offset 0 (maybe still loading); later offsets continue it.
+    Partial(Stream),
     /// The pass reached the end (the listing is dropped; the kernel's
     /// closing call at the end's offset needs only its length).
     Ended(u64),
@@ -151,8 +152,8 @@ enum Listing {
 
 struct OpenDir {
     ino: u64,
-    /// Built at the first readdir (offset 0) and reused for later offsets.
-    listing: Option<Arc<Vec<DirEntry>>>,
+    /// Started at the first readdir (offset 0) and continued at later offsets.
+    listing: Option<Stream>,
 }
 
 /// The filesystem core.
@@ -1017,28 +1018,29 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     /// The listing of directory `ino` from `offset`, without a handle
-    /// ([`Opens::Kernel`]): built at offset 0, continued at later offsets.
+    /// ([`Opens::Kernel`]): started at offset 0, continued at later offsets.
     /// `ended` is called by the adapter once a reply reached the end.
-    pub async fn readdir_inode(
-        &self,
-        ino: u64,
-        offset: u64,
-    ) -> Result<Arc<Vec<DirEntry>>, FsError> {
+    pub async fn readdir_inode(&self, ino: u64, offset: u64) -> Result<Listed, FsError> {
         self.note_activity();
         if offset != 0 {
-            match lock(&self.listings).get(&ino) {
-                Some(Listing::Partial(listing)) => return Ok(listing.clone()),
-                Some(Listing::Ended(len)) if offset >= *len => return Ok(Arc::new(Vec::new())),
-                _ => {}
+            let kept = match lock(&self.listings).get(&ino) {
+                Some(Listing::Partial(pass)) => Some(pass.clone()),
+                Some(Listing::Ended(len)) if offset >= *len => {
+                    return Ok(Listed::whole(Vec::new()));
+                }
+                _ => None,
+            };
+            if let Some(pass) = kept {
+                return pass.at(offset).await;
             }
         }
         let inode = self.inode(ino)?;
         if inode.kind != FileKind::Directory || inode.role != Role::Node {
             return Err(FsError::NotDir(inode.path.to_string()));
         }
-        let listing = Arc::new(self.list(ino).await?);
-        lock(&self.listings).put(ino, Listing::Partial(listing.clone()));
-        Ok(listing)
+        let pass = self.start_listing(ino, &inode.path).await;
+        lock(&self.listings).put(ino, Listing::Partial(pass.clone()));
+        pass.at(offset).await
     }
 
     /// A directory's listing from `offset`: by inode when the kernel opens
@@ -1049,7 +1051,7 @@ impl<B: ZkBackend> ZkFs<B> {
         ino: u64,
         fh: u64,
         offset: u64,
-    ) -> Result<Arc<Vec<DirEntry>>, FsError> {
+    ) -> Result<Listed, FsError> {
         if by_inode {
             self.readdir_inode(ino, offset).await
         } else {
@@ -1116,28 +1118,79 @@ impl<B: ZkBackend> ZkFs<B> {
         lock(&self.dirs).remove(&fh);
     }
 
-    /// The listing of an open directory; built (and every child's stat loaded,
-    /// pipelined) at offset 0, reused for later offsets.
-    pub async fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+    /// The listing of an open directory: started at offset 0, continued at
+    /// later offsets.
+    pub async fn readdir(&self, fh: u64, offset: u64) -> Result<Listed, FsError> {
         self.note_activity();
-        let ino = {
+        let (ino, kept) = {
             let dirs = lock(&self.dirs);
             let dir = dirs.get(&fh).ok_or(FsError::BadFileHandle)?;
-            if offset != 0
-                && let Some(listing) = &dir.listing
-            {
-                return Ok(listing.clone());
-            }
-            dir.ino
+            (dir.ino, dir.listing.clone().filter(|_| offset != 0))
         };
-        let listing = Arc::new(self.list(ino).await?);
-        if let Some(dir) = lock(&self.dirs).get_mut(&fh) {
-            dir.listing = Some(listing.clone());
-        }
-        Ok(listing)
+        let pass = match kept {
+            Some(pass) => pass,
+            None => {
+                let path = self.inode(ino)?.path;
+                let pass = self.start_listing(ino, &path).await;
+                if let Some(dir) = lock(&self.dirs).get_mut(&fh) {
+                    dir.listing = Some(pass.clone());
+                }
+                pass
+            }
+        };
+        pass.at(offset).await
     }
 
-    async fn list(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+    /// Start a pass over directory `ino`. Its load is a task of its own when
+    /// the filesystem runs under an `Arc` (a runtime), so the first entries
+    /// are answered while later waves are read and a dropped `readdir` does
+    /// not cancel it; it ends when the load does (every round trip bounded
+    /// by the store) or, between waves, once nobody keeps the pass. Without
+    /// an `Arc` the load runs to its end here.
+    async fn start_listing(&self, ino: u64, dir: &str) -> Stream {
+        let (filler, pass) = listing::pass(dir);
+        match self.me.get().and_then(std::sync::Weak::upgrade) {
+            Some(me) => {
+                // A load that needs no round trip (a cached directory) ends
+                // right here, so the readdir is still answered on the
+                // calling thread; otherwise its task finishes it.
+                let mut load = Box::pin(async move { me.fill_listing(ino, filler).await });
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                if load.as_mut().poll(&mut cx).is_pending() {
+                    tokio::spawn(load);
+                }
+            }
+            None => self.fill_listing(ino, filler).await,
+        }
+        pass
+    }
+
+    /// Load the pass over directory `ino` into `out`: `.`, `..` and the data
+    /// file, then the children in getChildren order, each wave of them as
+    /// soon as it was read, then the files being created here. A child that
+    /// fails fatally ends the pass short: the offsets from it on fail.
+    async fn fill_listing(&self, ino: u64, out: Filler) {
+        let me = self.me.get().and_then(std::sync::Weak::upgrade);
+        let mut acls_later = Vec::new();
+        let later = me.is_some().then_some(&mut acls_later);
+        let result = self.fill_entries(ino, &out, later).await;
+        out.end(result);
+        if let Some(me) = me
+            && !acls_later.is_empty()
+        {
+            tokio::spawn(async move { me.settle_acls(acls_later, true).await });
+        }
+    }
+
+    /// The entries of [`Self::fill_listing`]. The ACLs of listed children
+    /// that have none are loaded here, before their entries, or, with
+    /// `acls_later`, left to the caller (the paths go there).
+    async fn fill_entries(
+        &self,
+        ino: u64,
+        out: &Filler,
+        mut acls_later: Option<&mut Vec<String>>,
+    ) -> Result<(), FsError> {
         let dir = self.inode(ino)?;
         let view = self.view(&dir.path).await?;
         let names = if view.stat.num_children == 0 && !view.stale {
@@ -1148,58 +1201,102 @@ impl<B: ZkBackend> ZkFs<B> {
                 .await
                 .map_err(|e| FsError::zk(&dir.path, "getChildren", e))?
         };
+        // `.`, `..` and the data file go out with the first children.
+        let mut entries = self.head_entries(ino, &dir.path, &view, &names);
         let child_paths: Vec<String> = names.iter().map(|n| path::join(&dir.path, n)).collect();
-        let views = self.store.load_many(&child_paths).await;
-        // Pointer children need their targets known to get their kind right
-        // (first the in-chroot readings, which decide what the target is).
-        let inside: Vec<String> = child_paths
-            .iter()
-            .zip(&views)
-            .filter_map(|(c, v)| v.as_ref().ok().and_then(|v| self.unchosen_inside(c, v)))
-            .collect();
-        if !inside.is_empty() {
-            let _ = self.store.load_many(&inside).await;
-        }
-        let mut targets = Vec::new();
-        for (child, view) in child_paths.iter().zip(&views) {
-            if let Ok(view) = view {
-                if view.data.is_none() {
-                    self.prepare_pointer(child, view).await;
-                } else if let Some(t) = self.pointer_target(child, view)
-                    && self.store.peek(&t).is_none()
-                {
-                    targets.push(t);
-                }
+        let mut load = self.store.load_in_order(&child_paths);
+        let mut start = 0;
+        let mut loaded = load.next().await;
+        while let Some(views) = loaded {
+            let wave = start..start + views.len();
+            start = wave.end;
+            // The next wave is read while this one's entries are made.
+            let made = self.push_wave(
+                out,
+                std::mem::take(&mut entries),
+                (&names[wave.clone()], &child_paths[wave]),
+                views,
+                acls_later.as_deref_mut(),
+            );
+            (loaded, ()) = tokio::try_join!(async { Ok(load.next().await) }, made)?;
+            if out.abandoned() {
+                // (Nobody can read the pass any more.)
+                return Ok(());
             }
         }
-        if !targets.is_empty() {
-            // Missing targets are an answer too (dangling pointers are files).
-            let _ = self.store.load_many(&targets).await;
-        }
-        let without_acl: Vec<String> = child_paths
+        let pending: Vec<(String, u64)> = lock(&self.pending)
             .iter()
-            .zip(&views)
-            .filter(|(_, v)| v.as_ref().is_ok_and(|v| v.acl.is_none()))
-            .map(|(p, _)| p.clone())
+            .filter(|(p, _)| path::parent(p) == Some(&*dir.path))
+            .map(|(p, ino)| (path::basename(p).to_string(), *ino))
             .collect();
+        for (name, pino) in pending {
+            if !out.has(&name) && !entries.iter().any(|e| e.name == name) {
+                let attr = self.pending_attr(pino).await;
+                entries.push(DirEntry { name, attr });
+            }
+        }
+        out.push(entries);
+        Ok(())
+    }
+
+    /// Push `entries` and those of one wave of children (`names`, `paths`)
+    /// from their `views`, once their pointers' targets and, unless left to
+    /// the caller (`acls_later`), their ACLs are loaded. A child that fails
+    /// fatally ends the wave short (the entries before it are pushed).
+    async fn push_wave(
+        &self,
+        out: &Filler,
+        mut entries: Vec<DirEntry>,
+        (names, paths): (&[String], &[String]),
+        views: Vec<Result<NodeView, ZkError>>,
+        acls_later: Option<&mut Vec<String>>,
+    ) -> Result<(), FsError> {
+        self.prepare_pointers(paths, &views).await;
         // ACLs only ever take write bits away: a read-only mount shows none
         // anyway, so it never loads them (one request per child saved).
-        if !without_acl.is_empty() && !self.config.presentation.read_only {
-            match self.me.get().and_then(std::sync::Weak::upgrade) {
-                Some(me) => {
-                    tokio::spawn(async move { me.settle_acls(without_acl, true).await });
-                }
-                None => self.settle_acls(without_acl, false).await,
+        if !self.config.presentation.read_only {
+            let acl_less = paths
+                .iter()
+                .zip(&views)
+                .filter(|(_, v)| v.as_ref().is_ok_and(|v| v.acl.is_none()))
+                .map(|(p, _)| p.clone());
+            match acls_later {
+                Some(later) => later.extend(acl_less),
+                None => self.settle_acls(acl_less.collect(), false).await,
             }
         }
+        entries.reserve(views.len());
+        let mut result = Ok(());
+        for ((name, child), view) in names.iter().zip(paths).zip(views) {
+            match self.child_entry(name, child, view) {
+                Ok(Some(entry)) => entries.push(entry),
+                Ok(None) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        out.push(entries);
+        result
+    }
 
-        let mut entries = Vec::with_capacity(names.len() + 3);
-        let dir_attr = self.attr_for(ino, &dir.path, Role::Node, FileKind::Directory, &view);
+    /// A listing's first entries: `.`, `..` and the directory's data file
+    /// (when it has data and no child of that name).
+    fn head_entries(
+        &self,
+        ino: u64,
+        dir: &str,
+        view: &NodeView,
+        names: &[String],
+    ) -> Vec<DirEntry> {
+        let mut entries = Vec::with_capacity(3);
+        let dir_attr = self.attr_for(ino, dir, Role::Node, FileKind::Directory, view);
         entries.push(DirEntry {
             name: ".".into(),
             attr: dir_attr,
         });
-        let parent_attr = match path::parent(&dir.path).filter(|_| ino != ROOT_INO) {
+        let parent_attr = match path::parent(dir).filter(|_| ino != ROOT_INO) {
             Some(parent) => {
                 let pino = lock(&self.inodes).node_ino(parent);
                 match (pino, self.store.peek(parent)) {
@@ -1217,7 +1314,7 @@ impl<B: ZkBackend> ZkFs<B> {
         });
         if view.stat.data_length > 0 && !names.contains(&self.config.data_name) {
             let dino = lock(&self.inodes).resolve(
-                &dir.path,
+                dir,
                 Role::DataFile,
                 FileKind::RegularFile,
                 view.stat.czxid,
@@ -1225,61 +1322,73 @@ impl<B: ZkBackend> ZkFs<B> {
             );
             entries.push(DirEntry {
                 name: self.config.data_name.clone(),
-                attr: self.attr_for(
-                    dino,
-                    &dir.path,
-                    Role::DataFile,
-                    FileKind::RegularFile,
-                    &view,
-                ),
+                attr: self.attr_for(dino, dir, Role::DataFile, FileKind::RegularFile, view),
             });
         }
-        for ((name, child), result) in names.into_iter().zip(child_paths).zip(views) {
-            let view = match result {
-                Ok(view) => view,
-                // Deleted since the listing: leave it out.
-                Err(crate::zk::ZkError::NoNode) => continue,
-                // Exists, but this session may not read it: list it with no
-                // permissions (opening or stat-ing it then gives EACCES)
-                // instead of failing the whole listing.
-                Err(crate::zk::ZkError::NoAuth) => {
-                    entries.push(self.unread_entry(name, &child, 0));
-                    continue;
-                }
-                // Known to exist (an event said so before ZooKeeper became
-                // unreachable) but never read: list it, as a file with no
-                // content yet, rather than fail the whole listing.
-                Err(e) if e.is_connectivity() => {
-                    entries.push(self.unread_entry(name, &child, !0o222));
-                    continue;
-                }
-                Err(e) => return Err(FsError::zk(&child, "getData", e)),
-            };
-            let kind = self.kind_of(&child, &view);
-            let cino = lock(&self.inodes).resolve(
-                &child,
-                Role::Node,
-                kind,
-                view.stat.czxid,
-                view.stat.mzxid,
-            );
-            entries.push(DirEntry {
-                name,
-                attr: self.attr_for(cino, &child, Role::Node, kind, &view),
-            });
-        }
-        let pending: Vec<(String, u64)> = lock(&self.pending)
+        entries
+    }
+
+    /// Pointer children need their targets known to get their kind right
+    /// (first the in-chroot readings, which decide what the target is).
+    async fn prepare_pointers(&self, paths: &[String], views: &[Result<NodeView, ZkError>]) {
+        let inside: Vec<String> = paths
             .iter()
-            .filter(|(p, _)| path::parent(p) == Some(&*dir.path))
-            .map(|(p, ino)| (path::basename(p).to_string(), *ino))
+            .zip(views)
+            .filter_map(|(c, v)| v.as_ref().ok().and_then(|v| self.unchosen_inside(c, v)))
             .collect();
-        for (name, pino) in pending {
-            if !entries.iter().any(|e| e.name == name) {
-                let attr = self.pending_attr(pino).await;
-                entries.push(DirEntry { name, attr });
+        if !inside.is_empty() {
+            let _ = self.store.load_many(&inside).await;
+        }
+        let mut targets = Vec::new();
+        for (child, view) in paths.iter().zip(views) {
+            if let Ok(view) = view {
+                if view.data.is_none() {
+                    self.prepare_pointer(child, view).await;
+                } else if let Some(t) = self.pointer_target(child, view)
+                    && self.store.peek(&t).is_none()
+                {
+                    targets.push(t);
+                }
             }
         }
-        Ok(entries)
+        if !targets.is_empty() {
+            // Missing targets are an answer too (dangling pointers are files).
+            let _ = self.store.load_many(&targets).await;
+        }
+    }
+
+    /// A listed child's entry from its load: `None` when it was deleted
+    /// since the child list was read (left out); an error only when the
+    /// listing cannot go on.
+    fn child_entry(
+        &self,
+        name: &str,
+        child: &str,
+        result: Result<NodeView, ZkError>,
+    ) -> Result<Option<DirEntry>, FsError> {
+        let view = match result {
+            Ok(view) => view,
+            // Deleted since the listing: leave it out.
+            Err(ZkError::NoNode) => return Ok(None),
+            // Exists, but this session may not read it: list it with no
+            // permissions (opening or stat-ing it then gives EACCES)
+            // instead of failing the whole listing.
+            Err(ZkError::NoAuth) => return Ok(Some(self.unread_entry(name.into(), child, 0))),
+            // Known to exist (an event said so before ZooKeeper became
+            // unreachable) but never read: list it, as a file with no
+            // content yet, rather than fail the whole listing.
+            Err(e) if e.is_connectivity() => {
+                return Ok(Some(self.unread_entry(name.into(), child, !0o222)));
+            }
+            Err(e) => return Err(FsError::zk(child, "getData", e)),
+        };
+        let kind = self.kind_of(child, &view);
+        let cino =
+            lock(&self.inodes).resolve(child, Role::Node, kind, view.stat.czxid, view.stat.mzxid);
+        Ok(Some(DirEntry {
+            name: name.into(),
+            attr: self.attr_for(cino, child, Role::Node, kind, &view),
+        }))
     }
 
     /// A listed child whose node cannot be read (no permission, or never

@@ -16,6 +16,7 @@ pub mod glob;
 pub mod handle;
 pub mod held;
 pub mod inode;
+pub mod listing;
 pub mod name;
 pub mod online;
 pub mod overlay;
@@ -31,6 +32,8 @@ pub use error::FsError;
 pub use handle::{OpenMode, Opened, PageCache};
 pub use write::RenameFlags;
 
+#[cfg(test)]
+mod listing_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]

@@ -727,12 +727,12 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             ino.0,
             async move { fs.listing(by_inode, ino.0, fh.0, offset).await },
             move |r| match r {
-                Ok(entries) => {
+                Ok(pass) => {
                     let mut full = false;
-                    for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+                    for (i, entry) in pass.from(offset) {
                         full = reply.add(
                             INodeNo(entry.attr.ino),
-                            (i + 1) as u64,
+                            i + 1,
                             to_file_type(entry.attr.kind),
                             &entry.name,
                         );
@@ -740,8 +740,9 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                             break;
                         }
                     }
-                    if by_inode && !full {
-                        fs2.listing_ended(ino.0, entries.len() as u64);
+                    // (A pass still loading answers what it has so far.)
+                    if by_inode && !full && pass.is_complete() {
+                        fs2.listing_ended(ino.0, pass.loaded());
                     }
                     reply.ok()
                 }
@@ -776,13 +777,13 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             ino.0,
             async move { fs.listing(by_inode, ino.0, fh.0, offset).await },
             move |r| match r {
-                Ok(entries) => {
+                Ok(pass) => {
                     let mut full = false;
                     let mut files = Vec::new();
-                    for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+                    for (i, entry) in pass.from(offset) {
                         full = reply.add(
                             INodeNo(entry.attr.ino),
-                            (i + 1) as u64,
+                            i + 1,
                             &entry.name,
                             &TTL,
                             &to_file_attr(&entry.attr),
@@ -799,8 +800,8 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                             files.push(entry.attr.ino);
                         }
                     }
-                    if by_inode && !full {
-                        fs2.listing_ended(ino.0, entries.len() as u64);
+                    if by_inode && !full && pass.is_complete() {
+                        fs2.listing_ended(ino.0, pass.loaded());
                     }
                     if !files.is_empty() {
                         fs2.hold_shown(&files);

@@ -73,19 +73,19 @@ pub type NodeAnswer = Result<(Vec<u8>, NodeStat), ZkError>;
 
 /// Reads `paths` wave by wave; the caller records each wave's answers before
 /// asking for the next, so at most one wave of data is held at a time.
-pub struct BulkRead<'a> {
-    sizes: &'a [Option<usize>],
+pub struct BulkRead {
+    sizes: Vec<Option<usize>>,
     next: usize,
     seen_bytes: usize,
     seen_nodes: usize,
     limits: Limits,
 }
 
-impl<'a> BulkRead<'a> {
+impl BulkRead {
     /// `sizes[i]`: the data size of node `i` if known (from an older `Stat`).
-    pub fn new(sizes: &'a [Option<usize>]) -> Self {
+    pub fn new(sizes: &[Option<usize>]) -> Self {
         BulkRead {
-            sizes,
+            sizes: sizes.to_vec(),
             next: 0,
             seen_bytes: 0,
             seen_nodes: 0,
@@ -96,7 +96,7 @@ impl<'a> BulkRead<'a> {
     /// A resync's read of cached nodes: sizes (all known) bound the
     /// multi-reads by bytes, up to [`RESYNC_BATCH_BYTES`] and
     /// [`RESYNC_MAX_NODES`] each, [`RESYNC_WAVE_BYTES`] in flight.
-    pub fn for_resync(sizes: &'a [Option<usize>]) -> Self {
+    pub fn for_resync(sizes: &[Option<usize>]) -> Self {
         BulkRead {
             limits: RESYNC,
             ..BulkRead::new(sizes)

@@ -1,9 +1,10 @@
 //! An in-memory ZooKeeper for unit and property tests: a tree of nodes with
 //! real-looking `Stat`s, a request counter, a connectivity switch, and
 //! mutations that return the watch events a persistent recursive watch on `/`
-//! would deliver, and injected faults for writes (late answers, lost
-//! answers, connection loss before the request). Never used instead of the
-//! real server in integration tests.
+//! would deliver, injected faults for writes (late answers, lost
+//! answers, connection loss before the request), and multi-reads held back
+//! until a test releases (or fails) them. Never used instead of the real
+//! server in integration tests.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -50,6 +51,12 @@ pub struct FakeZk {
     writes_received: AtomicU64,
     /// The current session id (1, 2, ...: every earlier one was ours too).
     session: AtomicI64,
+    /// Multi-reads that still answer at once; `None`: all do (see
+    /// [`FakeZk::hold_batch_reads_after`]).
+    batch_reads_free: Mutex<Option<u64>>,
+    /// What held multi-reads wait for: `None` while held, then the verdict
+    /// (`Some(None)` answer, `Some(Some(e))` fail as a whole with `e`).
+    batch_release: tokio::sync::watch::Sender<Option<Option<ZkError>>>,
 }
 
 impl Default for FakeZk {
@@ -75,7 +82,54 @@ impl FakeZk {
             write_faults: Mutex::new(std::collections::VecDeque::new()),
             writes_received: AtomicU64::new(0),
             session: AtomicI64::new(1),
+            batch_reads_free: Mutex::new(None),
+            batch_release: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// The next `free` multi-reads answer at once; every later one waits
+    /// until [`FakeZk::release_batch_reads`] and then reports the tree as
+    /// it is at release (a node deleted meanwhile is `NoNode`).
+    pub fn hold_batch_reads_after(&self, free: u64) {
+        self.batch_release.send_replace(None);
+        *self
+            .batch_reads_free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(free);
+    }
+
+    /// Answer the held multi-reads (and stop holding later ones), or fail
+    /// each of them as a whole with `failure`.
+    pub fn release_batch_reads(&self, failure: Option<ZkError>) {
+        *self
+            .batch_reads_free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.batch_release.send_replace(Some(failure));
+    }
+
+    /// Whether this multi-read is held (and one fewer answers at once).
+    fn batch_read_held(&self) -> bool {
+        match &mut *self
+            .batch_reads_free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            Some(0) => true,
+            Some(free) => {
+                *free -= 1;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn read_batch(&self, paths: &[String]) -> BatchAnswer {
+        let state = self.state();
+        Ok(paths
+            .iter()
+            .map(|p| state.nodes.get(p).cloned().ok_or(ZkError::NoNode))
+            .collect())
     }
 
     /// Make the next write request meet `fault`.
@@ -340,15 +394,24 @@ impl ZkBackend for FakeZk {
     }
 
     fn get_data_batch(&self, paths: &[&str]) -> impl Future<Output = BatchAnswer> + Send {
-        let result = self.check().map(|()| {
-            let state = self.state();
-            paths
-                .iter()
-                .map(|p| state.nodes.get(*p).cloned().ok_or(ZkError::NoNode))
-                .collect()
-        });
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        let checked = self.check();
+        let held = checked.is_ok() && self.batch_read_held();
+        let result = checked.and_then(|()| self.read_batch(&paths));
+        let mut release = self.batch_release.subscribe();
         let delay = self.read_delay_ms.load(Ordering::SeqCst);
         async move {
+            if held {
+                let verdict = release
+                    .wait_for(Option::is_some)
+                    .await
+                    .map(|v| v.clone().flatten());
+                match verdict {
+                    Ok(Some(e)) => return Err(e),
+                    Ok(None) => return self.read_batch(&paths),
+                    Err(_) => return Err(ZkError::ConnectionLoss),
+                }
+            }
             if delay > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             }

@@ -148,6 +148,67 @@ impl<B: ZkBackend> Drop for Fetching<'_, B> {
     }
 }
 
+/// A bulk load handing out its results in order, wave by wave
+/// ([`Store::load_in_order`]). Dropped half-way, it ends its fetches (the
+/// wave in flight is forgotten like any dropped read).
+pub struct LoadInOrder<'a, B: ZkBackend> {
+    store: &'a Store<B>,
+    /// By index of the load's paths; `None` until read.
+    results: Vec<Option<Result<NodeView, ZkError>>>,
+    /// Results before this index were handed out.
+    given: usize,
+    /// Indexes (into the paths) to read, in order, and their paths.
+    to_fetch: Vec<usize>,
+    fetch_paths: Vec<&'a str>,
+    /// How many of `to_fetch` were read.
+    fetched: usize,
+    bulk: BulkRead,
+}
+
+impl<B: ZkBackend> LoadInOrder<'_, B> {
+    /// The results of the next paths (at least one), reading waves until
+    /// one completes them; `None` once every result was handed out.
+    pub async fn next(&mut self) -> Option<Vec<Result<NodeView, ZkError>>> {
+        loop {
+            let ready = self
+                .to_fetch
+                .get(self.fetched)
+                .copied()
+                .unwrap_or(self.results.len());
+            if ready > self.given {
+                let given = self.results[self.given..ready]
+                    .iter_mut()
+                    .map(|r| r.take().unwrap_or(Err(ZkError::Other("not loaded".into()))))
+                    .collect();
+                self.given = ready;
+                return Some(given);
+            }
+            let wave = self.bulk.next_wave()?;
+            self.read(wave).await;
+        }
+    }
+
+    async fn read(&mut self, wave: std::ops::Range<usize>) {
+        let store = self.store;
+        let (tickets, guard) = store.begin_fetches(&self.fetch_paths[wave.clone()]);
+        let answers = self
+            .bulk
+            .read(&store.backend, &self.fetch_paths, wave.clone())
+            .await;
+        let mut cache = store.cache();
+        guard.settled();
+        self.fetched = wave.end;
+        for ((k, ticket), answer) in wave.zip(tickets).zip(answers) {
+            let path = self.fetch_paths[k];
+            cache.end_fetch(path, ticket);
+            let recorded = store.record_data(&mut cache, path, ticket, answer);
+            self.results[self.to_fetch[k]] = Some(
+                recorded.and_then(|_| cache.get(path).map(NodeView::of).ok_or(ZkError::NoNode)),
+            );
+        }
+    }
+}
+
 /// The expected echo of one of our writes, counted while the write is out:
 /// dropped (the write failed, or its future was dropped) it takes the
 /// expectation back, so a late or lost answer can never make the cache
@@ -577,7 +638,20 @@ impl<B: ZkBackend> Store<B> {
     /// Load many nodes at once, in multi-reads (see [`BulkRead`]); results in
     /// the order of `paths`. Fresh cached nodes are not asked for.
     pub async fn load_many(&self, paths: &[String]) -> Vec<Result<NodeView, ZkError>> {
-        let mut results: Vec<Option<Result<NodeView, ZkError>>> = Vec::with_capacity(paths.len());
+        let mut load = self.load_in_order(paths);
+        let mut results = Vec::with_capacity(paths.len());
+        while let Some(next) = load.next().await {
+            results.extend(next);
+        }
+        results
+    }
+
+    /// [`Self::load_many`] one wave at a time: each [`LoadInOrder::next`]
+    /// gives the results of the next paths in order, as soon as the wave
+    /// that completes them was answered (so a caller can use the first
+    /// results while the later waves are still to be read).
+    pub fn load_in_order<'a>(&'a self, paths: &'a [String]) -> LoadInOrder<'a, B> {
+        let mut results = Vec::with_capacity(paths.len());
         let mut to_fetch = Vec::new();
         {
             let cache = self.cache();
@@ -601,26 +675,16 @@ impl<B: ZkBackend> Store<B> {
         }
         // Data only: ACLs of a bulk load follow separately (`load_acls`).
         let fetch_paths: Vec<&str> = to_fetch.iter().map(|&i| paths[i].as_str()).collect();
-        let sizes = self.known_sizes(&fetch_paths);
-        let mut bulk = BulkRead::new(&sizes);
-        while let Some(wave) = bulk.next_wave() {
-            let (tickets, guard) = self.begin_fetches(&fetch_paths[wave.clone()]);
-            let answers = bulk.read(&self.backend, &fetch_paths, wave.clone()).await;
-            let mut cache = self.cache();
-            guard.settled();
-            for ((k, ticket), answer) in wave.zip(tickets).zip(answers) {
-                let path = fetch_paths[k];
-                cache.end_fetch(path, ticket);
-                let recorded = self.record_data(&mut cache, path, ticket, answer);
-                results[to_fetch[k]] = Some(
-                    recorded.and_then(|_| cache.get(path).map(NodeView::of).ok_or(ZkError::NoNode)),
-                );
-            }
+        let bulk = BulkRead::new(&self.known_sizes(&fetch_paths));
+        LoadInOrder {
+            store: self,
+            results,
+            given: 0,
+            to_fetch,
+            fetch_paths,
+            fetched: 0,
+            bulk,
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(ZkError::Other("not loaded".into()))))
-            .collect()
     }
 
     /// Load the ACLs of cached nodes that have none for their current
