@@ -72,6 +72,7 @@ pub enum Opens {
 
 /// Which nodes are pointers, and to what (by the mzxid the data was read at),
 /// plus the reverse map so a target appearing or vanishing re-kinds them.
+/// Nodes whose data is no pointer by any reading are not kept.
 #[derive(Default)]
 pub(super) struct PointerIndex {
     pub(super) by_path: HashMap<String, (i64, Option<String>)>,
@@ -390,6 +391,13 @@ impl<B: ZkBackend> ZkFs<B> {
             Some(t) if plain.is_none() || self.store.peek(t).is_some() => inside.clone(),
             _ => plain,
         };
+        if target.is_none() && inside.is_none() {
+            // Not a pointer by either reading: nothing to re-choose later,
+            // and parsing again is cheaper than remembering it (a tree of
+            // small config files would keep an entry per file, ~100 bytes).
+            self.unindex_pointer(&mut index, path);
+            return None;
+        }
         index
             .by_path
             .insert(path.to_string(), (stat.mzxid, target.clone()));
@@ -593,7 +601,7 @@ impl<B: ZkBackend> ZkFs<B> {
             let Some(view) = self.store.peek(&inode.path) else {
                 continue;
             };
-            let shows_it = inode.version == Some(view.stat.mzxid)
+            let shows_it = inode.version() == Some(view.stat.mzxid)
                 && (inode.role != Role::Node || view.stat.czxid == inode.czxid);
             if let Some(data) = view.data.clone().filter(|_| shows_it) {
                 let attr = self.attr_for(ino, &inode.path, inode.role, inode.kind, &view);
@@ -792,7 +800,7 @@ impl<B: ZkBackend> ZkFs<B> {
     /// inode is stale (path lookups then get the new version's inode; the
     /// kernel retries a path-based `open` or `stat` after `ESTALE`).
     fn check_version(&self, inode: &Inode, view: &NodeView) -> Result<(), FsError> {
-        if inode.is_content() && inode.version != Some(view.stat.mzxid) {
+        if inode.is_content() && inode.version() != Some(view.stat.mzxid) {
             return Err(FsError::Stale(inode.path.to_string()));
         }
         Ok(())
@@ -945,7 +953,7 @@ impl<B: ZkBackend> ZkFs<B> {
         let fetched = self.store.data(&inode.path).await;
         let shown = match &fetched {
             Ok((_, view)) => {
-                inode.version == Some(view.stat.mzxid)
+                inode.version() == Some(view.stat.mzxid)
                     && (inode.role != Role::Node || view.stat.czxid == inode.czxid)
             }
             Err(_) => false,
@@ -1000,7 +1008,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 .filter(|(_, i)| {
                     i.kind == FileKind::RegularFile
                         && i.lookups > 0
-                        && i.version == Some(view.stat.mzxid)
+                        && i.version() == Some(view.stat.mzxid)
                 })
                 .map(|(ino, i)| (ino, i.role, i.kind))
                 .collect()
@@ -1082,7 +1090,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 continue;
             };
             let shows_it = !view.stale
-                && inode.version == Some(view.stat.mzxid)
+                && inode.version() == Some(view.stat.mzxid)
                 && (inode.role != Role::Node || view.stat.czxid == inode.czxid);
             match view.data {
                 Some(data)
@@ -1591,7 +1599,11 @@ impl<B: ZkBackend> ZkFs<B> {
         inodes.detach(p);
         drop(inodes);
         self.overlay.forget(p);
-        let mut index = lock(&self.pointers);
+        self.unindex_pointer(&mut lock(&self.pointers), p);
+    }
+
+    /// `p` is no pointer (any more): drop it and its reverse entries.
+    fn unindex_pointer(&self, index: &mut PointerIndex, p: &str) {
         if let Some((_, Some(target))) = index.by_path.remove(p) {
             let inside = self.unchrooted(target.as_bytes());
             for t in std::iter::once(target).chain(inside) {

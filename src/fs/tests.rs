@@ -1532,3 +1532,42 @@ async fn stat_after_another_process_truncated_by_open_shows_the_new_mtime() {
     );
     assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b""[..]));
 }
+
+#[tokio::test]
+async fn the_pointer_index_keeps_pointers_only() {
+    let h = harness();
+    h.apply(h.zk.create("/target", b"t", 0));
+    h.apply(h.zk.create("/link", b"/target", 0));
+    for i in 0..50 {
+        h.apply(h.zk.create(&format!("/plain{i}"), b"{\"v\":1}", 0));
+    }
+    let listed = h.ls("/").await.expect("ls");
+    assert_eq!(listed.len(), 52);
+    assert_eq!(
+        h.resolve("/link").await.expect("link").kind,
+        FileKind::Symlink
+    );
+    let indexed = || {
+        super::core::lock(&h.fs.pointers)
+            .by_path
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(indexed(), ["/link"]);
+    // A pointer that becomes plain data leaves the index (and is a file),
+    // and comes back as a symlink when it points again.
+    h.apply(h.zk.set("/link", b"plain"));
+    assert_eq!(
+        h.resolve("/link").await.expect("link").kind,
+        FileKind::RegularFile
+    );
+    assert!(indexed().is_empty());
+    assert!(super::core::lock(&h.fs.pointers).by_target.is_empty());
+    h.apply(h.zk.set("/link", b"/target"));
+    assert_eq!(
+        h.resolve("/link").await.expect("link").kind,
+        FileKind::Symlink
+    );
+    assert_eq!(indexed(), ["/link"]);
+}
