@@ -40,6 +40,10 @@ pub enum Role {
     DataFile,
 }
 
+/// An inode is 40 bytes (the table holds one per node the kernel has seen):
+/// the version is stored without an `Option`'s tag and the lookup count in
+/// 32 bits (the kernel adds one per entry it is given; four billion lookups
+/// of one inode without a forget would take decades).
 #[derive(Clone, Debug)]
 pub struct Inode {
     /// Absolute ZooKeeper path of the node (shared with the path index).
@@ -47,14 +51,27 @@ pub struct Inode {
     pub role: Role,
     pub kind: FileKind,
     pub czxid: i64,
-    /// The mzxid of the one version a content inode shows; `None` for
-    /// directories (their identity does not depend on data).
-    pub version: Option<i64>,
+    /// See [`Inode::version`]; [`NO_VERSION`] for none.
+    version: i64,
     /// Kernel lookup count (entries replied minus forgets).
-    pub lookups: u64,
+    pub lookups: u32,
+}
+
+/// [`Inode::version`] of an inode that does not follow versions (no mzxid
+/// is negative).
+const NO_VERSION: i64 = i64::MIN;
+
+fn version_slot(version: Option<i64>) -> i64 {
+    version.unwrap_or(NO_VERSION)
 }
 
 impl Inode {
+    /// The mzxid of the one version a content inode shows; `None` for
+    /// directories (their identity does not depend on data).
+    pub fn version(&self) -> Option<i64> {
+        (self.version != NO_VERSION).then_some(self.version)
+    }
+
     /// Whether this inode shows the node's content (its number follows versions).
     pub fn is_content(&self) -> bool {
         self.role == Role::DataFile || self.kind != FileKind::Directory
@@ -119,7 +136,7 @@ impl InodeTable {
                 role: Role::Node,
                 kind: FileKind::Directory,
                 czxid: 0,
-                version: None,
+                version: NO_VERSION,
                 lookups: 1,
             },
         );
@@ -156,7 +173,7 @@ impl InodeTable {
             if let Some(inode) = self.by_ino.get(&ino)
                 && inode.kind == kind
                 && inode.czxid == czxid
-                && inode.version == version
+                && inode.version() == version
             {
                 return ino;
             }
@@ -172,7 +189,7 @@ impl InodeTable {
                 role,
                 kind,
                 czxid,
-                version,
+                version: version_slot(version),
                 lookups: 0,
             },
         );
@@ -255,7 +272,7 @@ impl InodeTable {
         if let Some(inode) = self.by_ino.get_mut(&ino) {
             inode.czxid = czxid;
             if inode.is_content() {
-                inode.version = Some(mzxid);
+                inode.version = mzxid;
             }
         }
     }
@@ -280,7 +297,7 @@ impl InodeTable {
             inode.role = Role::Node;
             inode.kind = kind;
             inode.czxid = czxid;
-            inode.version = content_kind(Role::Node, kind).then_some(mzxid);
+            inode.version = version_slot(content_kind(Role::Node, kind).then_some(mzxid));
         }
     }
 
@@ -307,7 +324,7 @@ impl InodeTable {
 
     pub fn add_lookup(&mut self, ino: u64) {
         if let Some(inode) = self.by_ino.get_mut(&ino) {
-            inode.lookups += 1;
+            inode.lookups = inode.lookups.saturating_add(1);
         }
     }
 
@@ -321,7 +338,9 @@ impl InodeTable {
         let Some(inode) = self.by_ino.get_mut(&ino) else {
             return;
         };
-        inode.lookups = inode.lookups.saturating_sub(n);
+        inode.lookups = inode
+            .lookups
+            .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
         if inode.lookups == 0 && !self.is_current(ino) {
             self.by_ino.remove(&ino);
         }
@@ -332,7 +351,7 @@ impl InodeTable {
     }
 }
 
-fn inode_lookups(by_ino: &HashMap<u64, Inode>, ino: u64) -> u64 {
+fn inode_lookups(by_ino: &HashMap<u64, Inode>, ino: u64) -> u32 {
     by_ino.get(&ino).map_or(0, |i| i.lookups)
 }
 

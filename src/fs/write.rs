@@ -860,7 +860,7 @@ impl<B: ZkBackend> ZkFs<B> {
             // are of an older version, and the name gets a fresh inode).
             let showed_moved = inodes
                 .get(ino)
-                .is_some_and(|i| !i.is_content() || i.version == Some(src_view.stat.mzxid));
+                .is_some_and(|i| !i.is_content() || i.version() == Some(src_view.stat.mzxid));
             match identity {
                 // The kernel moved the source's inode to the new name: same number.
                 Some((czxid, mzxid)) if showed_moved => {
