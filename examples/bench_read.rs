@@ -196,6 +196,7 @@ fn main() {
     let prop_ro = propagation(&ro_small, false);
     let prop_rw = propagation(&rw_small, false);
     let prop_polite = propagation(&rw_small, true);
+    let prop_ro_polite = propagation(&ro_small, true);
     // The baseline: what the same change costs a direct client to see, one
     // getData round trip, measured now (after the warm-up) as well.
     let get_rtt = Stats::of(times(CHANGES, || {
@@ -256,6 +257,13 @@ fn main() {
         &prop_polite.show(),
         &rtt_base,
         Some(prop_polite.ratio(&get_rtt)),
+        Goal::none(),
+    );
+    row(
+        "the same, read-only mount, reader yielding between reads",
+        &prop_ro_polite.show(),
+        &rtt_base,
+        Some(prop_ro_polite.ratio(&get_rtt)),
         Goal::none(),
     );
     row(
