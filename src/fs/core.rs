@@ -665,7 +665,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 let kind = self.kind_of(&child, &view);
                 inodes_guard = lock(&self.inodes);
                 let ino = inodes_guard.resolve(
-                    &child,
+                    &view.path,
                     Role::Node,
                     kind,
                     view.stat.czxid,
@@ -1391,8 +1391,14 @@ impl<B: ZkBackend> ZkFs<B> {
             Err(e) => return Err(FsError::zk(child, "getData", e)),
         };
         let kind = self.kind_of(child, &view);
-        let cino =
-            lock(&self.inodes).resolve(child, Role::Node, kind, view.stat.czxid, view.stat.mzxid);
+        // The cache's copy of the path: the inode table shares it.
+        let cino = lock(&self.inodes).resolve(
+            &view.path,
+            Role::Node,
+            kind,
+            view.stat.czxid,
+            view.stat.mzxid,
+        );
         Ok(Some(DirEntry {
             name: name.into(),
             attr: self.attr_for(cino, child, Role::Node, kind, &view),

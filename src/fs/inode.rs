@@ -108,6 +108,40 @@ impl RoleInodes {
     }
 }
 
+/// A path as a caller holds it: the table keeps a shared one ([`Arc<str>`],
+/// e.g. the cache's own copy) as it is, and copies a borrowed one.
+pub trait PathKey {
+    fn as_path(&self) -> &str;
+    fn to_key(&self) -> Arc<str>;
+}
+
+impl PathKey for str {
+    fn as_path(&self) -> &str {
+        self
+    }
+    fn to_key(&self) -> Arc<str> {
+        Arc::from(self)
+    }
+}
+
+impl PathKey for String {
+    fn as_path(&self) -> &str {
+        self
+    }
+    fn to_key(&self) -> Arc<str> {
+        Arc::from(self.as_str())
+    }
+}
+
+impl PathKey for Arc<str> {
+    fn as_path(&self) -> &str {
+        self
+    }
+    fn to_key(&self) -> Arc<str> {
+        self.clone()
+    }
+}
+
 /// Whether `kind` in `role` is a content inode (see the module doc).
 fn content_kind(role: Role, kind: FileKind) -> bool {
     role == Role::DataFile || kind != FileKind::Directory
@@ -157,16 +191,16 @@ impl InodeTable {
     /// The inode for this incarnation (and, for content, this version) of
     /// (path, role), allocating a new number when there is none or the
     /// current one stands for something else.
-    pub fn resolve(
+    pub fn resolve<P: PathKey + ?Sized>(
         &mut self,
-        path: &str,
+        path: &P,
         role: Role,
         kind: FileKind,
         czxid: i64,
         mzxid: i64,
     ) -> u64 {
         let version = content_kind(role, kind).then_some(mzxid);
-        if let Some(ino) = self.lookup_key(path, role) {
+        if let Some(ino) = self.lookup_key(path.as_path(), role) {
             if ino == ROOT_INO {
                 return ino;
             }
@@ -213,14 +247,14 @@ impl InodeTable {
     }
 
     /// Make `ino` the current inode of (path, role); returns the shared path.
-    fn set_key(&mut self, path: &str, role: Role, ino: u64) -> Arc<str> {
-        if let Some(slots) = self.by_key.get_mut(path) {
+    fn set_key<P: PathKey + ?Sized>(&mut self, path: &P, role: Role, ino: u64) -> Arc<str> {
+        if let Some(slots) = self.by_key.get_mut(path.as_path()) {
             slots.set(role, Some(ino));
         }
-        if let Some((key, _)) = self.by_key.get_key_value(path) {
+        if let Some((key, _)) = self.by_key.get_key_value(path.as_path()) {
             return key.clone();
         }
-        let key: Arc<str> = Arc::from(path);
+        let key = path.to_key();
         let mut slots = RoleInodes::default();
         slots.set(role, Some(ino));
         self.by_key.insert(key.clone(), slots);

@@ -172,6 +172,12 @@ impl NodeCache {
         self.nodes.get(path).map(|node| &**node)
     }
 
+    /// A cached node with the cache's own copy of its path (shareable: the
+    /// inode table keeps the same string instead of another copy).
+    pub fn get_keyed(&self, path: &str) -> Option<(&Arc<str>, &CachedNode)> {
+        self.nodes.get_key_value(path).map(|(k, node)| (k, &**node))
+    }
+
     /// Data of a cached node, marking it recently used.
     pub fn data(&mut self, path: &str) -> Option<Arc<[u8]>> {
         self.clock += 1;

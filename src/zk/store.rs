@@ -49,6 +49,8 @@ impl Change {
 /// A snapshot of one cached node.
 #[derive(Clone, Debug)]
 pub struct NodeView {
+    /// The node's path, as the cache keeps it (shared, not copied).
+    pub path: Arc<str>,
     pub stat: NodeStat,
     /// `None` when evicted; [`Store::data`] fetches it again.
     pub data: Option<Arc<[u8]>>,
@@ -60,8 +62,9 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    fn of(node: &CachedNode) -> Self {
+    fn of(path: &Arc<str>, node: &CachedNode) -> Self {
         NodeView {
+            path: path.clone(),
             stat: node.stat,
             data: node.data.clone(),
             change_time_ns: node.change_time_ns,
@@ -203,7 +206,7 @@ impl<B: ZkBackend> LoadInOrder<'_, B> {
             cache.end_fetch(path, ticket);
             let recorded = store.record_data(&mut cache, path, ticket, answer);
             self.results[self.to_fetch[k]] = Some(
-                recorded.and_then(|_| cache.get(path).map(NodeView::of).ok_or(ZkError::NoNode)),
+                recorded.and_then(|_| cache.get_keyed(path).map(|(k, n)| NodeView::of(k, n)).ok_or(ZkError::NoNode)),
             );
         }
     }
@@ -358,7 +361,9 @@ impl<B: ZkBackend> Store<B> {
 
     /// What is cached about `path`, without asking ZooKeeper.
     pub fn peek(&self, path: &str) -> Option<NodeView> {
-        self.cache().get(path).map(NodeView::of)
+        self.cache()
+            .get_keyed(path)
+            .map(|(k, n)| NodeView::of(k, n))
     }
 
     /// Cached child names of `path` if they were listed (fresh or not).
@@ -375,10 +380,10 @@ impl<B: ZkBackend> Store<B> {
 
     /// The node's stat (and data, if cached). Loads it on first access or when stale.
     pub async fn node(&self, path: &str) -> Result<NodeView, ZkError> {
-        if let Some(node) = self.cache().get(path)
+        if let Some((key, node)) = self.cache().get_keyed(path)
             && self.usable(node)
         {
-            return Ok(NodeView::of(node));
+            return Ok(NodeView::of(key, node));
         }
         self.fetch_data(path).await
     }
@@ -389,7 +394,7 @@ impl<B: ZkBackend> Store<B> {
             let mut cache = self.cache();
             let usable = cache.get(path).is_some_and(|n| self.usable(n));
             if usable && let Some(data) = cache.data(path) {
-                let view = cache.get(path).map(NodeView::of);
+                let view = cache.get_keyed(path).map(|(k, n)| NodeView::of(k, n));
                 if let Some(view) = view {
                     return Ok((data, view));
                 }
@@ -510,10 +515,10 @@ impl<B: ZkBackend> Store<B> {
             if still_flying {
                 notified.await;
             }
-            if let Some(node) = self.cache().get(path)
+            if let Some((key, node)) = self.cache().get_keyed(path)
                 && self.usable(node)
             {
-                return Ok(NodeView::of(node));
+                return Ok(NodeView::of(key, node));
             }
         }
     }
@@ -556,7 +561,7 @@ impl<B: ZkBackend> Store<B> {
             let aversion = stat.aversion;
             let recorded = self.record_data(&mut cache, path, ticket, result);
             cache.store_acl(path, aversion, acl);
-            return recorded.and_then(|_| cache.get(path).map(NodeView::of).ok_or(ZkError::NoNode));
+            return recorded.and_then(|_| cache.get_keyed(path).map(|(k, n)| NodeView::of(k, n)).ok_or(ZkError::NoNode));
         }
         self.record_data(&mut cache, path, ticket, result)
             .map(|(v, _)| v)
@@ -584,7 +589,7 @@ impl<B: ZkBackend> Store<B> {
                 {
                     cache.add_child(parent, path::basename(path));
                 }
-                let view = cache.get(path).map(NodeView::of).ok_or(ZkError::NoNode)?;
+                let view = cache.get_keyed(path).map(|(k, n)| NodeView::of(k, n)).ok_or(ZkError::NoNode)?;
                 Ok((view, changed))
             }
             Err(ZkError::NoNode) => {
@@ -597,9 +602,9 @@ impl<B: ZkBackend> Store<B> {
                 }
                 Err(ZkError::NoNode)
             }
-            Err(e) if e.is_connectivity() => match cache.get(path) {
+            Err(e) if e.is_connectivity() => match cache.get_keyed(path) {
                 // ZooKeeper unreachable: serve the last known state.
-                Some(node) => Ok((NodeView::of(node), false)),
+                Some((key, node)) => Ok((NodeView::of(key, node), false)),
                 None => Err(e),
             },
             Err(e) => Err(e),
@@ -656,8 +661,10 @@ impl<B: ZkBackend> Store<B> {
         {
             let cache = self.cache();
             for (i, p) in paths.iter().enumerate() {
-                match cache.get(p) {
-                    Some(node) if self.usable(node) => results.push(Some(Ok(NodeView::of(node)))),
+                match cache.get_keyed(p) {
+                    Some((key, node)) if self.usable(node) => {
+                        results.push(Some(Ok(NodeView::of(key, node))))
+                    }
                     _ => {
                         results.push(None);
                         to_fetch.push(i);
