@@ -205,9 +205,12 @@ impl<B: ZkBackend> LoadInOrder<'_, B> {
             let path = self.fetch_paths[k];
             cache.end_fetch(path, ticket);
             let recorded = store.record_data(&mut cache, path, ticket, answer);
-            self.results[self.to_fetch[k]] = Some(
-                recorded.and_then(|_| cache.get_keyed(path).map(|(k, n)| NodeView::of(k, n)).ok_or(ZkError::NoNode)),
-            );
+            self.results[self.to_fetch[k]] = Some(recorded.and_then(|_| {
+                cache
+                    .get_keyed(path)
+                    .map(|(k, n)| NodeView::of(k, n))
+                    .ok_or(ZkError::NoNode)
+            }));
         }
     }
 }
@@ -561,7 +564,12 @@ impl<B: ZkBackend> Store<B> {
             let aversion = stat.aversion;
             let recorded = self.record_data(&mut cache, path, ticket, result);
             cache.store_acl(path, aversion, acl);
-            return recorded.and_then(|_| cache.get_keyed(path).map(|(k, n)| NodeView::of(k, n)).ok_or(ZkError::NoNode));
+            return recorded.and_then(|_| {
+                cache
+                    .get_keyed(path)
+                    .map(|(k, n)| NodeView::of(k, n))
+                    .ok_or(ZkError::NoNode)
+            });
         }
         self.record_data(&mut cache, path, ticket, result)
             .map(|(v, _)| v)
@@ -589,7 +597,10 @@ impl<B: ZkBackend> Store<B> {
                 {
                     cache.add_child(parent, path::basename(path));
                 }
-                let view = cache.get_keyed(path).map(|(k, n)| NodeView::of(k, n)).ok_or(ZkError::NoNode)?;
+                let view = cache
+                    .get_keyed(path)
+                    .map(|(k, n)| NodeView::of(k, n))
+                    .ok_or(ZkError::NoNode)?;
                 Ok((view, changed))
             }
             Err(ZkError::NoNode) => {
