@@ -70,6 +70,10 @@ pub enum Opens {
     Kernel,
 }
 
+/// A process (pid) and the node path it opened, for [`ZkFs::reads`]:
+/// its version and czxid are the value.
+pub(super) type ReadKey = (u32, Arc<str>);
+
 /// Which nodes are pointers, and to what (by the mzxid the data was read at),
 /// plus the reverse map so a target appearing or vanishing re-kinds them.
 /// Nodes whose data is no pointer by any reading are not kept.
@@ -199,8 +203,9 @@ pub struct ZkFs<B: ZkBackend> {
     /// The version of each node each process last opened (pid, path): a
     /// rename by that process over the node is checked against it, so an
     /// edit based on an old read fails instead of silently losing another
-    /// writer's change (`sed -i`, editors' atomic saves).
-    pub(super) reads: Mutex<lru::LruCache<(u32, String), (i32, i64)>>,
+    /// writer's change (`sed -i`, editors' atomic saves). Keyed by the
+    /// inode table's shared path string (no copy per entry).
+    pub(super) reads: Mutex<lru::LruCache<ReadKey, (i32, i64)>>,
     /// Ephemeral nodes this mount created and still owns, with their last
     /// data: kept on the server by the supervisor (`registry.rs`).
     pub(super) registry: super::registry::Registry,
@@ -838,7 +843,7 @@ impl<B: ZkBackend> ZkFs<B> {
         let attr = shows_it.then(|| self.attr_for(ino, &inode.path, inode.role, inode.kind, &view));
         if inode.role == Role::Node {
             lock(&self.reads).put(
-                (pid, inode.path.to_string()),
+                (pid, inode.path.clone()),
                 (view.stat.version, view.stat.czxid),
             );
         }

@@ -345,7 +345,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 if let (Some(version), Some(czxid)) =
                     (w.base_version, self.store.peek(&path).map(|v| v.stat.czxid))
                 {
-                    lock(&self.reads).put((pid, path.clone()), (version, czxid));
+                    lock(&self.reads).put((pid, Arc::from(path.as_str())), (version, czxid));
                 }
             }
             Err(_) => self.after_failed_write(ino, &path),
@@ -846,7 +846,7 @@ impl<B: ZkBackend> ZkFs<B> {
         // The node shows at `dst` as what it showed as at `src`: an empty
         // file stays a file, an empty directory a directory.
         self.overlay.rename(&src, &dst, src_kind);
-        lock(&self.reads).pop(&(pid, src.clone()));
+        lock(&self.reads).pop(&(pid, Arc::from(src.as_str())));
         let dst_view = self.store.node(&dst).await.ok();
         let identity = dst_view
             .map(|v| (v.stat.czxid, v.stat.mzxid))
@@ -904,7 +904,7 @@ impl<B: ZkBackend> ZkFs<B> {
         dst: &str,
         dst_view: &NodeView,
     ) -> Result<i32, FsError> {
-        if let Some((version, czxid)) = lock(&self.reads).get(&(pid, dst.to_string())).copied() {
+        if let Some((version, czxid)) = lock(&self.reads).get(&(pid, Arc::<str>::from(dst))).copied() {
             if czxid != dst_view.stat.czxid {
                 return Err(FsError::Conflict {
                     path: dst.to_string(),
