@@ -168,7 +168,7 @@ struct OpenDir {
 /// outcome is known); it is taken before any other lock, and a handle that
 /// claimed a pending create never waits for another handle's lock (so two
 /// handles of one new file cannot deadlock). Every `std::sync::Mutex` here
-/// (`inodes`, `files`, `pending`, `creating`, `dirs`, `listings`, `held`, `offered`, `pointers`, `reads`,
+/// (`inodes`, `files`, `pending`, `creating`, `dirs`, `listings`, `held`, `pointers`, `reads`,
 /// the overlay's and the registry's) is a leaf: taken for one short step,
 /// never across an `.await`, and never while another of them is held
 /// (`inodes` may call into the invalidator, which only queues). The store's
@@ -187,11 +187,10 @@ pub struct ZkFs<B: ZkBackend> {
     dirs: Mutex<HashMap<u64, OpenDir>>,
     /// Listings by directory inode ([`Opens::Kernel`]).
     listings: Mutex<lru::LruCache<u64, Listing>>,
-    /// Versions the kernel may still read ([`Opens::Kernel`]).
+    /// Versions the kernel may still read ([`Opens::Kernel`]), and whether
+    /// their pages were offered to it (once per inode, which is one
+    /// version; until the kernel forgets it).
     pub(super) held: super::held::Held,
-    /// Inodes whose pages were offered to the kernel (once per inode, which
-    /// is one version; until the kernel forgets it).
-    offered: Mutex<HashSet<u64>>,
     pub(super) next_fh: AtomicU64,
     /// When the last operation started, in µs since `epoch`.
     last_activity_us: AtomicU64,
@@ -247,7 +246,6 @@ impl<B: ZkBackend> ZkFs<B> {
                 std::num::NonZeroUsize::new(LISTINGS_KEPT).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
             held: Default::default(),
-            offered: Mutex::new(HashSet::new()),
             next_fh: AtomicU64::new(1),
             last_activity_us: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -711,7 +709,6 @@ impl<B: ZkBackend> ZkFs<B> {
         drop(inodes);
         if !referenced {
             self.held.release(ino);
-            lock(&self.offered).remove(&ino);
         }
     }
 
@@ -1102,7 +1099,7 @@ impl<B: ZkBackend> ZkFs<B> {
                     if shows_it
                         && !data.is_empty()
                         && data.len() <= PAGES_OFFERED_MAX
-                        && lock(&self.offered).insert(ino) =>
+                        && self.held.first_offer(ino) =>
                 {
                     self.invalidator
                         .invalidate(Invalidation::Store { ino, data })

@@ -16,12 +16,15 @@
 //! While the version is current the bytes are shared with the cache (one
 //! `Arc`), so holding them costs no copy.
 //!
+//! It also remembers whether a held version's pages were offered to the
+//! kernel's page cache (once per inode).
+//!
 //! Owns nothing but that map; must not look at ZooKeeper or the inode table.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::attr::Attr;
+use super::attr::{Attr, FileKind};
 use super::core::lock;
 
 #[derive(Clone)]
@@ -31,20 +34,87 @@ pub struct HeldVersion {
     pub attr: Attr,
 }
 
+/// One held version as the map keeps it: 48 bytes instead of 64 (a
+/// read-only mount holds one per file the kernel knows). Of its `Attr`
+/// only what its bytes and its inode do not tell is kept.
+struct Entry {
+    data: Arc<[u8]>,
+    kind: FileKind,
+    /// Its pages were offered to the kernel ([`Held::first_offer`]).
+    offered: bool,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    mtime_ns: u64,
+    crtime_ms: i64,
+}
+
+impl Entry {
+    fn of(version: HeldVersion) -> Entry {
+        let a = version.attr;
+        Entry {
+            data: version.data,
+            kind: a.kind,
+            offered: false,
+            perm: a.perm,
+            uid: a.uid,
+            gid: a.gid,
+            nlink: a.nlink,
+            mtime_ns: a.mtime_ns,
+            crtime_ms: a.crtime_ms,
+        }
+    }
+
+    fn version(&self, ino: u64) -> HeldVersion {
+        HeldVersion {
+            data: self.data.clone(),
+            attr: Attr {
+                ino,
+                kind: self.kind,
+                // The attributes are those of these bytes.
+                size: self.data.len() as u64,
+                mtime_ns: self.mtime_ns,
+                crtime_ms: self.crtime_ms,
+                perm: self.perm,
+                nlink: self.nlink,
+                uid: self.uid,
+                gid: self.gid,
+            },
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Held {
-    versions: Mutex<HashMap<u64, HeldVersion>>,
+    versions: Mutex<HashMap<u64, Entry>>,
 }
 
 impl Held {
     /// Keep `version` as the content of `ino` (a version already held for
-    /// `ino` stays: an inode shows one version).
+    /// `ino` stays: an inode shows one version). Its `attr.size` must be
+    /// its bytes' length (it is not kept apart from them).
     pub fn hold(&self, ino: u64, version: HeldVersion) {
-        lock(&self.versions).entry(ino).or_insert(version);
+        debug_assert_eq!(version.attr.size, version.data.len() as u64);
+        lock(&self.versions)
+            .entry(ino)
+            .or_insert_with(|| Entry::of(version));
     }
 
     pub fn get(&self, ino: u64) -> Option<HeldVersion> {
-        lock(&self.versions).get(&ino).cloned()
+        lock(&self.versions).get(&ino).map(|e| e.version(ino))
+    }
+
+    /// Whether the pages of the version held for `ino` are to be offered
+    /// now: true once per held version (none held: false).
+    pub fn first_offer(&self, ino: u64) -> bool {
+        match lock(&self.versions).get_mut(&ino) {
+            Some(e) if !e.offered => {
+                e.offered = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The kernel no longer references `ino`.
@@ -74,7 +144,6 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::attr::FileKind;
 
     fn version(bytes: &[u8]) -> HeldVersion {
         HeldVersion {
@@ -98,8 +167,14 @@ mod tests {
         let held = Held::default();
         held.hold(7, version(b"old"));
         held.hold(7, version(b"newer"));
-        assert_eq!(&*held.get(7).expect("held").data, b"old");
+        let kept = held.get(7).expect("held");
+        assert_eq!(&*kept.data, b"old");
+        assert_eq!(kept.attr.size, 3);
+        assert_eq!((kept.attr.mtime_ns, kept.attr.perm), (1, 0o444));
         assert_eq!(held.usage(), (1, 3));
+        assert!(held.first_offer(7));
+        assert!(!held.first_offer(7));
+        assert!(!held.first_offer(8), "nothing held, nothing offered");
         held.release(7);
         assert!(held.get(7).is_none());
         assert_eq!(held.usage(), (0, 0));

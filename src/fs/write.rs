@@ -904,7 +904,10 @@ impl<B: ZkBackend> ZkFs<B> {
         dst: &str,
         dst_view: &NodeView,
     ) -> Result<i32, FsError> {
-        if let Some((version, czxid)) = lock(&self.reads).get(&(pid, Arc::<str>::from(dst))).copied() {
+        if let Some((version, czxid)) = lock(&self.reads)
+            .get(&(pid, Arc::<str>::from(dst)))
+            .copied()
+        {
             if czxid != dst_view.stat.czxid {
                 return Err(FsError::Conflict {
                     path: dst.to_string(),
