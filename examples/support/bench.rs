@@ -362,8 +362,16 @@ pub fn memory_breakdown(pid: &str) -> String {
         });
         i += same;
     }
+    // Pages no other process maps (a second mount's daemon shares the
+    // executable's and the libraries' pages with the first).
+    let private: u64 = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
     format!(
-        "heap {heap} KiB, thread and signal stacks {stacks} KiB ({stack_count} mappings), executable {binary} KiB, libraries {libs} KiB, other {other} KiB; {} threads: {}",
+        "heap {heap} KiB, thread and signal stacks {stacks} KiB ({stack_count} mappings), executable {binary} KiB, libraries {libs} KiB, other {other} KiB (private to the process: {private} KiB); {} threads: {}",
         names.len(),
         threads.join(" ")
     )
