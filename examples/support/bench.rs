@@ -368,7 +368,11 @@ pub fn memory_breakdown(pid: &str) -> String {
         .unwrap_or_default()
         .lines()
         .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
-        .filter_map(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .sum();
     format!(
         "heap {heap} KiB, thread and signal stacks {stacks} KiB ({stack_count} mappings), executable {binary} KiB, libraries {libs} KiB, other {other} KiB (private to the process: {private} KiB); {} threads: {}",
