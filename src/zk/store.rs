@@ -1451,14 +1451,12 @@ mod resync_tests {
         assert_eq!(resync_counted(&zk, &store).await, (1, vec![]));
     }
 
-    #[tokio::test]
-    async fn a_child_event_after_a_listing_ends_its_baseline() {
-        let (zk, store) = warm().await;
-        // Late events for changes the listing already had (before it, t
-        // was created and deleted, b deleted and created again; the events
-        // of t's deletion and b's re-creation are then lost with the
-        // connection): the cached list has t instead of b, with the right
-        // count, while /d's pzxid still matches the listing's.
+    /// Late events for changes /d's listing already had (before it, t was
+    /// created and deleted, b deleted and created again; the events of t's
+    /// deletion and b's re-creation are then lost with the connection): the
+    /// cached list has t instead of b, with the right count, while /d's
+    /// pzxid still matches the listing's.
+    fn deliver_late_events(store: &Store<Arc<FakeZk>>) {
         for (path, kind) in [
             ("/d/t", NodeEventKind::Created),
             ("/d/b", NodeEventKind::Deleted),
@@ -1468,11 +1466,17 @@ mod resync_tests {
                 kind,
             });
         }
+    }
+
+    /// The cached list of /d is the late events' wrong one; the next resync
+    /// must list /d again (one multi-read and one getChildren) and put it
+    /// right.
+    async fn next_resync_puts_d_right(zk: &FakeZk, store: &Store<Arc<FakeZk>>) {
         assert_eq!(
             store.peek_children("/d").expect("listed"),
             ["a", "sub", "t"]
         );
-        let (requests, changes) = resync_counted(&zk, &store).await;
+        let (requests, changes) = resync_counted(zk, store).await;
         assert_eq!(
             child_changes(changes),
             vec![
@@ -1480,12 +1484,18 @@ mod resync_tests {
                 Change::Deleted("/d/t".into())
             ]
         );
-        // One multi-read and /d listed again.
         assert_eq!(requests, 1 + 1);
         assert_eq!(
             store.peek_children("/d").expect("listed"),
             ["a", "b", "sub"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_child_event_after_a_listing_ends_its_baseline() {
+        let (zk, store) = warm().await;
+        deliver_late_events(&store);
+        next_resync_puts_d_right(&zk, &store).await;
     }
 
     #[tokio::test]
@@ -1583,42 +1593,15 @@ mod resync_tests {
     async fn a_child_event_during_a_resync_ends_the_baseline_it_confirms() {
         let (zk, store) = warm().await;
         resync_counted(&zk, &store).await;
-        // While the resync's multi-read is out, late events for changes
-        // /d's listing already had arrive (as in
-        // `a_child_event_after_a_listing_ends_its_baseline`): the answer
-        // confirms /d's baseline, but the list is wrong now.
+        // The late events arrive while the resync's multi-read is out: its
+        // answer confirms /d's baseline, but the list is wrong now.
         zk.delay_reads(100);
         let late_events = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            for (path, kind) in [
-                ("/d/t", NodeEventKind::Created),
-                ("/d/b", NodeEventKind::Deleted),
-            ] {
-                store.apply_event(&NodeEvent {
-                    path: path.into(),
-                    kind,
-                });
-            }
+            deliver_late_events(&store);
         };
         tokio::join!(store.resync(), late_events);
-        assert_eq!(
-            store.peek_children("/d").expect("listed"),
-            ["a", "sub", "t"]
-        );
         zk.delay_reads(0);
-        // So the next resync lists /d again and puts it right.
-        let (requests, changes) = resync_counted(&zk, &store).await;
-        assert_eq!(
-            child_changes(changes),
-            vec![
-                Change::Created("/d/b".into()),
-                Change::Deleted("/d/t".into())
-            ]
-        );
-        assert_eq!(requests, 1 + 1);
-        assert_eq!(
-            store.peek_children("/d").expect("listed"),
-            ["a", "b", "sub"]
-        );
+        next_resync_puts_d_right(&zk, &store).await;
     }
 }
