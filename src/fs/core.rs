@@ -565,7 +565,7 @@ impl<B: ZkBackend> ZkFs<B> {
             return true;
         }
         self.store
-            .peek_children(parent)
+            .peek_current_children(parent)
             .is_some_and(|c| c.binary_search_by(|n| n.as_str().cmp(name)).is_err())
     }
 
@@ -1110,8 +1110,13 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     /// A readdir pass over `ino` returned its last entry.
-    pub fn listing_ended(&self, ino: u64, len: u64) {
-        lock(&self.listings).put(ino, Listing::Ended(len));
+    /// Only the pass kept for `ino` ends it: another process's pass that
+    /// started since (and replaced this one) goes on.
+    pub fn listing_ended(&self, ino: u64, pass: u64, len: u64) {
+        let mut listings = lock(&self.listings);
+        if matches!(listings.peek(&ino), Some(Listing::Partial(kept)) if kept.id() == pass) {
+            listings.put(ino, Listing::Ended(len));
+        }
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {

@@ -23,6 +23,8 @@ pub struct Listed {
     parts: Vec<Arc<[DirEntry]>>,
     /// Every entry of the pass is in `parts`.
     complete: bool,
+    /// The pass these entries are from (0 for none: [`Listed::whole`]).
+    pass: u64,
 }
 
 impl Listed {
@@ -31,6 +33,7 @@ impl Listed {
         Listed {
             parts: vec![entries.into()],
             complete: true,
+            pass: 0,
         }
     }
 
@@ -38,6 +41,12 @@ impl Listed {
     /// all of them from its offset reached the end).
     pub fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// Which pass these entries are from ([`Stream::id`]); 0 for entries
+    /// of no pass.
+    pub fn pass(&self) -> u64 {
+        self.pass
     }
 
     /// How many entries were loaded.
@@ -81,6 +90,8 @@ pub struct Filler(watch::Sender<Progress>);
 /// `readdir` that waits on it.
 #[derive(Clone)]
 pub struct Stream {
+    /// Unique per pass (from 1): whoever ends a pass says which.
+    id: u64,
     progress: watch::Receiver<Progress>,
     /// The directory's path (for the error of a load that vanished).
     dir: Arc<str>,
@@ -88,8 +99,10 @@ pub struct Stream {
 
 /// A new, empty pass over the directory at `dir`.
 pub fn pass(dir: &str) -> (Filler, Stream) {
+    static PASSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let (tx, rx) = watch::channel(Progress::default());
     let stream = Stream {
+        id: PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         progress: rx,
         dir: dir.into(),
     };
@@ -125,6 +138,10 @@ impl Filler {
 }
 
 impl Stream {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The pass from `offset`: waits until the entry at `offset` is loaded,
     /// or the pass is complete (then what it has, maybe nothing past
     /// `offset`), or failed short of it (its error).
@@ -141,7 +158,10 @@ impl Stream {
             })?;
         match &progress.failed {
             Some(e) if progress.listed.loaded() <= offset => Err(e.clone()),
-            _ => Ok(progress.listed.clone()),
+            _ => Ok(Listed {
+                pass: self.id,
+                ..progress.listed.clone()
+            }),
         }
     }
 }

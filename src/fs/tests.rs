@@ -1289,7 +1289,7 @@ async fn kernel_opens_a_listing_continues_across_offsets_without_a_handle() {
     let names = |l: &listing::Listed| l.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(&first), names(&later));
     assert!(later.is_complete());
-    h.fs.listing_ended(dir.ino, later.loaded());
+    h.fs.listing_ended(dir.ino, later.pass(), later.loaded());
     let end =
         h.fs.readdir_inode(dir.ino, later.loaded())
             .await
@@ -1570,4 +1570,30 @@ async fn the_pointer_index_keeps_pointers_only() {
         FileKind::Symlink
     );
     assert_eq!(indexed(), ["/link"]);
+}
+
+#[tokio::test]
+async fn kernel_opens_the_end_of_one_pass_does_not_end_another() {
+    // Two processes list one directory at once: the second's offset 0
+    // starts a pass that replaces the first's; the first then reaches its
+    // end. The second pass must go on (not end early, not start over).
+    let h = kernel_opens_harness();
+    h.apply(h.zk.create("/d", b"", 0));
+    for i in 0..5 {
+        h.apply(h.zk.create(&format!("/d/n{i}"), b"", 0));
+    }
+    let dir = h.resolve("/d").await.expect("d");
+    let first = h.fs.readdir_inode(dir.ino, 0).await.expect("first pass");
+    let second = h.fs.readdir_inode(dir.ino, 0).await.expect("second pass");
+    assert_ne!(first.pass(), second.pass());
+    h.fs.listing_ended(dir.ino, first.pass(), first.loaded());
+    let later = h.fs.readdir_inode(dir.ino, 3).await.expect("offset 3");
+    assert_eq!(later.pass(), second.pass(), "the second pass continues");
+    // Its own end does end it.
+    h.fs.listing_ended(dir.ino, second.pass(), second.loaded());
+    let end =
+        h.fs.readdir_inode(dir.ino, second.loaded())
+            .await
+            .expect("end");
+    assert_eq!((end.loaded(), end.pass()), (0, 0));
 }

@@ -742,7 +742,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                     }
                     // (A pass still loading answers what it has so far.)
                     if by_inode && !full && pass.is_complete() {
-                        fs2.listing_ended(ino.0, pass.loaded());
+                        fs2.listing_ended(ino.0, pass.pass(), pass.loaded());
                     }
                     reply.ok()
                 }
@@ -801,7 +801,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                         }
                     }
                     if by_inode && !full && pass.is_complete() {
-                        fs2.listing_ended(ino.0, pass.loaded());
+                        fs2.listing_ended(ino.0, pass.pass(), pass.loaded());
                     }
                     if !files.is_empty() {
                         fs2.hold_shown(&files);
