@@ -441,6 +441,14 @@ impl NodeCache {
         }
     }
 
+    /// Mark a node's child list as possibly missing changes (listed again
+    /// before it is an answer while connected).
+    pub fn mark_children_stale(&mut self, path: &str) {
+        if let Some(node) = self.nodes.get_mut(path) {
+            node.children_stale = true;
+        }
+    }
+
     /// Mark a node's data and stat as outdated.
     pub fn mark_stale(&mut self, path: &str) -> bool {
         self.note_uncached_event(path);

@@ -45,6 +45,8 @@ pub struct FakeZk {
     requests: AtomicU64,
     /// Milliseconds each `getData` answer takes (to overlap requests in tests).
     read_delay_ms: AtomicU64,
+    /// While set, every `getChildren` times out (the rest is answered).
+    listings_time_out: AtomicBool,
     /// Faults for the next write requests, in order.
     write_faults: Mutex<std::collections::VecDeque<WriteFault>>,
     /// Write requests that reached the server (applied or refused by it).
@@ -79,6 +81,7 @@ impl FakeZk {
             connected: AtomicBool::new(true),
             requests: AtomicU64::new(0),
             read_delay_ms: AtomicU64::new(0),
+            listings_time_out: AtomicBool::new(false),
             write_faults: Mutex::new(std::collections::VecDeque::new()),
             writes_received: AtomicU64::new(0),
             session: AtomicI64::new(1),
@@ -189,6 +192,11 @@ impl FakeZk {
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Make every `getChildren` time out (`true`) or be answered again.
+    pub fn time_out_listings(&self, on: bool) {
+        self.listings_time_out.store(on, Ordering::SeqCst);
     }
 
     /// Make every later `getData` answer arrive `ms` milliseconds after it
@@ -424,6 +432,9 @@ impl ZkBackend for FakeZk {
         p: &str,
     ) -> impl Future<Output = Result<(Vec<String>, NodeStat), ZkError>> + Send {
         let result = self.check().and_then(|()| {
+            if self.listings_time_out.load(Ordering::SeqCst) {
+                return Err(ZkError::Timeout);
+            }
             let state = self.state();
             let stat = state.nodes.get(p).map(|(_, s)| *s).ok_or(ZkError::NoNode)?;
             Ok((Self::children_of(&state, p), stat))

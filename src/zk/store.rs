@@ -370,6 +370,14 @@ impl<B: ZkBackend> Store<B> {
     }
 
     /// Cached child names of `path` if they were listed (fresh or not).
+    /// The cached child list, if it is not known to miss changes (an
+    /// event raced its listing, a resync could not list it again).
+    pub fn peek_current_children(&self, path: &str) -> Option<Vec<String>> {
+        let cache = self.cache();
+        let node = cache.get(path).filter(|n| !n.children_stale)?;
+        node.children.as_ref().map(|c| c.iter().cloned().collect())
+    }
+
     pub fn peek_children(&self, path: &str) -> Option<Vec<String>> {
         let cache = self.cache();
         let node = cache.get(path)?;
@@ -1268,6 +1276,10 @@ impl<B: ZkBackend> Store<B> {
                     Err(ZkError::NoNode) => continue,
                     Err(e) => {
                         warn!(path = %p, error = %e, "resync could not list directory; listed again at the next resync");
+                        // Its pzxid moved (or it had no baseline): the
+                        // cached list may miss changes, so it is no answer
+                        // while connected.
+                        cache.mark_children_stale(p);
                         complete = false;
                         continue;
                     }
@@ -1603,5 +1615,28 @@ mod resync_tests {
         tokio::join!(store.resync(), late_events);
         zk.delay_reads(0);
         next_resync_puts_d_right(&zk, &store).await;
+    }
+
+    #[tokio::test]
+    async fn a_relist_that_fails_leaves_the_list_marked_outdated() {
+        let (zk, store) = warm().await;
+        resync_counted(&zk, &store).await;
+        // In the gap a child is born in /d and another dies (the count
+        // stays, so the new stat alone does not tell); the resync sees /d's
+        // pzxid move, but its getChildren times out.
+        zk.as_ref().create("/d/c", b"c", 0).expect("create");
+        zk.as_ref().delete("/d/a").expect("delete");
+        zk.time_out_listings(true);
+        store.resync().await;
+        assert!(!store.resync_complete());
+        zk.time_out_listings(false);
+        // The cached list is known to miss a change: it is not offered as
+        // current, and a listing asks ZooKeeper instead of answering from it.
+        assert_eq!(store.peek_current_children("/d"), None);
+        assert_eq!(store.children("/d").await.expect("ls"), ["b", "c", "sub"]);
+        assert_eq!(
+            store.peek_current_children("/d").expect("listed"),
+            ["b", "c", "sub"]
+        );
     }
 }
