@@ -1274,14 +1274,20 @@ async fn kernel_opens_a_fetch_that_leapfrogs_a_looked_up_version_cannot_take_its
     assert_eq!(h.fs.held.usage(), (1, 9));
 }
 
-#[tokio::test]
-async fn kernel_opens_a_listing_continues_across_offsets_without_a_handle() {
+/// A read-only mount (the kernel opens by itself) with /d of five children.
+async fn kernel_opens_dir_of_five() -> (Harness, Attr) {
     let h = kernel_opens_harness();
     h.apply(h.zk.create("/d", b"", 0));
     for i in 0..5 {
         h.apply(h.zk.create(&format!("/d/n{i}"), b"", 0));
     }
     let dir = h.resolve("/d").await.expect("d");
+    (h, dir)
+}
+
+#[tokio::test]
+async fn kernel_opens_a_listing_continues_across_offsets_without_a_handle() {
+    let (h, dir) = kernel_opens_dir_of_five().await;
     let first = h.fs.readdir_inode(dir.ino, 0).await.expect("offset 0");
     // A child created between two calls of one pass does not shift it.
     h.apply(h.zk.create("/d/zz", b"", 0));
@@ -1577,12 +1583,7 @@ async fn kernel_opens_the_end_of_one_pass_does_not_end_another() {
     // Two processes list one directory at once: the second's offset 0
     // starts a pass that replaces the first's; the first then reaches its
     // end. The second pass must go on (not end early, not start over).
-    let h = kernel_opens_harness();
-    h.apply(h.zk.create("/d", b"", 0));
-    for i in 0..5 {
-        h.apply(h.zk.create(&format!("/d/n{i}"), b"", 0));
-    }
-    let dir = h.resolve("/d").await.expect("d");
+    let (h, dir) = kernel_opens_dir_of_five().await;
     let first = h.fs.readdir_inode(dir.ino, 0).await.expect("first pass");
     let second = h.fs.readdir_inode(dir.ino, 0).await.expect("second pass");
     assert_ne!(first.pass(), second.pass());
