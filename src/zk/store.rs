@@ -106,6 +106,29 @@ pub struct Store<B: ZkBackend> {
     resync_complete: std::sync::atomic::AtomicBool,
 }
 
+/// Reads of one resync that failed: one warn line for all of them (a
+/// connection lost mid-resync fails every node; each is logged at debug).
+#[derive(Default)]
+struct Failures {
+    count: usize,
+    first: Option<(String, ZkError)>,
+}
+
+impl Failures {
+    fn note(&mut self, path: &str, error: &ZkError) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some((path.to_string(), error.clone()));
+        }
+    }
+
+    fn report(&self, what: &str) {
+        if let Some((path, error)) = &self.first {
+            warn!(count = self.count, first = %path, %error, "{what}");
+        }
+    }
+}
+
 /// The resync baselines and, while a resync runs, the directories whose
 /// baselines child events ended meanwhile (the resync's own result must not
 /// bring them back).
@@ -1196,6 +1219,7 @@ impl<B: ZkBackend> Store<B> {
             std::mem::take(&mut b.confirmed)
         };
         let mut complete = true;
+        let mut unread = Failures::default();
         let mut kept: HashMap<String, (i64, i64)> = HashMap::new();
         let mut relist: Vec<String> = Vec::new();
         let mut changes = Vec::new();
@@ -1236,7 +1260,8 @@ impl<B: ZkBackend> Store<B> {
                         }
                     }
                     Err(e) => {
-                        warn!(path = %p, error = %e, "resync could not read node; it stays stale");
+                        debug!(path = %p, error = %e, "resync could not read node; it stays stale");
+                        unread.note(p, &e);
                         cache.mark_stale(p);
                         complete = false;
                         // Unanswered, a listed directory keeps its baseline:
@@ -1255,12 +1280,14 @@ impl<B: ZkBackend> Store<B> {
                 }
             }
         }
+        unread.report("resync could not read nodes; they stay stale until the next resync");
         debug!(
             nodes = paths.len(),
             listed = listed.len(),
             relisted = relist.len(),
             "resync compared the cache"
         );
+        let mut unlisted = Failures::default();
         for chunk in relist.chunks(PIPELINE_DEPTH) {
             let tickets: Vec<FetchTicket> = {
                 let mut cache = self.cache();
@@ -1275,7 +1302,8 @@ impl<B: ZkBackend> Store<B> {
                     Ok(answer) => answer,
                     Err(ZkError::NoNode) => continue,
                     Err(e) => {
-                        warn!(path = %p, error = %e, "resync could not list directory; listed again at the next resync");
+                        debug!(path = %p, error = %e, "resync could not list directory; listed again at the next resync");
+                        unlisted.note(p, &e);
                         // Its pzxid moved (or it had no baseline): the
                         // cached list may miss changes, so it is no answer
                         // while connected.
@@ -1309,6 +1337,7 @@ impl<B: ZkBackend> Store<B> {
                 }
             }
         }
+        unlisted.report("resync could not list directories; listed again at the next resync");
         {
             // Listings made during the resync set baselines of their own
             // (newer than its answers); a child event during it ended
