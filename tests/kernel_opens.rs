@@ -204,3 +204,58 @@ fn a_listing_fills_the_page_cache_so_the_first_cat_needs_no_read() {
     }
     assert_eq!(count(&kernel_requests(m), "read"), before);
 }
+
+#[test]
+fn concurrent_cold_listings_of_a_large_directory_each_see_every_child_once() {
+    // Streamed listings (first chunks answered while later waves load) with
+    // several processes listing one directory at once: every listing has
+    // every name exactly once, also in the rounds after the directory
+    // changed (new passes).
+    let zk = shared_zk();
+    let root = unique_root("ro-concurrent-ls");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    let dir = format!("{root}/big");
+    other.ensure(&dir);
+    let mut expected: std::collections::BTreeSet<String> =
+        (0..3000).map(|i| format!("n{i:04}")).collect();
+    for name in &expected {
+        other.create(&format!("{dir}/{name}"), b"x");
+    }
+    let mount = Mount::start(&format!("{zk}{root}"), &["--read-only"]);
+    let big = mount.path().join("big");
+    for round in 0..3 {
+        let lists: Vec<Vec<String>> = std::thread::scope(|s| {
+            let listers: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        fs::read_dir(&big)
+                            .expect("ls")
+                            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            listers
+                .into_iter()
+                .map(|l| l.join().expect("lister"))
+                .collect()
+        });
+        for (i, names) in lists.iter().enumerate() {
+            let unique: std::collections::BTreeSet<String> = names.iter().cloned().collect();
+            assert_eq!(
+                unique.len(),
+                names.len(),
+                "round {round}, lister {i}: a name listed twice"
+            );
+            assert_eq!(unique, expected, "round {round}, lister {i}");
+        }
+        // A child created between rounds: the next listings are new passes.
+        let name = format!("z{round}");
+        other.create(&format!("{dir}/{name}"), b"x");
+        expected.insert(name.clone());
+        wait_until("the new child is seen", DEADLINE, || {
+            big.join(&name).exists()
+        });
+    }
+}
