@@ -207,12 +207,22 @@ fn a_listing_fills_the_page_cache_so_the_first_cat_needs_no_read() {
 
 #[test]
 fn concurrent_cold_listings_of_a_large_directory_each_see_every_child_once() {
-    // Streamed listings (first chunks answered while later waves load) with
-    // several processes listing one directory at once: every listing has
-    // every name exactly once, also in the rounds after the directory
-    // changed (new passes).
+    concurrent_cold_listings(&["--read-only"]);
+}
+
+#[test]
+fn concurrent_cold_listings_through_handles_each_see_every_child_once() {
+    // The writable mount's passes belong to open directory handles.
+    concurrent_cold_listings(&[]);
+}
+
+/// Streamed listings (first chunks answered while later waves load) with
+/// several processes listing one directory at once: every listing has every
+/// name exactly once, also in the rounds after the directory changed (new
+/// passes).
+fn concurrent_cold_listings(mount_args: &[&str]) {
     let zk = shared_zk();
-    let root = unique_root("ro-concurrent-ls");
+    let root = unique_root("concurrent-ls");
     let other = Other::connect(&zk);
     other.ensure(&root);
     let dir = format!("{root}/big");
@@ -222,7 +232,7 @@ fn concurrent_cold_listings_of_a_large_directory_each_see_every_child_once() {
     for name in &expected {
         other.create(&format!("{dir}/{name}"), b"x");
     }
-    let mount = Mount::start(&format!("{zk}{root}"), &["--read-only"]);
+    let mount = Mount::start(&format!("{zk}{root}"), mount_args);
     let big = mount.path().join("big");
     for round in 0..3 {
         let lists: Vec<Vec<String>> = std::thread::scope(|s| {
