@@ -1207,6 +1207,10 @@ impl<B: ZkBackend> ZkFs<B> {
         mut acls_later: Option<&mut Vec<String>>,
     ) -> Result<(), FsError> {
         let dir = self.inode(ino)?;
+        // Files being created here before the child list is read: one that
+        // commits while the pass goes on is in neither that list nor the
+        // pending set at the end, so the end looks at these again.
+        let created_before = self.pending_children(&dir.path);
         let view = self.view(&dir.path).await?;
         let names = if view.stat.num_children == 0 && !view.stale {
             Vec::new()
@@ -1239,19 +1243,36 @@ impl<B: ZkBackend> ZkFs<B> {
                 return Ok(());
             }
         }
-        let pending: Vec<(String, u64)> = lock(&self.pending)
-            .iter()
-            .filter(|(p, _)| path::parent(p) == Some(&*dir.path))
-            .map(|(p, ino)| (path::basename(p).to_string(), *ino))
-            .collect();
-        for (name, pino) in pending {
-            if !out.has(&name) && !entries.iter().any(|e| e.name == name) {
+        let pending_now = self.pending_children(&dir.path);
+        for (name, pino) in created_before.into_iter().chain(pending_now) {
+            if out.has(&name) || entries.iter().any(|e| e.name == name) {
+                continue;
+            }
+            let child = path::join(&dir.path, &name);
+            let still_pending = lock(&self.pending).get(&child) == Some(&pino);
+            if still_pending {
                 let attr = self.pending_attr(pino).await;
                 entries.push(DirEntry { name, attr });
+            } else {
+                // Committed (or failed) since the pass began: listed as
+                // the node it became, left out if it never did.
+                let read = self.store.node(&child).await;
+                if let Some(entry) = self.child_entry(&name, &child, read)? {
+                    entries.push(entry);
+                }
             }
         }
         out.push(entries);
         Ok(())
+    }
+
+    /// The files being created in directory `dir` (names and inodes).
+    fn pending_children(&self, dir: &str) -> Vec<(String, u64)> {
+        lock(&self.pending)
+            .iter()
+            .filter(|(p, _)| path::parent(p) == Some(dir))
+            .map(|(p, ino)| (path::basename(p).to_string(), *ino))
+            .collect()
     }
 
     /// Push `entries` and those of one wave of children (`names`, `paths`)

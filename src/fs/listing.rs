@@ -39,8 +39,18 @@ impl Listed {
 
     /// Whether these are all the entries of the pass (so a reply that takes
     /// all of them from its offset reached the end).
+    #[cfg(test)]
     pub fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// Whether a reply that took these entries from its offset on, up to
+    /// the end of the loaded ones unless it was `full`, answered the pass's
+    /// last entry: only then may the pass end ([`super::ZkFs::listing_ended`]).
+    /// A pass still loading answers what it has so far, so a short reply
+    /// of it is not its end.
+    pub fn answers_end(&self, full: bool) -> bool {
+        !full && self.complete
     }
 
     /// Which pass these entries are from ([`Stream::id`]); 0 for entries

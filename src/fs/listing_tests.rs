@@ -250,3 +250,52 @@ async fn a_pointer_to_a_child_of_a_later_wave_is_listed_as_a_symlink() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_file_created_before_a_pass_and_committed_during_it_is_listed_once() {
+    // Writable mounts only: a read-only one creates nothing.
+    let d = Dir::cold(Opens::Handles).await;
+    let (_, fh) =
+        d.h.fs
+            .create(d.ino, "new".as_ref(), super::tests::WRITE_TRUNC, true, 1)
+            .await
+            .expect("create");
+    d.h.fs.write(fh, 0, b"y").await.expect("write");
+    // The pass reads the child list while "new" is still being created ...
+    let (first, _) = d.answered(0).await.expect("offset 0");
+    assert!(!first.iter().any(|n| n == "new"));
+    // ... and it reaches ZooKeeper while the later waves are outstanding.
+    d.h.fs.flush(fh).await.expect("close sends");
+    d.h.fs.release(fh).await.expect("release");
+    assert!(d.h.zk.exists("/d/new"));
+    d.h.zk.release_batch_reads(None);
+    let mut all = first;
+    all.extend(d.rest(LOADED as u64).await.expect("rest"));
+    assert_eq!(
+        all.iter().filter(|n| *n == "new").count(),
+        1,
+        "the pass lists the created file exactly once"
+    );
+    assert_eq!(all.len(), expected(&[]).len() + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_short_reply_of_a_complete_pass_answers_its_end() {
+    let d = Dir::cold(Opens::Kernel).await;
+    let at = |offset| d.h.fs.listing(true, d.ino, 0, offset);
+    // A reply that took every entry loaded so far, short of its buffer,
+    // while later waves are outstanding: not the end (the adapter must not
+    // end the pass, or the next offset would be answered empty).
+    let loading = at(0).await.expect("offset 0");
+    assert!(!loading.answers_end(false));
+    d.h.zk.release_batch_reads(None);
+    let last = tokio::time::timeout(PATIENCE, at(expected(&[]).len() as u64 - 1))
+        .await
+        .expect("answered")
+        .expect("last offset");
+    assert!(last.answers_end(false), "short reply with the last entry");
+    assert!(
+        !last.answers_end(true),
+        "a full reply may have stopped short of it"
+    );
+}

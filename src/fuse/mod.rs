@@ -740,8 +740,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                             break;
                         }
                     }
-                    // (A pass still loading answers what it has so far.)
-                    if by_inode && !full && pass.is_complete() {
+                    if by_inode && pass.answers_end(full) {
                         fs2.listing_ended(ino.0, pass.pass(), pass.loaded());
                     }
                     reply.ok()
@@ -800,7 +799,7 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                             files.push(entry.attr.ino);
                         }
                     }
-                    if by_inode && !full && pass.is_complete() {
+                    if by_inode && pass.answers_end(full) {
                         fs2.listing_ended(ino.0, pass.pass(), pass.loaded());
                     }
                     if !files.is_empty() {
