@@ -218,7 +218,7 @@ pub struct MountArgs {
     #[arg(long, default_value = "200us", value_parser = parse_poll_window, help_heading = "Cache")]
     pub busy_poll: Duration,
 
-    /// Log filter (EnvFilter syntax, e.g. info, zkfs=debug); overrides ZKFS_LOG.
+    /// Log filter: LEVEL, MODULE=LEVEL, comma-separated (e.g. info, zkfs=debug,warn); overrides ZKFS_LOG.
     #[arg(long, help_heading = "Logging")]
     pub log_level: Option<String>,
     /// Append logs to this file (reopened on SIGHUP); `-` is stderr. Default:
