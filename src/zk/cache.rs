@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::backend::{AclEntry, NodeStat};
+use super::path;
 
 /// Everything cached about one node.
 #[derive(Debug, Clone)]
@@ -26,8 +27,7 @@ pub struct CachedNode {
     /// Child names, once listed; kept current from watch events afterwards.
     /// Boxed: most nodes are leaves, and `None` then costs a pointer
     /// instead of a whole set (16 bytes less per cached node).
-    #[allow(clippy::box_collection)]
-    pub children: Option<Box<BTreeSet<String>>>,
+    pub children: Option<Box<Children>>,
     /// An event said the data or stat changed since we fetched it.
     pub stale: bool,
     /// The child list may miss changes (an event raced a listing).
@@ -43,6 +43,74 @@ pub struct CachedNode {
     pub acl: Option<(i32, Arc<[AclEntry]>)>,
     /// When the data was last stored or read ([`NodeCache`]'s clock).
     used: u64,
+}
+
+/// A child's name as its parent's list keeps it: the child's whole path,
+/// the same string as the child's own entry key when both are cached (one
+/// allocation for both instead of a path and a name), ordered and looked up
+/// by the part after the last `/`.
+#[derive(Clone, Debug)]
+struct ChildName(Arc<str>);
+
+impl ChildName {
+    fn name(&self) -> &str {
+        path::basename(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for ChildName {
+    fn borrow(&self) -> &str {
+        self.name()
+    }
+}
+
+impl PartialEq for ChildName {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for ChildName {}
+
+impl PartialOrd for ChildName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ChildName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name().cmp(other.name())
+    }
+}
+
+/// A node's listed children, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Children(BTreeSet<ChildName>);
+
+impl Children {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+
+    /// The names, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(ChildName::name)
+    }
+
+    /// The names, in order, as owned strings.
+    pub fn names(&self) -> Vec<String> {
+        self.iter().map(str::to_string).collect()
+    }
+
+    /// The shared path of the child `name`.
+    fn path_of(&self, name: &str) -> Option<&Arc<str>> {
+        self.0.get(name).map(|c| &c.0)
+    }
 }
 
 /// The node cache. Paths are absolute ZooKeeper paths (in the client's chroot).
@@ -148,12 +216,14 @@ impl NodeCache {
         children: Option<Vec<String>>,
     ) {
         self.remove(path);
+        let children = children.map(|names| self.children_of(path, names));
+        let key = self.key_for(path);
         self.nodes.insert(
-            Arc::from(path),
+            key,
             Box::new(CachedNode {
                 stat,
                 data: None,
-                children: children.map(|c| Box::new(c.into_iter().collect())),
+                children,
                 stale: true,
                 children_stale: true,
                 seq: 0,
@@ -278,8 +348,9 @@ impl NodeCache {
             }
             None => {
                 changed = true;
+                let key = self.key_for(path);
                 self.nodes.insert(
-                    Arc::from(path),
+                    key,
                     Box::new(CachedNode {
                         stat,
                         data: None,
@@ -315,15 +386,21 @@ impl NodeCache {
         ticket: FetchTicket,
     ) {
         let quiet = self.is_quiet_since(path, ticket);
-        let Some(node) = self.nodes.get_mut(path) else {
+        let Some(node) = self.nodes.get(path) else {
             return;
         };
         if stat.czxid != node.stat.czxid {
             // A different incarnation of the node: its stat will be refetched.
-            node.stale = true;
+            if let Some(node) = self.nodes.get_mut(path) {
+                node.stale = true;
+            }
             return;
         }
-        node.children = Some(Box::new(names.into_iter().collect()));
+        let children = self.children_of(path, names);
+        let Some(node) = self.nodes.get_mut(path) else {
+            return;
+        };
+        node.children = Some(children);
         node.children_stale = !quiet;
         self.changes += 1;
         if is_not_older(&stat, &node.stat) && stat.mzxid == node.stat.mzxid {
@@ -331,6 +408,40 @@ impl NodeCache {
             node.stat.cversion = stat.cversion;
             node.stat.num_children = stat.num_children;
         }
+    }
+
+    /// The key for a new entry at `path`: the string its parent's child
+    /// list already holds, when it lists it.
+    fn key_for(&self, path: &str) -> Arc<str> {
+        path::parent(path)
+            .and_then(|parent| self.nodes.get(parent))
+            .and_then(|parent| parent.children.as_ref())
+            .and_then(|children| children.path_of(path::basename(path)))
+            .cloned()
+            .unwrap_or_else(|| Arc::from(path))
+    }
+
+    /// A child list of `parent` holding `names`, each sharing the path
+    /// string of the child's own entry when it is cached.
+    fn children_of(&self, parent: &str, names: Vec<String>) -> Box<Children> {
+        let mut child = String::new();
+        let set = names
+            .into_iter()
+            .map(|name| {
+                child.clear();
+                child.push_str(parent);
+                if parent != "/" {
+                    child.push('/');
+                }
+                child.push_str(&name);
+                let shared = self
+                    .nodes
+                    .get_key_value(child.as_str())
+                    .map(|(k, _)| k.clone());
+                ChildName(shared.unwrap_or_else(|| Arc::from(child.as_str())))
+            })
+            .collect();
+        Box::new(Children(set))
     }
 
     fn set_data(&mut self, path: &str, data: Arc<[u8]>) {
@@ -398,12 +509,20 @@ impl NodeCache {
     /// Note that `name` appeared under `parent`.
     pub fn add_child(&mut self, parent: &str, name: &str) {
         self.note_uncached_event(parent);
+        let child = path::join(parent, name);
+        let shared = self
+            .nodes
+            .get_key_value(child.as_str())
+            .map(|(k, _)| k.clone());
         if let Some(node) = self.nodes.get_mut(parent) {
             self.changes += 1;
             node.seq = node.seq.wrapping_add(1);
             match &mut node.children {
                 Some(children) => {
-                    children.insert(name.to_string());
+                    if !children.contains(name) {
+                        let path = shared.unwrap_or_else(|| Arc::from(child));
+                        children.0.insert(ChildName(path));
+                    }
                     node.stat.num_children = children.len() as i32;
                 }
                 // Counting is not idempotent here (our own create and its
@@ -426,7 +545,7 @@ impl NodeCache {
             node.seq = node.seq.wrapping_add(1);
             match &mut node.children {
                 Some(children) => {
-                    children.remove(name);
+                    children.0.remove(name);
                     node.stat.num_children = children.len() as i32;
                 }
                 // The last child gone is certain (idempotent); beyond one,
@@ -466,6 +585,47 @@ impl NodeCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parent's list and the child's entry hold one path string,
+    /// whichever of the two is stored first.
+    #[test]
+    fn a_listed_child_and_its_entry_share_one_path() {
+        let mut cache = NodeCache::new(1 << 20);
+        let dir = |n| NodeStat {
+            num_children: n,
+            ..stat(1, 1)
+        };
+        let t = cache.begin_fetch("/d");
+        cache.store_data("/d", Vec::new(), dir(2), t);
+        let t = cache.begin_fetch("/d/old");
+        cache.store_data("/d/old", b"x".to_vec(), stat(2, 1), t);
+        let t = cache.begin_fetch("/d");
+        cache.store_children("/d", vec!["old".into(), "new".into()], dir(2), t);
+        let t = cache.begin_fetch("/d/new");
+        cache.store_data("/d/new", b"y".to_vec(), stat(3, 1), t);
+        cache.add_child("/d", "later");
+        let t = cache.begin_fetch("/d/later");
+        cache.store_data("/d/later", b"z".to_vec(), stat(4, 1), t);
+        let listed = cache
+            .get("/d")
+            .and_then(|n| n.children.clone())
+            .expect("list");
+        assert_eq!(listed.names(), ["later", "new", "old"]);
+        for name in ["old", "new", "later"] {
+            let (key, _) = cache.get_keyed(&format!("/d/{name}")).expect("entry");
+            let in_list = listed.path_of(name).expect("listed");
+            assert!(Arc::ptr_eq(key, in_list), "{name}: two copies of its path");
+        }
+        cache.remove_child("/d", "old");
+        assert_eq!(
+            cache
+                .get("/d")
+                .and_then(|n| n.children.clone())
+                .expect("list")
+                .names(),
+            ["later", "new"]
+        );
+    }
 
     fn stat(mzxid: i64, mtime: i64) -> NodeStat {
         NodeStat {

@@ -398,13 +398,13 @@ impl<B: ZkBackend> Store<B> {
     pub fn peek_current_children(&self, path: &str) -> Option<Vec<String>> {
         let cache = self.cache();
         let node = cache.get(path).filter(|n| !n.children_stale)?;
-        node.children.as_ref().map(|c| c.iter().cloned().collect())
+        node.children.as_ref().map(|c| c.names())
     }
 
     pub fn peek_children(&self, path: &str) -> Option<Vec<String>> {
         let cache = self.cache();
         let node = cache.get(path)?;
-        node.children.as_ref().map(|c| c.iter().cloned().collect())
+        node.children.as_ref().map(|c| c.names())
     }
 
     /// Whether a cached answer for `path` may be used without asking ZooKeeper.
@@ -470,7 +470,7 @@ impl<B: ZkBackend> Store<B> {
                 && let Some(children) = &node.children
                 && (!node.children_stale || !self.backend.is_connected())
             {
-                return Ok(children.iter().cloned().collect());
+                return Ok(children.names());
             }
         }
         // The node itself must be cached for its child list to be kept.
@@ -506,7 +506,7 @@ impl<B: ZkBackend> Store<B> {
                 if e.is_connectivity()
                     && let Some(children) = cache.get(path).and_then(|n| n.children.as_ref())
                 {
-                    return Ok(children.iter().cloned().collect());
+                    return Ok(children.names());
                 }
                 Err(e)
             }
@@ -1315,7 +1315,7 @@ impl<B: ZkBackend> Store<B> {
                 let before: Vec<String> = cache
                     .get(p)
                     .and_then(|n| n.children.as_ref())
-                    .map(|c| c.iter().cloned().collect())
+                    .map(|c| c.names())
                     .unwrap_or_default();
                 for gone in before.iter().filter(|n| !names.contains(n)) {
                     let child = path::join(p, gone);
@@ -1392,7 +1392,7 @@ impl<B: ZkBackend> Store<B> {
                     Some(super::snapshot::SnapNode {
                         stat: node.stat,
                         data: node.data.clone(),
-                        children: node.children.as_ref().map(|c| c.iter().cloned().collect()),
+                        children: node.children.as_ref().map(|c| c.names()),
                         path,
                     })
                 })
