@@ -78,36 +78,6 @@ impl Inode {
     }
 }
 
-/// The current inode of each role of one path; 0 for none (inode numbers
-/// start at [`ROOT_INO`]), so an entry is 16 bytes instead of 32.
-#[derive(Clone, Copy, Debug, Default)]
-struct RoleInodes {
-    node: u64,
-    data_file: u64,
-}
-
-impl RoleInodes {
-    fn get(&self, role: Role) -> Option<u64> {
-        let ino = match role {
-            Role::Node => self.node,
-            Role::DataFile => self.data_file,
-        };
-        (ino != 0).then_some(ino)
-    }
-
-    fn set(&mut self, role: Role, ino: Option<u64>) {
-        let slot = match role {
-            Role::Node => &mut self.node,
-            Role::DataFile => &mut self.data_file,
-        };
-        *slot = ino.unwrap_or(0);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.node == 0 && self.data_file == 0
-    }
-}
-
 /// A path as a caller holds it: the table keeps a shared one ([`Arc<str>`],
 /// e.g. the cache's own copy) as it is, and copies a borrowed one.
 pub trait PathKey {
@@ -150,8 +120,11 @@ fn content_kind(role: Role, kind: FileKind) -> bool {
 #[derive(Default)]
 pub struct InodeTable {
     by_ino: HashMap<u64, Inode>,
-    /// Current inodes by path: one allocation per path for both roles.
-    by_key: HashMap<Arc<str>, RoleInodes>,
+    /// The current inode of each path's node, and (a separate map: few
+    /// directories have data, and an entry here is 24 bytes instead of 32
+    /// with room for both) of its data file; the two share the key string.
+    nodes: HashMap<Arc<str>, u64>,
+    data_files: HashMap<Arc<str>, u64>,
     next_ino: u64,
 }
 
@@ -160,7 +133,8 @@ impl InodeTable {
         let root: Arc<str> = Arc::from(root_path);
         let mut table = InodeTable {
             by_ino: HashMap::new(),
-            by_key: HashMap::new(),
+            nodes: HashMap::new(),
+            data_files: HashMap::new(),
             next_ino: ROOT_INO + 1,
         };
         table.by_ino.insert(
@@ -174,13 +148,7 @@ impl InodeTable {
                 lookups: 1,
             },
         );
-        table.by_key.insert(
-            root,
-            RoleInodes {
-                node: ROOT_INO,
-                data_file: 0,
-            },
-        );
+        table.nodes.insert(root, ROOT_INO);
         table
     }
 
@@ -242,37 +210,56 @@ impl InodeTable {
         }
     }
 
-    fn lookup_key(&self, path: &str, role: Role) -> Option<u64> {
-        self.by_key.get(path).and_then(|slots| slots.get(role))
+    fn role_map(&self, role: Role) -> &HashMap<Arc<str>, u64> {
+        match role {
+            Role::Node => &self.nodes,
+            Role::DataFile => &self.data_files,
+        }
     }
 
-    /// Make `ino` the current inode of (path, role); returns the shared path.
-    fn set_key<P: PathKey + ?Sized>(&mut self, path: &P, role: Role, ino: u64) -> Arc<str> {
-        if let Some(slots) = self.by_key.get_mut(path.as_path()) {
-            slots.set(role, Some(ino));
+    fn role_map_mut(&mut self, role: Role) -> &mut HashMap<Arc<str>, u64> {
+        match role {
+            Role::Node => &mut self.nodes,
+            Role::DataFile => &mut self.data_files,
         }
-        if let Some((key, _)) = self.by_key.get_key_value(path.as_path()) {
+    }
+
+    fn lookup_key(&self, path: &str, role: Role) -> Option<u64> {
+        self.role_map(role).get(path).copied()
+    }
+
+    /// Make `ino` the current inode of (path, role); returns the path string
+    /// it is kept under (the one already kept for the path's other role, if
+    /// any, so both share it).
+    fn set_key<P: PathKey + ?Sized>(&mut self, path: &P, role: Role, ino: u64) -> Arc<str> {
+        let p = path.as_path();
+        if let Some(slot) = self.role_map_mut(role).get_mut(p) {
+            *slot = ino;
+        }
+        if let Some((key, _)) = self.role_map(role).get_key_value(p) {
             return key.clone();
         }
-        let key = path.to_key();
-        let mut slots = RoleInodes::default();
-        slots.set(role, Some(ino));
-        self.by_key.insert(key.clone(), slots);
+        let other = match role {
+            Role::Node => Role::DataFile,
+            Role::DataFile => Role::Node,
+        };
+        let key = match self.role_map(other).get_key_value(p) {
+            Some((key, _)) => key.clone(),
+            None => path.to_key(),
+        };
+        self.role_map_mut(role).insert(key.clone(), ino);
         key
     }
 
     /// Clear (path, role) if it still names `ino` (or any inode when `ino`
-    /// is `None`); drops the path once no role is left.
+    /// is `None`).
     fn clear_key(&mut self, path: &str, role: Role, ino: Option<u64>) {
-        let Some(slots) = self.by_key.get_mut(path) else {
-            return;
-        };
-        let slot = slots.get(role);
-        if slot.is_some() && (ino.is_none() || slot == ino) {
-            slots.set(role, None);
-        }
-        if slots.is_empty() {
-            self.by_key.remove(path);
+        let map = self.role_map_mut(role);
+        if map
+            .get(path)
+            .is_some_and(|slot| ino.is_none_or(|i| i == *slot))
+        {
+            map.remove(path);
         }
     }
 

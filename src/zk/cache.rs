@@ -40,10 +40,14 @@ pub struct CachedNode {
     /// this cache observes (see [`next_change_time`]).
     pub change_time_ns: u64,
     /// The node's ACL and the `aversion` it was read at.
-    pub acl: Option<(i32, Arc<[AclEntry]>)>,
+    pub acl: Option<Arc<NodeAcl>>,
     /// When the data was last stored or read ([`NodeCache`]'s clock).
     used: u64,
 }
+
+// A cached node is 128 bytes (malloc serves its box from a 144-byte chunk;
+// 8 bytes more and it takes a 160-byte one, for every cached node).
+const _: () = assert!(std::mem::size_of::<CachedNode>() <= 128);
 
 /// A child's name as its parent's list keeps it: the child's whole path,
 /// the same string as the child's own entry key when both are cached (one
@@ -139,6 +143,18 @@ pub struct NodeCache {
 #[derive(Default)]
 struct AclInterner {
     known: HashSet<Arc<[AclEntry]>>,
+    /// The same for (aversion, ACL) pairs: most nodes' ACL never changed
+    /// (aversion 0), so a fleet's nodes share a handful of these too.
+    records: HashSet<Arc<NodeAcl>>,
+}
+
+/// A node's ACL and the `aversion` it was read at, shared by every node
+/// with the same pair (a cached node holds one pointer, 8 bytes instead of
+/// 24 for the pair itself).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct NodeAcl {
+    pub aversion: i32,
+    pub entries: Arc<[AclEntry]>,
 }
 
 impl AclInterner {
@@ -151,6 +167,21 @@ impl AclInterner {
         let shared: Arc<[AclEntry]> = acl.into();
         if self.known.len() < Self::MAX_DISTINCT {
             self.known.insert(shared.clone());
+        }
+        shared
+    }
+
+    fn record(&mut self, aversion: i32, acl: Vec<AclEntry>) -> Arc<NodeAcl> {
+        let record = NodeAcl {
+            aversion,
+            entries: self.intern(acl),
+        };
+        if let Some(known) = self.records.get(&record) {
+            return known.clone();
+        }
+        let shared = Arc::new(record);
+        if self.records.len() < Self::MAX_DISTINCT {
+            self.records.insert(shared.clone());
         }
         shared
     }
@@ -373,7 +404,7 @@ impl NodeCache {
     /// Record a node's ACL, read when its stat said `aversion`.
     pub fn store_acl(&mut self, path: &str, aversion: i32, acl: Vec<AclEntry>) {
         if let Some(node) = self.nodes.get_mut(path) {
-            node.acl = Some((aversion, self.acls.intern(acl)));
+            node.acl = Some(self.acls.record(aversion, acl));
         }
     }
 
@@ -769,7 +800,12 @@ mod tests {
             cache.store_data(path, b"x".to_vec(), stat(5, 1), t);
             cache.store_acl(path, 0, world());
         }
-        let acl = |p: &str| cache.get(p).and_then(|n| n.acl.clone()).map(|(_, acl)| acl);
+        let acl = |p: &str| {
+            cache
+                .get(p)
+                .and_then(|n| n.acl.clone())
+                .map(|a| a.entries.clone())
+        };
         let (a, b) = (acl("/a").expect("acl a"), acl("/b").expect("acl b"));
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(&*a, world().as_slice());

@@ -71,8 +71,8 @@ impl NodeView {
             acl: node
                 .acl
                 .as_ref()
-                .filter(|(aversion, _)| *aversion == node.stat.aversion)
-                .map(|(_, acl)| acl.clone()),
+                .filter(|a| a.aversion == node.stat.aversion)
+                .map(|a| a.entries.clone()),
             stale: node.stale,
         }
     }
@@ -564,7 +564,7 @@ impl<B: ZkBackend> Store<B> {
             let mut cache = self.cache();
             let known = cache
                 .get(path)
-                .and_then(|n| n.acl.as_ref().map(|(aversion, _)| *aversion));
+                .and_then(|n| n.acl.as_ref().map(|a| a.aversion));
             (cache.begin_fetch(path), known)
         };
         let guard = self.fetching(path, ticket);
@@ -749,9 +749,7 @@ impl<B: ZkBackend> Store<B> {
                 .iter()
                 .filter(|p| {
                     cache.get(p).is_some_and(|n| {
-                        n.acl
-                            .as_ref()
-                            .is_none_or(|(aversion, _)| *aversion != n.stat.aversion)
+                        n.acl.as_ref().is_none_or(|a| a.aversion != n.stat.aversion)
                     })
                 })
                 .filter(|p| in_flight.insert((*p).clone()))
