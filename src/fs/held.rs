@@ -34,60 +34,137 @@ pub struct HeldVersion {
     pub attr: Attr,
 }
 
-/// One held version as the map keeps it: 48 bytes instead of 64 (a
-/// read-only mount holds one per file the kernel knows). Of its `Attr`
-/// only what its bytes and its inode do not tell is kept.
-struct Entry {
-    data: Arc<[u8]>,
+/// What a held version's attributes have in common with many others (a
+/// mount shows a handful of owner, group and mode combinations): kept once
+/// in [`Table::shapes`], named by its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Shape {
     kind: FileKind,
-    /// Its pages were offered to the kernel ([`Held::first_offer`]).
-    offered: bool,
     perm: u16,
     uid: u32,
     gid: u32,
     nlink: u32,
+}
+
+/// One held version as the map keeps it: 32 bytes (a read-only mount holds
+/// one per file the kernel knows; with its key a map slot is 40 bytes
+/// instead of 56). Of its `Attr` only what its bytes and its inode do not
+/// tell is kept: the change time, and packed into one word the creation
+/// time, the shape and the "offered" flag.
+struct Entry {
+    data: Arc<[u8]>,
     mtime_ns: u64,
-    crtime_ms: i64,
+    /// Bits 0..48: the creation time in ms (signed, so ±4,000 years around
+    /// 1970; outside, clamped); bits 48..63: the shape's index
+    /// ([`ODD_SHAPE`] for one kept in [`Table::odd`]); bit 63: offered.
+    packed: u64,
+}
+
+const CRTIME_BITS: u32 = 48;
+const CRTIME_MASK: u64 = (1 << CRTIME_BITS) - 1;
+const OFFERED: u64 = 1 << 63;
+/// The shape index of an entry whose shape did not fit in the shared list.
+const ODD_SHAPE: u16 = 0x7fff;
+
+fn pack_crtime(ms: i64) -> u64 {
+    let bound = 1i64 << (CRTIME_BITS - 1);
+    (ms.clamp(-bound, bound - 1) as u64) & CRTIME_MASK
+}
+
+fn unpack_crtime(packed: u64) -> i64 {
+    // Sign-extend the low 48 bits.
+    (((packed & CRTIME_MASK) << (64 - CRTIME_BITS)) as i64) >> (64 - CRTIME_BITS)
 }
 
 impl Entry {
-    fn of(version: HeldVersion) -> Entry {
+    fn shape_index(&self) -> u16 {
+        ((self.packed >> CRTIME_BITS) as u16) & ODD_SHAPE
+    }
+
+    fn offered(&self) -> bool {
+        self.packed & OFFERED != 0
+    }
+}
+
+/// The map and what its entries share.
+#[derive(Default)]
+struct Table {
+    entries: HashMap<u64, Entry>,
+    shapes: Vec<Shape>,
+    shape_ids: HashMap<Shape, u16>,
+    /// Shapes of entries beyond the shared list's capacity, by inode.
+    odd: HashMap<u64, Shape>,
+}
+
+impl Table {
+    fn insert(&mut self, ino: u64, version: HeldVersion) {
         let a = version.attr;
-        Entry {
-            data: version.data,
+        let shape = Shape {
             kind: a.kind,
-            offered: false,
             perm: a.perm,
             uid: a.uid,
             gid: a.gid,
             nlink: a.nlink,
+        };
+        let index = match self.shape_ids.get(&shape) {
+            Some(&index) => index,
+            None if self.shapes.len() < ODD_SHAPE as usize => {
+                let index = self.shapes.len() as u16;
+                self.shapes.push(shape);
+                self.shape_ids.insert(shape, index);
+                index
+            }
+            None => {
+                self.odd.insert(ino, shape);
+                ODD_SHAPE
+            }
+        };
+        let entry = Entry {
+            data: version.data,
             mtime_ns: a.mtime_ns,
-            crtime_ms: a.crtime_ms,
-        }
+            packed: pack_crtime(a.crtime_ms) | (u64::from(index) << CRTIME_BITS),
+        };
+        self.entries.insert(ino, entry);
     }
 
-    fn version(&self, ino: u64) -> HeldVersion {
-        HeldVersion {
-            data: self.data.clone(),
+    fn version(&self, ino: u64) -> Option<HeldVersion> {
+        let e = self.entries.get(&ino)?;
+        let shape = match e.shape_index() {
+            ODD_SHAPE => *self.odd.get(&ino)?,
+            index => *self.shapes.get(usize::from(index))?,
+        };
+        Some(HeldVersion {
+            data: e.data.clone(),
             attr: Attr {
                 ino,
-                kind: self.kind,
+                kind: shape.kind,
                 // The attributes are those of these bytes.
-                size: self.data.len() as u64,
-                mtime_ns: self.mtime_ns,
-                crtime_ms: self.crtime_ms,
-                perm: self.perm,
-                nlink: self.nlink,
-                uid: self.uid,
-                gid: self.gid,
+                size: e.data.len() as u64,
+                mtime_ns: e.mtime_ns,
+                crtime_ms: unpack_crtime(e.packed),
+                perm: shape.perm,
+                nlink: shape.nlink,
+                uid: shape.uid,
+                gid: shape.gid,
             },
+        })
+    }
+
+    fn remove(&mut self, ino: u64) {
+        if let Some(e) = self.entries.remove(&ino)
+            && e.shape_index() == ODD_SHAPE
+        {
+            self.odd.remove(&ino);
         }
     }
 }
 
+// A held version stays 32 bytes (see [`Entry`]).
+const _: () = assert!(std::mem::size_of::<Entry>() == 32);
+
 #[derive(Default)]
 pub struct Held {
-    versions: Mutex<HashMap<u64, Entry>>,
+    versions: Mutex<Table>,
 }
 
 impl Held {
@@ -96,21 +173,22 @@ impl Held {
     /// its bytes' length (it is not kept apart from them).
     pub fn hold(&self, ino: u64, version: HeldVersion) {
         debug_assert_eq!(version.attr.size, version.data.len() as u64);
-        lock(&self.versions)
-            .entry(ino)
-            .or_insert_with(|| Entry::of(version));
+        let mut table = lock(&self.versions);
+        if !table.entries.contains_key(&ino) {
+            table.insert(ino, version);
+        }
     }
 
     pub fn get(&self, ino: u64) -> Option<HeldVersion> {
-        lock(&self.versions).get(&ino).map(|e| e.version(ino))
+        lock(&self.versions).version(ino)
     }
 
     /// Whether the pages of the version held for `ino` are to be offered
     /// now: true once per held version (none held: false).
     pub fn first_offer(&self, ino: u64) -> bool {
-        match lock(&self.versions).get_mut(&ino) {
-            Some(e) if !e.offered => {
-                e.offered = true;
+        match lock(&self.versions).entries.get_mut(&ino) {
+            Some(e) if !e.offered() => {
+                e.packed |= OFFERED;
                 true
             }
             _ => false,
@@ -119,12 +197,13 @@ impl Held {
 
     /// The kernel no longer references `ino`.
     pub fn release(&self, ino: u64) {
-        lock(&self.versions).remove(&ino);
+        lock(&self.versions).remove(ino);
     }
 
     /// (inode, bytes) of every version held.
     pub fn entries(&self) -> Vec<(u64, usize)> {
         lock(&self.versions)
+            .entries
             .iter()
             .map(|(ino, v)| (*ino, v.data.len()))
             .collect()
@@ -133,10 +212,10 @@ impl Held {
     /// (versions held, bytes they keep).
     #[cfg(test)]
     pub fn usage(&self) -> (usize, usize) {
-        let versions = lock(&self.versions);
+        let table = lock(&self.versions);
         (
-            versions.len(),
-            versions.values().map(|v| v.data.len()).sum(),
+            table.entries.len(),
+            table.entries.values().map(|v| v.data.len()).sum(),
         )
     }
 }
@@ -160,6 +239,43 @@ mod tests {
                 gid: 0,
             },
         }
+    }
+
+    #[test]
+    fn held_attributes_come_back_as_given() {
+        let held = Held::default();
+        for (ino, crtime_ms, uid) in [(1, 1_795_240_000_123, 0), (2, -5, 7), (3, 0, 7)] {
+            let mut v = version(b"abc");
+            v.attr.ino = ino;
+            v.attr.crtime_ms = crtime_ms;
+            v.attr.uid = uid;
+            v.attr.mtime_ns = u64::MAX - ino;
+            held.hold(ino, v.clone());
+            assert!(held.first_offer(ino));
+            assert_eq!(held.get(ino).expect("held").attr, v.attr, "inode {ino}");
+        }
+        // Beyond ±2^47 ms the creation time is clamped.
+        let mut far = version(b"");
+        far.attr.crtime_ms = i64::MAX;
+        held.hold(9, far);
+        assert_eq!(held.get(9).expect("held").attr.crtime_ms, (1 << 47) - 1);
+    }
+
+    #[test]
+    fn shapes_beyond_the_shared_list_are_kept_apart() {
+        let held = Held::default();
+        let n = u32::from(ODD_SHAPE) + 2;
+        for i in 0..n {
+            let mut v = version(b"x");
+            v.attr.gid = i;
+            held.hold(u64::from(i) + 10, v);
+        }
+        for i in [0, u32::from(ODD_SHAPE) - 1, n - 2, n - 1] {
+            let ino = u64::from(i) + 10;
+            assert_eq!(held.get(ino).expect("held").attr.gid, i, "gid {i}");
+        }
+        held.release(u64::from(n - 1) + 10);
+        assert_eq!(lock(&held.versions).odd.len(), 1);
     }
 
     #[test]
