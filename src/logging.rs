@@ -113,7 +113,10 @@ pub fn init(
         .unwrap_or_else(|| "info".to_string());
     let filter = parse_filter(&spec)
         .map_err(|e| Failure::new(format!("invalid log filter '{spec}': {e}")))?;
-    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE);
+    // The subscriber's own ceiling is the filter's most verbose level: it
+    // is what the `log` crate's callers (fuser logs every request at debug)
+    // compare with before building a record at all.
+    let builder = tracing_subscriber::fmt().with_max_level(ceiling(&filter));
     let mut handle = LogHandle { file: None };
     match destination {
         Destination::File(path) => {
@@ -159,7 +162,9 @@ pub fn init(
 /// this daemon do not use.)
 fn parse_filter(spec: &str) -> Result<Targets, String> {
     fn level(word: &str) -> Option<LevelFilter> {
-        word.parse().ok()
+        // (`LevelFilter` also takes "" and digits; only names are levels here.)
+        let named = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphabetic());
+        named.then(|| word.parse().ok()).flatten()
     }
     fn target(word: &str) -> Result<&str, String> {
         let valid = !word.is_empty()
@@ -176,7 +181,8 @@ fn parse_filter(spec: &str) -> Result<Targets, String> {
     for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         filter = match directive.split_once('=') {
             Some((name, lvl)) => {
-                let lvl = level(lvl.trim()).ok_or_else(|| format!("'{lvl}' is not a level"))?;
+                let lvl = lvl.trim();
+                let lvl = level(lvl).ok_or_else(|| format!("'{lvl}' is not a level"))?;
                 filter.with_target(target(name.trim())?, lvl)
             }
             None => match level(directive) {
@@ -186,6 +192,16 @@ fn parse_filter(spec: &str) -> Result<Targets, String> {
         };
     }
     Ok(filter)
+}
+
+/// The most verbose level `filter` lets through for any module.
+fn ceiling(filter: &Targets) -> LevelFilter {
+    filter
+        .iter()
+        .map(|(_, level)| level)
+        .chain(filter.default_level())
+        .max()
+        .unwrap_or(LevelFilter::OFF)
 }
 
 #[cfg(test)]
@@ -205,7 +221,24 @@ mod tests {
         assert!(bare.would_enable("zkfs::fs::core", &Level::TRACE));
         assert!(bare.would_enable("zkfs::zk", &Level::ERROR));
         assert!(!bare.would_enable("zkfs::zk", &Level::WARN));
-        for bad in ["[[[", "zkfs=loud", "=info", "zkfs{x}=debug"] {
+        assert_eq!(
+            ceiling(&parse_filter("info").expect("valid")),
+            LevelFilter::INFO
+        );
+        assert_eq!(ceiling(&f), LevelFilter::DEBUG);
+        assert_eq!(ceiling(&bare), LevelFilter::TRACE);
+        assert_eq!(
+            ceiling(&parse_filter("off").expect("valid")),
+            LevelFilter::OFF
+        );
+        for bad in [
+            "[[[",
+            "zkfs=loud",
+            "=info",
+            "zkfs{x}=debug",
+            "zkfs=",
+            "zkfs=3",
+        ] {
             assert!(parse_filter(bad).is_err(), "{bad}");
         }
     }

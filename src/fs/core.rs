@@ -1243,9 +1243,14 @@ impl<B: ZkBackend> ZkFs<B> {
                 return Ok(());
             }
         }
+        if out.abandoned() {
+            return Ok(());
+        }
         let pending_now = self.pending_children(&dir.path);
+        // Those committed since the pass began, listed like its children.
+        let (mut names, mut paths, mut views) = (Vec::new(), Vec::new(), Vec::new());
         for (name, pino) in created_before.into_iter().chain(pending_now) {
-            if out.has(&name) || entries.iter().any(|e| e.name == name) {
+            if out.has(&name) || entries.iter().any(|e| e.name == name) || names.contains(&name) {
                 continue;
             }
             let child = path::join(&dir.path, &name);
@@ -1253,17 +1258,23 @@ impl<B: ZkBackend> ZkFs<B> {
             if still_pending {
                 let attr = self.pending_attr(pino).await;
                 entries.push(DirEntry { name, attr });
-            } else {
-                // Committed (or failed) since the pass began: listed as
-                // the node it became, left out if it never did.
-                let read = self.store.node(&child).await;
-                if let Some(entry) = self.child_entry(&name, &child, read)? {
-                    entries.push(entry);
-                }
+            } else if let Ok(view) = self.store.node(&child).await {
+                // A create that succeeded cached its node, so this is no
+                // round trip; one that failed left nothing to read, and an
+                // error of any kind leaves the name out (never listed as
+                // something it may not be).
+                names.push(name);
+                paths.push(child);
+                views.push(Ok(view));
             }
         }
-        out.push(entries);
-        Ok(())
+        if names.is_empty() {
+            out.push(entries);
+            Ok(())
+        } else {
+            self.push_wave(out, entries, (&names, &paths), views, acls_later)
+                .await
+        }
     }
 
     /// The files being created in directory `dir` (names and inodes).

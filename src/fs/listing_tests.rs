@@ -299,3 +299,32 @@ async fn only_a_short_reply_of_a_complete_pass_answers_its_end() {
         "a full reply may have stopped short of it"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_file_whose_create_failed_during_a_pass_is_not_listed() {
+    let d = Dir::cold(Opens::Handles).await;
+    let (_, fh) =
+        d.h.fs
+            .create(d.ino, "new".as_ref(), super::tests::WRITE_TRUNC, true, 1)
+            .await
+            .expect("create");
+    d.h.fs.write(fh, 0, b"y").await.expect("write");
+    let (first, _) = d.answered(0).await.expect("offset 0");
+    // Its create is lost with the connection, which stays down: the pass
+    // can read nothing of it at its end.
+    d.h.zk.inject(crate::zk::fake::WriteFault::LostRequest);
+    assert!(
+        d.h.fs.flush(fh).await.is_err(),
+        "the close reports the failure"
+    );
+    let _ = d.h.fs.release(fh).await;
+    assert!(!d.h.zk.exists("/d/new"));
+    d.h.zk.release_batch_reads(None);
+    let mut all = first;
+    all.extend(d.rest(LOADED as u64).await.expect("rest"));
+    assert!(!all.iter().any(|n| n == "new"), "the failed file is listed");
+    assert!(
+        all == expected(&[]),
+        "listed exactly the children that exist"
+    );
+}

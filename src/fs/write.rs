@@ -432,13 +432,18 @@ impl<B: ZkBackend> ZkFs<B> {
         if result.is_ok() && mode == CreateMode::Ephemeral {
             self.registry.insert(path, data);
         }
+        if let Ok(stat) = &result {
+            // Before the file stops being pending: whoever finds the node
+            // from then on (a listing, a lookup) finds this inode showing
+            // it, not an inode of a version it would take for another's.
+            lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
+        }
         lock(&self.pending).remove(path);
         if result.is_err() {
             self.overlay.forget(path);
         }
         match result {
             Ok(stat) => {
-                lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
                 w.base_version = Some(stat.version);
                 self.adopt_pending_handles(ino, path, &w.buf);
                 self.invalidate_entry_of(path);
