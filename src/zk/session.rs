@@ -484,10 +484,20 @@ impl ZkSession {
     }
 
     /// Build a new client after expiry, retrying with backoff until it works.
+    ///
+    /// Each attempt is bounded by [`rebuild_attempt_limit`], not by the
+    /// whole `--connect-timeout`: inside one attempt the client goes round
+    /// the servers with a backoff of its own that doubles after every
+    /// round they all refuse (300 ms × 2ⁿ for 3 servers), so a 10 s
+    /// attempt made while the ensemble is down sleeps through its return
+    /// for up to ~5 s. A new attempt starts with the client's first,
+    /// undelayed round. Between attempts the delay doubles from 100 ms to
+    /// [`REBUILD_BACKOFF_MAX`], jittered.
     async fn rebuild(&self) -> zk::Client {
         let mut delay = Duration::from_millis(100);
+        let limit = rebuild_attempt_limit(self.config.session_timeout, self.config.connect_timeout);
         loop {
-            match connect(&self.config, self.config.connect_timeout).await {
+            match connect(&self.config, limit).await {
                 Ok(client) => return client,
                 Err(e) => {
                     // Jittered, so mounts that lost their sessions together
@@ -495,7 +505,7 @@ impl ZkSession {
                     let wait = delay / 2 + jitter(delay / 2);
                     warn!(error = %e, retry_in = ?wait, "reconnect failed");
                     tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay = (delay * 2).min(REBUILD_BACKOFF_MAX);
                 }
             }
         }
@@ -619,6 +629,21 @@ impl ZkSession {
             }
         }
     }
+}
+
+/// The longest wait between two attempts to build a new session (each
+/// wait is half to all of the current delay). An attempt against servers
+/// that are down costs them a refused connection, so a fleet retrying every
+/// 1–2 s is no load; what matters is reconnecting soon after they are back.
+const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// How long one attempt to build a new session may take: a third of the
+/// session timeout (the time ZooKeeper's Java client gives each server),
+/// at least 1 s, at most `--connect-timeout`.
+pub fn rebuild_attempt_limit(session_timeout: Duration, connect_timeout: Duration) -> Duration {
+    (session_timeout / 3)
+        .max(Duration::from_secs(1))
+        .min(connect_timeout)
 }
 
 /// The longest a resync waits after a reconnect or a new session:
@@ -928,6 +953,18 @@ fn permission_bits(p: zk::Permission) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rebuild_attempt_is_a_third_of_the_session_timeout_within_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(rebuild_attempt_limit(s(6), s(10)), s(2));
+        assert_eq!(rebuild_attempt_limit(s(30), s(10)), s(10));
+        assert_eq!(rebuild_attempt_limit(s(2), s(10)), s(1));
+        assert_eq!(
+            rebuild_attempt_limit(s(2), Duration::from_millis(500)),
+            Duration::from_millis(500)
+        );
+    }
 
     #[test]
     fn jitter_spreads_over_its_whole_window_and_stays_inside_it() {
