@@ -92,6 +92,27 @@ impl Dir {
             .is_err()
     }
 
+    /// A file `name` created here with one byte written, not closed yet
+    /// (writable mounts): its handle.
+    async fn being_created(&self, name: &str) -> u64 {
+        let (_, fh) = self
+            .h
+            .fs
+            .create(self.ino, name.as_ref(), super::tests::WRITE_TRUNC, true, 1)
+            .await
+            .expect("create");
+        self.h.fs.write(fh, 0, b"y").await.expect("write");
+        fh
+    }
+
+    /// Release the held waves; the whole pass whose first chunk was `first`.
+    async fn released_after(&self, first: Vec<String>) -> Vec<String> {
+        self.h.zk.release_batch_reads(None);
+        let mut all = first;
+        all.extend(self.rest(LOADED as u64).await.expect("rest"));
+        all
+    }
+
     /// Every name of the pass from `offset` on, chunk by chunk, as the
     /// kernel reads it (each chunk from where the last one ended).
     async fn rest(&self, mut offset: u64) -> Result<Vec<String>, FsError> {
@@ -255,12 +276,7 @@ async fn a_pointer_to_a_child_of_a_later_wave_is_listed_as_a_symlink() {
 async fn a_file_created_before_a_pass_and_committed_during_it_is_listed_once() {
     // Writable mounts only: a read-only one creates nothing.
     let d = Dir::cold(Opens::Handles).await;
-    let (_, fh) =
-        d.h.fs
-            .create(d.ino, "new".as_ref(), super::tests::WRITE_TRUNC, true, 1)
-            .await
-            .expect("create");
-    d.h.fs.write(fh, 0, b"y").await.expect("write");
+    let fh = d.being_created("new").await;
     // The pass reads the child list while "new" is still being created ...
     let (first, _) = d.answered(0).await.expect("offset 0");
     assert!(!first.iter().any(|n| n == "new"));
@@ -268,9 +284,7 @@ async fn a_file_created_before_a_pass_and_committed_during_it_is_listed_once() {
     d.h.fs.flush(fh).await.expect("close sends");
     d.h.fs.release(fh).await.expect("release");
     assert!(d.h.zk.exists("/d/new"));
-    d.h.zk.release_batch_reads(None);
-    let mut all = first;
-    all.extend(d.rest(LOADED as u64).await.expect("rest"));
+    let all = d.released_after(first).await;
     assert_eq!(
         all.iter().filter(|n| *n == "new").count(),
         1,
@@ -303,12 +317,7 @@ async fn only_a_short_reply_of_a_complete_pass_answers_its_end() {
 #[tokio::test(start_paused = true)]
 async fn a_file_whose_create_failed_during_a_pass_is_not_listed() {
     let d = Dir::cold(Opens::Handles).await;
-    let (_, fh) =
-        d.h.fs
-            .create(d.ino, "new".as_ref(), super::tests::WRITE_TRUNC, true, 1)
-            .await
-            .expect("create");
-    d.h.fs.write(fh, 0, b"y").await.expect("write");
+    let fh = d.being_created("new").await;
     let (first, _) = d.answered(0).await.expect("offset 0");
     // Its create is lost with the connection, which stays down: the pass
     // can read nothing of it at its end.
@@ -319,9 +328,7 @@ async fn a_file_whose_create_failed_during_a_pass_is_not_listed() {
     );
     let _ = d.h.fs.release(fh).await;
     assert!(!d.h.zk.exists("/d/new"));
-    d.h.zk.release_batch_reads(None);
-    let mut all = first;
-    all.extend(d.rest(LOADED as u64).await.expect("rest"));
+    let all = d.released_after(first).await;
     assert!(!all.iter().any(|n| n == "new"), "the failed file is listed");
     assert!(
         all == expected(&[]),
