@@ -47,6 +47,7 @@ pub struct FakeZk {
     read_delay_ms: AtomicU64,
     /// While set, every `getChildren` times out (the rest is answered).
     listings_time_out: AtomicBool,
+    listing_delay_ms: AtomicU64,
     /// Faults for the next write requests, in order.
     write_faults: Mutex<std::collections::VecDeque<WriteFault>>,
     /// Write requests that reached the server (applied or refused by it).
@@ -82,6 +83,7 @@ impl FakeZk {
             requests: AtomicU64::new(0),
             read_delay_ms: AtomicU64::new(0),
             listings_time_out: AtomicBool::new(false),
+            listing_delay_ms: AtomicU64::new(0),
             write_faults: Mutex::new(std::collections::VecDeque::new()),
             writes_received: AtomicU64::new(0),
             session: AtomicI64::new(1),
@@ -197,6 +199,12 @@ impl FakeZk {
     /// Make every `getChildren` time out (`true`) or be answered again.
     pub fn time_out_listings(&self, on: bool) {
         self.listings_time_out.store(on, Ordering::SeqCst);
+    }
+
+    /// Make every later `getChildren` answer arrive `ms` milliseconds after
+    /// it was sent (the list it reports is the one at sending time).
+    pub fn delay_listings(&self, ms: u64) {
+        self.listing_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Make every later `getData` answer arrive `ms` milliseconds after it
@@ -439,7 +447,13 @@ impl ZkBackend for FakeZk {
             let stat = state.nodes.get(p).map(|(_, s)| *s).ok_or(ZkError::NoNode)?;
             Ok((Self::children_of(&state, p), stat))
         });
-        std::future::ready(result)
+        let delay = self.listing_delay_ms.load(Ordering::SeqCst);
+        async move {
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+            result
+        }
     }
 
     fn get_acl(&self, p: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {

@@ -1195,8 +1195,12 @@ impl<B: ZkBackend> Store<B> {
     /// changed pzxid is listed again; one whose answer failed keeps its
     /// baseline for the next resync (a failed resync loses nothing it
     /// knew). A child event during the resync ends the baseline it
-    /// confirmed, as one between resyncs does. (Not cancelled mid-way: the
-    /// daemon awaits it to its end.)
+    /// confirmed, as one between resyncs does. An event applied while an
+    /// answer was out is newer than that answer: a node or child the answer
+    /// says is gone is then not removed (it may have been created again).
+    /// (Not cancelled mid-way: the daemon awaits it to its end. The daemon
+    /// applies events between resyncs; the store does not depend on that,
+    /// but `ZkFs::resync` invalidates the kernel's caches only at the end.)
     pub async fn resync(&self) -> Vec<Change> {
         // Events may have been lost: expectations of our own could now
         // swallow someone else's change.
@@ -1249,7 +1253,10 @@ impl<B: ZkBackend> Store<B> {
                             }
                         }
                     }
-                    Err(ZkError::NoNode) => {
+                    // Gone when it was read; an event since (created
+                    // again, say) is newer than that answer: the node is
+                    // then left as the event made it.
+                    Err(ZkError::NoNode) if cache.is_quiet_since(p, ticket) => {
                         if cache.remove(p).is_some() {
                             if let Some(parent) = path::parent(p) {
                                 cache.remove_child(parent, path::basename(p));
@@ -1257,6 +1264,7 @@ impl<B: ZkBackend> Store<B> {
                             changes.push(Change::Deleted(p.to_string()));
                         }
                     }
+                    Err(ZkError::NoNode) => {}
                     Err(e) => {
                         debug!(path = %p, error = %e, "resync could not read node; it stays stale");
                         unread.note(p, &e);
@@ -1315,7 +1323,15 @@ impl<B: ZkBackend> Store<B> {
                     .and_then(|n| n.children.as_ref())
                     .map(|c| c.names())
                     .unwrap_or_default();
-                for gone in before.iter().filter(|n| !names.contains(n)) {
+                // A child event since the list was read is newer than it: a
+                // child it lacks may have been created since, so it proves
+                // no deletion then (the list is kept as outdated instead,
+                // see `store_children`).
+                let removals_proven = cache.is_quiet_since(p, ticket);
+                for gone in before
+                    .iter()
+                    .filter(|n| removals_proven && !names.contains(n))
+                {
                     let child = path::join(p, gone);
                     cache.remove(&child);
                     changes.push(Change::Deleted(child));
@@ -1471,6 +1487,55 @@ mod resync_tests {
             .into_iter()
             .filter(|c| !matches!(c, Change::Data(_)))
             .collect()
+    }
+
+    /// A node deleted in the gap and created again (its event applied)
+    /// while the resync's read of it, which found it gone, was out.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_created_again_while_a_resync_reads_it_is_kept() {
+        let (zk, store) = warm().await;
+        zk.as_ref().delete("/d/a").expect("gap delete");
+        zk.delay_reads(100);
+        let again = async {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            zk.as_ref().create("/d/a", b"again", 0).expect("create");
+            store.apply_event(&NodeEvent {
+                kind: NodeEventKind::Created,
+                path: "/d/a".into(),
+            });
+        };
+        let (changes, ()) = tokio::join!(store.resync(), again);
+        assert!(store.peek("/d/a").is_some(), "the resync removed it");
+        assert!(!changes.contains(&Change::Deleted("/d/a".into())));
+        assert!(
+            store
+                .peek_children("/d")
+                .is_some_and(|c| c.contains(&"a".to_string()))
+        );
+    }
+
+    /// A child created (its event applied) while the resync's relisting of
+    /// its directory, whose answer lacks it, was out.
+    #[tokio::test(start_paused = true)]
+    async fn a_child_created_while_a_resync_lists_its_directory_is_kept() {
+        let (zk, store) = warm().await;
+        // A gap change moves /d's pzxid: the resync lists /d again.
+        zk.as_ref().create("/d/gap", b"g", 0).expect("gap create");
+        zk.delay_listings(100);
+        let created = async {
+            // After the multi-read (answered at once), during the listing.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            zk.as_ref().create("/d/new", b"n", 0).expect("create");
+            store.apply_event(&NodeEvent {
+                kind: NodeEventKind::Created,
+                path: "/d/new".into(),
+            });
+        };
+        let (changes, ()) = tokio::join!(store.resync(), created);
+        assert!(!changes.contains(&Change::Deleted("/d/new".into())));
+        assert!(changes.contains(&Change::Created("/d/gap".into())));
+        let children = store.children("/d").await.expect("list");
+        assert!(children.contains(&"new".to_string()) && children.contains(&"gap".to_string()));
     }
 
     /// Requests one resync sends, and what it found.
