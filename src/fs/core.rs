@@ -1598,10 +1598,37 @@ impl<B: ZkBackend> ZkFs<B> {
     /// Compare the cache with the server after events may have been lost;
     /// returns what changed.
     pub async fn resync(&self) -> Vec<Change> {
-        let changes = self.store.resync().await;
+        // What the resync found is as old as its answers; an event applied
+        // since (a node created again after its read found it gone, a child
+        // deleted after its directory was listed) is newer: such findings
+        // are dropped, the event's own changes stand.
+        let changes: Vec<Change> = self
+            .store
+            .resync()
+            .await
+            .into_iter()
+            .filter(|c| self.still_true(c))
+            .collect();
         debug!(changes = changes.len(), "cache resynchronised");
         self.invalidate(&changes);
         changes
+    }
+
+    /// Whether the cache still shows `change` (a node gone is neither
+    /// cached nor listed by its parent; one created is one of the two).
+    fn still_true(&self, change: &Change) -> bool {
+        let p = change.path();
+        let present = || {
+            self.store.peek(p).is_some()
+                || path::parent(p)
+                    .and_then(|parent| self.store.peek_children(parent))
+                    .is_some_and(|c| c.iter().any(|n| n == path::basename(p)))
+        };
+        match change {
+            Change::Data(_) => true,
+            Change::Created(_) => present(),
+            Change::Deleted(_) => !present(),
+        }
     }
 
     fn invalidate(&self, changes: &[Change]) {

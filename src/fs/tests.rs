@@ -346,6 +346,36 @@ async fn resync_recovers_lost_events() {
     assert_eq!(names(&h.ls("/").await.expect("ls")), ["a", "fresh"]);
 }
 
+/// A node deleted in the gap whose resync answer said so, created again
+/// (its event applied) while the resync still lists its directory.
+#[tokio::test(start_paused = true)]
+async fn a_node_created_again_during_a_resync_keeps_its_inode_and_is_not_reported_gone() {
+    use crate::zk::store::Change;
+    let h = harness();
+    h.apply(h.zk.create("/d", b"", 0));
+    h.apply(h.zk.create("/d/a", b"1", 0));
+    h.ls("/d").await.expect("ls");
+    h.resolve("/d/a").await.expect("a");
+    // The gap: /d/a deleted, its event lost; the resync lists /d again
+    // (its pzxid moved), slowly.
+    h.zk.delete("/d/a").expect("delete");
+    h.zk.delay_listings(100);
+    let again = async {
+        // The resync's multi-read (answered at once) found /d/a gone.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        h.apply(h.zk.create("/d/a", b"2", 0));
+        h.resolve("/d/a").await.expect("again").ino
+    };
+    let (changes, ino) = tokio::join!(h.fs.resync(), again);
+    assert!(!changes.contains(&Change::Deleted("/d/a".into())));
+    assert_eq!(
+        h.resolve("/d/a").await.expect("after").ino,
+        ino,
+        "the resync's older 'deleted' detached the new node's inode"
+    );
+    assert_eq!(h.cat("/d/a").await.expect("cat"), b"2");
+}
+
 #[tokio::test]
 async fn cache_size_bounds_data_and_reloads_evicted() {
     let h = harness_with_limit(10);

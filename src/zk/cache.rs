@@ -434,7 +434,10 @@ impl NodeCache {
         node.children = Some(children);
         node.children_stale = !quiet;
         self.changes += 1;
-        if is_not_older(&stat, &node.stat) && stat.mzxid == node.stat.mzxid {
+        // An event since the list was read is newer than its stat: the
+        // child count it left (a child added, say) stays, with the list
+        // marked outdated (a count of 0 would prove every name absent).
+        if quiet && is_not_older(&stat, &node.stat) && stat.mzxid == node.stat.mzxid {
             node.stat.pzxid = stat.pzxid;
             node.stat.cversion = stat.cversion;
             node.stat.num_children = stat.num_children;
