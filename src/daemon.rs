@@ -343,6 +343,15 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// One turn of the daemon's event loop.
+enum Step {
+    Event(SessionEvent),
+    /// A resync fell due.
+    Due,
+    /// The running resync ended.
+    Done(Result<Vec<crate::zk::Change>, tokio::task::JoinError>),
+}
+
 /// First wait before repeating a resync that could not read everything
 /// while connected; doubled up to [`RESYNC_RETRY_MAX`].
 const RESYNC_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -715,22 +724,34 @@ fn run_foreground(
         let session = session.clone();
         let jitter_limit = crate::zk::session::resync_jitter_limit(args.session_timeout);
         runtime.spawn(async move {
-            // Resyncs are spread (see `resync_due`); events keep flowing
-            // meanwhile. Every event sent before a resync was asked for has
-            // been applied by the time it runs (one channel, in order), and
-            // the root watch was in place before it was asked for.
+            // Resyncs are spread (see `resync_due`) and run as tasks of
+            // their own: events keep being applied while one reads (the
+            // store and `ZkFs::resync` drop findings older than an event
+            // applied meanwhile). Every event sent before a resync was asked
+            // for has been applied by the time it starts (one channel, in
+            // order), and the root watch was in place before it was asked
+            // for. One resync at a time; one asked for while another runs
+            // starts after it.
             let mut due: Option<tokio::time::Instant> = None;
+            let mut running: Option<tokio::task::JoinHandle<Vec<crate::zk::Change>>> = None;
             let mut retry = RESYNC_RETRY_FIRST;
             loop {
-                let event = tokio::select! {
+                let step = tokio::select! {
                     event = events_rx.recv() => match event {
-                        Some(event) => Some(event),
+                        Some(event) => Step::Event(event),
                         None => break,
                     },
-                    _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => None,
+                    _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                        if due.is_some() && running.is_none() => Step::Due,
+                    done = async {
+                        match running.as_mut() {
+                            Some(resync) => resync.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if running.is_some() => Step::Done(done),
                 };
-                match event {
-                    Some(SessionEvent::Node(e)) => {
+                match step {
+                    Step::Event(SessionEvent::Node(e)) => {
                         let refresh = fs.apply_event(&e);
                         hub.publish(&e.path, e.kind);
                         if let Some(path) = refresh {
@@ -738,13 +759,13 @@ fn run_foreground(
                             tokio::spawn(async move { fs.refresh(&path).await });
                         }
                     }
-                    Some(SessionEvent::Resync) => {
+                    Step::Event(SessionEvent::Resync) => {
                         lifecycle.reconnects.fetch_add(1, Ordering::Relaxed);
                         fs.reregister();
                         resync_due(&mut due, jitter_limit, &lifecycle);
                         retry = RESYNC_RETRY_FIRST;
                     }
-                    Some(SessionEvent::NewSession) => {
+                    Step::Event(SessionEvent::NewSession) => {
                         lifecycle.session_expiries.fetch_add(1, Ordering::Relaxed);
                         fs.reregister();
                         resync_due(&mut due, jitter_limit, &lifecycle);
@@ -753,24 +774,40 @@ fn run_foreground(
                     // Disconnected again before it was due: every read
                     // would wait out --op-timeout for nothing. The
                     // reconnect asks for it again (resync stays pending).
-                    None if !crate::zk::backend::ZkBackend::is_connected(&*session) => {
+                    Step::Due if !crate::zk::backend::ZkBackend::is_connected(&*session) => {
                         due = None;
                         debug!("resync put off: disconnected again; the reconnect asks for it");
                     }
-                    None => {
+                    Step::Due => {
                         due = None;
-                        hub.publish_changes(&fs.resync().await);
+                        let fs = fs.clone();
+                        running = Some(tokio::spawn(async move { fs.resync().await }));
+                    }
+                    Step::Done(done) => {
+                        running = None;
+                        let changes = match done {
+                            Ok(changes) => changes,
+                            // Only at runtime shutdown (a resync does not panic).
+                            Err(e) => {
+                                warn!(error = %e, "resync task ended without an answer");
+                                continue;
+                            }
+                        };
+                        hub.publish_changes(&changes);
                         if let Some(persist) = &persist {
                             persist.resynchronised();
                         }
                         if fs.store().resync_complete() {
                             lifecycle.resyncs.fetch_add(1, Ordering::Relaxed);
-                            lifecycle.resync_pending.store(false, Ordering::Relaxed);
+                            // (Another asked for meanwhile keeps it pending.)
+                            if due.is_none() {
+                                lifecycle.resync_pending.store(false, Ordering::Relaxed);
+                            }
                         } else if crate::zk::backend::ZkBackend::is_connected(&*session) {
                             // Some reads failed while connected (timeouts):
                             // try again, backing off.
                             warn!(retry_in = ?retry, "resync incomplete; repeating it");
-                            due = Some(tokio::time::Instant::now() + retry);
+                            due.get_or_insert(tokio::time::Instant::now() + retry);
                             retry = (retry * 2).min(RESYNC_RETRY_MAX);
                         }
                         // Else the connection went: its return asks again.

@@ -162,3 +162,62 @@ fn every_gap_change_is_seen_and_an_unchanged_reconnect_is_cheap() {
         fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v4")
     });
 }
+
+/// Events keep being applied while a resync reads: the resync's multi-read
+/// is held back on the wire, another client creates a child meanwhile, and
+/// the mount shows it (from its cache, no request needed) before the
+/// resync has its answer (within 5 s, while that read would only fail
+/// after 15 s); once released, the resync completes.
+#[test]
+fn events_are_applied_while_a_resync_reads() {
+    let zk = shared_zk();
+    let root = unique_root("resync-events");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.ensure(&format!("{root}/svc"));
+    other.create(&format!("{root}/svc/a"), b"s");
+    let proxy = Proxy::start(&zk);
+    let mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        // A held read waits this long before it fails: longer than the
+        // event may take below, so a resync that held events back until it
+        // ended could not pass by timing out first.
+        &[
+            "--session-timeout",
+            "30s",
+            "--op-timeout",
+            "15s",
+            "--read-only",
+        ],
+    );
+    let m = mount.path();
+    assert_eq!(names(&m.join("svc")), ["a"]);
+    let count = || xattr_string(&m.join("svc"), "user.zk.num_children");
+    assert_eq!(count(), "1");
+    let done = resyncs(m);
+    proxy.cut();
+    wait_until("mount notices the drop", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "disconnected"
+    });
+    proxy.hold_from(op::MULTI_READ);
+    proxy.restore();
+    wait_until("the resync's multi-read is held", DEADLINE, || {
+        proxy.holding()
+    });
+    other.create(&format!("{root}/svc/b"), b"s");
+    wait_until(
+        "the child's event applied during the resync",
+        Duration::from_secs(5),
+        || count() == "2",
+    );
+    assert!(
+        proxy.holding(),
+        "the resync was still waiting for its answer"
+    );
+    assert_eq!(resyncs(m), done, "no resync completed meanwhile");
+    proxy.release();
+    wait_until("the resync completes", DEADLINE, || {
+        resyncs(m) > done && xattr_string(m, "user.zkfs.resync_pending") == "0"
+    });
+    assert_eq!(names(&m.join("svc")), ["a", "b"]);
+}

@@ -3,7 +3,9 @@
 //! and a test can cut every connection (and refuse new ones) while other
 //! clients keep talking to the server directly, then restore it. It also
 //! counts the requests that pass towards the server, by ZooKeeper op code,
-//! from the frames on the wire (independent of the mount's own counter).
+//! from the frames on the wire (independent of the mount's own counter),
+//! and can hold back the first request of one op code (and everything the
+//! client sends after it) until released.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -22,7 +24,18 @@ pub struct Proxy {
     streams: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
     requests: Requests,
+    hold: Hold,
 }
+
+/// Holding back requests: the op code to stop at, and whether a request
+/// of it is being held now.
+#[derive(Default)]
+struct HoldState {
+    op: Option<i32>,
+    holding: bool,
+}
+
+type Hold = Arc<Mutex<HoldState>>;
 
 /// Requests seen on the way to the server, by op code.
 type Requests = Arc<Mutex<BTreeMap<i32, u64>>>;
@@ -50,14 +63,16 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let requests: Requests = Arc::default();
+        let hold: Hold = Arc::default();
         let upstream = upstream.to_string();
         {
-            let (up, stop, streams, silent, requests) = (
+            let (up, stop, streams, silent, requests, hold) = (
                 up.clone(),
                 stop.clone(),
                 streams.clone(),
                 silent.clone(),
                 requests.clone(),
+                hold.clone(),
             );
             thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
@@ -78,7 +93,12 @@ impl Proxy {
                                 }
                             }
                             drop(list);
-                            pipe(&client, &server, &silent, Some(requests.clone()));
+                            pipe(
+                                &client,
+                                &server,
+                                &silent,
+                                Some((requests.clone(), hold.clone())),
+                            );
                             pipe(&server, &client, &silent, None);
                         }
                         Err(_) => thread::sleep(Duration::from_millis(5)),
@@ -93,7 +113,25 @@ impl Proxy {
             streams,
             stop,
             requests,
+            hold,
         }
+    }
+
+    /// Hold back the next request of op code `op` that a client sends, and
+    /// everything it sends after it (answers and events towards the client
+    /// still flow), until [`Self::release`].
+    pub fn hold_from(&self, op: i32) {
+        self.hold.lock().expect("hold").op = Some(op);
+    }
+
+    /// Whether a request is being held back now.
+    pub fn holding(&self) -> bool {
+        self.hold.lock().expect("hold").holding
+    }
+
+    /// Let what is held through and stop holding.
+    pub fn release(&self) {
+        self.hold.lock().expect("hold").op = None;
     }
 
     /// Requests forwarded to the server so far, by op code (connection
@@ -154,41 +192,74 @@ struct FrameCounter {
 }
 
 impl FrameCounter {
-    fn feed(&mut self, bytes: &[u8]) {
+    /// The complete frames `bytes` ends, each with its op code (none for
+    /// the handshake); a partial frame waits for the rest.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<(Option<i32>, Vec<u8>)> {
         self.pending.extend_from_slice(bytes);
+        let mut frames = Vec::new();
         loop {
             let Some(len) = self.pending.get(..4) else {
-                return;
+                return frames;
             };
             let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
             if self.pending.len() < 4 + len {
-                return;
+                return frames;
             }
+            let mut code = None;
             if self.handshake_done && len >= 8 {
                 let t = &self.pending[8..12];
-                let code = i32::from_be_bytes([t[0], t[1], t[2], t[3]]);
+                let c = i32::from_be_bytes([t[0], t[1], t[2], t[3]]);
                 *self
                     .requests
                     .lock()
                     .expect("requests")
-                    .entry(code)
+                    .entry(c)
                     .or_default() += 1;
+                code = Some(c);
             }
             self.handshake_done = true;
-            self.pending.drain(..4 + len);
+            frames.push((code, self.pending.drain(..4 + len).collect()));
         }
     }
 }
 
-fn pipe(from: &TcpStream, to: &TcpStream, silent: &Arc<AtomicBool>, count: Option<Requests>) {
+/// Wait while `hold` says to hold a request of op code `code`.
+fn wait_if_held(hold: &Hold, code: Option<i32>) {
+    let mut held = false;
+    loop {
+        let mut state = hold.lock().expect("hold");
+        match state.op {
+            Some(op) if code == Some(op) || held => {
+                state.holding = true;
+                held = true;
+            }
+            _ => {
+                state.holding = false;
+                return;
+            }
+        }
+        drop(state);
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn pipe(
+    from: &TcpStream,
+    to: &TcpStream,
+    silent: &Arc<AtomicBool>,
+    requests: Option<(Requests, Hold)>,
+) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
     let silent = silent.clone();
-    let mut counter = count.map(|requests| FrameCounter {
-        requests,
-        pending: Vec::new(),
-        handshake_done: false,
+    let mut counter = requests.map(|(requests, hold)| {
+        let counter = FrameCounter {
+            requests,
+            pending: Vec::new(),
+            handshake_done: false,
+        };
+        (counter, hold)
     });
     thread::spawn(move || {
         let mut buf = [0u8; 16384];
@@ -196,14 +267,22 @@ fn pipe(from: &TcpStream, to: &TcpStream, silent: &Arc<AtomicBool>, count: Optio
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) if silent.load(Ordering::SeqCst) => {}
-                Ok(n) => {
-                    if let Some(counter) = &mut counter {
-                        counter.feed(&buf[..n]);
+                Ok(n) => match &mut counter {
+                    // Towards the server: whole frames, each after any hold.
+                    Some((counter, hold)) => {
+                        for (code, frame) in counter.feed(&buf[..n]) {
+                            wait_if_held(hold, code);
+                            if to.write_all(&frame).is_err() {
+                                return;
+                            }
+                        }
                     }
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
+                    None => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
                     }
-                }
+                },
             }
         }
         let _ = to.shutdown(Shutdown::Both);
