@@ -37,14 +37,36 @@ fn resyncs(m: &Path) -> u64 {
         .expect("resyncs")
 }
 
-/// Cut the connection, run `gap` while the mount cannot see anything,
-/// restore it and wait until the resync that follows has completed.
-fn cut_off(proxy: &Proxy, m: &Path, gap: impl FnOnce()) {
-    let done = resyncs(m);
+/// A read-only mount of `root` through a new proxy, with a 30 s session
+/// timeout and `--op-timeout op_timeout`.
+fn proxied_mount(zk: &str, root: &str, op_timeout: &str) -> (Proxy, Mount) {
+    let proxy = Proxy::start(zk);
+    let mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &[
+            "--session-timeout",
+            "30s",
+            "--op-timeout",
+            op_timeout,
+            "--read-only",
+        ],
+    );
+    (proxy, mount)
+}
+
+/// Cut the connection and wait until the mount noticed.
+fn disconnect(proxy: &Proxy, m: &Path) {
     proxy.cut();
     wait_until("mount notices the drop", DEADLINE, || {
         xattr_string(m, "user.zkfs.state") == "disconnected"
     });
+}
+
+/// Cut the connection, run `gap` while the mount cannot see anything,
+/// restore it and wait until the resync that follows has completed.
+fn cut_off(proxy: &Proxy, m: &Path, gap: impl FnOnce()) {
+    let done = resyncs(m);
+    disconnect(proxy, m);
     gap();
     proxy.restore();
     wait_until("reconnected and resynchronised", DEADLINE, || {
@@ -69,17 +91,7 @@ fn every_gap_change_is_seen_and_an_unchanged_reconnect_is_cheap() {
     for i in 0..20 {
         other.create(&format!("{root}/svc/pool/n{i:02}"), b"p");
     }
-    let proxy = Proxy::start(&zk);
-    let mount = Mount::start(
-        &format!("{}{root}", proxy.address()),
-        &[
-            "--session-timeout",
-            "30s",
-            "--op-timeout",
-            "1s",
-            "--read-only",
-        ],
-    );
+    let (proxy, mount) = proxied_mount(&zk, &root, "1s");
     let m = mount.path();
     // Cache and list everything.
     assert_eq!(names(m), ["config", "svc"]);
@@ -176,29 +188,16 @@ fn events_are_applied_while_a_resync_reads() {
     other.ensure(&root);
     other.ensure(&format!("{root}/svc"));
     other.create(&format!("{root}/svc/a"), b"s");
-    let proxy = Proxy::start(&zk);
-    let mount = Mount::start(
-        &format!("{}{root}", proxy.address()),
-        // A held read waits this long before it fails: longer than the
-        // event may take below, so a resync that held events back until it
-        // ended could not pass by timing out first.
-        &[
-            "--session-timeout",
-            "30s",
-            "--op-timeout",
-            "15s",
-            "--read-only",
-        ],
-    );
+    // A held read waits 15 s before it fails: longer than the event may
+    // take below, so a resync that held events back until it ended could
+    // not pass by timing out first.
+    let (proxy, mount) = proxied_mount(&zk, &root, "15s");
     let m = mount.path();
     assert_eq!(names(&m.join("svc")), ["a"]);
     let count = || xattr_string(&m.join("svc"), "user.zk.num_children");
     assert_eq!(count(), "1");
     let done = resyncs(m);
-    proxy.cut();
-    wait_until("mount notices the drop", DEADLINE, || {
-        xattr_string(m, "user.zkfs.state") == "disconnected"
-    });
+    disconnect(&proxy, m);
     proxy.hold_from(op::MULTI_READ);
     proxy.restore();
     wait_until("the resync's multi-read is held", DEADLINE, || {
