@@ -564,9 +564,7 @@ impl<B: ZkBackend> ZkFs<B> {
         if view.stat.num_children == 0 {
             return true;
         }
-        self.store
-            .peek_current_children(parent)
-            .is_some_and(|c| c.binary_search_by(|n| n.as_str().cmp(name)).is_err())
+        self.store.lists_child(parent, name, true) == Some(false)
     }
 
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
@@ -1620,9 +1618,9 @@ impl<B: ZkBackend> ZkFs<B> {
         let p = change.path();
         let present = || {
             self.store.peek(p).is_some()
-                || path::parent(p)
-                    .and_then(|parent| self.store.peek_children(parent))
-                    .is_some_and(|c| c.iter().any(|n| n == path::basename(p)))
+                || path::parent(p).is_some_and(|parent| {
+                    self.store.lists_child(parent, path::basename(p), false) == Some(true)
+                })
         };
         match change {
             Change::Data(_) => true,

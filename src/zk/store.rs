@@ -392,15 +392,27 @@ impl<B: ZkBackend> Store<B> {
             .map(|(k, n)| NodeView::of(k, n))
     }
 
-    /// Cached child names of `path` if they were listed (fresh or not).
     /// The cached child list, if it is not known to miss changes (an
     /// event raced its listing, a resync could not list it again).
+    #[cfg(test)]
     pub fn peek_current_children(&self, path: &str) -> Option<Vec<String>> {
         let cache = self.cache();
         let node = cache.get(path).filter(|n| !n.children_stale)?;
         node.children.as_ref().map(|c| c.names())
     }
 
+    /// Whether `path`'s cached child list has `name` (`None` when it was
+    /// not listed, or, with `current_only`, when the list may miss
+    /// changes), without copying the list.
+    pub fn lists_child(&self, path: &str, name: &str, current_only: bool) -> Option<bool> {
+        let cache = self.cache();
+        let node = cache
+            .get(path)
+            .filter(|n| !(current_only && n.children_stale))?;
+        node.children.as_ref().map(|c| c.contains(name))
+    }
+
+    /// Cached child names of `path` if they were listed (fresh or not).
     pub fn peek_children(&self, path: &str) -> Option<Vec<String>> {
         let cache = self.cache();
         let node = cache.get(path)?;
