@@ -220,3 +220,53 @@ fn events_are_applied_while_a_resync_reads() {
     });
     assert_eq!(names(&m.join("svc")), ["a", "b"]);
 }
+
+/// A cut longer than the client's own quick retries is taken over: the
+/// mount re-attaches the *same* session soon after the server is reachable
+/// again, instead of waiting out zookeeper-client's doubling backoff (for
+/// one server: attempts 0.1, 0.3, 0.7, 1.5, 3.1–3.7, then 6.3–7.0 s after
+/// the loss, so after a 4 s cut it would be back 2.3–3.0 s after the
+/// restore). The re-attached mount then shows what changed in the gap and
+/// follows later changes.
+#[test]
+fn a_long_cut_re_attaches_the_same_session_soon_after_the_restore() {
+    let zk = shared_zk();
+    let root = unique_root("resync-reattach");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"v1");
+    let (proxy, mount) = proxied_mount(&zk, &root, "1s");
+    let m = mount.path();
+    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
+    let session = xattr_string(m, "user.zkfs.session_id");
+    let done = resyncs(m);
+    disconnect(&proxy, m);
+    other.set(&format!("{root}/config"), b"v2");
+    // The outage itself: its length is what this test is about.
+    std::thread::sleep(Duration::from_secs(4));
+    proxy.restore();
+    let restored = std::time::Instant::now();
+    wait_until("reconnected", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "connected"
+    });
+    let back_after = restored.elapsed();
+    eprintln!("connected {back_after:?} after the restore");
+    assert!(
+        back_after < Duration::from_millis(1800),
+        "connected {back_after:?} after the restore (the client's own backoff would take 2.3 s or more)"
+    );
+    // The resync follows within its jitter window (up to 1 s here).
+    wait_until("resynchronised", DEADLINE, || {
+        resyncs(m) > done && xattr_string(m, "user.zkfs.resync_pending") == "0"
+    });
+    assert_eq!(
+        xattr_string(m, "user.zkfs.session_id"),
+        session,
+        "the same session, re-attached"
+    );
+    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v2");
+    other.set(&format!("{root}/config"), b"v3");
+    wait_until("the new client's watch delivers", DEADLINE, || {
+        fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v3")
+    });
+}

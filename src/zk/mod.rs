@@ -14,6 +14,7 @@ pub mod bulk;
 pub mod cache;
 #[cfg(test)]
 pub mod fake;
+pub mod host;
 pub mod path;
 pub mod session;
 pub mod snapshot;

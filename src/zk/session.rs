@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -22,6 +22,7 @@ use super::backend::{
     AclEntry, BatchAnswer, CreateMode, NodeEvent, NodeEventKind, NodeStat, WriteOp, WriteResult,
     ZkBackend, ZkError,
 };
+use super::host::{self, ClientHost, ConnectFailure};
 
 /// Digest credentials (`user:password`). Never printed.
 #[derive(Clone)]
@@ -120,6 +121,9 @@ pub struct ZkSession {
     config: SessionConfig,
     /// `None` once closed.
     client: RwLock<Option<zk::Client>>,
+    /// The thread running `client`'s session task (see `host.rs`). Lock
+    /// order: never held together with `client`.
+    host: Mutex<Option<ClientHost>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     /// The root watch added by `connect`, taken by the first `follow`.
     initial_watcher: Mutex<Option<zk::PersistentWatcher>>,
@@ -145,6 +149,10 @@ fn map_error(e: zk::Error) -> ZkError {
         // error when a connection breaks (a server stopped gracefully resets
         // it): the request's outcome is unknown, exactly as ConnectionLoss.
         zk::Error::Custom(_) => ZkError::ConnectionLoss,
+        // A request still waiting in a client whose task was stopped (a
+        // re-attach took the session over) is answered this way: it may
+        // have gone out before the stop, so its outcome is unknown too.
+        zk::Error::UnexpectedError(_) => ZkError::ConnectionLoss,
         zk::Error::SessionExpired | zk::Error::ClientClosed => ZkError::SessionExpired,
         zk::Error::Timeout => ZkError::Timeout,
         zk::Error::Unimplemented => ZkError::Unimplemented,
@@ -169,8 +177,10 @@ pub fn map_stat(s: &zk::Stat) -> NodeStat {
     }
 }
 
-/// Connect once, bounded by `timeout`.
-async fn connect(config: &SessionConfig, timeout: Duration) -> Result<zk::Client, String> {
+/// The client's connection settings: the session timeout asked for and the
+/// mount's credentials; with `session`, that session is re-attached and
+/// each attempt goes once round the servers (no backoff of the client's).
+fn connector(config: &SessionConfig, session: Option<zk::SessionInfo>) -> zk::Connector {
     let mut connector = zk::Client::connector().with_session_timeout(config.session_timeout);
     if let Some(credentials) = &config.credentials {
         debug!(
@@ -179,15 +189,26 @@ async fn connect(config: &SessionConfig, timeout: Duration) -> Result<zk::Client
         );
         connector = connector.with_auth("digest", credentials.0.as_bytes());
     }
-    match tokio::time::timeout(timeout, connector.connect(&config.servers)).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(format!(
-            "cannot connect to ZooKeeper at {}: {e}",
-            config.servers
-        )),
-        Err(_) => Err(format!(
+    if let Some(session) = session {
+        connector = connector.with_session(session).with_fail_eagerly();
+    }
+    connector
+}
+
+/// Connect once for a new session, bounded by `timeout`.
+async fn connect(
+    config: &SessionConfig,
+    timeout: Duration,
+) -> Result<(zk::Client, ClientHost), String> {
+    match host::connect(connector(config, None), config.servers.clone(), timeout).await {
+        Ok(hosted) => Ok(hosted),
+        Err(ConnectFailure::TimedOut) => Err(format!(
             "cannot connect to ZooKeeper at {}: no server answered within {:?}",
             config.servers, timeout
+        )),
+        Err(e) => Err(format!(
+            "cannot connect to ZooKeeper at {}: {e}",
+            config.servers
         )),
     }
 }
@@ -205,15 +226,16 @@ impl ZkSession {
         config: SessionConfig,
         last_known: impl FnOnce() -> Option<SystemTime>,
     ) -> Result<ZkSession, String> {
-        let client = match connect(&config, config.connect_timeout)
+        let (client, host) = match connect(&config, config.connect_timeout)
             .await
             .map_err(|e| (last_known(), e))
         {
-            Ok(client) => client,
+            Ok(hosted) => hosted,
             Err((Some(last_contact), e)) => {
                 warn!(error = %e, "starting unconnected; connecting in the background");
                 return Ok(ZkSession {
                     client: RwLock::new(None),
+                    host: Mutex::new(None),
                     shutdown: tokio::sync::watch::Sender::new(false),
                     initial_watcher: Mutex::new(None),
                     status: Mutex::new(Status {
@@ -234,6 +256,7 @@ impl ZkSession {
         info!(servers = %config.servers, session = %format!("{session_id:#x}"), "connected to ZooKeeper");
         let session = ZkSession {
             client: RwLock::new(Some(client)),
+            host: Mutex::new(Some(host)),
             shutdown: tokio::sync::watch::Sender::new(false),
             initial_watcher: Mutex::new(None),
             status: Mutex::new(Status {
@@ -322,6 +345,8 @@ impl ZkSession {
         {
             warn!("ZooKeeper did not confirm closing the session");
         }
+        let host = self.host.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(host);
         self.set_state(ConnState::Closed);
         info!("ZooKeeper session closed");
     }
@@ -409,15 +434,21 @@ impl ZkSession {
                     self.set_state(ConnState::Closed);
                     return;
                 }
+                FollowEnd::Reattached => {
+                    // The new client's watch is on (taken by the next
+                    // `follow`); what the gap hid is the resync's.
+                    let _ = events.send(SessionEvent::Resync);
+                    continue;
+                }
                 FollowEnd::Expired => {}
             }
             self.set_state(ConnState::Reconnecting);
-            let fresh = tokio::select! {
+            let (fresh, host) = tokio::select! {
                 fresh = self.rebuild() => fresh,
                 _ = shutdown.wait_for(|closed| *closed) => return,
             };
             let mut state = fresh.state_watcher();
-            let id = self.adopt(fresh.clone());
+            let id = self.adopt(fresh.clone(), host);
             info!(session = %format!("{id:#x}"), "new ZooKeeper session after expiry");
             self.set_state(ConnState::Connected);
             // The watch goes on before the resync is asked for, so no change
@@ -439,9 +470,9 @@ impl ZkSession {
 
     /// Make `fresh` the session's client: its id is the current one and
     /// joins the ids this mount has had (registrations it owned are its).
-    fn adopt(&self, fresh: zk::Client) -> i64 {
+    fn adopt(&self, fresh: zk::Client, host: ClientHost) -> i64 {
         let id = fresh.session_id().0;
-        *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+        self.install(fresh, host);
         self.status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -453,17 +484,36 @@ impl ZkSession {
         id
     }
 
+    /// Make `fresh` (on `host`) the client requests go to. The host it
+    /// replaces is dropped, which stops its thread. False (and both
+    /// dropped) when the mount was closed meanwhile.
+    fn install(&self, fresh: zk::Client, host: ClientHost) -> bool {
+        if *self.shutdown.borrow() {
+            drop(fresh);
+            drop(host);
+            return false;
+        }
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+        let old = self
+            .host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(host);
+        drop(old);
+        true
+    }
+
     /// A session started unconnected: connect (retrying like after expiry),
     /// add the root watch for the first `follow` and ask for a resync.
     /// False when the mount was closed meanwhile.
     async fn first_connect(&self, events: &mpsc::UnboundedSender<SessionEvent>) -> bool {
         let mut shutdown = self.shutdown.subscribe();
-        let fresh = tokio::select! {
+        let (fresh, host) = tokio::select! {
             fresh = self.rebuild() => fresh,
             _ = shutdown.wait_for(|closed| *closed) => return false,
         };
         let mut state = fresh.state_watcher();
-        let id = self.adopt(fresh.clone());
+        let id = self.adopt(fresh.clone(), host);
         info!(session = %format!("{id:#x}"), "connected to ZooKeeper (started unconnected); adding the root watch and resynchronising");
         self.set_state(ConnState::Connected);
         let watcher = self.add_watch(&fresh, &mut state).await;
@@ -493,12 +543,12 @@ impl ZkSession {
     /// for up to ~5 s. A new attempt starts with the client's first,
     /// undelayed round. Between attempts the delay doubles from 100 ms to
     /// [`REBUILD_BACKOFF_MAX`], jittered.
-    async fn rebuild(&self) -> zk::Client {
+    async fn rebuild(&self) -> (zk::Client, ClientHost) {
         let mut delay = Duration::from_millis(100);
         let limit = rebuild_attempt_limit(self.config.session_timeout, self.config.connect_timeout);
         loop {
             match connect(&self.config, limit).await {
-                Ok(client) => return client,
+                Ok(hosted) => return hosted,
                 Err(e) => {
                     // Jittered, so mounts that lost their sessions together
                     // (an ensemble outage) do not retry in step.
@@ -509,6 +559,92 @@ impl ZkSession {
                 }
             }
         }
+    }
+
+    /// Take a disconnected session over from its client, whose own
+    /// reconnecting backs off in a way no setting changes (300 ms × 2ⁿ
+    /// after each round of 3 servers): after a leader election of about a
+    /// second, mounts came back 1.5–2 s after the ensemble did. The
+    /// client's task is stopped without closing the session (`host.rs`),
+    /// then the session is re-attached by new clients, each attempt one
+    /// round of the servers, [`reattach_delay`] apart, until one connects
+    /// or the deadline the client itself would have kept passes (7/5 of the
+    /// negotiated timeout after the connection was lost). `Some` once the
+    /// new client is installed with its root watch on; `None` when the
+    /// session is gone (the server says expired, or the deadline passed).
+    async fn reattach(&self, old: &zk::Client, lost_at: Instant) -> Option<()> {
+        let session = old.session().clone();
+        let id = session.id().0;
+        let deadline = lost_at + old.session_timeout() * 7 / 5;
+        let host = self.host.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(host) = host {
+            host.stop().await;
+        }
+        info!(
+            session = %format!("{id:#x}"),
+            after = ?TAKEOVER_AFTER,
+            "still disconnected; re-attaching the session with a new client"
+        );
+        let limit = rebuild_attempt_limit(self.config.session_timeout, self.config.connect_timeout);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                warn!(session = %format!("{id:#x}"), "no server reached within the session timeout; the session is taken as expired");
+                return None;
+            }
+            let attempt = host::connect(
+                connector(&self.config, Some(session.clone())),
+                self.config.servers.clone(),
+                limit.min(deadline - now),
+            )
+            .await;
+            match attempt {
+                Ok((client, host)) => return self.attached(client, host).await,
+                Err(ConnectFailure::Refused(zk::Error::SessionExpired)) => {
+                    warn!(session = %format!("{id:#x}"), "ZooKeeper says the session expired; building a new one");
+                    return None;
+                }
+                Err(ConnectFailure::Refused(zk::Error::AuthFailed)) => {
+                    error!("ZooKeeper authentication failed; building a new session");
+                    return None;
+                }
+                Err(e) => debug!(error = %e, "re-attach attempt failed"),
+            }
+            let wait = reattach_delay(lost_at.elapsed());
+            let wait = (wait / 2 + jitter(wait / 2))
+                .min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// A re-attaching client connected: make it the session's, have its
+    /// server catch up with the leader (a re-attached client cannot tell
+    /// the server the last zxid it saw, so nothing else stops a lagging
+    /// follower from answering the resync with older data than the cache
+    /// holds), and add the root watch for the next `follow`.
+    async fn attached(&self, client: zk::Client, host: ClientHost) -> Option<()> {
+        let mut state = client.state_watcher();
+        if !self.install(client.clone(), host) {
+            return None;
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.config.op_timeout, client.sync(&self.config.root)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(root = %self.config.root, error = %e, "sync after re-attaching failed; resynchronising anyway")
+            }
+            Err(_) => {
+                warn!(root = %self.config.root, "sync after re-attaching timed out; resynchronising anyway")
+            }
+        }
+        self.set_state(ConnState::Connected);
+        let watcher = self.add_watch(&client, &mut state).await?;
+        *self
+            .initial_watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+        info!("re-attached the ZooKeeper session; re-adding watch and resynchronising");
+        Some(())
     }
 
     /// Add the persistent recursive watch on the root, retrying while the
@@ -564,8 +700,25 @@ impl ZkSession {
             },
         };
         let mut was_disconnected = false;
+        // While disconnected: when the client's own reconnecting is taken
+        // over, and when the connection was lost.
+        let mut takeover: Option<(tokio::time::Instant, Instant)> = None;
         loop {
+            let takeover_at = takeover.map(|(at, _)| at);
             tokio::select! {
+                _ = sleep_until_some(takeover_at) => {
+                    let lost_at = takeover.map_or_else(Instant::now, |(_, lost)| lost);
+                    takeover = None;
+                    if state.peek_state() != zk::SessionState::Disconnected {
+                        // It just reconnected (or ended): the state branch
+                        // takes it from here.
+                        continue;
+                    }
+                    return match self.reattach(client, lost_at).await {
+                        Some(()) => FollowEnd::Reattached,
+                        None => FollowEnd::Expired,
+                    };
+                }
                 event = watcher.changed() => {
                     let kind = match event.event_type {
                         zk::EventType::NodeCreated => NodeEventKind::Created,
@@ -590,10 +743,15 @@ impl ZkSession {
                     match new_state {
                         zk::SessionState::Disconnected => {
                             warn!("lost connection to ZooKeeper; serving cached data");
+                            if !was_disconnected {
+                                let now = Instant::now();
+                                takeover = Some((tokio::time::Instant::from_std(now) + TAKEOVER_AFTER, now));
+                            }
                             was_disconnected = true;
                             self.set_state(ConnState::Disconnected);
                         }
                         zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                            takeover = None;
                             self.set_state(ConnState::Connected);
                             if was_disconnected {
                                 was_disconnected = false;
@@ -629,6 +787,23 @@ impl ZkSession {
             }
         }
     }
+}
+
+/// How long a lost connection is left to the client's own reconnecting
+/// before [`ZkSession::reattach`] takes the session over. Long enough for
+/// the client's first, undelayed round of the servers and its second (a
+/// server restart or a lost connection to one server ends there); short
+/// against a leader election.
+pub const TAKEOVER_AFTER: Duration = Duration::from_millis(500);
+
+/// The longest wait between two re-attach attempts, `since_loss` after the
+/// connection was lost (each wait is half to all of it): 200 ms for the
+/// first 800 ms, then a quarter of the time since the loss, at most 2 s. A
+/// failover is over in about a second, and a mount should be back within a
+/// fraction of one after the ensemble is; a longer outage is met with
+/// fewer attempts, each costing the servers one refused connection.
+pub fn reattach_delay(since_loss: Duration) -> Duration {
+    (since_loss / 4).clamp(Duration::from_millis(200), Duration::from_secs(2))
 }
 
 /// The longest wait between two attempts to build a new session (each
@@ -687,7 +862,18 @@ pub fn jitter(max: Duration) -> Duration {
 
 enum FollowEnd {
     Expired,
+    /// The session was re-attached by a new client (already installed,
+    /// its root watch on): resynchronise.
+    Reattached,
     Closed,
+}
+
+/// Sleep until `at`; never, for `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next answer of a multi-read of `getData`s, as one node's answer.
