@@ -87,6 +87,8 @@ const OPTIONAL_KEYS: &[&str] = &[
     "opens",
     "held_versions",
     "held_bytes",
+    "connected_since",
+    "last_resync",
 ];
 
 /// Attributes whose values are plain counts (numbers in JSON).
@@ -102,6 +104,8 @@ const NUMERIC_KEYS: &[&str] = &[
     "snapshot_time",
     "held_versions",
     "held_bytes",
+    "connected_since",
+    "last_resync",
 ];
 
 /// `lookup=3 getattr=0 ...` as (operation, count) pairs.
@@ -170,6 +174,25 @@ fn prometheus(mountpoint: &Path, get: &dyn Fn(&str) -> Option<String>, age_ms: u
         "counter",
         "Reconnections to ZooKeeper within the same session.",
         plain("reconnects"),
+    );
+    let seconds = |key: &str| -> Vec<(String, String)> {
+        get(key)
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(|ms| vec![(String::new(), format!("{:.3}", ms as f64 / 1000.0))])
+            .unwrap_or_default()
+    };
+    metric(
+        "zkfs_connected_since_timestamp_seconds",
+        "gauge",
+        "When the session last became connected (Unix time).",
+        seconds("connected_since"),
+    );
+    metric(
+        "zkfs_last_resync_timestamp_seconds",
+        "gauge",
+        "When the last resync that compared every cached node ended (Unix time).",
+        seconds("last_resync"),
     );
     metric(
         "zkfs_cached_nodes",
@@ -298,6 +321,18 @@ pub fn status(mountpoint: &Path, format: StatusFormat) -> Result<bool, Failure> 
             println!("requests:     {} to ZooKeeper", get("requests"));
             if let (Some(r), Some(e)) = (lookup("reconnects"), lookup("session_expiries")) {
                 println!("reconnects:   {r} (session expiries: {e})");
+            }
+            let ago = |key: &str| {
+                lookup(key)
+                    .and_then(|t| t.parse::<u128>().ok())
+                    .filter(|t| *t > 0)
+                    .map(|t| now_ms().saturating_sub(t) as f64 / 1000.0)
+            };
+            if let Some(since) = ago("connected_since").filter(|_| connected) {
+                println!("connected:    for {since:.1} s");
+            }
+            if let Some(last) = ago("last_resync") {
+                println!("last resync:  {last:.1} s ago");
             }
             if let Some(r) = lookup("registrations") {
                 println!(

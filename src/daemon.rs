@@ -381,6 +381,15 @@ struct Lifecycle {
     reconnects: AtomicU64,
     /// Expired sessions replaced by a new one.
     session_expiries: AtomicU64,
+    /// When the last resync that compared every node ended, in ms since the
+    /// epoch (0: none yet).
+    last_resync_ms: AtomicU64,
+}
+
+/// `t` in ms since the epoch (0 before it).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 struct SessionStatus {
@@ -393,16 +402,14 @@ struct SessionStatus {
 impl MountStatus for SessionStatus {
     fn attributes(&self) -> Vec<(String, String)> {
         let s = self.session.status();
-        let last_contact_ms = s
-            .last_contact
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let last_contact_ms = unix_ms(s.last_contact);
+        let connected_since_ms = s.connected_since.map_or(0, unix_ms);
         vec![
             ("state".into(), s.state.as_str().into()),
             ("session_id".into(), format!("{:#x}", s.session_id)),
             ("server".into(), s.servers),
             ("last_contact".into(), last_contact_ms.to_string()),
+            ("connected_since".into(), connected_since_ms.to_string()),
             ("requests".into(), s.requests.to_string()),
             ("pid".into(), std::process::id().to_string()),
             ("kernel_requests".into(), self.kernel_requests.summary()),
@@ -416,6 +423,13 @@ impl MountStatus for SessionStatus {
             (
                 "resyncs".into(),
                 self.lifecycle.resyncs.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "last_resync".into(),
+                self.lifecycle
+                    .last_resync_ms
+                    .load(Ordering::Relaxed)
+                    .to_string(),
             ),
             (
                 "resync_pending".into(),
@@ -799,6 +813,9 @@ fn run_foreground(
                         }
                         if fs.store().resync_complete() {
                             lifecycle.resyncs.fetch_add(1, Ordering::Relaxed);
+                            lifecycle
+                                .last_resync_ms
+                                .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
                             // (Another asked for meanwhile keeps it pending.)
                             if due.is_none() {
                                 lifecycle.resync_pending.store(false, Ordering::Relaxed);

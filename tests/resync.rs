@@ -31,6 +31,14 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Now, in ms since the epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
 fn resyncs(m: &Path) -> u64 {
     xattr_string(m, "user.zkfs.resyncs")
         .parse()
@@ -244,12 +252,20 @@ fn a_long_cut_re_attaches_the_same_session_soon_after_the_restore() {
     other.set(&format!("{root}/config"), b"v2");
     // The outage itself: its length is what this test is about.
     std::thread::sleep(Duration::from_secs(4));
+    let restored = unix_ms();
     proxy.restore();
-    let restored = std::time::Instant::now();
     wait_until("reconnected", DEADLINE, || {
         xattr_string(m, "user.zkfs.state") == "connected"
     });
-    let back_after = restored.elapsed();
+    // When the daemon saw itself connected, against the test's own clock.
+    let since: u64 = xattr_string(m, "user.zkfs.connected_since")
+        .parse()
+        .expect("connected_since");
+    assert!(
+        since >= restored,
+        "connected at {since}, before the restore at {restored}"
+    );
+    let back_after = Duration::from_millis(since - restored);
     eprintln!("connected {back_after:?} after the restore");
     assert!(
         back_after < Duration::from_millis(1800),
@@ -259,6 +275,13 @@ fn a_long_cut_re_attaches_the_same_session_soon_after_the_restore() {
     wait_until("resynchronised", DEADLINE, || {
         resyncs(m) > done && xattr_string(m, "user.zkfs.resync_pending") == "0"
     });
+    let resynced: u64 = xattr_string(m, "user.zkfs.last_resync")
+        .parse()
+        .expect("last_resync");
+    assert!(
+        resynced >= since && resynced <= unix_ms(),
+        "last resync at {resynced}"
+    );
     assert_eq!(
         xattr_string(m, "user.zkfs.session_id"),
         session,

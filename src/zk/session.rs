@@ -105,6 +105,8 @@ struct Status {
     session_id: i64,
     /// When we last knew the server to be reachable (now, while connected).
     last_contact: SystemTime,
+    /// When the state last became `Connected` (`None` before the first time).
+    connected_since: Option<SystemTime>,
 }
 
 /// A point-in-time copy of the session's status.
@@ -113,6 +115,8 @@ pub struct StatusSnapshot {
     pub state: ConnState,
     pub session_id: i64,
     pub last_contact: SystemTime,
+    /// When the state last became `Connected` (`None` before the first time).
+    pub connected_since: Option<SystemTime>,
     pub requests: u64,
     pub servers: String,
 }
@@ -242,6 +246,7 @@ impl ZkSession {
                         state: ConnState::Disconnected,
                         session_id: 0,
                         last_contact,
+                        connected_since: None,
                     }),
                     connected: AtomicBool::new(false),
                     requests: AtomicU64::new(0),
@@ -263,6 +268,7 @@ impl ZkSession {
                 state: ConnState::Connected,
                 session_id,
                 last_contact: SystemTime::now(),
+                connected_since: Some(SystemTime::now()),
             }),
             connected: AtomicBool::new(true),
             requests: AtomicU64::new(0),
@@ -356,6 +362,9 @@ impl ZkSession {
         if status.state == ConnState::Connected && state != ConnState::Connected {
             status.last_contact = SystemTime::now();
         }
+        if status.state != ConnState::Connected && state == ConnState::Connected {
+            status.connected_since = Some(SystemTime::now());
+        }
         status.state = state;
         self.connected
             .store(state == ConnState::Connected, Ordering::SeqCst);
@@ -371,6 +380,7 @@ impl ZkSession {
             } else {
                 status.last_contact
             },
+            connected_since: status.connected_since,
             requests: self.requests.load(Ordering::Relaxed),
             servers: self.config.servers.clone(),
         }
