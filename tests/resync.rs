@@ -248,6 +248,8 @@ fn a_long_cut_re_attaches_the_same_session_soon_after_the_restore() {
     assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
     let session = xattr_string(m, "user.zkfs.session_id");
     let done = resyncs(m);
+    let before = requests(m);
+    let wire_before = proxy.requests();
     disconnect(&proxy, m);
     other.set(&format!("{root}/config"), b"v2");
     // The outage itself: its length is what this test is about.
@@ -282,6 +284,15 @@ fn a_long_cut_re_attaches_the_same_session_soon_after_the_restore() {
         resynced >= since && resynced <= unix_ms(),
         "last resync at {resynced}"
     );
+    // On the wire: the sync, the root watch and one multi-read; the new
+    // client has no watches of its own to resend (no SetWatches), so
+    // ZooKeeper receives as many requests as after the client's own
+    // reconnect (SetWatches, AddWatch, multi-read).
+    let mut wire = proxy.requests_since(&wire_before);
+    wire.remove(&op::PING);
+    let expected = BTreeMap::from([(op::SYNC, 1), (op::MULTI_READ, 1), (op::ADD_WATCH, 1)]);
+    assert_eq!(wire, expected, "requests of the re-attach, by op code");
+    assert_eq!(requests(m) - before, 3, "the mount's own count of it");
     assert_eq!(
         xattr_string(m, "user.zkfs.session_id"),
         session,

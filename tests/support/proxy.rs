@@ -42,6 +42,7 @@ type Requests = Arc<Mutex<BTreeMap<i32, u64>>>;
 
 /// ZooKeeper op codes the tests name (`ZooDefs.OpCode`).
 pub mod op {
+    pub const SYNC: i32 = 9;
     pub const PING: i32 = 11;
     pub const REMOVE_WATCHES: i32 = 18;
     pub const MULTI_READ: i32 = 22;
