@@ -352,6 +352,10 @@ enum Step {
     Done(Result<Vec<crate::zk::Change>, tokio::task::JoinError>),
 }
 
+/// The longest a resync waits, after its reads, for the kernel to take the
+/// invalidations of what it found (see the resync task).
+const INVALIDATIONS_WAIT: Duration = Duration::from_secs(1);
+
 /// First wait before repeating a resync that could not read everything
 /// while connected; doubled up to [`RESYNC_RETRY_MAX`].
 const RESYNC_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -795,7 +799,20 @@ fn run_foreground(
                     Step::Due => {
                         due = None;
                         let fs = fs.clone();
-                        running = Some(tokio::spawn(async move { fs.resync().await }));
+                        // Ended once what it found is visible: until the
+                        // kernel has its invalidations, a read may still
+                        // find the page or dentry they drop (bounded: a
+                        // notification can wait on the kernel's locks).
+                        running = Some(tokio::spawn(async move {
+                            let changes = fs.resync().await;
+                            if tokio::time::timeout(INVALIDATIONS_WAIT, fs.invalidations_delivered())
+                                .await
+                                .is_err()
+                            {
+                                debug!("resync: the kernel had not taken its invalidations after {INVALIDATIONS_WAIT:?}");
+                            }
+                            changes
+                        }));
                     }
                     Step::Done(done) => {
                         running = None;

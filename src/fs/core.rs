@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -107,6 +109,12 @@ pub enum Invalidation {
 
 pub trait Invalidator: Send + Sync + 'static {
     fn invalidate(&self, invalidation: Invalidation);
+
+    /// Resolves once every invalidation queued before the call has been
+    /// handed to the kernel (at once for an invalidator that does not queue).
+    fn delivered(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Listed children's ACLs are loaded in batches of this many.
@@ -1595,6 +1603,12 @@ impl<B: ZkBackend> ZkFs<B> {
 
     /// Compare the cache with the server after events may have been lost;
     /// returns what changed.
+    /// Resolves once every kernel invalidation queued so far has been
+    /// handed to the kernel: after it, no read finds what they dropped.
+    pub async fn invalidations_delivered(&self) {
+        self.invalidator.delivered().await
+    }
+
     pub async fn resync(&self) -> Vec<Change> {
         // What the resync found is as old as its answers; an event applied
         // since (a node created again after its read found it gone, a child

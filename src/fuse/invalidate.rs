@@ -16,9 +16,11 @@
 //! it held for it).
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::pin::Pin;
 use std::sync::mpsc;
 
 use fuser::{INodeNo, Notifier};
@@ -26,17 +28,33 @@ use tracing::debug;
 
 use crate::fs::{Invalidation, Invalidator};
 
+/// What the core's end queues for the thread.
+pub enum Queued {
+    Invalidation(Invalidation),
+    /// Answered when every invalidation queued before it has been sent.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The core's end: queues and never blocks.
-pub struct QueuedInvalidator(mpsc::Sender<Invalidation>);
+pub struct QueuedInvalidator(mpsc::Sender<Queued>);
 
 impl Invalidator for QueuedInvalidator {
     fn invalidate(&self, invalidation: Invalidation) {
         // The receiver is gone only when the mount is shutting down.
-        let _ = self.0.send(invalidation);
+        let _ = self.0.send(Queued::Invalidation(invalidation));
+    }
+
+    fn delivered(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.0.send(Queued::Barrier(tx));
+        // An error: the thread is gone (shutting down), nothing to wait for.
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }
 
-pub fn channel() -> (QueuedInvalidator, mpsc::Receiver<Invalidation>) {
+pub fn channel() -> (QueuedInvalidator, mpsc::Receiver<Queued>) {
     let (tx, rx) = mpsc::channel();
     (QueuedInvalidator(tx), rx)
 }
@@ -82,7 +100,7 @@ fn expire_entry(device: &OwnedFd, parent: u64, name: &OsStr) -> std::io::Result<
 /// Send queued invalidations to the kernel until the channel closes.
 /// `device` is a duplicate of the session's /dev/fuse descriptor.
 pub fn spawn_sender(
-    rx: mpsc::Receiver<Invalidation>,
+    rx: mpsc::Receiver<Queued>,
     notifier: Notifier,
     device: Option<OwnedFd>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -90,7 +108,14 @@ pub fn spawn_sender(
         .name("zkfs-invalidate".into())
         .spawn(move || {
             let mut expire = device;
-            for invalidation in rx {
+            for queued in rx {
+                let invalidation = match queued {
+                    Queued::Invalidation(invalidation) => invalidation,
+                    Queued::Barrier(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
                 let result = match &invalidation {
                     Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
                     // ENOENT: the kernel no longer has the inode.
