@@ -345,3 +345,47 @@ fn after_a_resync_ends_no_read_finds_what_it_changed() {
         stale.first().copied().unwrap_or(0)
     );
 }
+
+/// A re-attached client whose server does not answer its `sync` is not
+/// used: the mount stays disconnected (serving its cache) and tries again,
+/// instead of declaring itself connected and reading from a server that
+/// may be behind what it has cached. Here every `sync` is held back on the
+/// wire for 2.5 s (past `--op-timeout` 1 s, twice); once they go through,
+/// the mount is connected on the same session.
+#[test]
+fn a_re_attach_whose_sync_gets_no_answer_is_not_used() {
+    let zk = shared_zk();
+    let root = unique_root("resync-sync");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"v1");
+    let (proxy, mount) = proxied_mount(&zk, &root, "1s");
+    let m = mount.path();
+    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
+    let session = xattr_string(m, "user.zkfs.session_id");
+    disconnect(&proxy, m);
+    // Past the takeover (0.5 s): the next connection is a re-attach.
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.hold_from(op::SYNC);
+    proxy.restore();
+    wait_until("a re-attach's sync is held", DEADLINE, || proxy.holding());
+    let held = std::time::Instant::now();
+    while held.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(
+            xattr_string(m, "user.zkfs.state"),
+            "disconnected",
+            "connected while its sync had no answer ({:?} into the hold)",
+            held.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.release();
+    wait_until("connected once the sync goes through", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "connected"
+    });
+    assert_eq!(xattr_string(m, "user.zkfs.session_id"), session);
+    other.set(&format!("{root}/config"), b"v2");
+    wait_until("the watch delivers", DEADLINE, || {
+        fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v2")
+    });
+}

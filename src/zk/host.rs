@@ -82,13 +82,20 @@ pub async fn connect(
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (result_tx, result_rx) = oneshot::channel::<Result<zk::Client, zk::Error>>();
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ConnectFailure::Host(e.to_string()))?;
+    // The runtime is built, and dropped, on its own thread: a runtime
+    // dropped on a tokio worker (the closure, when the thread cannot be
+    // started) would panic.
     std::thread::Builder::new()
         .name("zk-client".into())
         .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                // Dropping the sender tells the caller.
+                Err(_) => return,
+            };
             let mut stop_rx = stop_rx;
             // A client nobody received (the caller gave up) is kept until
             // the runtime, and so its task, is gone: dropped earlier it
@@ -117,7 +124,7 @@ pub async fn connect(
     let failure = match answer {
         Ok(Ok(Ok(client))) => return Ok((client, host)),
         Ok(Ok(Err(e))) => ConnectFailure::Refused(e),
-        Ok(Err(_)) => ConnectFailure::Host("the client's thread ended".into()),
+        Ok(Err(_)) => ConnectFailure::Host("the client's thread ended without connecting".into()),
         Err(_) => ConnectFailure::TimedOut,
     };
     // A client that connected just as the limit passed may be in the

@@ -498,12 +498,19 @@ impl ZkSession {
     /// replaces is dropped, which stops its thread. False (and both
     /// dropped) when the mount was closed meanwhile.
     fn install(&self, fresh: zk::Client, host: ClientHost) -> bool {
-        if *self.shutdown.borrow() {
-            drop(fresh);
-            drop(host);
-            return false;
+        {
+            // Checked under the lock `close` takes the client with (after
+            // setting `shutdown`): a client installed here is one `close`
+            // then finds and closes.
+            let mut client = self.client.write().unwrap_or_else(|e| e.into_inner());
+            if *self.shutdown.borrow() {
+                drop(client);
+                drop(fresh);
+                drop(host);
+                return false;
+            }
+            *client = Some(fresh);
         }
-        *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
         let old = self
             .host
             .lock()
@@ -578,8 +585,10 @@ impl ZkSession {
     /// client's task is stopped without closing the session (`host.rs`),
     /// then the session is re-attached by new clients, each attempt one
     /// round of the servers, [`reattach_delay`] apart, until one connects
-    /// or the deadline the client itself would have kept passes (7/5 of the
-    /// negotiated timeout after the connection was lost). `Some` once the
+    /// or a deadline like the client's own passes (7/5 of the negotiated
+    /// timeout after the loss was seen: for a connection that went silent,
+    /// up to 2/5 of the timeout later than the client's, which counts from
+    /// the last answer). `Some` once the
     /// new client is installed with its root watch on; `None` when the
     /// session is gone (the server says expired, or the deadline passed).
     async fn reattach(&self, old: &zk::Client, lost_at: Instant) -> Option<()> {
@@ -609,7 +618,29 @@ impl ZkSession {
             )
             .await;
             match attempt {
-                Ok((client, host)) => return self.attached(client, host).await,
+                Ok((client, host)) => match self.prepare(&client).await {
+                    Ok(watcher) => {
+                        if !self.install(client, host) {
+                            return None;
+                        }
+                        *self
+                            .initial_watcher
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+                        self.set_state(ConnState::Connected);
+                        info!(
+                            "re-attached the ZooKeeper session; re-adding watch and resynchronising"
+                        );
+                        return Some(());
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "re-attached client not ready; trying again");
+                        // The task first: the client dropped while it
+                        // runs would close the session.
+                        host.stop().await;
+                        drop(client);
+                    }
+                },
                 Err(ConnectFailure::Refused(zk::Error::SessionExpired)) => {
                     warn!(session = %format!("{id:#x}"), "ZooKeeper says the session expired; building a new one");
                     return None;
@@ -627,34 +658,28 @@ impl ZkSession {
         }
     }
 
-    /// A re-attaching client connected: make it the session's, have its
-    /// server catch up with the leader (a re-attached client cannot tell
+    /// Ready a re-attached client before anything else uses it: its server
+    /// catches up with the leader (`sync`: a re-attached client cannot tell
     /// the server the last zxid it saw, so nothing else stops a lagging
-    /// follower from answering the resync with older data than the cache
-    /// holds), and add the root watch for the next `follow`.
-    async fn attached(&self, client: zk::Client, host: ClientHost) -> Option<()> {
-        let mut state = client.state_watcher();
-        if !self.install(client.clone(), host) {
-            return None;
+    /// follower from answering reads with older data than the cache holds;
+    /// zookeeper-client's documentation advises the same), then the root
+    /// watch goes on. One attempt of each, bounded by `--op-timeout`; a
+    /// failure (the new connection lost already, say) fails the attempt.
+    async fn prepare(&self, client: &zk::Client) -> Result<zk::PersistentWatcher, String> {
+        let root = &self.config.root;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.config.op_timeout, client.sync(root)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("sync of {root} failed: {e}")),
+            Err(_) => return Err(format!("sync of {root} timed out")),
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.config.op_timeout, client.sync(&self.config.root)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                warn!(root = %self.config.root, error = %e, "sync after re-attaching failed; resynchronising anyway")
-            }
-            Err(_) => {
-                warn!(root = %self.config.root, "sync after re-attaching timed out; resynchronising anyway")
-            }
+        let watch = client.watch(root, zk::AddWatchMode::PersistentRecursive);
+        match tokio::time::timeout(self.config.op_timeout, watch).await {
+            Ok(Ok(watcher)) => Ok(watcher),
+            Ok(Err(e)) => Err(format!("cannot watch {root}: {e}")),
+            Err(_) => Err(format!("watching {root} timed out")),
         }
-        self.set_state(ConnState::Connected);
-        let watcher = self.add_watch(&client, &mut state).await?;
-        *self
-            .initial_watcher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(watcher);
-        info!("re-attached the ZooKeeper session; re-adding watch and resynchronising");
-        Some(())
     }
 
     /// Add the persistent recursive watch on the root, retrying while the
