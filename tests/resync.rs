@@ -62,6 +62,24 @@ fn proxied_mount(zk: &str, root: &str, op_timeout: &str) -> (Proxy, Mount) {
     (proxy, mount)
 }
 
+/// A proxied read-only mount (`--op-timeout 1s`) of a new root holding
+/// `config` = "v1", read once: (other client, root, proxy, mount, the
+/// mount's session id).
+fn config_mount(tag: &str) -> (Other, String, Proxy, Mount, String) {
+    let zk = shared_zk();
+    let root = unique_root(tag);
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"v1");
+    let (proxy, mount) = proxied_mount(&zk, &root, "1s");
+    assert_eq!(
+        fs::read_to_string(mount.path().join("config")).expect("cat"),
+        "v1"
+    );
+    let session = xattr_string(mount.path(), "user.zkfs.session_id");
+    (other, root, proxy, mount, session)
+}
+
 /// Cut the connection and wait until the mount noticed.
 fn disconnect(proxy: &Proxy, m: &Path) {
     proxy.cut();
@@ -238,15 +256,8 @@ fn events_are_applied_while_a_resync_reads() {
 /// follows later changes.
 #[test]
 fn a_long_cut_re_attaches_the_same_session_soon_after_the_restore() {
-    let zk = shared_zk();
-    let root = unique_root("resync-reattach");
-    let other = Other::connect(&zk);
-    other.ensure(&root);
-    other.create(&format!("{root}/config"), b"v1");
-    let (proxy, mount) = proxied_mount(&zk, &root, "1s");
+    let (other, root, proxy, mount, session) = config_mount("resync-reattach");
     let m = mount.path();
-    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
-    let session = xattr_string(m, "user.zkfs.session_id");
     let done = resyncs(m);
     let before = requests(m);
     let wire_before = proxy.requests();
@@ -354,15 +365,8 @@ fn after_a_resync_ends_no_read_finds_what_it_changed() {
 /// the mount is connected on the same session.
 #[test]
 fn a_re_attach_whose_sync_gets_no_answer_is_not_used() {
-    let zk = shared_zk();
-    let root = unique_root("resync-sync");
-    let other = Other::connect(&zk);
-    other.ensure(&root);
-    other.create(&format!("{root}/config"), b"v1");
-    let (proxy, mount) = proxied_mount(&zk, &root, "1s");
+    let (other, root, proxy, mount, session) = config_mount("resync-sync");
     let m = mount.path();
-    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
-    let session = xattr_string(m, "user.zkfs.session_id");
     disconnect(&proxy, m);
     // Past the takeover (0.5 s): the next connection is a re-attach.
     std::thread::sleep(Duration::from_secs(1));
