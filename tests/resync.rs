@@ -393,3 +393,49 @@ fn a_re_attach_whose_sync_gets_no_answer_is_not_used() {
         fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v2")
     });
 }
+
+/// A connection lost again while the root watch is being added back after
+/// the client's own reconnect is taken over like any other loss: the
+/// mount says `disconnected` (not `connected` with no watch) and is back on
+/// the same session soon after the server is reachable again. Here the
+/// re-added watch's `AddWatch` is held on the wire and the connection cut
+/// under it for 4 s.
+#[test]
+fn a_loss_while_the_watch_is_added_back_is_taken_over_too() {
+    let (other, root, proxy, mount, session) = config_mount("resync-rewatch");
+    let m = mount.path();
+    disconnect(&proxy, m);
+    proxy.hold_from(op::ADD_WATCH);
+    proxy.restore();
+    wait_until("the re-added watch's AddWatch is held", DEADLINE, || {
+        proxy.holding()
+    });
+    proxy.cut();
+    proxy.release();
+    wait_until("the mount notices the second loss", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "disconnected"
+    });
+    other.set(&format!("{root}/config"), b"v2");
+    // The second outage: its length is what this test is about.
+    std::thread::sleep(Duration::from_secs(4));
+    let restored = unix_ms();
+    proxy.restore();
+    wait_until("reconnected", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "connected"
+    });
+    let since: u64 = xattr_string(m, "user.zkfs.connected_since")
+        .parse()
+        .expect("connected_since");
+    assert!(
+        since >= restored && since - restored < 1800,
+        "connected at {since}, the restore at {restored}"
+    );
+    assert_eq!(xattr_string(m, "user.zkfs.session_id"), session);
+    wait_until("the gap's change is seen", DEADLINE, || {
+        fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v2")
+    });
+    other.set(&format!("{root}/config"), b"v3");
+    wait_until("the watch delivers", DEADLINE, || {
+        fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v3")
+    });
+}

@@ -799,11 +799,35 @@ impl ZkSession {
                                 // dropped after, the new one remains and nothing is
                                 // sent. Events of the old one not yet taken are
                                 // covered by the resync that follows.
+                                //
+                                // One attempt first: lost again under it, the
+                                // loss is taken as any other (state, takeover)
+                                // and the next reconnect adds the watch; a
+                                // retrying loop here would leave the state
+                                // `connected` and wait out the client's backoff.
                                 let old = watcher;
-                                match self.add_watch(client, &mut state).await {
-                                    Some(w) => watcher = w,
-                                    None => return FollowEnd::Expired,
-                                }
+                                self.requests.fetch_add(1, Ordering::Relaxed);
+                                let attempt = tokio::time::timeout(
+                                    self.config.op_timeout,
+                                    client.watch(&self.config.root, zk::AddWatchMode::PersistentRecursive),
+                                )
+                                .await;
+                                watcher = match attempt {
+                                    Ok(Ok(w)) => w,
+                                    _ if state.peek_state() == zk::SessionState::Disconnected => {
+                                        warn!("lost connection to ZooKeeper again while adding the watch; serving cached data");
+                                        watcher = old;
+                                        was_disconnected = true;
+                                        let now = Instant::now();
+                                        takeover = Some((tokio::time::Instant::from_std(now) + TAKEOVER_AFTER, now));
+                                        self.set_state(ConnState::Disconnected);
+                                        continue;
+                                    }
+                                    _ => match self.add_watch(client, &mut state).await {
+                                        Some(w) => w,
+                                        None => return FollowEnd::Expired,
+                                    },
+                                };
                                 drop(old);
                                 let _ = events.send(SessionEvent::Resync);
                             }
