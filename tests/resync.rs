@@ -80,6 +80,27 @@ fn config_mount(tag: &str) -> (Other, String, Proxy, Mount, String) {
     (other, root, proxy, mount, session)
 }
 
+/// Keep the cut for 4 s (the outage's length is what the re-attach tests
+/// are about), restore it and wait until the mount is connected: when it
+/// says it connected (ms since the epoch, its own clock), and how long
+/// after the restore that was (against the test's clock).
+fn four_seconds_then_restore(proxy: &Proxy, m: &Path) -> (u64, Duration) {
+    std::thread::sleep(Duration::from_secs(4));
+    let restored = unix_ms();
+    proxy.restore();
+    wait_until("reconnected", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "connected"
+    });
+    let since: u64 = xattr_string(m, "user.zkfs.connected_since")
+        .parse()
+        .expect("connected_since");
+    assert!(
+        since >= restored,
+        "connected at {since}, before the restore at {restored}"
+    );
+    (since, Duration::from_millis(since - restored))
+}
+
 /// Cut the connection and wait until the mount noticed.
 fn disconnect(proxy: &Proxy, m: &Path) {
     proxy.cut();
@@ -263,22 +284,7 @@ fn a_long_cut_re_attaches_the_same_session_soon_after_the_restore() {
     let wire_before = proxy.requests();
     disconnect(&proxy, m);
     other.set(&format!("{root}/config"), b"v2");
-    // The outage itself: its length is what this test is about.
-    std::thread::sleep(Duration::from_secs(4));
-    let restored = unix_ms();
-    proxy.restore();
-    wait_until("reconnected", DEADLINE, || {
-        xattr_string(m, "user.zkfs.state") == "connected"
-    });
-    // When the daemon saw itself connected, against the test's own clock.
-    let since: u64 = xattr_string(m, "user.zkfs.connected_since")
-        .parse()
-        .expect("connected_since");
-    assert!(
-        since >= restored,
-        "connected at {since}, before the restore at {restored}"
-    );
-    let back_after = Duration::from_millis(since - restored);
+    let (since, back_after) = four_seconds_then_restore(&proxy, m);
     eprintln!("connected {back_after:?} after the restore");
     assert!(
         back_after < Duration::from_millis(1800),
@@ -416,19 +422,10 @@ fn a_loss_while_the_watch_is_added_back_is_taken_over_too() {
         xattr_string(m, "user.zkfs.state") == "disconnected"
     });
     other.set(&format!("{root}/config"), b"v2");
-    // The second outage: its length is what this test is about.
-    std::thread::sleep(Duration::from_secs(4));
-    let restored = unix_ms();
-    proxy.restore();
-    wait_until("reconnected", DEADLINE, || {
-        xattr_string(m, "user.zkfs.state") == "connected"
-    });
-    let since: u64 = xattr_string(m, "user.zkfs.connected_since")
-        .parse()
-        .expect("connected_since");
+    let (_, back_after) = four_seconds_then_restore(&proxy, m);
     assert!(
-        since >= restored && since - restored < 1800,
-        "connected at {since}, the restore at {restored}"
+        back_after < Duration::from_millis(1800),
+        "connected {back_after:?} after the restore"
     );
     assert_eq!(xattr_string(m, "user.zkfs.session_id"), session);
     wait_until("the gap's change is seen", DEADLINE, || {
