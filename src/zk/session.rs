@@ -298,23 +298,17 @@ impl ZkSession {
         let client = session
             .client()
             .ok_or("ZooKeeper client closed during start")?;
-        session.requests.fetch_add(1, Ordering::Relaxed);
-        let watch = tokio::time::timeout(
-            session.config.op_timeout,
-            client.watch(&session.config.root, zk::AddWatchMode::PersistentRecursive),
-        )
-        .await;
-        let watcher = match watch {
-            Ok(Ok(watcher)) => watcher,
-            Ok(Err(zk::Error::Unimplemented)) => {
+        let watcher = match session.watch_once(&client).await {
+            Ok(watcher) => watcher,
+            Err(Some(zk::Error::Unimplemented)) => {
                 return Err(format!(
                     "ZooKeeper at {} does not support persistent recursive watches \
                      (server older than 3.6); zkfs needs 3.6 or newer",
                     session.config.servers
                 ));
             }
-            Ok(Err(e)) => return Err(format!("cannot watch root {}: {e}", session.config.root)),
-            Err(_) => return Err(format!("watching root {} timed out", session.config.root)),
+            Err(Some(e)) => return Err(format!("cannot watch root {}: {e}", session.config.root)),
+            Err(None) => return Err(format!("watching root {} timed out", session.config.root)),
         };
         *session
             .initial_watcher
@@ -673,12 +667,24 @@ impl ZkSession {
             Ok(Err(e)) => return Err(format!("sync of {root} failed: {e}")),
             Err(_) => return Err(format!("sync of {root} timed out")),
         }
+        match self.watch_once(client).await {
+            Ok(watcher) => Ok(watcher),
+            Err(Some(e)) => Err(format!("cannot watch {root}: {e}")),
+            Err(None) => Err(format!("watching {root} timed out")),
+        }
+    }
+
+    /// One attempt to add the persistent recursive watch on the root,
+    /// counted and bounded by `--op-timeout` (`Err(None)`: no answer).
+    async fn watch_once(
+        &self,
+        client: &zk::Client,
+    ) -> Result<zk::PersistentWatcher, Option<zk::Error>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let watch = client.watch(root, zk::AddWatchMode::PersistentRecursive);
+        let watch = client.watch(&self.config.root, zk::AddWatchMode::PersistentRecursive);
         match tokio::time::timeout(self.config.op_timeout, watch).await {
-            Ok(Ok(watcher)) => Ok(watcher),
-            Ok(Err(e)) => Err(format!("cannot watch {root}: {e}")),
-            Err(_) => Err(format!("watching {root} timed out")),
+            Ok(result) => result.map_err(Some),
+            Err(_) => Err(None),
         }
     }
 
@@ -690,24 +696,20 @@ impl ZkSession {
         state: &mut zk::StateWatcher,
     ) -> Option<zk::PersistentWatcher> {
         loop {
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let attempt = tokio::time::timeout(
-                self.config.op_timeout,
-                client.watch(&self.config.root, zk::AddWatchMode::PersistentRecursive),
-            )
-            .await;
-            match attempt {
-                Ok(Ok(watcher)) => return Some(watcher),
-                Ok(Err(zk::Error::Unimplemented)) => {
+            match self.watch_once(client).await {
+                Ok(watcher) => return Some(watcher),
+                Err(Some(zk::Error::Unimplemented)) => {
                     error!(
                         "ZooKeeper server does not support persistent recursive watches \
                          (needs 3.6 or newer); the cache cannot be kept coherent"
                     );
                 }
-                Ok(Err(e)) => {
+                Err(Some(e)) => {
                     warn!(root = %self.config.root, error = %e, "cannot add root watch; retrying")
                 }
-                Err(_) => warn!(root = %self.config.root, "adding root watch timed out; retrying"),
+                Err(None) => {
+                    warn!(root = %self.config.root, "adding root watch timed out; retrying")
+                }
             }
             if state.peek_state().is_terminated() {
                 return None;
@@ -806,14 +808,8 @@ impl ZkSession {
                                 // retrying loop here would leave the state
                                 // `connected` and wait out the client's backoff.
                                 let old = watcher;
-                                self.requests.fetch_add(1, Ordering::Relaxed);
-                                let attempt = tokio::time::timeout(
-                                    self.config.op_timeout,
-                                    client.watch(&self.config.root, zk::AddWatchMode::PersistentRecursive),
-                                )
-                                .await;
-                                watcher = match attempt {
-                                    Ok(Ok(w)) => w,
+                                watcher = match self.watch_once(client).await {
+                                    Ok(w) => w,
                                     _ if state.peek_state() == zk::SessionState::Disconnected => {
                                         warn!("lost connection to ZooKeeper again while adding the watch; serving cached data");
                                         watcher = old;
