@@ -100,6 +100,34 @@ fn cp_of_900_kib_is_one_version_and_readers_never_see_a_mix() {
     assert_eq!(fs::read(mount.path().join("blob")).expect("read back"), new);
 }
 
+/// A failed send is told to every later `fsync` of the handle, not only to
+/// the close that met it: here that close is a child process's (it
+/// inherited the descriptor and closed it at exec, which nobody reads, as
+/// with any `fork`+`exec` while a file is open), and the owner's `fsync`
+/// must still fail instead of saying the content is in ZooKeeper.
+#[test]
+fn an_fsync_after_a_failure_another_descriptor_met_still_fails() {
+    let (other, root, mount) = mounted("fsync-after", &[]);
+    other.create(&format!("{root}/cfg"), b"original");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(mount.path().join("cfg"))
+        .expect("open");
+    f.write_all(b"ours").expect("buffered write");
+    other.set(&format!("{root}/cfg"), b"theirs");
+    // The child's copy of the descriptor is closed at its exec: the kernel
+    // sends a flush, whose send fails (the version moved).
+    let status = std::process::Command::new("true")
+        .status()
+        .expect("run true");
+    assert!(status.success());
+    assert_eq!(errno_of(f.sync_all()), Some(libc::ESTALE));
+    assert_eq!(errno_of(f.sync_all()), Some(libc::ESTALE), "and again");
+    drop(f);
+    assert_eq!(get(&other, &format!("{root}/cfg")).0, b"theirs");
+}
+
 #[test]
 fn concurrent_change_makes_close_fail_with_estale() {
     let (other, root, mount) = mounted("conflict", &[]);

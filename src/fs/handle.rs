@@ -104,6 +104,11 @@ pub struct Writer {
     /// starts it empty), in the order of every handle's changes: of several
     /// handles of one file with unsent content, `stat` shows the latest.
     pub(super) changed: u64,
+    /// Why the last send failed (state `Failed`): told again to every
+    /// later `fsync` and close of this handle until new content, since the
+    /// one that saw it may have been another descriptor's (a child's
+    /// close-on-exec of an inherited one, say).
+    pub(super) failure: Option<super::error::FsError>,
 }
 
 impl Writer {
@@ -125,6 +130,7 @@ impl Writer {
             closed_unsent: false,
             append: mode.append,
             changed: if mode.truncate { next_change() } else { 0 },
+            failure: None,
         }
     }
 
@@ -137,6 +143,7 @@ impl Writer {
             closed_unsent: false,
             append: mode.append,
             changed: next_change(),
+            failure: None,
         }
     }
 
@@ -162,5 +169,6 @@ impl Writer {
         }
         self.written = true;
         self.changed = next_change();
+        self.failure = None;
     }
 }

@@ -1008,7 +1008,9 @@ async fn a_close_that_failed_while_disconnected_is_never_sent_later() {
             .expect_err("no connection within the wait");
     assert_eq!(err.errno(), libc::ETIMEDOUT, "{err}");
     h.zk.set_connected(true);
-    h.fs.fsync(fh).await.expect("nothing left to send");
+    // Nothing is sent again, and an fsync does not say it was sent.
+    let again = h.fs.fsync(fh).await.expect_err("the failure is told again");
+    assert_eq!(again.errno(), libc::ETIMEDOUT, "{again}");
     h.fs.release(fh).await.expect("release");
     assert_eq!(
         h.zk.writes_received(),

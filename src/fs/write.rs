@@ -282,18 +282,25 @@ impl<B: ZkBackend> ZkFs<B> {
     /// `close`/`fsync`: send the handle's content if it changed (one
     /// `setData` with the version seen at open, or one `create`).
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        self.send_handle(fh, false, true).await
+        self.send_handle(fh, false, true, true).await
     }
 
     /// `fsync`: send now, written or not.
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        self.send_handle(fh, true, false).await
+        self.send_handle(fh, true, false, true).await
     }
 
     /// Send a handle's content if it is Dirty (and written, or `force`).
     /// `closing`: this is a `close` (a flush), which may leave a pure
-    /// truncation for the release to send.
-    async fn send_handle(&self, fh: u64, force: bool, closing: bool) -> Result<(), FsError> {
+    /// truncation for the release to send. `retell`: a failed send is told
+    /// again (fsync, close) rather than answered with success.
+    async fn send_handle(
+        &self,
+        fh: u64,
+        force: bool,
+        closing: bool,
+        retell: bool,
+    ) -> Result<(), FsError> {
         let (ino, path, writer, pid) = {
             let files = lock(&self.files);
             let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
@@ -319,7 +326,15 @@ impl<B: ZkBackend> ZkFs<B> {
                 self.after_failed_write(ino, &path);
                 return Err(FsError::TooBig(path, size, self.config.max_data));
             }
-            WriteState::Clean | WriteState::Failed => return Ok(()),
+            WriteState::Clean => return Ok(()),
+            // The content never reached ZooKeeper: no later fsync or close
+            // of this handle may say it did.
+            WriteState::Failed => {
+                return match &w.failure {
+                    Some(e) if retell => Err(e.clone()),
+                    _ => Ok(()),
+                };
+            }
             WriteState::Dirty => {}
         }
         if !(force || w.written) {
@@ -348,7 +363,10 @@ impl<B: ZkBackend> ZkFs<B> {
                     lock(&self.reads).put((pid, Arc::from(path.as_str())), (version, czxid));
                 }
             }
-            Err(_) => self.after_failed_write(ino, &path),
+            Err(e) => {
+                w.failure = Some(e.clone());
+                self.after_failed_write(ino, &path);
+            }
         }
         result
     }
@@ -541,7 +559,9 @@ impl<B: ZkBackend> ZkFs<B> {
 
     /// Last close of a handle: send what was not sent yet, then forget it.
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
-        let result = self.send_handle(fh, true, false).await;
+        // Its answer reaches no one (the kernel drops it): a failure told
+        // before is not told again here.
+        let result = self.send_handle(fh, true, false, false).await;
         if let Some(file) = lock(&self.files).remove(&fh) {
             file.released.notify_waiters();
         }
