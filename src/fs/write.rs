@@ -31,6 +31,22 @@ use crate::zk::NodeView;
 use crate::zk::path;
 use crate::zk::{CreateMode, WriteOp, WriteResult, ZkBackend, ZkError};
 
+/// What a send of a handle's content is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SendFor {
+    /// A `close` (FLUSH): sends only content written since the last send,
+    /// so a pure truncation (`> file` with nothing written, closed once per
+    /// descriptor) is left for the release; a failure told before is told
+    /// again.
+    Close,
+    /// `fsync`: sends whatever is unsent, written or not; a failure told
+    /// before is told again (the content is not in ZooKeeper).
+    Fsync,
+    /// The last close (RELEASE): sends what is left; its answer reaches no
+    /// one (the kernel drops it), so an earlier failure is not repeated.
+    Release,
+}
+
 /// Flags of `rename(2)` the core understands.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RenameFlags {
@@ -282,25 +298,22 @@ impl<B: ZkBackend> ZkFs<B> {
     /// `close`/`fsync`: send the handle's content if it changed (one
     /// `setData` with the version seen at open, or one `create`).
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        self.send_handle(fh, false, true, true).await
+        self.send_handle(fh, SendFor::Close).await
     }
 
     /// `fsync`: send now, written or not.
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        self.send_handle(fh, true, false, true).await
+        self.send_handle(fh, SendFor::Fsync).await
     }
 
-    /// Send a handle's content if it is Dirty (and written, or `force`).
-    /// `closing`: this is a `close` (a flush), which may leave a pure
-    /// truncation for the release to send. `retell`: a failed send is told
-    /// again (fsync, close) rather than answered with success.
-    async fn send_handle(
-        &self,
-        fh: u64,
-        force: bool,
-        closing: bool,
-        retell: bool,
-    ) -> Result<(), FsError> {
+    /// Send a handle's content if it is Dirty (and, for a close, written:
+    /// see [`SendFor`]).
+    async fn send_handle(&self, fh: u64, why: SendFor) -> Result<(), FsError> {
+        let (force, closing, retell) = match why {
+            SendFor::Close => (false, true, true),
+            SendFor::Fsync => (true, false, true),
+            SendFor::Release => (true, false, false),
+        };
         let (ino, path, writer, pid) = {
             let files = lock(&self.files);
             let file = files.get(&fh).ok_or(FsError::BadFileHandle)?;
@@ -561,7 +574,7 @@ impl<B: ZkBackend> ZkFs<B> {
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
         // Its answer reaches no one (the kernel drops it): a failure told
         // before is not told again here.
-        let result = self.send_handle(fh, true, false, false).await;
+        let result = self.send_handle(fh, SendFor::Release).await;
         if let Some(file) = lock(&self.files).remove(&fh) {
             file.released.notify_waiters();
         }
