@@ -436,3 +436,62 @@ fn a_loss_while_the_watch_is_added_back_is_taken_over_too() {
         fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v3")
     });
 }
+
+/// The same after a session expiry: a connection lost while the new
+/// session's root watch is being added is seen as a loss (`disconnected`,
+/// not `connected` with no watch while the client retries on its own), and
+/// once the connection is back the watch goes on, what changed meanwhile
+/// is seen and later changes arrive. Here the session (2 s) expires under
+/// a cut, the new session's `AddWatch` is held on the wire and the
+/// connection cut under it.
+#[test]
+fn a_loss_while_a_new_sessions_watch_is_added_is_seen_as_one() {
+    let zk = shared_zk();
+    let root = unique_root("resync-newwatch");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"v1");
+    let proxy = Proxy::start(&zk);
+    let mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &[
+            "--session-timeout",
+            "2s",
+            "--op-timeout",
+            "1s",
+            "--read-only",
+        ],
+    );
+    let m = mount.path();
+    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
+    let first = xattr_string(m, "user.zkfs.session_id");
+    proxy.cut();
+    wait_until("the session is taken as expired", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "expired-reconnecting"
+    });
+    other.set(&format!("{root}/config"), b"v2");
+    proxy.hold_from(op::ADD_WATCH);
+    proxy.restore();
+    wait_until("the new session's AddWatch is held", DEADLINE, || {
+        proxy.holding()
+    });
+    let second = xattr_string(m, "user.zkfs.session_id");
+    assert_ne!(second, first, "a new session");
+    proxy.cut();
+    proxy.release();
+    wait_until("the mount notices the loss", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "disconnected"
+    });
+    other.set(&format!("{root}/config"), b"v3");
+    proxy.restore();
+    wait_until("connected again", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "connected"
+    });
+    wait_until("the gap's changes are seen", DEADLINE, || {
+        fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v3")
+    });
+    other.set(&format!("{root}/config"), b"v4");
+    wait_until("the watch delivers", DEADLINE, || {
+        fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v4")
+    });
+}

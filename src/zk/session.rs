@@ -451,22 +451,24 @@ impl ZkSession {
                 fresh = self.rebuild() => fresh,
                 _ = shutdown.wait_for(|closed| *closed) => return,
             };
-            let mut state = fresh.state_watcher();
+            let state = fresh.state_watcher();
             let id = self.adopt(fresh.clone(), host);
             info!(session = %format!("{id:#x}"), "new ZooKeeper session after expiry");
             self.set_state(ConnState::Connected);
             // The watch goes on before the resync is asked for, so no change
             // falls between the resync's reads and the first event; the
-            // next `follow` takes it. Without it (the session ended at once)
-            // `follow` adds one itself or builds the next session.
-            let watcher = tokio::select! {
-                watcher = self.add_watch(&fresh, &mut state) => watcher,
+            // next `follow` takes it. Without it (the connection lost under
+            // it, or the session ended at once) `follow` sees the loss, adds
+            // the watch once connected and asks for a resync of its own, or
+            // builds the next session.
+            let watch = tokio::select! {
+                watch = self.add_watch(&fresh, &state) => watch,
                 _ = shutdown.wait_for(|closed| *closed) => return,
             };
             *self
                 .initial_watcher
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = watcher;
+                .unwrap_or_else(|e| e.into_inner()) = watch.into_watcher();
             drop(fresh);
             let _ = events.send(SessionEvent::NewSession);
         }
@@ -523,15 +525,15 @@ impl ZkSession {
             fresh = self.rebuild() => fresh,
             _ = shutdown.wait_for(|closed| *closed) => return false,
         };
-        let mut state = fresh.state_watcher();
+        let state = fresh.state_watcher();
         let id = self.adopt(fresh.clone(), host);
         info!(session = %format!("{id:#x}"), "connected to ZooKeeper (started unconnected); adding the root watch and resynchronising");
         self.set_state(ConnState::Connected);
-        let watcher = self.add_watch(&fresh, &mut state).await;
+        let watch = self.add_watch(&fresh, &state).await;
         *self
             .initial_watcher
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = watcher;
+            .unwrap_or_else(|e| e.into_inner()) = watch.into_watcher();
         self.awaiting_first.store(false, Ordering::SeqCst);
         // The start checks the root; here the snapshot is already served.
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -688,16 +690,15 @@ impl ZkSession {
         }
     }
 
-    /// Add the persistent recursive watch on the root, retrying while the
-    /// connection is up. `None` when the session ended meanwhile.
-    async fn add_watch(
-        &self,
-        client: &zk::Client,
-        state: &mut zk::StateWatcher,
-    ) -> Option<zk::PersistentWatcher> {
+    /// Add the persistent recursive watch on the root, retrying (200 ms
+    /// apart) only while the connection is up: a connection lost under it
+    /// is [`Watch::Lost`], for the caller to treat as any other loss (state
+    /// `disconnected`, takeover armed) rather than a retry loop that shows
+    /// `connected` and waits out the client's backoff.
+    async fn add_watch(&self, client: &zk::Client, state: &zk::StateWatcher) -> Watch {
         loop {
             match self.watch_once(client).await {
-                Ok(watcher) => return Some(watcher),
+                Ok(watcher) => return Watch::On(watcher),
                 Err(Some(zk::Error::Unimplemented)) => {
                     error!(
                         "ZooKeeper server does not support persistent recursive watches \
@@ -711,8 +712,10 @@ impl ZkSession {
                     warn!(root = %self.config.root, "adding root watch timed out; retrying")
                 }
             }
-            if state.peek_state().is_terminated() {
-                return None;
+            match state.peek_state() {
+                s if s.is_terminated() => return Watch::Ended,
+                zk::SessionState::Disconnected => return Watch::Lost,
+                _ => {}
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -724,22 +727,46 @@ impl ZkSession {
         events: &mpsc::UnboundedSender<SessionEvent>,
     ) -> FollowEnd {
         let mut state = client.state_watcher();
-        let initial = self
+        let mut watcher = self
             .initial_watcher
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let mut watcher = match initial {
-            Some(watcher) => watcher,
-            None => match self.add_watch(client, &mut state).await {
-                Some(watcher) => watcher,
-                None => return FollowEnd::Expired,
-            },
-        };
         let mut was_disconnected = false;
         // While disconnected: when the client's own reconnecting is taken
         // over, and when the connection was lost.
         let mut takeover: Option<(tokio::time::Instant, Instant)> = None;
+        // What happened before `state` existed is not among its changes:
+        // a session that ended or a connection already lost is taken from
+        // the current state. With no watch yet (lost while it was being
+        // added after a new session), it goes on now, or at the reconnect
+        // if the connection is down; either way a resync follows, since
+        // the one the new session asked for ran without it.
+        match state.peek_state() {
+            s if s.is_terminated() => return FollowEnd::Expired,
+            zk::SessionState::Disconnected => {
+                warn!("lost connection to ZooKeeper; serving cached data");
+                was_disconnected = true;
+                takeover = Some(takeover_from(Instant::now()));
+                self.set_state(ConnState::Disconnected);
+            }
+            _ if watcher.is_none() => match self.add_watch(client, &state).await {
+                Watch::On(w) => {
+                    watcher = Some(w);
+                    let _ = events.send(SessionEvent::Resync);
+                }
+                Watch::Lost => {
+                    warn!(
+                        "lost connection to ZooKeeper while adding the watch; serving cached data"
+                    );
+                    was_disconnected = true;
+                    takeover = Some(takeover_from(Instant::now()));
+                    self.set_state(ConnState::Disconnected);
+                }
+                Watch::Ended => return FollowEnd::Expired,
+            },
+            _ => {}
+        }
         loop {
             let takeover_at = takeover.map(|(at, _)| at);
             tokio::select! {
@@ -756,7 +783,7 @@ impl ZkSession {
                         None => FollowEnd::Expired,
                     };
                 }
-                event = watcher.changed() => {
+                event = next_event(&mut watcher) => {
                     let kind = match event.event_type {
                         zk::EventType::NodeCreated => NodeEventKind::Created,
                         zk::EventType::NodeDeleted => NodeEventKind::Deleted,
@@ -781,8 +808,7 @@ impl ZkSession {
                         zk::SessionState::Disconnected => {
                             warn!("lost connection to ZooKeeper; serving cached data");
                             if !was_disconnected {
-                                let now = Instant::now();
-                                takeover = Some((tokio::time::Instant::from_std(now) + TAKEOVER_AFTER, now));
+                                takeover = Some(takeover_from(Instant::now()));
                             }
                             was_disconnected = true;
                             self.set_state(ConnState::Disconnected);
@@ -802,28 +828,22 @@ impl ZkSession {
                                 // sent. Events of the old one not yet taken are
                                 // covered by the resync that follows.
                                 //
-                                // One attempt first: lost again under it, the
-                                // loss is taken as any other (state, takeover)
-                                // and the next reconnect adds the watch; a
-                                // retrying loop here would leave the state
-                                // `connected` and wait out the client's backoff.
-                                let old = watcher;
-                                watcher = match self.watch_once(client).await {
-                                    Ok(w) => w,
-                                    _ if state.peek_state() == zk::SessionState::Disconnected => {
+                                // Lost again under it, the loss is taken as
+                                // any other (state, takeover) and the next
+                                // reconnect adds the watch.
+                                let old = watcher.take();
+                                match self.add_watch(client, &state).await {
+                                    Watch::On(w) => watcher = Some(w),
+                                    Watch::Lost => {
                                         warn!("lost connection to ZooKeeper again while adding the watch; serving cached data");
                                         watcher = old;
                                         was_disconnected = true;
-                                        let now = Instant::now();
-                                        takeover = Some((tokio::time::Instant::from_std(now) + TAKEOVER_AFTER, now));
+                                        takeover = Some(takeover_from(Instant::now()));
                                         self.set_state(ConnState::Disconnected);
                                         continue;
                                     }
-                                    _ => match self.add_watch(client, &mut state).await {
-                                        Some(w) => w,
-                                        None => return FollowEnd::Expired,
-                                    },
-                                };
+                                    Watch::Ended => return FollowEnd::Expired,
+                                }
                                 drop(old);
                                 let _ = events.send(SessionEvent::Resync);
                             }
@@ -913,6 +933,41 @@ pub fn jitter(max: Duration) -> Duration {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     Duration::from_nanos(z % nanos)
+}
+
+/// How an [`ZkSession::add_watch`] ended.
+enum Watch {
+    On(zk::PersistentWatcher),
+    /// The connection was lost before the watch went on.
+    Lost,
+    /// The session ended.
+    Ended,
+}
+
+impl Watch {
+    fn into_watcher(self) -> Option<zk::PersistentWatcher> {
+        match self {
+            Watch::On(watcher) => Some(watcher),
+            Watch::Lost | Watch::Ended => None,
+        }
+    }
+}
+
+/// When a loss seen at `lost_at` is taken over (see [`TAKEOVER_AFTER`]),
+/// paired with `lost_at`.
+fn takeover_from(lost_at: Instant) -> (tokio::time::Instant, Instant) {
+    (
+        tokio::time::Instant::from_std(lost_at) + TAKEOVER_AFTER,
+        lost_at,
+    )
+}
+
+/// The root watch's next event; never, while there is no watch.
+async fn next_event(watcher: &mut Option<zk::PersistentWatcher>) -> zk::WatchedEvent {
+    match watcher {
+        Some(watcher) => watcher.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 enum FollowEnd {
