@@ -495,3 +495,75 @@ fn a_loss_while_a_new_sessions_watch_is_added_is_seen_as_one() {
         fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v4")
     });
 }
+
+/// A silent server at the head of a re-attach attempt's round does not use
+/// the attempt up: the client goes on to the next server in the same
+/// attempt. Two proxies in front of one server and a 5 s session: both
+/// are cut, and once the mount re-attaches both accept again but stay
+/// silent; the first the attempt connects to stays so, the other is made
+/// live (they accept only after the first attempt, which both refuse, so
+/// that an attempt begins with the silent one). The silent one must be
+/// connected to once only, in each of four
+/// rounds, on the same session. Before the fix an attempt ended after a
+/// third of the session timeout, before the client's 2/5 for the silent
+/// server; the next attempt began with it again half of the time (the
+/// client shuffles the servers).
+#[test]
+fn a_silent_server_does_not_use_up_a_re_attach_attempt() {
+    let zk = shared_zk();
+    let root = unique_root("resync-silent");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"v0");
+    let proxies = [Proxy::start(&zk), Proxy::start(&zk)];
+    let mount = Mount::start(
+        &format!("{},{}{root}", proxies[0].address(), proxies[1].address()),
+        &[
+            "--session-timeout",
+            "5s",
+            "--op-timeout",
+            "1s",
+            "--read-only",
+        ],
+    );
+    let m = mount.path();
+    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v0");
+    let session = xattr_string(m, "user.zkfs.session_id");
+    let failed_attempts = || mount.log().matches("re-attach attempt failed").count();
+    for round in 1..=4 {
+        let before = failed_attempts();
+        for p in &proxies {
+            p.cut();
+        }
+        // Both refuse the first attempt at once; the next one is 100-200 ms
+        // later, and both accept (silently) by then.
+        wait_until("a re-attach attempt is refused", DEADLINE, || {
+            failed_attempts() > before
+        });
+        let counts = proxies.each_ref().map(Proxy::accepted);
+        for p in &proxies {
+            p.restore_silent();
+        }
+        let mut silent = None;
+        wait_until("an attempt connects", DEADLINE, || {
+            silent = (0..2).find(|&i| proxies[i].accepted() > counts[i]);
+            silent.is_some()
+        });
+        let silent = silent.expect("the silent proxy");
+        proxies[1 - silent].restore();
+        wait_until("connected", DEADLINE, || {
+            xattr_string(m, "user.zkfs.state") == "connected"
+        });
+        assert_eq!(
+            proxies[silent].accepted() - counts[silent],
+            1,
+            "round {round}: the silent server was connected to again"
+        );
+        assert_eq!(xattr_string(m, "user.zkfs.session_id"), session);
+        proxies[silent].restore();
+        other.set(&format!("{root}/config"), format!("v{round}").as_bytes());
+        wait_until("the watch delivers", DEADLINE, || {
+            fs::read_to_string(m.join("config")).is_ok_and(|s| s == format!("v{round}"))
+        });
+    }
+}

@@ -580,7 +580,8 @@ impl ZkSession {
     /// second, mounts came back 1.5–2 s after the ensemble did. The
     /// client's task is stopped without closing the session (`host.rs`),
     /// then the session is re-attached by new clients, each attempt one
-    /// round of the servers, [`reattach_delay`] apart, until one connects
+    /// round of the servers (bounded by [`reattach_attempt_limit`]),
+    /// [`reattach_delay`] apart, until one connects
     /// or a deadline like the client's own passes (7/5 of the negotiated
     /// timeout after the loss was seen: for a connection that went silent,
     /// up to 2/5 of the timeout later than the client's, which counts from
@@ -600,7 +601,10 @@ impl ZkSession {
             after = ?TAKEOVER_AFTER,
             "still disconnected; re-attaching the session with a new client"
         );
-        let limit = rebuild_attempt_limit(self.config.session_timeout, self.config.connect_timeout);
+        let limit = reattach_attempt_limit(
+            self.config.session_timeout,
+            server_count(&self.config.servers),
+        );
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -894,6 +898,28 @@ pub fn rebuild_attempt_limit(session_timeout: Duration, connect_timeout: Duratio
     (session_timeout / 3)
         .max(Duration::from_secs(1))
         .min(connect_timeout)
+}
+
+/// How long one re-attach attempt may take: one whole round of the
+/// `servers` at zookeeper-client's per-server connect timeout (2/5 of the
+/// session timeout asked for, its default), plus 1 s for the answering
+/// server's handshake; the re-attach's deadline bounds it further. Ended
+/// sooner (it was the rebuild's third of the session timeout), an attempt
+/// was used up by one silent server at the head of the client's shuffled
+/// round, and the live servers after it were never tried. Servers that
+/// refuse at once (an ensemble that is down) still end an attempt as soon
+/// as its round is over (`with_fail_eagerly`).
+pub fn reattach_attempt_limit(session_timeout: Duration, servers: usize) -> Duration {
+    let servers = u32::try_from(servers.max(1)).unwrap_or(u32::MAX);
+    (session_timeout * 2 / 5)
+        .saturating_mul(servers)
+        .saturating_add(Duration::from_secs(1))
+}
+
+/// How many servers a connect string names (`host:port,...[/chroot]`).
+pub fn server_count(servers: &str) -> usize {
+    let hosts = servers.split_once('/').map_or(servers, |(hosts, _)| hosts);
+    hosts.split(',').filter(|h| !h.is_empty()).count().max(1)
 }
 
 /// The longest a resync waits after a reconnect or a new session:
@@ -1260,6 +1286,35 @@ mod tests {
             rebuild_attempt_limit(s(2), Duration::from_millis(500)),
             Duration::from_millis(500)
         );
+    }
+
+    /// zookeeper-client gives each server of a round 2/5 of the session
+    /// timeout asked for (the documented default of its
+    /// `Connector::with_connection_timeout`). A re-attach attempt that
+    /// ends sooner than one whole round is used up by a silent server at
+    /// the head of the client's (shuffled) round, and the servers after it
+    /// are never tried: with 3 servers and a 30 s session, 10 s attempts
+    /// against 12 s for the silent one alone.
+    #[test]
+    fn a_reattach_attempt_lasts_one_whole_round_of_the_servers() {
+        let s = Duration::from_secs;
+        for (session, servers) in [(2, 1), (2, 3), (10, 3), (30, 3), (30, 5)] {
+            let per_server = s(session) * 2 / 5;
+            let round = per_server * servers;
+            let limit = reattach_attempt_limit(s(session), servers as usize);
+            assert!(
+                limit > round && limit <= round + s(1),
+                "{session} s session, {servers} servers: {limit:?} for a round of {round:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_servers_of_a_connect_string_are_counted() {
+        assert_eq!(server_count("a:1"), 1);
+        assert_eq!(server_count("a:1,b:2,c:3"), 3);
+        assert_eq!(server_count("a:1,b:2/app/x,y"), 2);
+        assert_eq!(server_count("a:1,,b:2"), 2);
     }
 
     #[test]

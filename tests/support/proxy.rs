@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -25,6 +25,8 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     requests: Requests,
     hold: Hold,
+    /// Connections accepted and passed on (refused ones not counted).
+    accepted: Arc<AtomicU64>,
 }
 
 /// Holding back requests: the op code to stop at, and whether a request
@@ -65,15 +67,17 @@ impl Proxy {
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let requests: Requests = Arc::default();
         let hold: Hold = Arc::default();
+        let accepted: Arc<AtomicU64> = Arc::default();
         let upstream = upstream.to_string();
         {
-            let (up, stop, streams, silent, requests, hold) = (
+            let (up, stop, streams, silent, requests, hold, accepted) = (
                 up.clone(),
                 stop.clone(),
                 streams.clone(),
                 silent.clone(),
                 requests.clone(),
                 hold.clone(),
+                accepted.clone(),
             );
             thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
@@ -83,6 +87,7 @@ impl Proxy {
                                 let _ = client.shutdown(Shutdown::Both);
                                 continue;
                             }
+                            accepted.fetch_add(1, Ordering::SeqCst);
                             let _ = client.set_nonblocking(false);
                             let Ok(server) = TcpStream::connect(&upstream) else {
                                 continue;
@@ -115,7 +120,13 @@ impl Proxy {
             stop,
             requests,
             hold,
+            accepted,
         }
+    }
+
+    /// Connections accepted so far (refused ones not counted).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Hold back the next request of op code `op` that a client sends, and
@@ -172,6 +183,13 @@ impl Proxy {
     /// connections are accepted and then silent too) until `restore`.
     pub fn blackhole(&self) {
         self.silent.store(true, Ordering::SeqCst);
+    }
+
+    /// After a `cut`: accept connections again, but keep them silent (as
+    /// `blackhole`) until `restore`.
+    pub fn restore_silent(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+        self.up.store(true, Ordering::SeqCst);
     }
 }
 
