@@ -567,3 +567,49 @@ fn a_silent_server_does_not_use_up_a_re_attach_attempt() {
         });
     }
 }
+
+/// Lookups the kernel has sent the mount so far.
+fn lookups(m: &Path) -> u64 {
+    let summary = xattr_string(m, "user.zkfs.kernel_requests");
+    summary
+        .split(' ')
+        .find_map(|kv| kv.strip_prefix("lookup="))
+        .and_then(|n| n.parse().ok())
+        .expect("lookup count")
+}
+
+/// A read that needs ZooKeeper while a re-attach is under way waits for it
+/// (within `--op-timeout`, 5 s here) instead of failing at once with EIO:
+/// the file is looked up for the first time once the re-attach has begun,
+/// the lookup has reached the daemon, and only then is the connection
+/// restored.
+#[test]
+fn a_read_during_a_re_attach_waits_for_it() {
+    let zk = shared_zk();
+    let root = unique_root("resync-waits");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"v1");
+    other.create(&format!("{root}/fresh"), b"never read before");
+    let (proxy, mount) = proxied_mount(&zk, &root, "5s");
+    let m = mount.path().to_path_buf();
+    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
+    proxy.cut();
+    wait_until("the re-attach starts", DEADLINE, || {
+        mount.log().contains("re-attaching the session")
+    });
+    let before = lookups(&m);
+    let reader = {
+        let m = m.clone();
+        std::thread::spawn(move || fs::read_to_string(m.join("fresh")))
+    };
+    wait_until("the lookup reaches the daemon", DEADLINE, || {
+        lookups(&m) > before
+    });
+    proxy.restore();
+    let read = reader.join().expect("reader thread");
+    assert_eq!(
+        read.expect("read during the re-attach"),
+        "never read before"
+    );
+}

@@ -139,6 +139,8 @@ pub struct ZkSession {
     /// Started without a connection (`--cache-dir` snapshot): `run` keeps
     /// trying to connect first.
     awaiting_first: AtomicBool,
+    /// Set while [`Self::reattach`] runs (reads wait for it).
+    reattaching: tokio::sync::watch::Sender<bool>,
 }
 
 fn map_error(e: zk::Error) -> ZkError {
@@ -252,6 +254,7 @@ impl ZkSession {
                     requests: AtomicU64::new(0),
                     sessions: Mutex::new(Vec::new()),
                     awaiting_first: AtomicBool::new(true),
+                    reattaching: tokio::sync::watch::Sender::new(false),
                     config,
                 });
             }
@@ -274,6 +277,7 @@ impl ZkSession {
             requests: AtomicU64::new(0),
             sessions: Mutex::new(vec![session_id]),
             awaiting_first: AtomicBool::new(false),
+            reattaching: tokio::sync::watch::Sender::new(false),
             config,
         };
         match session.get_data(&session.config.root).await {
@@ -378,14 +382,6 @@ impl ZkSession {
             requests: self.requests.load(Ordering::Relaxed),
             servers: self.config.servers.clone(),
         }
-    }
-
-    /// Bound a client future by `--op-timeout` and count it.
-    fn bounded<T: Send + 'static>(
-        &self,
-        fut: impl Future<Output = Result<T, zk::Error>> + Send + 'static,
-    ) -> impl Future<Output = Result<T, ZkError>> + Send + 'static {
-        self.bound(self.config.op_timeout, fut)
     }
 
     /// Bound a write by `--op-timeout` plus the session timeout and count it.
@@ -592,6 +588,9 @@ impl ZkSession {
         let session = old.session().clone();
         let id = session.id().0;
         let deadline = lost_at + old.session_timeout() * 7 / 5;
+        // Cleared however this ends (cancelled too): reads stop waiting.
+        self.reattaching.send_replace(true);
+        let _reattaching = Clear(&self.reattaching);
         let host = self.host.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(host) = host {
             host.stop().await;
@@ -961,6 +960,15 @@ pub fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(z % nanos)
 }
 
+/// Clears a flag when dropped.
+struct Clear<'a>(&'a tokio::sync::watch::Sender<bool>);
+
+impl Drop for Clear<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
 /// How an [`ZkSession::add_watch`] ended.
 enum Watch {
     On(zk::PersistentWatcher),
@@ -1024,13 +1032,15 @@ fn next_answer(
     }
 }
 
-impl ZkBackend for ZkSession {
-    fn get_data(
+/// The reads of [`ZkBackend`], sent now (`limit` from now).
+impl ZkSession {
+    fn get_data_now(
         &self,
         path: &str,
+        limit: Duration,
     ) -> impl Future<Output = Result<(Vec<u8>, NodeStat), ZkError>> + Send {
         let fut = self.client().map(|c| c.get_data(path));
-        let bounded = fut.map(|f| self.bounded(f));
+        let bounded = fut.map(|f| self.bound(limit, f));
         async move {
             match bounded {
                 Some(b) => b.await.map(|(data, stat)| (data, map_stat(&stat))),
@@ -1039,12 +1049,13 @@ impl ZkBackend for ZkSession {
         }
     }
 
-    fn get_children(
+    fn get_children_now(
         &self,
         path: &str,
+        limit: Duration,
     ) -> impl Future<Output = Result<(Vec<String>, NodeStat), ZkError>> + Send {
         let fut = self.client().map(|c| c.get_children(path));
-        let bounded = fut.map(|f| self.bounded(f));
+        let bounded = fut.map(|f| self.bound(limit, f));
         async move {
             match bounded {
                 Some(b) => b.await.map(|(names, stat)| (names, map_stat(&stat))),
@@ -1053,13 +1064,17 @@ impl ZkBackend for ZkSession {
         }
     }
 
-    fn get_data_batch(&self, paths: &[&str]) -> impl Future<Output = BatchAnswer> + Send {
+    fn get_data_batch_now(
+        &self,
+        paths: &[&str],
+        limit: Duration,
+    ) -> impl Future<Output = BatchAnswer> + Send {
         let client = self.client();
         let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
         // Spawned so the request leaves now (the trait's contract), not when
         // the caller first polls. Paths the client refuses (not absolute, say)
         // are answered on their own; the others go out in one multi-read.
-        let task = tokio::spawn(self.bounded(async move {
+        let task = tokio::spawn(self.bound(limit, async move {
             let Some(client) = client else {
                 return Err(zk::Error::ClientClosed);
             };
@@ -1086,12 +1101,16 @@ impl ZkBackend for ZkSession {
         }
     }
 
-    fn get_acl(&self, path: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {
+    fn get_acl_now(
+        &self,
+        path: &str,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {
         let client = self.client();
         let path = path.to_string();
         // Spawned so the request leaves now (the trait's contract), not when
         // the caller first polls.
-        let task = tokio::spawn(self.bounded(async move {
+        let task = tokio::spawn(self.bound(limit, async move {
             let Some(client) = client else {
                 return Err(zk::Error::ClientClosed);
             };
@@ -1108,6 +1127,100 @@ impl ZkBackend for ZkSession {
         async move {
             task.await
                 .unwrap_or_else(|e| Err(ZkError::Other(format!("getACL task failed: {e}"))))
+        }
+    }
+
+    /// While a re-attach is under way, when a read asked for now must be
+    /// answered by (its `--op-timeout`); `None` otherwise. The old client's
+    /// task is stopped then, and a read sent to it would fail at once with
+    /// `EIO`; it waits for the re-attach instead, as a read waits for the
+    /// client's own reconnect during the first 0.5 s after a loss.
+    fn reattach_wait(&self) -> Option<tokio::time::Instant> {
+        (*self.reattaching.borrow()).then(|| tokio::time::Instant::now() + self.config.op_timeout)
+    }
+
+    /// Wait until the re-attach is over or `until`; the time left then.
+    async fn after_reattach(&self, until: tokio::time::Instant) -> Duration {
+        let mut reattaching = self.reattaching.subscribe();
+        let _ = tokio::time::timeout_at(until, reattaching.wait_for(|on| !*on)).await;
+        until.saturating_duration_since(tokio::time::Instant::now())
+    }
+}
+
+/// Reads wait for a re-attach under way (see [`ZkSession::reattach_wait`]);
+/// otherwise, and for writes, each request is sent when the method is called.
+impl ZkBackend for ZkSession {
+    fn get_data(
+        &self,
+        path: &str,
+    ) -> impl Future<Output = Result<(Vec<u8>, NodeStat), ZkError>> + Send {
+        let wait = self.reattach_wait();
+        let sent = wait
+            .is_none()
+            .then(|| self.get_data_now(path, self.config.op_timeout));
+        async move {
+            match (sent, wait) {
+                (Some(sent), _) => sent.await,
+                (None, Some(until)) => {
+                    let left = self.after_reattach(until).await;
+                    self.get_data_now(path, left).await
+                }
+                (None, None) => Err(ZkError::SessionExpired),
+            }
+        }
+    }
+
+    fn get_children(
+        &self,
+        path: &str,
+    ) -> impl Future<Output = Result<(Vec<String>, NodeStat), ZkError>> + Send {
+        let wait = self.reattach_wait();
+        let sent = wait
+            .is_none()
+            .then(|| self.get_children_now(path, self.config.op_timeout));
+        async move {
+            match (sent, wait) {
+                (Some(sent), _) => sent.await,
+                (None, Some(until)) => {
+                    let left = self.after_reattach(until).await;
+                    self.get_children_now(path, left).await
+                }
+                (None, None) => Err(ZkError::SessionExpired),
+            }
+        }
+    }
+
+    fn get_data_batch(&self, paths: &[&str]) -> impl Future<Output = BatchAnswer> + Send {
+        let wait = self.reattach_wait();
+        let sent = wait
+            .is_none()
+            .then(|| self.get_data_batch_now(paths, self.config.op_timeout));
+        async move {
+            match (sent, wait) {
+                (Some(sent), _) => sent.await,
+                (None, Some(until)) => {
+                    let left = self.after_reattach(until).await;
+                    self.get_data_batch_now(paths, left).await
+                }
+                (None, None) => Err(ZkError::SessionExpired),
+            }
+        }
+    }
+
+    fn get_acl(&self, path: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {
+        let wait = self.reattach_wait();
+        let sent = wait
+            .is_none()
+            .then(|| self.get_acl_now(path, self.config.op_timeout));
+        async move {
+            match (sent, wait) {
+                (Some(sent), _) => sent.await,
+                (None, Some(until)) => {
+                    let left = self.after_reattach(until).await;
+                    self.get_acl_now(path, left).await
+                }
+                (None, None) => Err(ZkError::SessionExpired),
+            }
         }
     }
 
