@@ -960,6 +960,12 @@ pub fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(z % nanos)
 }
 
+/// A read sent, or waiting for a re-attach (until when) with what sends it.
+enum Read<F, S> {
+    Sent(F),
+    Waiting(tokio::time::Instant, S),
+}
+
 /// Clears a flag when dropped.
 struct Clear<'a>(&'a tokio::sync::watch::Sender<bool>);
 
@@ -1139,6 +1145,24 @@ impl ZkSession {
         (*self.reattaching.borrow()).then(|| tokio::time::Instant::now() + self.config.op_timeout)
     }
 
+    /// A read: `send(limit)` sends it now with `--op-timeout`, or, while a
+    /// re-attach is under way, once that is over, with the time left.
+    fn read<T, F>(&self, send: impl FnOnce(Duration) -> F + Send) -> impl Future<Output = T> + Send
+    where
+        F: Future<Output = T> + Send,
+    {
+        let read = match self.reattach_wait() {
+            None => Read::Sent(send(self.config.op_timeout)),
+            Some(until) => Read::Waiting(until, send),
+        };
+        async move {
+            match read {
+                Read::Sent(sent) => sent.await,
+                Read::Waiting(until, send) => send(self.after_reattach(until).await).await,
+            }
+        }
+    }
+
     /// Wait until the re-attach is over or `until`; the time left then.
     async fn after_reattach(&self, until: tokio::time::Instant) -> Duration {
         let mut reattaching = self.reattaching.subscribe();
@@ -1147,81 +1171,29 @@ impl ZkSession {
     }
 }
 
-/// Reads wait for a re-attach under way (see [`ZkSession::reattach_wait`]);
+/// Reads wait for a re-attach under way (see [`ZkSession::read`]);
 /// otherwise, and for writes, each request is sent when the method is called.
 impl ZkBackend for ZkSession {
     fn get_data(
         &self,
         path: &str,
     ) -> impl Future<Output = Result<(Vec<u8>, NodeStat), ZkError>> + Send {
-        let wait = self.reattach_wait();
-        let sent = wait
-            .is_none()
-            .then(|| self.get_data_now(path, self.config.op_timeout));
-        async move {
-            match (sent, wait) {
-                (Some(sent), _) => sent.await,
-                (None, Some(until)) => {
-                    let left = self.after_reattach(until).await;
-                    self.get_data_now(path, left).await
-                }
-                (None, None) => Err(ZkError::SessionExpired),
-            }
-        }
+        self.read(move |limit| self.get_data_now(path, limit))
     }
 
     fn get_children(
         &self,
         path: &str,
     ) -> impl Future<Output = Result<(Vec<String>, NodeStat), ZkError>> + Send {
-        let wait = self.reattach_wait();
-        let sent = wait
-            .is_none()
-            .then(|| self.get_children_now(path, self.config.op_timeout));
-        async move {
-            match (sent, wait) {
-                (Some(sent), _) => sent.await,
-                (None, Some(until)) => {
-                    let left = self.after_reattach(until).await;
-                    self.get_children_now(path, left).await
-                }
-                (None, None) => Err(ZkError::SessionExpired),
-            }
-        }
+        self.read(move |limit| self.get_children_now(path, limit))
     }
 
     fn get_data_batch(&self, paths: &[&str]) -> impl Future<Output = BatchAnswer> + Send {
-        let wait = self.reattach_wait();
-        let sent = wait
-            .is_none()
-            .then(|| self.get_data_batch_now(paths, self.config.op_timeout));
-        async move {
-            match (sent, wait) {
-                (Some(sent), _) => sent.await,
-                (None, Some(until)) => {
-                    let left = self.after_reattach(until).await;
-                    self.get_data_batch_now(paths, left).await
-                }
-                (None, None) => Err(ZkError::SessionExpired),
-            }
-        }
+        self.read(move |limit| self.get_data_batch_now(paths, limit))
     }
 
     fn get_acl(&self, path: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {
-        let wait = self.reattach_wait();
-        let sent = wait
-            .is_none()
-            .then(|| self.get_acl_now(path, self.config.op_timeout));
-        async move {
-            match (sent, wait) {
-                (Some(sent), _) => sent.await,
-                (None, Some(until)) => {
-                    let left = self.after_reattach(until).await;
-                    self.get_acl_now(path, left).await
-                }
-                (None, None) => Err(ZkError::SessionExpired),
-            }
-        }
+        self.read(move |limit| self.get_acl_now(path, limit))
     }
 
     fn is_connected(&self) -> bool {
