@@ -750,8 +750,7 @@ impl ZkSession {
             zk::SessionState::Disconnected => {
                 warn!("lost connection to ZooKeeper; serving cached data");
                 was_disconnected = true;
-                takeover = Some(takeover_from(Instant::now()));
-                self.set_state(ConnState::Disconnected);
+                takeover = Some(self.lost());
             }
             _ if watcher.is_none() => match self.add_watch(client, &state).await {
                 Watch::On(w) => {
@@ -763,8 +762,7 @@ impl ZkSession {
                         "lost connection to ZooKeeper while adding the watch; serving cached data"
                     );
                     was_disconnected = true;
-                    takeover = Some(takeover_from(Instant::now()));
-                    self.set_state(ConnState::Disconnected);
+                    takeover = Some(self.lost());
                 }
                 Watch::Ended => return FollowEnd::Expired,
             },
@@ -841,8 +839,7 @@ impl ZkSession {
                                         warn!("lost connection to ZooKeeper again while adding the watch; serving cached data");
                                         watcher = old;
                                         was_disconnected = true;
-                                        takeover = Some(takeover_from(Instant::now()));
-                                        self.set_state(ConnState::Disconnected);
+                                        takeover = Some(self.lost());
                                         continue;
                                     }
                                     Watch::Ended => return FollowEnd::Expired,
@@ -1000,6 +997,15 @@ fn takeover_from(lost_at: Instant) -> (tokio::time::Instant, Instant) {
         tokio::time::Instant::from_std(lost_at) + TAKEOVER_AFTER,
         lost_at,
     )
+}
+
+impl ZkSession {
+    /// A connection found lost now: the state becomes `disconnected`; the
+    /// takeover's time, as [`takeover_from`].
+    fn lost(&self) -> (tokio::time::Instant, Instant) {
+        self.set_state(ConnState::Disconnected);
+        takeover_from(Instant::now())
+    }
 }
 
 /// The root watch's next event; never, while there is no watch.
