@@ -16,7 +16,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Mount, shared_zk, unique_root, wait_until};
+use common::{Mount, TempDir, shared_zk, unique_root, wait_until};
 use proxy::{Proxy, op};
 use zkops::{Other, requests, xattr_string};
 
@@ -493,6 +493,69 @@ fn a_loss_while_a_new_sessions_watch_is_added_is_seen_as_one() {
     other.set(&format!("{root}/config"), b"v4");
     wait_until("the watch delivers", DEADLINE, || {
         fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v4")
+    });
+}
+
+/// A mount started from its snapshot with no server reachable, whose first
+/// connection is lost while its root watch is being added, says
+/// `disconnected` at once, not after `--op-timeout` (8 s here, with a 20 s
+/// session): before the fix it went on to check that the root exists,
+/// a getData the client does not send while it reconnects, and stayed
+/// `connected` until that timed out. Once the connection is back the watch
+/// goes on, the gap's change is seen and later changes arrive.
+#[test]
+fn a_first_connection_lost_while_its_watch_is_added_is_seen_at_once() {
+    let zk = shared_zk();
+    let root = unique_root("resync-firstwatch");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"v1");
+    let base = TempDir::new("firstwatch");
+    let cache = base.path().join("cache").to_string_lossy().into_owned();
+    let proxy = Proxy::start(&zk);
+    let servers = format!("{}{root}", proxy.address());
+    let mut first = Mount::start(&servers, &["--cache-dir", &cache, "--read-only"]);
+    assert_eq!(
+        fs::read_to_string(first.path().join("config")).expect("cat"),
+        "v1"
+    );
+    first.unmount();
+    proxy.cut();
+    proxy.hold_from(op::ADD_WATCH);
+    let mount = Mount::start(
+        &servers,
+        &[
+            "--cache-dir",
+            &cache,
+            "--connect-timeout",
+            "1s",
+            "--op-timeout",
+            "8s",
+            "--session-timeout",
+            "20s",
+            "--read-only",
+        ],
+    );
+    let m = mount.path();
+    assert_eq!(xattr_string(m, "user.zkfs.source"), "snapshot");
+    proxy.restore();
+    wait_until("the first AddWatch is held", DEADLINE, || proxy.holding());
+    proxy.cut();
+    proxy.release();
+    wait_until(
+        "the mount notices the loss, well inside --op-timeout",
+        Duration::from_secs(3),
+        || xattr_string(m, "user.zkfs.state") == "disconnected",
+    );
+    other.set(&format!("{root}/config"), b"v2");
+    proxy.restore();
+    wait_until("connected again, the gap's change seen", DEADLINE, || {
+        xattr_string(m, "user.zkfs.state") == "connected"
+            && fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v2")
+    });
+    other.set(&format!("{root}/config"), b"v3");
+    wait_until("the watch delivers", DEADLINE, || {
+        fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v3")
     });
 }
 

@@ -514,7 +514,9 @@ impl ZkSession {
 
     /// A session started unconnected: connect (retrying like after expiry),
     /// add the root watch for the first `follow` and ask for a resync.
-    /// False when the mount was closed meanwhile.
+    /// False when the mount was closed meanwhile. A connection lost while
+    /// the watch is added is left to `follow`, which finds it lost when it
+    /// starts, adds the watch once connected and asks for the resync then.
     async fn first_connect(&self, events: &mpsc::UnboundedSender<SessionEvent>) -> bool {
         let mut shutdown = self.shutdown.subscribe();
         let (fresh, host) = tokio::select! {
@@ -526,19 +528,27 @@ impl ZkSession {
         info!(session = %format!("{id:#x}"), "connected to ZooKeeper (started unconnected); adding the root watch and resynchronising");
         self.set_state(ConnState::Connected);
         let watch = self.add_watch(&fresh, &state).await;
+        let on = matches!(watch, Watch::On(_));
         *self
             .initial_watcher
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = watch.into_watcher();
         self.awaiting_first.store(false, Ordering::SeqCst);
-        // The start checks the root; here the snapshot is already served.
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let root = fresh.get_data(&self.config.root);
-        if let Ok(Err(zk::Error::NoNode)) = tokio::time::timeout(self.config.op_timeout, root).await
-        {
-            error!(root = %self.config.root, "the root node does not exist on the server; the resync removes what the snapshot showed");
+        if on {
+            // The start checks the root; here the snapshot is already
+            // served, so the check only logs, on a task of its own: a
+            // connection lost under it must not hold `follow` back (the
+            // state would say `connected` until it timed out).
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let root = fresh.get_data(&self.config.root);
+            let (limit, path) = (self.config.op_timeout, self.config.root.clone());
+            tokio::spawn(async move {
+                if let Ok(Err(zk::Error::NoNode)) = tokio::time::timeout(limit, root).await {
+                    error!(root = %path, "the root node does not exist on the server; the resync removes what the snapshot showed");
+                }
+            });
+            let _ = events.send(SessionEvent::Resync);
         }
-        let _ = events.send(SessionEvent::Resync);
         true
     }
 
@@ -697,10 +707,18 @@ impl ZkSession {
     /// apart) only while the connection is up: a connection lost under it
     /// is [`Watch::Lost`], for the caller to treat as any other loss (state
     /// `disconnected`, takeover armed) rather than a retry loop that shows
-    /// `connected` and waits out the client's backoff.
+    /// `connected` and waits out the client's backoff. The loss is seen
+    /// when the state changes, not when the attempt ends: an `AddWatch`
+    /// asked for after the client found its connection lost is not sent
+    /// until it reconnects, and would otherwise be waited on for the whole
+    /// `--op-timeout`, the mount saying `connected` all that time.
     async fn add_watch(&self, client: &zk::Client, state: &zk::StateWatcher) -> Watch {
         loop {
-            match self.watch_once(client).await {
+            let attempt = tokio::select! {
+                attempt = self.watch_once(client) => attempt,
+                gone = not_connected(state.clone()) => return gone,
+            };
+            match attempt {
                 Ok(watcher) => return Watch::On(watcher),
                 Err(Some(zk::Error::Unimplemented)) => {
                     error!(
@@ -715,10 +733,8 @@ impl ZkSession {
                     warn!(root = %self.config.root, "adding root watch timed out; retrying")
                 }
             }
-            match state.peek_state() {
-                s if s.is_terminated() => return Watch::Ended,
-                zk::SessionState::Disconnected => return Watch::Lost,
-                _ => {}
+            if let Some(gone) = gone(state.peek_state()) {
+                return gone;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -987,6 +1003,28 @@ impl Watch {
             Watch::On(watcher) => Some(watcher),
             Watch::Lost | Watch::Ended => None,
         }
+    }
+}
+
+/// What a session state means for a watch being added: `None` while
+/// connected.
+fn gone(state: zk::SessionState) -> Option<Watch> {
+    match state {
+        s if s.is_terminated() => Some(Watch::Ended),
+        zk::SessionState::Disconnected => Some(Watch::Lost),
+        _ => None,
+    }
+}
+
+/// Once `state` is no longer connected: how (see [`gone`]). A change
+/// between two looks is not missed: `changed` returns at once for a state
+/// newer than the last one this watcher (a clone's) has seen.
+async fn not_connected(mut state: zk::StateWatcher) -> Watch {
+    loop {
+        if let Some(gone) = gone(state.peek_state()) {
+            return gone;
+        }
+        state.changed().await;
     }
 }
 
