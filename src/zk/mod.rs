@@ -15,6 +15,7 @@ pub mod cache;
 #[cfg(test)]
 pub mod fake;
 pub mod host;
+pub mod join;
 pub mod path;
 pub mod session;
 pub mod snapshot;

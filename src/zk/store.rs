@@ -9,7 +9,6 @@
 //! not know about inodes or FUSE.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,7 @@ use super::backend::{
 };
 use super::bulk::BulkRead;
 use super::cache::{CachedNode, FetchTicket, NodeCache};
+use super::join::await_all;
 use super::path;
 
 /// How many requests a bulk load keeps in flight on the session at once.
@@ -1440,16 +1440,6 @@ impl<B: ZkBackend> Store<B> {
         }
         cache.changes()
     }
-}
-
-/// Await futures of requests that were all sent already (the backend sends a
-/// request when its method is called), so they are pipelined on the session.
-async fn await_all<T, F: Future<Output = T>>(futures: Vec<F>) -> Vec<T> {
-    let mut out = Vec::with_capacity(futures.len());
-    for f in futures {
-        out.push(f.await);
-    }
-    out
 }
 
 #[cfg(test)]
