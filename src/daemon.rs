@@ -498,12 +498,8 @@ fn run_foreground(
     crate::memory::spawn_trimmer()
         .map_err(|e| Failure::new(format!("cannot start the memory trimmer thread: {e}")))?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("zkfs-rt")
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(format!("cannot start runtime: {e}")))?;
+    let scheduler = Scheduler::start()?;
+    let runtime = scheduler.runtime.clone();
 
     let credentials = load_credentials(&args)?;
     let identity = credentials.as_ref().map(|c| c.user().to_string());
@@ -861,7 +857,8 @@ fn run_foreground(
         persist.write_final(fs.store(), snapshot_taken_ms(&session));
     }
     runtime.block_on(close_session(&session));
-    runtime.shutdown_timeout(Duration::from_millis(200));
+    drop(runtime);
+    scheduler.stop();
     drop(served_tx);
     match served {
         // The kernel ends a connection whose mount is gone with ENODEV
@@ -878,6 +875,68 @@ fn run_foreground(
 
 /// When the cached data was last known current: now while connected, else
 /// the last contact with ZooKeeper (for `--cache-dir` snapshots).
+/// The daemon's tokio runtime and the thread that runs its tasks.
+///
+/// One scheduler thread (a current-thread runtime driven by `zkfs-rt`),
+/// not a multi-thread one: the FUSE threads answer cache hits themselves
+/// and the ZooKeeper client runs on a thread of its own (`zk/host.rs`), so
+/// what is left for the runtime (misses, events, resyncs) never had two
+/// workers' worth of work on a 2-core host. Its scheduler's statistics are
+/// also the only user of libm in the process (`powf`), whose loading alone
+/// keeps about 500 KiB resident. Other threads may `block_on` it (start-up,
+/// close, the signal thread): they join the driving thread's I/O and timers.
+struct Scheduler {
+    runtime: Arc<tokio::runtime::Runtime>,
+    /// Dropped (with the scheduler, on an early return too) to end the
+    /// scheduler thread.
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Scheduler {
+    fn start() -> Result<Scheduler, Failure> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(Arc::new)
+            .map_err(|e| Failure::new(format!("cannot start runtime: {e}")))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let driven = runtime.clone();
+        let thread = std::thread::Builder::new()
+            .name("zkfs-rt".into())
+            .spawn(move || {
+                driven.block_on(async {
+                    let _ = stopped.await;
+                })
+            })
+            .map_err(|e| Failure::new(format!("cannot start the runtime thread: {e}")))?;
+        Ok(Scheduler {
+            runtime,
+            stop,
+            thread,
+        })
+    }
+
+    /// End the scheduler thread, then the runtime (call with no other
+    /// holder of it left): its tasks are dropped, blocking ones given
+    /// 200 ms.
+    fn stop(self) {
+        let Scheduler {
+            runtime,
+            stop,
+            thread,
+        } = self;
+        drop(stop);
+        if thread.join().is_err() {
+            warn!("the runtime thread panicked");
+        }
+        match Arc::try_unwrap(runtime) {
+            Ok(runtime) => runtime.shutdown_timeout(Duration::from_millis(200)),
+            Err(_) => warn!("the runtime is still shared at exit; not waiting for its tasks"),
+        }
+    }
+}
+
 fn snapshot_taken_ms(session: &ZkSession) -> u64 {
     crate::persist::epoch_ms(session.status().last_contact)
 }
