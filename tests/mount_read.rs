@@ -371,3 +371,60 @@ fn the_device_is_polled_during_bursts_only() {
         assert!(!device_polling(qpid));
     }
 }
+
+/// The daemon's FUSE worker threads (`fuser-N`).
+fn fuse_workers(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .filter(|t| {
+            fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("fuser-"))
+        })
+        .count()
+}
+
+/// 500 ms of `getxattr` on one file of `m` (daemon `pid`): whether the
+/// device was seen polled meanwhile.
+fn getxattr_burst_polled(m: &Mount, pid: u32) -> bool {
+    let f = m.path().join("config/app.json");
+    let until = std::time::Instant::now() + Duration::from_millis(500);
+    let mut polled = false;
+    while std::time::Instant::now() < until {
+        assert_eq!(xattr_string(&f, "user.zk.version"), "0");
+        polled |= device_polling(pid);
+    }
+    polled
+}
+
+/// A read-only mount does not poll its device unless asked to, and one
+/// worker serves it: a burst of requests that reach the daemon (`getxattr`
+/// always does) leaves the device blocking throughout. The same burst on a
+/// read-only mount with `--busy-poll 200us` is polled (so the check can see
+/// polling at all).
+#[test]
+fn a_read_only_mount_is_not_polled_unless_asked() {
+    let (_other, root, _mount) = seeded("poll-ro");
+    let zk = shared_zk();
+    let plain = Mount::start(&format!("{zk}{root}"), &["--read-only"]);
+    let pid = plain.pid().expect("daemon pid");
+    wait_until("the daemon holds the device", DEADLINE, || {
+        device_state(pid).is_some()
+    });
+    assert_eq!(fuse_workers(pid), 1, "one worker on a read-only mount");
+    assert!(
+        !getxattr_burst_polled(&plain, pid),
+        "a read-only mount polled its device without --busy-poll"
+    );
+    let polled = Mount::start(
+        &format!("{zk}{root}"),
+        &["--read-only", "--busy-poll", "200us"],
+    );
+    let ppid = polled.pid().expect("daemon pid");
+    wait_until("the daemon holds the device", DEADLINE, || {
+        device_state(ppid).is_some()
+    });
+    assert!(
+        getxattr_burst_polled(&polled, ppid),
+        "--busy-poll 200us: the burst is polled"
+    );
+}
