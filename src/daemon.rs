@@ -887,8 +887,6 @@ fn run_foreground(
     }
 }
 
-/// When the cached data was last known current: now while connected, else
-/// the last contact with ZooKeeper (for `--cache-dir` snapshots).
 /// The daemon's tokio runtime and the thread that runs its tasks.
 ///
 /// One scheduler thread (a current-thread runtime driven by `zkfs-rt`),
@@ -951,6 +949,8 @@ impl Scheduler {
     }
 }
 
+/// When the cached data was last known current: now while connected, else
+/// the last contact with ZooKeeper (for `--cache-dir` snapshots).
 fn snapshot_taken_ms(session: &ZkSession) -> u64 {
     crate::persist::epoch_ms(session.status().last_contact)
 }
