@@ -676,3 +676,93 @@ fn a_read_during_a_re_attach_waits_for_it() {
         "never read before"
     );
 }
+
+/// One thread of another process held stopped (ptrace) until dropped. The
+/// thread that freezes must also be the one that drops it (ptrace's tracer
+/// is a thread).
+struct Frozen(libc::pid_t);
+
+impl Frozen {
+    /// Stop the thread of `pid` named `name`.
+    fn thread(pid: u32, name: &str) -> Frozen {
+        let tid: libc::pid_t = fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("task dir")
+            .flatten()
+            .find(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+            .and_then(|t| t.file_name().to_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("daemon {pid} has no thread {name}"));
+        // SAFETY: plain ptrace and waitpid calls on a thread id; failures
+        // are checked.
+        unsafe {
+            assert_eq!(
+                libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
+                0,
+                "PTRACE_SEIZE {tid}: {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid);
+        }
+        Frozen(tid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: detaching a tracee this thread stopped.
+        unsafe {
+            libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0);
+        }
+    }
+}
+
+/// A connection lost and regained so quickly that `follow` sees only the
+/// second state: the daemon's runtime thread is held stopped while its
+/// ZooKeeper client (a thread of its own) loses the connection and
+/// reconnects, so the state it last saw (`connected`) reaches it as one
+/// more `connected` (tokio's watch keeps the latest value only). The
+/// change made meanwhile must still be seen (a resync), and later changes
+/// must still arrive (zookeeper-client 0.11.2 does not resend the
+/// persistent watch: it must be added again). Before the fix neither
+/// happened: the mount said `connected` and showed `v1` for good.
+#[test]
+fn a_loss_the_state_watcher_never_shows_is_still_handled() {
+    let (other, root, proxy, mount, _session) = config_mount("resync-blip");
+    let m = mount.path();
+    let pid = mount.pid().expect("daemon pid");
+    let quiet = [op::PING, op::SET_WATCHES, op::SET_WATCHES2];
+    {
+        let frozen = Frozen::thread(pid, "zkfs-rt");
+        proxy.cut();
+        other.set(&format!("{root}/config"), b"v2");
+        let before = proxy.requests();
+        proxy.restore();
+        // A lookup of a name never seen: the FUSE thread hands its getData
+        // to the client, which sends it once it is connected again (the
+        // answer waits for the runtime).
+        let probe = {
+            let path = m.join("never-there");
+            std::thread::spawn(move || fs::metadata(path).map(|_| ()))
+        };
+        wait_until(
+            "the client reconnected (a request passed)",
+            DEADLINE,
+            || {
+                proxy
+                    .requests_since(&before)
+                    .keys()
+                    .any(|code| *code > 0 && !quiet.contains(code))
+            },
+        );
+        drop(frozen);
+        let _ = probe.join().expect("probe");
+    }
+    wait_until("the change made during the loss is seen", DEADLINE, || {
+        fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v2")
+    });
+    other.set(&format!("{root}/config"), b"v3");
+    wait_until("the watch delivers", DEADLINE, || {
+        fs::read_to_string(m.join("config")).is_ok_and(|s| s == "v3")
+    });
+}

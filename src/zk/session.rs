@@ -740,6 +740,40 @@ impl ZkSession {
         }
     }
 
+    /// Reconnected after a loss: add the root watch again and ask for a
+    /// resync. zookeeper-client 0.11.2 does not resend persistent watches
+    /// on reconnect: ours is added again, and only then is the old watcher
+    /// dropped. Dropped first, it would be the path's last watcher and the
+    /// client would send a RemoveWatches (answered NoWatcher); dropped
+    /// after, the new one remains and nothing is sent. Events of the old
+    /// one not yet taken are covered by the resync that follows. Lost again
+    /// under it, the old watcher stays and the next reconnect adds the
+    /// watch.
+    async fn back(
+        &self,
+        client: &zk::Client,
+        state: &zk::StateWatcher,
+        watcher: &mut Option<zk::PersistentWatcher>,
+        events: &mpsc::UnboundedSender<SessionEvent>,
+    ) -> Back {
+        info!("reconnected to ZooKeeper; re-adding watch and resynchronising");
+        let old = watcher.take();
+        match self.add_watch(client, state).await {
+            Watch::On(w) => *watcher = Some(w),
+            Watch::Lost => {
+                warn!(
+                    "lost connection to ZooKeeper again while adding the watch; serving cached data"
+                );
+                *watcher = old;
+                return Back::LostAgain;
+            }
+            Watch::Ended => return Back::Ended,
+        }
+        drop(old);
+        let _ = events.send(SessionEvent::Resync);
+        Back::Resyncing
+    }
+
     async fn follow(
         &self,
         client: &zk::Client,
@@ -811,8 +845,42 @@ impl ZkSession {
                             warn!(state = %event.session_state, "ZooKeeper session ended; building a new one");
                             return FollowEnd::Expired;
                         }
-                        // Other session changes come through the state watcher;
-                        // persistent recursive watches never send child events.
+                        // The root watcher's channel carries every session
+                        // state, in order; the state watcher keeps only the
+                        // latest, so a loss and the reconnect after it can
+                        // reach it as one `connected` (its reader busy
+                        // meanwhile), which re-adds no watch and asks for no
+                        // resync. A loss seen here is handled as one seen
+                        // there: whichever comes first acts, and the
+                        // reconnect is acted on only while still connected
+                        // (else the state branch sees the next loss).
+                        zk::EventType::Session => {
+                            match event.session_state {
+                                zk::SessionState::Disconnected if !was_disconnected => {
+                                    warn!("lost connection to ZooKeeper (seen by the root watch); serving cached data");
+                                    was_disconnected = true;
+                                    takeover = Some(self.lost());
+                                }
+                                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+                                    if was_disconnected && connected(state.peek_state()) =>
+                                {
+                                    takeover = None;
+                                    self.set_state(ConnState::Connected);
+                                    was_disconnected = false;
+                                    match self.back(client, &state, &mut watcher, events).await {
+                                        Back::Resyncing => {}
+                                        Back::LostAgain => {
+                                            was_disconnected = true;
+                                            takeover = Some(self.lost());
+                                        }
+                                        Back::Ended => return FollowEnd::Expired,
+                                    }
+                                }
+                                _ => {}
+                            }
+                            continue;
+                        }
+                        // Persistent recursive watches never send child events.
                         _ => continue,
                     };
                     debug!(path = %event.path, ?kind, "watch event");
@@ -835,33 +903,14 @@ impl ZkSession {
                             self.set_state(ConnState::Connected);
                             if was_disconnected {
                                 was_disconnected = false;
-                                info!("reconnected to ZooKeeper; re-adding watch and resynchronising");
-                                // zookeeper-client 0.11.2 does not resend persistent
-                                // watches on reconnect: add ours again, and only
-                                // then drop the old watcher. Dropped first, it
-                                // would be the path's last watcher and the client
-                                // would send a RemoveWatches (answered NoWatcher);
-                                // dropped after, the new one remains and nothing is
-                                // sent. Events of the old one not yet taken are
-                                // covered by the resync that follows.
-                                //
-                                // Lost again under it, the loss is taken as
-                                // any other (state, takeover) and the next
-                                // reconnect adds the watch.
-                                let old = watcher.take();
-                                match self.add_watch(client, &state).await {
-                                    Watch::On(w) => watcher = Some(w),
-                                    Watch::Lost => {
-                                        warn!("lost connection to ZooKeeper again while adding the watch; serving cached data");
-                                        watcher = old;
+                                match self.back(client, &state, &mut watcher, events).await {
+                                    Back::Resyncing => {}
+                                    Back::LostAgain => {
                                         was_disconnected = true;
                                         takeover = Some(self.lost());
-                                        continue;
                                     }
-                                    Watch::Ended => return FollowEnd::Expired,
+                                    Back::Ended => return FollowEnd::Expired,
                                 }
-                                drop(old);
-                                let _ = events.send(SessionEvent::Resync);
                             }
                         }
                         zk::SessionState::Expired => {
@@ -986,6 +1035,24 @@ impl Drop for Clear<'_> {
     fn drop(&mut self) {
         self.0.send_replace(false);
     }
+}
+
+/// How [`ZkSession::back`] ended.
+enum Back {
+    /// The watch is on again; a resync was asked for.
+    Resyncing,
+    /// The connection was lost again first.
+    LostAgain,
+    /// The session ended.
+    Ended,
+}
+
+/// Whether `state` is a connected one.
+fn connected(state: zk::SessionState) -> bool {
+    matches!(
+        state,
+        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+    )
 }
 
 /// How an [`ZkSession::add_watch`] ended.
