@@ -748,14 +748,17 @@ impl ZkSession {
     /// after, the new one remains and nothing is sent. Events of the old
     /// one not yet taken are covered by the resync that follows. Lost again
     /// under it, the old watcher stays and the next reconnect adds the
-    /// watch.
+    /// watch. `Some` when `follow` is to end.
     async fn back(
         &self,
         client: &zk::Client,
         state: &zk::StateWatcher,
         watcher: &mut Option<zk::PersistentWatcher>,
         events: &mpsc::UnboundedSender<SessionEvent>,
-    ) -> Back {
+        link: &mut Link,
+    ) -> Option<FollowEnd> {
+        *link = Link::default();
+        self.set_state(ConnState::Connected);
         info!("reconnected to ZooKeeper; re-adding watch and resynchronising");
         let old = watcher.take();
         match self.add_watch(client, state).await {
@@ -765,13 +768,14 @@ impl ZkSession {
                     "lost connection to ZooKeeper again while adding the watch; serving cached data"
                 );
                 *watcher = old;
-                return Back::LostAgain;
+                link.lose(self);
+                return None;
             }
-            Watch::Ended => return Back::Ended,
+            Watch::Ended => return Some(FollowEnd::Expired),
         }
         drop(old);
         let _ = events.send(SessionEvent::Resync);
-        Back::Resyncing
+        None
     }
 
     async fn follow(
@@ -785,10 +789,7 @@ impl ZkSession {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let mut was_disconnected = false;
-        // While disconnected: when the client's own reconnecting is taken
-        // over, and when the connection was lost.
-        let mut takeover: Option<(tokio::time::Instant, Instant)> = None;
+        let mut link = Link::default();
         // What happened before `state` existed is not among its changes:
         // a session that ended or a connection already lost is taken from
         // the current state. With no watch yet (lost while it was being
@@ -799,8 +800,7 @@ impl ZkSession {
             s if s.is_terminated() => return FollowEnd::Expired,
             zk::SessionState::Disconnected => {
                 warn!("lost connection to ZooKeeper; serving cached data");
-                was_disconnected = true;
-                takeover = Some(self.lost());
+                link.lose(self);
             }
             _ if watcher.is_none() => match self.add_watch(client, &state).await {
                 Watch::On(w) => {
@@ -811,19 +811,18 @@ impl ZkSession {
                     warn!(
                         "lost connection to ZooKeeper while adding the watch; serving cached data"
                     );
-                    was_disconnected = true;
-                    takeover = Some(self.lost());
+                    link.lose(self);
                 }
                 Watch::Ended => return FollowEnd::Expired,
             },
             _ => {}
         }
         loop {
-            let takeover_at = takeover.map(|(at, _)| at);
+            let takeover_at = link.takeover.map(|(at, _)| at);
             tokio::select! {
                 _ = sleep_until_some(takeover_at) => {
-                    let lost_at = takeover.map_or_else(Instant::now, |(_, lost)| lost);
-                    takeover = None;
+                    let lost_at = link.takeover.map_or_else(Instant::now, |(_, lost)| lost);
+                    link.takeover = None;
                     if state.peek_state() != zk::SessionState::Disconnected {
                         // It just reconnected (or ended): the state branch
                         // takes it from here.
@@ -856,24 +855,15 @@ impl ZkSession {
                         // (else the state branch sees the next loss).
                         zk::EventType::Session => {
                             match event.session_state {
-                                zk::SessionState::Disconnected if !was_disconnected => {
+                                zk::SessionState::Disconnected if !link.was_disconnected => {
                                     warn!("lost connection to ZooKeeper (seen by the root watch); serving cached data");
-                                    was_disconnected = true;
-                                    takeover = Some(self.lost());
+                                    link.lose(self);
                                 }
                                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
-                                    if was_disconnected && connected(state.peek_state()) =>
+                                    if link.was_disconnected && connected(state.peek_state()) =>
                                 {
-                                    takeover = None;
-                                    self.set_state(ConnState::Connected);
-                                    was_disconnected = false;
-                                    match self.back(client, &state, &mut watcher, events).await {
-                                        Back::Resyncing => {}
-                                        Back::LostAgain => {
-                                            was_disconnected = true;
-                                            takeover = Some(self.lost());
-                                        }
-                                        Back::Ended => return FollowEnd::Expired,
+                                    if let Some(end) = self.back(client, &state, &mut watcher, events, &mut link).await {
+                                        return end;
                                     }
                                 }
                                 _ => {}
@@ -892,25 +882,16 @@ impl ZkSession {
                     match new_state {
                         zk::SessionState::Disconnected => {
                             warn!("lost connection to ZooKeeper; serving cached data");
-                            if !was_disconnected {
-                                takeover = Some(takeover_from(Instant::now()));
-                            }
-                            was_disconnected = true;
-                            self.set_state(ConnState::Disconnected);
+                            link.lose(self);
                         }
                         zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                            takeover = None;
-                            self.set_state(ConnState::Connected);
-                            if was_disconnected {
-                                was_disconnected = false;
-                                match self.back(client, &state, &mut watcher, events).await {
-                                    Back::Resyncing => {}
-                                    Back::LostAgain => {
-                                        was_disconnected = true;
-                                        takeover = Some(self.lost());
-                                    }
-                                    Back::Ended => return FollowEnd::Expired,
+                            if link.was_disconnected {
+                                if let Some(end) = self.back(client, &state, &mut watcher, events, &mut link).await {
+                                    return end;
                                 }
+                            } else {
+                                link.takeover = None;
+                                self.set_state(ConnState::Connected);
                             }
                         }
                         zk::SessionState::Expired => {
@@ -1037,14 +1018,27 @@ impl Drop for Clear<'_> {
     }
 }
 
-/// How [`ZkSession::back`] ended.
-enum Back {
-    /// The watch is on again; a resync was asked for.
-    Resyncing,
-    /// The connection was lost again first.
-    LostAgain,
-    /// The session ended.
-    Ended,
+/// What `follow` knows of a loss of its connection.
+#[derive(Default)]
+struct Link {
+    /// Lost, and not yet handled as back (watch re-added, resync asked).
+    was_disconnected: bool,
+    /// While disconnected: when the client's own reconnecting is taken
+    /// over, and when the connection was lost.
+    takeover: Option<(tokio::time::Instant, Instant)>,
+}
+
+impl Link {
+    /// The connection is lost: the state says so; the first report of a
+    /// loss arms the takeover (later ones keep its time).
+    fn lose(&mut self, session: &ZkSession) {
+        if self.was_disconnected {
+            session.set_state(ConnState::Disconnected);
+        } else {
+            self.takeover = Some(session.lost());
+        }
+        self.was_disconnected = true;
+    }
 }
 
 /// Whether `state` is a connected one.
