@@ -319,3 +319,36 @@ fn no_server_outlives_the_test_process() {
         || !dir.exists(),
     );
 }
+
+/// Servers listen on ports outside the kernel's ephemeral range, each
+/// handed out once. Members are stopped and started again on the same port:
+/// while one is down, a port from that range can be given to any socket bound
+/// to port 0 or connecting out (another test's proxy, a client's connection
+/// to another member), and its restart then fails with `Address already in
+/// use`. A clean-clone CI run failed that way (an ensemble member's client
+/// port, 39551, taken while it was down); so did an ensemble's first start
+/// in an earlier round. The kernel never gives out a port outside the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_listen_outside_the_ephemeral_range_on_ports_of_their_own() {
+    let (lo, hi) = ephemeral_port_range();
+    let zk = ZkServer::start();
+    let mut ensemble = Ensemble::start();
+    let mut ports = ensemble.all_ports();
+    ports.push(zk.port());
+    ports.extend((0..100).map(|_| free_port()));
+    for &port in &ports {
+        assert!(
+            !(lo..=hi).contains(&port),
+            "port {port} lies in the ephemeral range {lo}-{hi}"
+        );
+    }
+    let distinct: HashSet<u16> = ports.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        ports.len(),
+        "a port was handed out twice: {ports:?}"
+    );
+    for member in 0..3 {
+        assert!(port_accepts(ensemble.server(member).port()));
+    }
+}

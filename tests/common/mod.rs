@@ -141,13 +141,48 @@ pub fn unique_root(tag: &str) -> String {
     )
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`):
+/// where it picks the source port of every outgoing connection.
+pub fn ephemeral_port_range() -> (u16, u16) {
+    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u16>().ok());
+    match (fields.next().flatten(), fields.next().flatten()) {
+        (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+        _ => (32768, 60999),
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing had bound a moment ago, below the
+/// kernel's ephemeral range, and not handed out before by this process.
+///
+/// Below the range because servers are stopped and started again on the same
+/// port: while one is down, any outgoing connection on the machine (a
+/// client's connection to another ensemble member, a quorum link) may be
+/// given that port as its source port, and the restart then fails with
+/// `Address already in use` (a clean-clone CI run failed that way). The
+/// kernel never picks a source port outside its range.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener
-        .local_addr()
-        .expect("local_addr of a bound listener")
-        .port()
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let (ephemeral_lo, _) = ephemeral_port_range();
+    let hi = ephemeral_lo.saturating_sub(1).max(2048);
+    let lo = hi.saturating_sub(12_000).max(1025);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut seed = nanos() as u64 ^ (u64::from(std::process::id()) << 32);
+    for _ in 0..10_000 {
+        // xorshift: spread the picks of concurrent test processes.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = lo + (seed % u64::from(hi - lo + 1)) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {lo}..={hi}");
 }
 
 fn tail_lines(text: &str, n: usize) -> String {
@@ -318,6 +353,8 @@ pub struct ZkServer {
 /// A 3-server ZooKeeper ensemble on loopback, for failover tests.
 pub struct Ensemble {
     servers: Vec<ZkServer>,
+    /// (client, quorum, leader election) port of each member.
+    ports: Vec<(u16, u16, u16)>,
 }
 
 impl Ensemble {
@@ -357,7 +394,12 @@ impl Ensemble {
                 );
             }
         }
-        Ensemble { servers }
+        Ensemble { servers, ports }
+    }
+
+    /// Every port the members listen on: client, quorum, leader election.
+    pub fn all_ports(&self) -> Vec<u16> {
+        self.ports.iter().flat_map(|&(c, q, e)| [c, q, e]).collect()
     }
 
     /// "127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3"
