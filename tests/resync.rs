@@ -677,6 +677,47 @@ fn a_read_during_a_re_attach_waits_for_it() {
     );
 }
 
+/// A read that reached the old client while it was still trying to
+/// reconnect by itself (the first 0.5 s after a loss) is not failed when the
+/// re-attach stops that client: it is asked again of the re-attached one,
+/// within its `--op-timeout` (5 s here). Before, the stopped client failed
+/// it and the reader got EIO, though the session came back 2 s later.
+#[test]
+fn a_read_queued_before_a_re_attach_is_asked_again_after_it() {
+    let zk = shared_zk();
+    let root = unique_root("resync-queued");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"v1");
+    other.create(&format!("{root}/fresh"), b"never read before");
+    let (proxy, mount) = proxied_mount(&zk, &root, "5s");
+    let m = mount.path().to_path_buf();
+    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
+    disconnect(&proxy, &m);
+    assert!(
+        !mount.log().contains("re-attaching the session"),
+        "the re-attach began before the read could be queued"
+    );
+    let before = lookups(&m);
+    let reader = {
+        let m = m.clone();
+        std::thread::spawn(move || fs::read_to_string(m.join("fresh")))
+    };
+    wait_until("the lookup reaches the daemon", DEADLINE, || {
+        lookups(&m) > before
+    });
+    wait_until("the re-attach starts", DEADLINE, || {
+        mount.log().contains("re-attaching the session")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.restore();
+    let read = reader.join().expect("reader thread");
+    assert_eq!(
+        read.expect("a read queued before the re-attach"),
+        "never read before"
+    );
+}
+
 /// One thread of another process held stopped (ptrace) until dropped. The
 /// thread that freezes must also be the one that drops it (ptrace's tracer
 /// is a thread).

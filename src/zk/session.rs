@@ -1004,9 +1004,13 @@ pub fn jitter(max: Duration) -> Duration {
 }
 
 /// A read sent, or waiting for a re-attach (until when) with what sends it.
+/// A read sent already (with what sends it again), or one waiting for a
+/// re-attach under way (the old client's task is stopped then: a read sent
+/// to it would fail at once; it waits as a read waits for the client's own
+/// reconnect during the first 0.5 s after a loss).
 enum Read<F, S> {
-    Sent(F),
-    Waiting(tokio::time::Instant, S),
+    Sent(F, S),
+    Waiting(S),
 }
 
 /// Clears a flag when dropped.
@@ -1241,30 +1245,47 @@ impl ZkSession {
         }
     }
 
-    /// While a re-attach is under way, when a read asked for now must be
-    /// answered by (its `--op-timeout`); `None` otherwise. The old client's
-    /// task is stopped then, and a read sent to it would fail at once with
-    /// `EIO`; it waits for the re-attach instead, as a read waits for the
-    /// client's own reconnect during the first 0.5 s after a loss.
-    fn reattach_wait(&self) -> Option<tokio::time::Instant> {
-        (*self.reattaching.borrow()).then(|| tokio::time::Instant::now() + self.config.op_timeout)
-    }
-
     /// A read: `send(limit)` sends it now with `--op-timeout`, or, while a
-    /// re-attach is under way, once that is over, with the time left.
-    fn read<T, F>(&self, send: impl FnOnce(Duration) -> F + Send) -> impl Future<Output = T> + Send
+    /// re-attach is under way, once that is over, with the time left; if
+    /// none is left, it fails with `Timeout` unsent. A read sent to a client
+    /// that a re-attach then stopped (it was waiting in that client's queue
+    /// while the client tried to reconnect by itself) fails with the
+    /// connection; it is sent once more, to the re-attached client, in the
+    /// time left. Only reads: asking again changes nothing in ZooKeeper.
+    fn read<T, F>(
+        &self,
+        send: impl Fn(Duration) -> F + Send,
+    ) -> impl Future<Output = Result<T, ZkError>> + Send
     where
-        F: Future<Output = T> + Send,
+        F: Future<Output = Result<T, ZkError>> + Send,
     {
-        let read = match self.reattach_wait() {
-            None => Read::Sent(send(self.config.op_timeout)),
-            Some(until) => Read::Waiting(until, send),
+        let until = tokio::time::Instant::now() + self.config.op_timeout;
+        // Marks the re-attach state seen now: a change later means a
+        // re-attach began (or ended) after the read was sent.
+        let mut reattaches = self.reattaching.subscribe();
+        let read = if *reattaches.borrow_and_update() {
+            Read::Waiting(send)
+        } else {
+            Read::Sent(send(self.config.op_timeout), send)
         };
         async move {
-            match read {
-                Read::Sent(sent) => sent.await,
-                Read::Waiting(until, send) => send(self.after_reattach(until).await).await,
+            let send = match read {
+                Read::Sent(sent, send) => match sent.await {
+                    Err(ZkError::ConnectionLoss | ZkError::SessionExpired)
+                        if reattaches.has_changed().unwrap_or(false) =>
+                    {
+                        debug!("a read failed with the client a re-attach stopped; asking again");
+                        send
+                    }
+                    answer => return answer,
+                },
+                Read::Waiting(send) => send,
+            };
+            let left = self.after_reattach(until).await;
+            if left.is_zero() {
+                return Err(ZkError::Timeout);
             }
+            send(left).await
         }
     }
 
