@@ -273,10 +273,10 @@ pub const BUSY_POLL_WRITABLE: Duration = Duration::from_micros(200);
 
 impl MountArgs {
     /// The polling window asked for: `--busy-poll`, else 200 µs on a
-    /// writable mount and none on a read-only one. Measured with a reader
-    /// polling a node through a read-only mount on a 2-CPU VM (2,000
-    /// changes): propagation p99 1.2–1.4 ms polled, 0.67–0.75 ms not; in
-    /// `scripts/bench` 4–5 ms against 0.8 ms on the writable mount. Almost
+    /// writable mount and none on a read-only one. Measured in
+    /// `bench_read` on a 2-CPU VM, a reader polling a node through a
+    /// read-only mount and yielding between reads: propagation p99 2.2–4.2
+    /// ms polled, 0.56–0.80 ms not (doc/SEMANTICS.md, "Busy polling"). Almost
     /// nothing there reaches the daemon (the kernel opens and reads by
     /// itself), so the few requests a change brings started a burst whose
     /// poller then held a CPU without answering anything, while the

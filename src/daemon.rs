@@ -48,8 +48,10 @@ const FUSE_THREADS: usize = 4;
 
 /// FUSE worker threads of a read-only mount whose device is not polled
 /// (override with ZKFS_FUSE_THREADS): the kernel opens and reads its files
-/// by itself, and a worker never blocks (it answers cache hits and hands
-/// the rest to the runtime), so more would only wait. Each worker keeps a
+/// by itself, and a worker does not wait for ZooKeeper (it answers cache
+/// hits and hands the rest to the runtime; at most it waits for the store's
+/// lock while a resync records a wave of answers), so more would mostly
+/// wait. Each worker keeps a
 /// receive buffer and a stack: three more cost 640 KiB resident after the
 /// 10,000-entry rows of `bench_list` (12,204 KiB against 11,464–11,676
 /// with one), with cold `ls -l` 0.18–0.21 s against 0.16–0.17 s.
@@ -865,6 +867,10 @@ fn run_foreground(
     reporter.ready();
     notifier.ready();
     let served = fuse_session.run();
+    // The session has ended: a signal thread waiting for it leaves the
+    // rest (final snapshot, session close) to this thread, however long
+    // that takes, instead of exiting in the middle of it.
+    drop(served_tx);
     notifier.stopping();
     info!(mountpoint = %mountpoint.display(), "unmounted");
     if let Some(persist) = &persist {
@@ -873,7 +879,6 @@ fn run_foreground(
     runtime.block_on(close_session(&session));
     drop(runtime);
     scheduler.stop();
-    drop(served_tx);
     match served {
         // The kernel ends a connection whose mount is gone with ENODEV
         // (fuser's Ok) or, when it aborts requests still queued at that

@@ -762,9 +762,9 @@ impl Drop for Frozen {
 /// second state: the daemon's runtime thread is held stopped while its
 /// ZooKeeper client (a thread of its own) loses the connection and
 /// reconnects, so the state it last saw (`connected`) reaches it as one
-/// more `connected` (tokio's watch keeps the latest value only). The
-/// change made meanwhile must still be seen (a resync), and later changes
-/// must still arrive (zookeeper-client 0.11.2 does not resend the
+/// more `connected` (the client's state watcher keeps the latest value
+/// only). The change made meanwhile must still be seen (a resync), and
+/// later changes must still arrive (zookeeper-client 0.11.2 does not resend the
 /// persistent watch: it must be added again). Before the fix neither
 /// happened: the mount said `connected` and showed `v1` for good.
 #[test]

@@ -425,8 +425,10 @@ impl ZkSession {
                 return;
             };
             let end = tokio::select! {
-                end = self.follow(&client, &events) => end,
+                // A close is a close, whatever `follow` made of it.
+                biased;
                 _ = shutdown.wait_for(|closed| *closed) => FollowEnd::Closed,
+                end = self.follow(&client, &events) => end,
             };
             drop(client);
             match end {
@@ -448,7 +450,9 @@ impl ZkSession {
                 _ = shutdown.wait_for(|closed| *closed) => return,
             };
             let state = fresh.state_watcher();
-            let id = self.adopt(fresh.clone(), host);
+            let Some(id) = self.adopt(fresh.clone(), host) else {
+                return;
+            };
             info!(session = %format!("{id:#x}"), "new ZooKeeper session after expiry");
             self.set_state(ConnState::Connected);
             // The watch goes on before the resync is asked for, so no change
@@ -472,9 +476,12 @@ impl ZkSession {
 
     /// Make `fresh` the session's client: its id is the current one and
     /// joins the ids this mount has had (registrations it owned are its).
-    fn adopt(&self, fresh: zk::Client, host: ClientHost) -> i64 {
+    /// `None` (both dropped) when the mount was closed meanwhile.
+    fn adopt(&self, fresh: zk::Client, host: ClientHost) -> Option<i64> {
         let id = fresh.session_id().0;
-        self.install(fresh, host);
+        if !self.install(fresh, host) {
+            return None;
+        }
         self.status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -483,7 +490,7 @@ impl ZkSession {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(id);
-        id
+        Some(id)
     }
 
     /// Make `fresh` (on `host`) the client requests go to. The host it
@@ -524,10 +531,15 @@ impl ZkSession {
             _ = shutdown.wait_for(|closed| *closed) => return false,
         };
         let state = fresh.state_watcher();
-        let id = self.adopt(fresh.clone(), host);
+        let Some(id) = self.adopt(fresh.clone(), host) else {
+            return false;
+        };
         info!(session = %format!("{id:#x}"), "connected to ZooKeeper (started unconnected); adding the root watch and resynchronising");
         self.set_state(ConnState::Connected);
-        let watch = self.add_watch(&fresh, &state).await;
+        let watch = tokio::select! {
+            watch = self.add_watch(&fresh, &state) => watch,
+            _ = shutdown.wait_for(|closed| *closed) => return false,
+        };
         let on = matches!(watch, Watch::On(_));
         *self
             .initial_watcher
@@ -772,6 +784,7 @@ impl ZkSession {
                 return None;
             }
             Watch::Ended => return Some(FollowEnd::Expired),
+            Watch::Closed => return Some(FollowEnd::Closed),
         }
         drop(old);
         let _ = events.send(SessionEvent::Resync);
@@ -797,6 +810,7 @@ impl ZkSession {
         // if the connection is down; either way a resync follows, since
         // the one the new session asked for ran without it.
         match state.peek_state() {
+            zk::SessionState::Closed => return FollowEnd::Closed,
             s if s.is_terminated() => return FollowEnd::Expired,
             zk::SessionState::Disconnected => {
                 warn!("lost connection to ZooKeeper; serving cached data");
@@ -814,6 +828,7 @@ impl ZkSession {
                     link.lose(self);
                 }
                 Watch::Ended => return FollowEnd::Expired,
+                Watch::Closed => return FollowEnd::Closed,
             },
             _ => {}
         }
@@ -840,6 +855,9 @@ impl ZkSession {
                         zk::EventType::NodeDataChanged => NodeEventKind::DataChanged,
                         // The client closes the watcher after a terminal
                         // session event: never poll it again after one.
+                        zk::EventType::Session if event.session_state == zk::SessionState::Closed => {
+                            return FollowEnd::Closed;
+                        }
                         zk::EventType::Session if event.session_state.is_terminated() => {
                             warn!(state = %event.session_state, "ZooKeeper session ended; building a new one");
                             return FollowEnd::Expired;
@@ -855,6 +873,16 @@ impl ZkSession {
                         // (else the state branch sees the next loss).
                         zk::EventType::Session => {
                             match event.session_state {
+                                // Already connected again (the channel is
+                                // read late): the reconnect queued behind
+                                // this loss re-adds the watch; nothing to
+                                // report or take over meanwhile.
+                                zk::SessionState::Disconnected
+                                    if !link.was_disconnected && connected(state.peek_state()) =>
+                                {
+                                    debug!("a loss seen late by the root watch; the connection is back already");
+                                    link.was_disconnected = true;
+                                }
                                 zk::SessionState::Disconnected if !link.was_disconnected => {
                                     warn!("lost connection to ZooKeeper (seen by the root watch); serving cached data");
                                     link.lose(self);
@@ -1033,10 +1061,12 @@ struct Link {
 }
 
 impl Link {
-    /// The connection is lost: the state says so; the first report of a
-    /// loss arms the takeover (later ones keep its time).
+    /// The connection is lost: the state says so, and the takeover is
+    /// armed unless it is already (a second report of the same loss keeps
+    /// its time). A loss after a takeover that found the connection back
+    /// (before `follow` saw the reconnect) arms a new one.
     fn lose(&mut self, session: &ZkSession) {
-        if self.was_disconnected {
+        if self.takeover.is_some() {
             session.set_state(ConnState::Disconnected);
         } else {
             self.takeover = Some(session.lost());
@@ -1060,13 +1090,15 @@ enum Watch {
     Lost,
     /// The session ended.
     Ended,
+    /// The client was closed (the mount is closing).
+    Closed,
 }
 
 impl Watch {
     fn into_watcher(self) -> Option<zk::PersistentWatcher> {
         match self {
             Watch::On(watcher) => Some(watcher),
-            Watch::Lost | Watch::Ended => None,
+            Watch::Lost | Watch::Ended | Watch::Closed => None,
         }
     }
 }
@@ -1075,6 +1107,7 @@ impl Watch {
 /// connected.
 fn gone(state: zk::SessionState) -> Option<Watch> {
     match state {
+        zk::SessionState::Closed => Some(Watch::Closed),
         s if s.is_terminated() => Some(Watch::Ended),
         zk::SessionState::Disconnected => Some(Watch::Lost),
         _ => None,

@@ -163,9 +163,20 @@ pub fn ephemeral_port_range() -> (u16, u16) {
 /// kernel never picks a source port outside its range.
 pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let (ephemeral_lo, _) = ephemeral_port_range();
-    let hi = ephemeral_lo.saturating_sub(1).max(2048);
-    let lo = hi.saturating_sub(12_000).max(1025);
+    let (ephemeral_lo, ephemeral_hi) = ephemeral_port_range();
+    // Below the range if 1,000 ports fit there, else above it.
+    let (lo, hi) = if ephemeral_lo > 2048 {
+        (
+            ephemeral_lo.saturating_sub(12_000).max(1025),
+            ephemeral_lo - 1,
+        )
+    } else if ephemeral_hi < 64_535 {
+        (ephemeral_hi + 1, ephemeral_hi.saturating_add(12_000))
+    } else {
+        panic!(
+            "the ephemeral port range {ephemeral_lo}-{ephemeral_hi} leaves no room for servers' ports"
+        );
+    };
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let mut seed = nanos() as u64 ^ (u64::from(std::process::id()) << 32);
     for _ in 0..10_000 {
