@@ -716,7 +716,10 @@ impl ZkSession {
     }
 
     /// Add the persistent recursive watch on the root, retrying (200 ms
-    /// apart) only while the connection is up: a connection lost under it
+    /// apart at first, doubling up to [`WATCH_RETRY_MAX`]: a server that
+    /// refuses it, say after a downgrade, is asked, and logged, a few times
+    /// a minute, not five times a second) only while the connection is up:
+    /// a connection lost under it
     /// is [`Watch::Lost`], for the caller to treat as any other loss (state
     /// `disconnected`, takeover armed) rather than a retry loop that shows
     /// `connected` and waits out the client's backoff. The loss is seen
@@ -725,6 +728,7 @@ impl ZkSession {
     /// until it reconnects, and would otherwise be waited on for the whole
     /// `--op-timeout`, the mount saying `connected` all that time.
     async fn add_watch(&self, client: &zk::Client, state: &zk::StateWatcher) -> Watch {
+        let mut wait = Duration::from_millis(200);
         loop {
             let attempt = tokio::select! {
                 attempt = self.watch_once(client) => attempt,
@@ -748,7 +752,11 @@ impl ZkSession {
             if let Some(gone) = gone(state.peek_state()) {
                 return gone;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                gone = not_connected(state.clone()) => return gone,
+            }
+            wait = (wait * 2).min(WATCH_RETRY_MAX);
         }
     }
 
@@ -937,6 +945,9 @@ impl ZkSession {
         }
     }
 }
+
+/// The longest wait between two attempts to add the root watch.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// How long a lost connection is left to the client's own reconnecting
 /// before [`ZkSession::reattach`] takes the session over. Long enough for
