@@ -641,6 +641,37 @@ fn lookups(m: &Path) -> u64 {
         .expect("lookup count")
 }
 
+/// A proxied read-only mount (`--op-timeout 5s`) of a new root holding
+/// `config` (read once) and `fresh` (never read through the mount).
+fn a_file_never_read(tag: &str) -> (Other, Proxy, Mount) {
+    let zk = shared_zk();
+    let root = unique_root(tag);
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/config"), b"v1");
+    other.create(&format!("{root}/fresh"), b"never read before");
+    let (proxy, mount) = proxied_mount(&zk, &root, "5s");
+    assert_eq!(
+        fs::read_to_string(mount.path().join("config")).expect("cat"),
+        "v1"
+    );
+    (other, proxy, mount)
+}
+
+/// Read `fresh` on a thread of its own, once its lookup has reached the
+/// daemon.
+fn read_fresh_in_the_background(m: &Path) -> std::thread::JoinHandle<std::io::Result<String>> {
+    let before = lookups(m);
+    let reader = {
+        let m = m.to_path_buf();
+        std::thread::spawn(move || fs::read_to_string(m.join("fresh")))
+    };
+    wait_until("the lookup reaches the daemon", DEADLINE, || {
+        lookups(m) > before
+    });
+    reader
+}
+
 /// A read that needs ZooKeeper while a re-attach is under way waits for it
 /// (within `--op-timeout`, 5 s here) instead of failing at once with EIO:
 /// the file is looked up for the first time once the re-attach has begun,
@@ -648,27 +679,13 @@ fn lookups(m: &Path) -> u64 {
 /// restored.
 #[test]
 fn a_read_during_a_re_attach_waits_for_it() {
-    let zk = shared_zk();
-    let root = unique_root("resync-waits");
-    let other = Other::connect(&zk);
-    other.ensure(&root);
-    other.create(&format!("{root}/config"), b"v1");
-    other.create(&format!("{root}/fresh"), b"never read before");
-    let (proxy, mount) = proxied_mount(&zk, &root, "5s");
+    let (_other, proxy, mount) = a_file_never_read("resync-waits");
     let m = mount.path().to_path_buf();
-    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
     proxy.cut();
     wait_until("the re-attach starts", DEADLINE, || {
         mount.log().contains("re-attaching the session")
     });
-    let before = lookups(&m);
-    let reader = {
-        let m = m.clone();
-        std::thread::spawn(move || fs::read_to_string(m.join("fresh")))
-    };
-    wait_until("the lookup reaches the daemon", DEADLINE, || {
-        lookups(&m) > before
-    });
+    let reader = read_fresh_in_the_background(&m);
     proxy.restore();
     let read = reader.join().expect("reader thread");
     assert_eq!(
@@ -684,28 +701,14 @@ fn a_read_during_a_re_attach_waits_for_it() {
 /// it and the reader got EIO, though the session came back 2 s later.
 #[test]
 fn a_read_queued_before_a_re_attach_is_asked_again_after_it() {
-    let zk = shared_zk();
-    let root = unique_root("resync-queued");
-    let other = Other::connect(&zk);
-    other.ensure(&root);
-    other.create(&format!("{root}/config"), b"v1");
-    other.create(&format!("{root}/fresh"), b"never read before");
-    let (proxy, mount) = proxied_mount(&zk, &root, "5s");
+    let (_other, proxy, mount) = a_file_never_read("resync-queued");
     let m = mount.path().to_path_buf();
-    assert_eq!(fs::read_to_string(m.join("config")).expect("cat"), "v1");
     disconnect(&proxy, &m);
     assert!(
         !mount.log().contains("re-attaching the session"),
         "the re-attach began before the read could be queued"
     );
-    let before = lookups(&m);
-    let reader = {
-        let m = m.clone();
-        std::thread::spawn(move || fs::read_to_string(m.join("fresh")))
-    };
-    wait_until("the lookup reaches the daemon", DEADLINE, || {
-        lookups(&m) > before
-    });
+    let reader = read_fresh_in_the_background(&m);
     wait_until("the re-attach starts", DEADLINE, || {
         mount.log().contains("re-attaching the session")
     });
