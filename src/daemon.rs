@@ -51,10 +51,10 @@ const FUSE_THREADS: usize = 4;
 /// by itself, and a worker does not wait for ZooKeeper (it answers cache
 /// hits and hands the rest to the runtime; at most it waits for the store's
 /// lock while a resync records a wave of answers), so more would mostly
-/// wait. Each worker keeps a
-/// receive buffer and a stack: three more cost 640 KiB resident after the
-/// 10,000-entry rows of `bench_list` (12,204 KiB against 11,464–11,676
-/// with one), with cold `ls -l` 0.18–0.21 s against 0.16–0.17 s.
+/// wait. Each worker keeps a receive buffer and a stack: three more cost
+/// 640 KiB resident after the 10,000-entry rows of `bench_list` (12,204
+/// KiB against 11,464–11,676 with one), with cold `ls -l` 0.18–0.21 s
+/// against 0.16–0.17 s.
 const FUSE_THREADS_READ_ONLY: usize = 1;
 
 /// Environment variable naming the pipe a background daemon reports readiness on.

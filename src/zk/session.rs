@@ -719,8 +719,7 @@ impl ZkSession {
     /// apart at first, doubling up to [`WATCH_RETRY_MAX`]: a server that
     /// refuses it, say after a downgrade, is asked, and logged, a few times
     /// a minute, not five times a second) only while the connection is up:
-    /// a connection lost under it
-    /// is [`Watch::Lost`], for the caller to treat as any other loss (state
+    /// a connection lost under it is [`Watch::Lost`], for the caller to treat as any other loss (state
     /// `disconnected`, takeover armed) rather than a retry loop that shows
     /// `connected` and waits out the client's backoff. The loss is seen
     /// when the state changes, not when the attempt ends: an `AddWatch`
@@ -1042,7 +1041,6 @@ pub fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(z % nanos)
 }
 
-/// A read sent, or waiting for a re-attach (until when) with what sends it.
 /// A read sent already (with what sends it again), or one waiting for a
 /// re-attach under way (the old client's task is stopped then: a read sent
 /// to it would fail at once; it waits as a read waits for the client's own
