@@ -110,11 +110,7 @@ pub async fn connect(
                     _ = &mut stop_rx => None,
                 }
             });
-            // Its tasks are dropped now; a host name lookup still running
-            // on the blocking pool (tokio resolves on a thread of its own)
-            // is left to end by itself: `drop` would wait for it, and a
-            // re-attach waits for this host to be gone.
-            runtime.shutdown_background();
+            drop(runtime);
             drop(unclaimed);
             let _ = gone_tx.send(());
         })
