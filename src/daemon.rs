@@ -992,6 +992,10 @@ unsafe impl Send for SignalThread {}
 
 impl SignalThread {
     fn run(self) {
+        // The FUSE session has ended and the main thread is finishing
+        // (final snapshot, session close): a further signal ends the
+        // process at once, as a second Ctrl-C does.
+        let mut finishing = false;
         loop {
             let mut sig: libc::c_int = 0;
             // SAFETY: waits on the set blocked in every thread.
@@ -1007,6 +1011,14 @@ impl SignalThread {
                     }
                 }
                 continue;
+            }
+            if finishing {
+                warn!(
+                    signal = sig,
+                    "signal received while the final snapshot and the session close run; exiting now (the session's ephemeral nodes go when it expires)"
+                );
+                crate::events::remove_socket();
+                std::process::exit(1);
             }
             self.notifier.stopping();
             let stage = self.mounted.lock().unwrap_or_else(|e| e.into_inner());
@@ -1034,7 +1046,7 @@ impl SignalThread {
                 crate::events::remove_socket();
                 std::process::exit(0);
             }
-            return;
+            finishing = true;
         }
     }
 }

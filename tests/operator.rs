@@ -23,8 +23,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{
-    Mount, TempDir, ZkServer, is_mounted, mount_entries, run_with_timeout, run_zkfs, shared_zk,
-    unique_root, wait_until, zkfs_bin,
+    Frozen, Mount, TempDir, ZkServer, is_mounted, mount_entries, run_with_timeout, run_zkfs,
+    shared_zk, unique_root, wait_until, zkfs_bin,
 };
 use proxy::Proxy;
 use zkops::{Other, xattr_string};
@@ -223,6 +223,58 @@ fn foreground_sigterm_and_sigint_unmount_and_exit_0_within_a_second() {
         );
         eprintln!("SIG{name} (foreground): unmounted and exited in {took:?}");
     }
+}
+
+/// A second SIGTERM while the daemon finishes (the mount gone, the session
+/// not yet closed) ends it at once, with status 1. Its runtime thread is
+/// held stopped (ptrace) so that the close cannot end: the first SIGTERM
+/// unmounts, and the daemon then waits on that close. Before, the signal
+/// thread had returned by then, and the second SIGTERM was never taken.
+#[test]
+fn a_second_sigterm_while_finishing_exits_at_once() {
+    let zk = shared_zk();
+    let root = unique_root("sig-twice");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    let mut mount = Mount::start(&format!("{zk}{root}"), &[]);
+    let pid = mount.pid().expect("running");
+    let mut frozen = Frozen::thread(pid, "zkfs-rt");
+    kill(pid as i32, libc::SIGTERM);
+    wait_until(
+        "the first SIGTERM unmounts and ends the FUSE session",
+        Duration::from_secs(10),
+        || !is_mounted(mount.path()) && mount.log().contains("unmounted"),
+    );
+    assert!(
+        mount.exit_status().is_none(),
+        "the daemon exited with its runtime stopped: the test shows nothing\n{}",
+        mount.log()
+    );
+    kill(pid as i32, libc::SIGTERM);
+    wait_until(
+        "the daemon exits after the second SIGTERM",
+        Duration::from_secs(5),
+        || frozen.exited(),
+    );
+    drop(frozen);
+    assert!(
+        mount.wait_exit(Duration::from_secs(5)),
+        "not reaped after its threads exited\n{}",
+        mount.log()
+    );
+    assert_eq!(
+        mount.exit_status().and_then(|s| s.code()),
+        Some(1),
+        "exit status\n{}",
+        mount.log()
+    );
+    assert!(
+        mount
+            .log()
+            .contains("signal received while the final snapshot and the session close run"),
+        "{}",
+        mount.log()
+    );
 }
 
 #[test]

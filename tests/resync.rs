@@ -16,7 +16,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Mount, TempDir, shared_zk, unique_root, wait_until};
+use common::{Frozen, Mount, TempDir, shared_zk, unique_root, wait_until};
 use proxy::{Proxy, op};
 use zkops::{Other, requests, xattr_string};
 
@@ -719,46 +719,6 @@ fn a_read_queued_before_a_re_attach_is_asked_again_after_it() {
         read.expect("a read queued before the re-attach"),
         "never read before"
     );
-}
-
-/// One thread of another process held stopped (ptrace) until dropped. The
-/// thread that freezes must also be the one that drops it (ptrace's tracer
-/// is a thread).
-struct Frozen(libc::pid_t);
-
-impl Frozen {
-    /// Stop the thread of `pid` named `name`.
-    fn thread(pid: u32, name: &str) -> Frozen {
-        let tid: libc::pid_t = fs::read_dir(format!("/proc/{pid}/task"))
-            .expect("task dir")
-            .flatten()
-            .find(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
-            .and_then(|t| t.file_name().to_str()?.parse().ok())
-            .unwrap_or_else(|| panic!("daemon {pid} has no thread {name}"));
-        // SAFETY: plain ptrace and waitpid calls on a thread id; failures
-        // are checked.
-        unsafe {
-            assert_eq!(
-                libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
-                0,
-                "PTRACE_SEIZE {tid}: {}",
-                std::io::Error::last_os_error()
-            );
-            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0);
-            let mut status = 0;
-            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid);
-        }
-        Frozen(tid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // SAFETY: detaching a tracee this thread stopped.
-        unsafe {
-            libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0);
-        }
-    }
 }
 
 /// A connection lost and regained so quickly that `follow` sees only the

@@ -1121,3 +1121,63 @@ impl Mount {
         }
     }
 }
+
+/// One thread of another process held stopped (ptrace) until dropped. The
+/// thread that freezes must also be the one that drops it (ptrace's tracer
+/// is a thread).
+pub struct Frozen {
+    tid: libc::pid_t,
+    /// The thread has exited and was reaped here.
+    gone: bool,
+}
+
+impl Frozen {
+    /// Stop the thread of `pid` named `name`.
+    pub fn thread(pid: u32, name: &str) -> Frozen {
+        let tid: libc::pid_t = fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("task dir")
+            .flatten()
+            .find(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+            .and_then(|t| t.file_name().to_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("daemon {pid} has no thread {name}"));
+        // SAFETY: plain ptrace and waitpid calls on a thread id; failures
+        // are checked.
+        unsafe {
+            assert_eq!(
+                libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
+                0,
+                "PTRACE_SEIZE {tid}: {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid);
+        }
+        Frozen { tid, gone: false }
+    }
+
+    /// Whether the stopped thread has exited (its process ended: a killed
+    /// tracee exits though stopped). A traced thread that exits waits for
+    /// its tracer to reap it, and its process cannot be reaped before:
+    /// this reaps it.
+    pub fn exited(&mut self) -> bool {
+        if !self.gone {
+            let mut status = 0;
+            // SAFETY: a non-blocking waitpid on our own tracee.
+            let r = unsafe { libc::waitpid(self.tid, &mut status, libc::__WALL | libc::WNOHANG) };
+            self.gone = r == self.tid && (libc::WIFEXITED(status) || libc::WIFSIGNALED(status));
+        }
+        self.gone
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.gone {
+            // SAFETY: detaching a tracee this thread stopped.
+            unsafe {
+                libc::ptrace(libc::PTRACE_DETACH, self.tid, 0, 0);
+            }
+        }
+    }
+}
