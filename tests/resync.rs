@@ -719,6 +719,15 @@ fn a_read_queued_before_a_re_attach_is_asked_again_after_it() {
         read.expect("a read queued before the re-attach"),
         "never read before"
     );
+    // The read went to the old client (else it only waited for the
+    // re-attach, which the test before this one covers).
+    assert!(
+        mount
+            .log()
+            .contains("a read failed with the client a re-attach stopped"),
+        "the read was not one the re-attach's stop failed\n{}",
+        mount.log()
+    );
 }
 
 /// A connection lost and regained so quickly that `follow` sees only the

@@ -1316,7 +1316,9 @@ impl ZkSession {
                     Err(ZkError::ConnectionLoss | ZkError::SessionExpired)
                         if reattaches.has_changed().unwrap_or(false) =>
                     {
-                        debug!("a read failed with the client a re-attach stopped; asking again");
+                        info!(
+                            "a read failed with the client a re-attach stopped; asking the new one"
+                        );
                         send
                     }
                     answer => return answer,

@@ -371,6 +371,21 @@ pub struct Ensemble {
 impl Ensemble {
     /// Starts three servers and waits until each serves as leader or follower.
     pub fn start() -> Ensemble {
+        for attempt in 1..=3 {
+            match Ensemble::try_start() {
+                Ok(ensemble) => return ensemble,
+                // A port taken between free_port() and java's bind (by
+                // another process: this one hands out each port once).
+                Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
+                Err(log) => panic!("{log}"),
+            }
+        }
+        unreachable!("the last attempt either returns or panics")
+    }
+
+    /// One attempt: the members are stopped and removed (dropped) when one
+    /// fails, and the failure comes with its log.
+    fn try_start() -> Result<Ensemble, String> {
         let ports: Vec<(u16, u16, u16)> = (0..3)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();
@@ -399,13 +414,13 @@ impl Ensemble {
         }
         for server in &mut servers {
             if let Err(e) = server.wait_serving() {
-                panic!(
+                return Err(format!(
                     "ensemble member failed to start: {e}\n{}",
                     server.log_tail()
-                );
+                ));
             }
         }
-        Ensemble { servers, ports }
+        Ok(Ensemble { servers, ports })
     }
 
     /// Every port the members listen on: client, quorum, leader election.
