@@ -196,6 +196,21 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {lo}..={hi}");
 }
 
+/// Runs `start` (which picks its ports with [`free_port`]) up to three
+/// times while it fails with `Address already in use`: a port taken between
+/// `free_port` and java's bind, by another process (this one hands out each
+/// port once). Panics with the last failure's log.
+fn retrying_lost_ports<T>(mut start: impl FnMut() -> Result<T, String>) -> T {
+    let mut attempt = 1;
+    loop {
+        match start() {
+            Ok(started) => return started,
+            Err(log) if attempt < 3 && log.contains("Address already in use") => attempt += 1,
+            Err(log) => panic!("{log}"),
+        }
+    }
+}
+
 fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
@@ -371,16 +386,7 @@ pub struct Ensemble {
 impl Ensemble {
     /// Starts three servers and waits until each serves as leader or follower.
     pub fn start() -> Ensemble {
-        for attempt in 1..=3 {
-            match Ensemble::try_start() {
-                Ok(ensemble) => return ensemble,
-                // A port taken between free_port() and java's bind (by
-                // another process: this one hands out each port once).
-                Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
-                Err(log) => panic!("{log}"),
-            }
-        }
-        unreachable!("the last attempt either returns or panics")
+        retrying_lost_ports(Ensemble::try_start)
     }
 
     /// One attempt: the members are stopped and removed (dropped) when one
@@ -480,24 +486,20 @@ impl ZkServer {
             quorum: None,
         };
         server.spawn_watchdog();
-        for attempt in 1..=3 {
+        retrying_lost_ports(|| {
             server.port = free_port();
             server.write_config();
             server.spawn_java();
             match server.wait_serving() {
-                Ok(()) => return server,
+                Ok(()) => Ok(()),
                 Err(e) => {
                     let log = server.log_tail();
                     server.kill_java();
-                    // Someone took the port between free_port() and java's bind.
-                    if attempt < 3 && log.contains("Address already in use") {
-                        continue;
-                    }
-                    panic!("ZooKeeper failed to start: {e}\n{log}");
+                    Err(format!("ZooKeeper failed to start: {e}\n{log}"))
                 }
             }
-        }
-        unreachable!("the last attempt either returns or panics")
+        });
+        server
     }
 
     /// "127.0.0.1:PORT"
