@@ -67,7 +67,9 @@ fn mount_carries_on_while_each_server_in_turn_is_down() {
 }
 
 /// A writer through `mount` (on `file`): every write truncates and writes
-/// `w-N` and fsyncs; counts successes, keeps failures and the last success.
+/// `w-N` and fsyncs (or, [`Writer::renaming`], writes `w-N` to a new file
+/// and renames it over `file`, as `sed -i` and editors do); counts
+/// successes, keeps failures and the last success.
 struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     written: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -76,6 +78,36 @@ struct Writer {
 
 impl Writer {
     fn start(file: std::path::PathBuf) -> Writer {
+        Writer::with_step(file, |file, value| {
+            fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(file)
+                .and_then(|mut f| {
+                    f.write_all(value.as_bytes())?;
+                    f.sync_all()
+                })
+        })
+    }
+
+    /// Each write a new file `.FILE.N` (created, written, fsynced) renamed
+    /// over `file`: a create and a rename (one `multi`) per step.
+    fn renaming(file: std::path::PathBuf) -> Writer {
+        Writer::with_step(file, |file, value| {
+            let name = file.file_name().expect("a file name").to_string_lossy();
+            let temp = file.with_file_name(format!(".{name}.{value}"));
+            let mut f = fs::File::create(&temp)?;
+            f.write_all(value.as_bytes())?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&temp, file)
+        })
+    }
+
+    fn with_step(
+        file: std::path::PathBuf,
+        step: fn(&std::path::Path, &str) -> std::io::Result<()>,
+    ) -> Writer {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let stop = Arc::new(AtomicBool::new(false));
@@ -88,15 +120,7 @@ impl Writer {
                 let mut i = 0;
                 while !stop.load(Ordering::SeqCst) {
                     let value = format!("w-{i}");
-                    let result = fs::OpenOptions::new()
-                        .write(true)
-                        .truncate(true)
-                        .open(&file)
-                        .and_then(|mut f| {
-                            f.write_all(value.as_bytes())?;
-                            f.sync_all()
-                        });
-                    match result {
+                    match step(&file, &value) {
                         Ok(()) => {
                             last = value;
                             written.fetch_add(1, Ordering::SeqCst);
@@ -202,5 +226,43 @@ fn graceful_server_stops_during_a_write_loop_fail_no_write() {
     assert_eq!(
         String::from_utf8_lossy(&other.get(&format!("{root}/cfg")).0),
         last
+    );
+}
+
+/// The same with `sed -i`'s pattern: a new file renamed over the old one.
+/// A rename is one `multi`; a stop that takes its request with the
+/// connection sends it again, one that takes its answer finds it applied:
+/// no step fails, and no temporary file is left behind.
+#[test]
+fn graceful_server_stops_during_a_rename_loop_fail_no_rename() {
+    let mut ensemble = Ensemble::start();
+    let zk = ensemble.connect_string();
+    let root = unique_root("sigterm-mv");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/cfg"), b"start");
+    drop(other);
+    let mount = Mount::start(
+        &format!("{zk}{root}"),
+        &["--session-timeout", "10s", "--op-timeout", "5s"],
+    );
+    let writer = Writer::renaming(mount.path().join("cfg"));
+    writer.progress(20);
+    for i in 0..3 {
+        ensemble.server(i).stop_gracefully();
+        writer.progress(20);
+        ensemble.server(i).start_again();
+        writer.progress(20);
+    }
+    let last = writer.finish();
+    let other = Other::connect(&zk);
+    assert_eq!(
+        String::from_utf8_lossy(&other.get(&format!("{root}/cfg")).0),
+        last
+    );
+    assert_eq!(
+        other.children(&root),
+        vec!["cfg".to_string()],
+        "no temporary file left"
     );
 }

@@ -983,6 +983,123 @@ async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
 }
 
+/// A rename is one `multi`: its lost answer is resolved as a setData's is
+/// (SEMANTICS "Unknown outcome": every node it deletes is gone, every node
+/// it creates holds what it wrote), not reported failed.
+#[tokio::test(start_paused = true)]
+async fn a_renames_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"A", 0));
+    h.resolve("/a").await.expect("a");
+    h.zk.inject(WriteFault::LostAnswer);
+    let (renamed, ()) = tokio::join!(
+        h.fs.rename(
+            ROOT_INO,
+            OsStr::new("a"),
+            ROOT_INO,
+            OsStr::new("b"),
+            RenameFlags::default(),
+            1
+        ),
+        h.reconnect_after(50)
+    );
+    assert_eq!(
+        renamed.map_err(|e| e.errno()),
+        Ok(()),
+        "applied, so reported applied"
+    );
+    assert!(!h.zk.exists("/a"));
+    assert_eq!(h.zk.data("/b").as_deref(), Some(&b"A"[..]));
+    assert_eq!(h.zk.writes_received(), 1, "one multi, not sent again");
+}
+
+/// A rename whose transaction never reached the server is sent again on
+/// the new connection, once.
+#[tokio::test(start_paused = true)]
+async fn a_renames_lost_request_is_sent_again_on_the_new_connection() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"A", 0));
+    h.resolve("/a").await.expect("a");
+    h.zk.inject(WriteFault::LostRequest);
+    let (renamed, ()) = tokio::join!(
+        h.fs.rename(
+            ROOT_INO,
+            OsStr::new("a"),
+            ROOT_INO,
+            OsStr::new("b"),
+            RenameFlags::default(),
+            1
+        ),
+        h.reconnect_after(50)
+    );
+    assert_eq!(renamed.map_err(|e| e.errno()), Ok(()));
+    assert!(!h.zk.exists("/a"));
+    assert_eq!(h.zk.data("/b").as_deref(), Some(&b"A"[..]));
+    assert_eq!(h.zk.writes_received(), 1, "the lost one never arrived");
+}
+
+/// An unlink whose request was lost is sent again, once; one whose answer
+/// was lost is found applied.
+#[tokio::test(start_paused = true)]
+async fn an_unlinks_lost_request_or_answer_is_resolved_after_reconnecting() {
+    let h = harness();
+    for (name, fault) in [
+        ("a", WriteFault::LostRequest),
+        ("b", WriteFault::LostAnswer),
+    ] {
+        let path = format!("/{name}");
+        h.apply(h.zk.create(&path, b"x", 0));
+        h.resolve(&path).await.expect("cached");
+        let before = h.zk.writes_received();
+        h.zk.inject(fault);
+        let (unlinked, ()) = tokio::join!(
+            h.fs.unlink(ROOT_INO, OsStr::new(name)),
+            h.reconnect_after(50)
+        );
+        assert_eq!(unlinked.map_err(|e| e.errno()), Ok(()), "{fault:?}");
+        assert!(!h.zk.exists(&path), "{fault:?}");
+        assert_eq!(
+            h.zk.writes_received(),
+            before + 1,
+            "{fault:?}: one delete arrived"
+        );
+    }
+}
+
+/// A write whose answer is lost is checked for as long as SEMANTICS says
+/// (60 s), not just `--op-timeout`: a reconnect after 40 s still resolves
+/// it as applied.
+#[tokio::test(start_paused = true)]
+async fn a_lost_answer_is_resolved_after_a_reconnect_well_past_the_op_timeout() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.inject(WriteFault::LostAnswer);
+    let (flushed, ()) = tokio::join!(h.fs.flush(fh), h.reconnect_after(40_000));
+    assert_eq!(flushed, Ok(()), "applied, so reported applied");
+    assert_eq!(h.zk.writes_received(), 1);
+}
+
+/// Past 60 s without a server the outcome stays unknown: `EIO`.
+#[tokio::test(start_paused = true)]
+async fn a_renames_outcome_unknown_for_60_s_is_eio() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"A", 0));
+    h.resolve("/a").await.expect("a");
+    h.zk.inject(WriteFault::LostAnswer);
+    let renamed =
+        h.fs.rename(
+            ROOT_INO,
+            OsStr::new("a"),
+            ROOT_INO,
+            OsStr::new("b"),
+            RenameFlags::default(),
+            1,
+        )
+        .await;
+    assert_eq!(renamed.map_err(|e| e.errno()), Err(libc::EIO));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_lost_request_is_sent_again_on_the_new_connection_once() {
     let h = harness();

@@ -94,7 +94,8 @@ impl<B: ZkBackend> ZkFs<B> {
         if name != self.config.data_name {
             return Ok(false);
         }
-        match self.store.node(&path::join(dir, name)).await {
+        let data_path = path::join(dir, name);
+        match self.store.for_write(|| self.store.node(&data_path)).await {
             Ok(_) => Ok(false),
             Err(ZkError::NoNode) => Ok(true),
             Err(e) => Err(FsError::zk(dir, "getData", e)),
@@ -192,7 +193,7 @@ impl<B: ZkBackend> ZkFs<B> {
         let pending = lock(&self.pending).get(&child).copied();
         let exists = match pending {
             Some(_) => true,
-            None => match self.store.node(&child).await {
+            None => match self.store.for_write(|| self.store.node(&child)).await {
                 Ok(_) => true,
                 Err(ZkError::NoNode) => false,
                 Err(e) => return Err(FsError::zk(&child, "getData", e)),
@@ -426,7 +427,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 if !w.written {
                     return Ok(());
                 }
-                match self.store.node(path).await {
+                match self.store.for_write(|| self.store.node(path)).await {
                     // Created through this mount and not changed since: this
                     // handle's content follows, as one more setData.
                     Ok(view) if self.store.written_here(path, view.stat.mzxid) => view.stat.version,
@@ -647,7 +648,7 @@ impl<B: ZkBackend> ZkFs<B> {
                     // truncate(2) on a closed file: one versioned setData now.
                     let (data, view) = self
                         .store
-                        .data(&inode.path)
+                        .for_write(|| self.store.data(&inode.path))
                         .await
                         .map_err(|e| FsError::zk(&inode.path, "getData", e))?;
                     let mut data = data.to_vec();
@@ -773,7 +774,7 @@ impl<B: ZkBackend> ZkFs<B> {
         // deleted and re-created is at version 0 again).
         let (data, src_view) = self
             .store
-            .read_fresh(&src)
+            .for_write(|| self.store.read_fresh(&src))
             .await
             .map_err(|e| FsError::zk(&src, "getData", e))?;
         let known_czxid = {
@@ -791,10 +792,10 @@ impl<B: ZkBackend> ZkFs<B> {
         }
         let acl = self
             .store
-            .acl(&src)
+            .for_write(|| self.store.acl(&src))
             .await
             .map_err(|e| FsError::zk(&src, "getACL", e))?;
-        let dst_view = match self.store.read_fresh(&dst).await {
+        let dst_view = match self.store.for_write(|| self.store.read_fresh(&dst)).await {
             Ok((_, v)) => Some(v),
             Err(ZkError::NoNode) => None,
             Err(e) => return Err(FsError::zk(&dst, "getData", e)),
@@ -999,7 +1000,7 @@ impl<B: ZkBackend> ZkFs<B> {
         // The target may not exist yet (`tar x` and `rsync -a` create links
         // before their targets): this mount shows the link as a link
         // meanwhile; other mounts see a file until the target exists.
-        match self.store.node(&node).await {
+        match self.store.for_write(|| self.store.node(&node)).await {
             Ok(_) | Err(ZkError::NoNode) => {}
             Err(e) => return Err(FsError::zk(&node, "getData", e)),
         }

@@ -132,6 +132,17 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// The node this op changes.
+    pub fn path(&self) -> &str {
+        match self {
+            WriteOp::Create { path, .. }
+            | WriteOp::SetData { path, .. }
+            | WriteOp::Delete { path, .. } => path,
+        }
+    }
+}
+
 /// Result of one successful `multi` operation, in the order of the ops.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteResult {

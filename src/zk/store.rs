@@ -293,6 +293,26 @@ fn retry_after(e: &ZkError, attempt: u32) -> bool {
 /// Longest wait to learn the outcome of a write whose answer was lost.
 const UNKNOWN_OUTCOME_LIMIT: Duration = Duration::from_secs(60);
 
+/// What reading the node(s) again says about a write whose answer was lost.
+enum Found<T> {
+    /// It was applied (with what the answer would have said).
+    Applied(T),
+    /// It was not: sending it again is safe after ConnectionLoss.
+    NotApplied,
+    /// No answer within [`UNKNOWN_OUTCOME_LIMIT`], or one that cannot tell
+    /// (NoAuth, say): never sent again; the caller reports the failure.
+    Unknown,
+}
+
+/// The one warn line of a write whose outcome stayed unknown.
+fn outcome_unknown(path: &str) {
+    warn!(
+        path,
+        "the outcome of a write stayed unknown (no answer after the connection was lost, \
+         within {UNKNOWN_OUTCOME_LIMIT:?}); read the node before retrying"
+    );
+}
+
 /// How long an expected own event may take to arrive before it is ignored.
 const OWN_EVENT_WINDOW: Duration = Duration::from_secs(10);
 
@@ -843,33 +863,41 @@ impl<B: ZkBackend> Store<B> {
     /// After a write failed with an unknown outcome (connection lost or our
     /// deadline passed), find out once the session is connected again: if
     /// the node holds exactly what we wrote, newer than `before`, the write
-    /// was applied. While disconnected this keeps waiting; the caller's
-    /// operation deadline bounds it (and then the write is reported failed).
+    /// was applied; if it is missing or holds something else, it was not.
+    /// While disconnected this keeps waiting, up to
+    /// [`UNKNOWN_OUTCOME_LIMIT`] (FUSE writes are not bounded otherwise:
+    /// `fuse::dispatch_write`).
     async fn written_anyway(
         &self,
         path: &str,
         data: &[u8],
         before: Option<i64>,
-    ) -> Option<NodeStat> {
+    ) -> Found<NodeStat> {
         let find_out = async {
             loop {
                 self.connected().await;
                 match self.backend.get_data(path).await {
                     Ok((now, stat)) => {
                         let ours = now == data && before.is_none_or(|m| stat.mzxid > m);
-                        return ours.then_some(stat);
+                        return if ours {
+                            Found::Applied(stat)
+                        } else {
+                            Found::NotApplied
+                        };
                     }
+                    Err(ZkError::NoNode) => return Found::NotApplied,
                     Err(e) if e.is_connectivity() => continue,
-                    Err(_) => return None,
+                    Err(_) => return Found::Unknown,
                 }
             }
         };
-        // Callers under a FUSE request have a shorter deadline; this bounds
-        // the others (re-registration after expiry).
-        tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
+        let found = tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
             .await
-            .ok()
-            .flatten()
+            .unwrap_or(Found::Unknown);
+        if matches!(found, Found::Unknown) {
+            outcome_unknown(path);
+        }
+        found
     }
 
     /// Until the session is connected (unbounded: callers bound it). The
@@ -882,29 +910,35 @@ impl<B: ZkBackend> Store<B> {
 
     /// After a delete's answer was lost: whether the node is gone (found out
     /// once connected again, bounded like [`Self::written_anyway`]).
-    async fn gone_anyway(&self, path: &str) -> bool {
+    async fn gone_anyway(&self, path: &str) -> Found<()> {
         let find_out = async {
             loop {
                 self.connected().await;
                 match self.backend.get_data(path).await {
-                    Ok(_) => return false,
-                    Err(ZkError::NoNode) => return true,
+                    Ok(_) => return Found::NotApplied,
+                    Err(ZkError::NoNode) => return Found::Applied(()),
                     Err(e) if e.is_connectivity() => continue,
-                    Err(_) => return false,
+                    Err(_) => return Found::Unknown,
                 }
             }
         };
-        tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
+        let found = tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
             .await
-            .unwrap_or(false)
+            .unwrap_or(Found::Unknown);
+        if matches!(found, Found::Unknown) {
+            outcome_unknown(path);
+        }
+        found
     }
 
     /// After a transaction's answer was lost: whether it was applied, found
     /// out once connected again. All or nothing of a `multi` is applied, so
     /// it was iff every node it deletes (and does not re-create) is gone and
     /// every node it creates or sets holds what it wrote; the answers are
-    /// rebuilt from what is read then.
-    async fn multi_applied_anyway(&self, ops: &[WriteOp]) -> Option<Vec<WriteResult>> {
+    /// rebuilt from what is read then. One node found as it was before is
+    /// enough to say it was not. The whole check is bounded by
+    /// [`UNKNOWN_OUTCOME_LIMIT`], like one node's.
+    async fn multi_applied_anyway(&self, ops: &[WriteOp]) -> Found<Vec<WriteResult>> {
         let find_out = async {
             let mut results = Vec::with_capacity(ops.len());
             for (i, op) in ops.iter().enumerate() {
@@ -914,14 +948,20 @@ impl<B: ZkBackend> Store<B> {
                         .any(|o| matches!(o, WriteOp::Create { path, .. } if path == p))
                 };
                 match op {
-                    WriteOp::Delete { path, .. } => {
-                        if !later_create(path) && !self.gone_anyway(path).await {
-                            return None;
-                        }
+                    WriteOp::Delete { .. } if later_create(op.path()) => {
                         results.push(WriteResult::Deleted);
                     }
+                    WriteOp::Delete { path, .. } => match self.gone_anyway(path).await {
+                        Found::Applied(()) => results.push(WriteResult::Deleted),
+                        Found::NotApplied => return Found::NotApplied,
+                        Found::Unknown => return Found::Unknown,
+                    },
                     WriteOp::Create { path, data, .. } | WriteOp::SetData { path, data, .. } => {
-                        let stat = self.written_anyway(path, data, None).await?;
+                        let stat = match self.written_anyway(path, data, None).await {
+                            Found::Applied(stat) => stat,
+                            Found::NotApplied => return Found::NotApplied,
+                            Found::Unknown => return Found::Unknown,
+                        };
                         results.push(match op {
                             WriteOp::Create { .. } => WriteResult::Created(stat),
                             _ => WriteResult::Set(stat),
@@ -929,12 +969,15 @@ impl<B: ZkBackend> Store<B> {
                     }
                 }
             }
-            Some(results)
+            Found::Applied(results)
         };
-        tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
+        let found = tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
             .await
-            .ok()
-            .flatten()
+            .unwrap_or(Found::Unknown);
+        if matches!(found, Found::Unknown) {
+            outcome_unknown(ops.first().map_or("/", WriteOp::path));
+        }
+        found
     }
 
     /// Writes are sent only while connected: the client would otherwise
@@ -945,6 +988,30 @@ impl<B: ZkBackend> Store<B> {
         tokio::time::timeout(self.connect_wait, self.connected())
             .await
             .map_err(|_| ZkError::Timeout)
+    }
+
+    /// A read a modifying operation depends on (whether a name is free, the
+    /// versions a rename sends, the content a flush checks): a read failed
+    /// by a lost connection or session changed nothing, so it is asked
+    /// again once connected, waiting as a write does (up to `--op-timeout`
+    /// each time, at most 4 attempts), instead of failing the operation
+    /// with `EIO` while the write itself would have waited (a `mv` in a
+    /// loop did, on a graceful server stop).
+    pub async fn for_write<T, F, Fut>(&self, read: F) -> Result<T, ZkError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ZkError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match read().await {
+                Err(ZkError::ConnectionLoss | ZkError::SessionExpired) if attempt < 4 => {
+                    self.until_connected().await?;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Create a node and cache it (read-your-writes).
@@ -970,13 +1037,13 @@ impl<B: ZkBackend> Store<B> {
                 }
                 Err(e) if e.is_connectivity() => {
                     match self.written_anyway(path, &data, None).await {
-                        Some(stat) if stat.num_children == 0 => {
+                        Found::Applied(stat) if stat.num_children == 0 => {
                             self.record_created(path, data, stat, ticket);
                             return Ok(stat);
                         }
-                        _ => {
+                        found => {
                             self.cache().end_fetch(path, ticket);
-                            if !retry_after(&e, attempt) {
+                            if matches!(found, Found::Unknown) || !retry_after(&e, attempt) {
                                 return Err(e);
                             }
                         }
@@ -1013,13 +1080,13 @@ impl<B: ZkBackend> Store<B> {
                 }
                 Err(e) if e.is_connectivity() => {
                     match self.written_anyway(path, &data, before).await {
-                        Some(stat) if version.is_none_or(|v| stat.version == v + 1) => {
+                        Found::Applied(stat) if version.is_none_or(|v| stat.version == v + 1) => {
                             self.record_written(path, data, stat, ticket);
                             return Ok(stat);
                         }
-                        _ => {
+                        found => {
                             self.cache().end_fetch(path, ticket);
-                            if !retry_after(&e, attempt) {
+                            if matches!(found, Found::Unknown) || !retry_after(&e, attempt) {
                                 return Err(e);
                             }
                         }
@@ -1036,16 +1103,23 @@ impl<B: ZkBackend> Store<B> {
         }
     }
 
+    /// Delete a node (a lost answer resolved, a lost request sent again, as
+    /// for [`Self::set_data`]).
     pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<(), ZkError> {
-        self.until_connected().await?;
-        let mut result = self.backend.delete(path, version).await;
-        if let Err(e) = &result
-            && e.is_connectivity()
-            && self.gone_anyway(path).await
-        {
-            // The outcome was unknown; the node is gone, so it was applied.
-            result = Ok(());
-        }
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            self.until_connected().await?;
+            match self.backend.delete(path, version).await {
+                Err(e) if e.is_connectivity() => match self.gone_anyway(path).await {
+                    // The outcome was unknown; the node is gone, so it was applied.
+                    Found::Applied(()) => break Ok(()),
+                    Found::NotApplied if retry_after(&e, attempt) => continue,
+                    Found::NotApplied | Found::Unknown => break Err(e),
+                },
+                result => break result,
+            }
+        };
         match &result {
             Ok(()) | Err(ZkError::NoNode) => self.record_deleted(path),
             Err(_) => {
@@ -1055,9 +1129,10 @@ impl<B: ZkBackend> Store<B> {
         result
     }
 
-    /// Run a transaction and apply its results to the cache.
+    /// Run a transaction and apply its results to the cache (a lost answer
+    /// resolved, a lost request sent again, as for [`Self::set_data`]; the
+    /// server judges the versions in it again).
     pub async fn multi(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>, ZkError> {
-        self.until_connected().await?;
         let expected: Vec<(&str, NodeEventKind)> = ops
             .iter()
             .filter_map(|op| match op {
@@ -1066,16 +1141,25 @@ impl<B: ZkBackend> Store<B> {
                 WriteOp::Delete { .. } => None,
             })
             .collect();
-        let echo = self.expect_own(&expected);
-        let mut results = self.backend.multi(ops).await;
-        if let Err(e) = &results
-            && e.is_connectivity()
-            && let Some(applied) = self.multi_applied_anyway(ops).await
-        {
-            results = Ok(applied);
-        }
+        let mut attempt = 0;
+        let results = loop {
+            attempt += 1;
+            self.until_connected().await?;
+            // Expected only while this attempt is out (dropped, it takes
+            // the expectation back).
+            let echo = self.expect_own(&expected);
+            match self.backend.multi(ops).await {
+                Ok(r) => break Ok((r, echo)),
+                Err(e) if e.is_connectivity() => match self.multi_applied_anyway(ops).await {
+                    Found::Applied(r) => break Ok((r, echo)),
+                    Found::NotApplied if retry_after(&e, attempt) => continue,
+                    Found::NotApplied | Found::Unknown => break Err(e),
+                },
+                Err(e) => break Err(e),
+            }
+        };
         let results = match results {
-            Ok(r) => {
+            Ok((r, echo)) => {
                 echo.keep();
                 r
             }

@@ -64,6 +64,18 @@ impl Other {
         (data, stat.version)
     }
 
+    /// The node's children, sorted; panics if they cannot be read in 20 s.
+    pub fn children(&self, path: &str) -> Vec<String> {
+        let fut = self.client.list_children(path);
+        let mut children = self
+            .rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), fut).await })
+            .unwrap_or_else(|_| panic!("children of {path}: timed out"))
+            .unwrap_or_else(|e| panic!("children of {path}: {e}"));
+        children.sort();
+        children
+    }
+
     pub fn delete(&self, path: &str) {
         let fut = self.client.delete(path, None);
         self.rt
