@@ -91,7 +91,8 @@ impl Writer {
     }
 
     /// Each write a new file `.FILE.N` (created, written, fsynced) renamed
-    /// over `file`: a create and a rename (one `multi`) per step.
+    /// over `file`, then a scratch file created and unlinked: a create and
+    /// a rename (one `multi`), a create and a delete per step.
     fn renaming(file: std::path::PathBuf) -> Writer {
         Writer::with_step(file, |file, value| {
             let name = file.file_name().expect("a file name").to_string_lossy();
@@ -100,7 +101,10 @@ impl Writer {
             f.write_all(value.as_bytes())?;
             f.sync_all()?;
             drop(f);
-            fs::rename(&temp, file)
+            fs::rename(&temp, file)?;
+            let scratch = file.with_file_name(format!(".{name}.scratch"));
+            fs::File::create(&scratch)?.sync_all()?;
+            fs::remove_file(&scratch)
         })
     }
 
@@ -229,10 +233,12 @@ fn graceful_server_stops_during_a_write_loop_fail_no_write() {
     );
 }
 
-/// The same with `sed -i`'s pattern: a new file renamed over the old one.
-/// A rename is one `multi`; a stop that takes its request with the
-/// connection sends it again, one that takes its answer finds it applied:
-/// no step fails, and no temporary file is left behind.
+/// The same with `sed -i`'s pattern: a new file renamed over the old one
+/// (and a scratch file created and removed). A rename is one `multi`; a
+/// stop that takes its request (or a delete's) with the connection sends it
+/// again, one that takes its answer finds it applied, and the reads before
+/// them wait for the connection: no step fails, and no temporary file is
+/// left behind.
 #[test]
 fn graceful_server_stops_during_a_rename_loop_fail_no_rename() {
     let mut ensemble = Ensemble::start();

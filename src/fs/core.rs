@@ -561,6 +561,15 @@ impl<B: ZkBackend> ZkFs<B> {
             .map_err(|e| FsError::zk(path, "getData", e))
     }
 
+    /// [`Self::view`] for a modifying operation: asked again once connected
+    /// when a lost connection fails it ([`crate::zk::Store::for_write`]).
+    pub(super) async fn view_for_write(&self, path: &str) -> Result<NodeView, FsError> {
+        self.store
+            .for_write(|| self.store.node(path))
+            .await
+            .map_err(|e| FsError::zk(path, "getData", e))
+    }
+
     /// Whether the cache proves `name` absent under `parent` without asking ZooKeeper.
     fn known_absent(&self, parent: &str, name: &str) -> bool {
         let Some(view) = self.store.peek(parent) else {

@@ -692,7 +692,7 @@ impl<B: ZkBackend> ZkFs<B> {
             self.invalidate_path(&dir);
             return Ok(());
         }
-        let view = self.view(&child).await?;
+        let view = self.view_for_write(&child).await?;
         if self.kind_of(&child, &view) == FileKind::Directory {
             return Err(FsError::IsDir(child));
         }
@@ -702,7 +702,7 @@ impl<B: ZkBackend> ZkFs<B> {
     /// `rmdir`: delete a directory node (`ENOTEMPTY` when it has children).
     pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         let (_, child) = self.new_child(parent, name)?;
-        let view = self.view(&child).await?;
+        let view = self.view_for_write(&child).await?;
         if self.kind_of(&child, &view) != FileKind::Directory {
             return Err(FsError::NotDir(child));
         }
@@ -761,7 +761,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 "a directory's data file moves by copy (mv falls back to copying)",
             ));
         }
-        let src_before = self.view(&src).await?;
+        let src_before = self.view_for_write(&src).await?;
         if src_before.stat.num_children > 0 {
             return Err(FsError::CrossDevice(
                 src,
