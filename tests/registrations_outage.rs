@@ -275,11 +275,17 @@ fn shell_overwrite_while_down_fails_and_changes_nothing() {
     let zk = server.connect_string();
     let root = unique_root("outage-shell");
     Other::connect(&zk).ensure(&format!("{root}/svc/servers"));
+    Other::connect(&zk).ensure(&format!("{root}/svc/listed"));
     let mount = mount_for(&zk, &root, "2s");
     let regs = registrations(1);
     register_all(&mount, &regs);
     let file = mount.path().join("svc/servers").join(&regs[0].0);
     let fresh = mount.path().join("svc/servers/10.9.9.9:1");
+    // Listed before the outage: the cache proves the name absent, so the
+    // create itself waits for the connection (it used to wait 60 s).
+    let listed = mount.path().join("svc/listed");
+    assert_eq!(fs::read_dir(&listed).expect("ls").count(), 0);
+    let absent = listed.join("new");
     server.stop();
     wait_until("the mount noticed the outage", DEADLINE, || {
         xattr_string(mount.path(), "user.zkfs.state") != "connected"
@@ -293,6 +299,7 @@ fn shell_overwrite_while_down_fails_and_changes_nothing() {
         ),
         (format!("echo more >> '{}'", file.display()), "timed out"),
         (format!("echo new > '{}'", fresh.display()), "error"),
+        (format!("echo new > '{}'", absent.display()), "timed out"),
     ] {
         let started = Instant::now();
         let out = std::process::Command::new("sh")

@@ -1066,6 +1066,31 @@ async fn an_unlinks_lost_request_or_answer_is_resolved_after_reconnecting() {
     }
 }
 
+/// `create` (O_CREAT of a new name) while disconnected fails with
+/// `ETIMEDOUT` after the mount's wait for a connection (`--op-timeout`; 300
+/// ms in this harness), as `open` for writing does, not after a minute:
+/// the FUSE adapter does not bound modifying operations.
+#[tokio::test(start_paused = true)]
+async fn a_create_while_disconnected_fails_after_the_op_timeout() {
+    let h = harness();
+    h.apply(h.zk.create("/d", b"", 0));
+    let dir = h.resolve("/d").await.expect("d").ino;
+    h.zk.set_connected(false);
+    let started = tokio::time::Instant::now();
+    let err =
+        h.fs.create(dir, OsStr::new("new"), WRITE_TRUNC, false, 1)
+            .await
+            .expect_err("not connected");
+    assert_eq!(err.errno(), libc::ETIMEDOUT, "{err}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(300)
+            && waited < std::time::Duration::from_millis(400),
+        "waited {waited:?}"
+    );
+    assert!(!h.zk.exists("/d/new"));
+}
+
 /// A write whose answer is lost is checked for as long as SEMANTICS says
 /// (60 s), not just `--op-timeout`: a reconnect after 40 s still resolves
 /// it as applied.

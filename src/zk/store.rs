@@ -984,7 +984,7 @@ impl<B: ZkBackend> Store<B> {
     /// queue them and apply them after a reconnect, possibly long after the
     /// caller was told the write failed. Waits up to `--op-timeout`, then
     /// fails with nothing sent.
-    async fn until_connected(&self) -> Result<(), ZkError> {
+    pub async fn until_connected(&self) -> Result<(), ZkError> {
         tokio::time::timeout(self.connect_wait, self.connected())
             .await
             .map_err(|_| ZkError::Timeout)
