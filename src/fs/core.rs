@@ -772,6 +772,17 @@ impl<B: ZkBackend> ZkFs<B> {
                         ..held.attr
                     });
                 }
+                // Nothing reads this inode's own version through its pages
+                // or size: only handles that read another one directly
+                // (opened after the change, before the kernel looked the
+                // name up again). Their `fstat` shows what they read; the
+                // size reaching the inode misleads no read of it.
+                let open = open.or_else(|| {
+                    lock(&self.files)
+                        .values()
+                        .find(|f| f.ino == ino && f.direct_attr.is_some())
+                        .and_then(|f| f.direct_attr.map(|a| (a, f.data.len())))
+                });
                 match open {
                     Some((mut attr, len)) => {
                         attr.size = len as u64;
@@ -865,6 +876,7 @@ impl<B: ZkBackend> ZkFs<B> {
             let cache = if shows_it {
                 PageCache::Drop
             } else {
+                self.read_directly(fh, &inode, &view);
                 PageCache::Bypass
             };
             return Ok(Opened { fh, cache });
@@ -880,7 +892,22 @@ impl<B: ZkBackend> ZkFs<B> {
             (true, false) => PageCache::Keep,
         };
         let fh = self.add_handle(ino, &inode.path, data, None, attr, pid);
+        if cache == PageCache::Bypass {
+            self.read_directly(fh, &inode, &view);
+        }
         Ok(Opened { fh, cache })
+    }
+
+    /// Handle `fh` reads `view`'s version with direct I/O, bypassing its
+    /// inode (which shows another version): keep that version's attributes
+    /// for `fstat` on it ([`OpenFile::direct_attr`]).
+    fn read_directly(&self, fh: u64, inode: &Inode, view: &NodeView) {
+        let ino = lock(&self.files).get(&fh).map(|f| f.ino);
+        let Some(ino) = ino else { return };
+        let attr = self.attr_for(ino, &inode.path, inode.role, inode.kind, view);
+        if let Some(file) = lock(&self.files).get_mut(&fh) {
+            file.direct_attr = Some(attr);
+        }
     }
 
     /// A close that left a truncation unsent (`: > f`) is sent by the
@@ -921,6 +948,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 data,
                 writer: writer.map(|w| Arc::new(tokio::sync::Mutex::new(w))),
                 attr,
+                direct_attr: None,
                 pid,
                 released: Arc::new(tokio::sync::Notify::new()),
             },

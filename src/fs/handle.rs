@@ -29,6 +29,10 @@ pub(super) struct OpenFile {
     /// Attributes at open: what `stat` shows through this handle once the
     /// node is gone (a vanished registration still reads its last data).
     pub(super) attr: Option<Attr>,
+    /// For a [`PageCache::Bypass`] handle (its inode shows another version):
+    /// the attributes of the version it reads, which `fstat` shows while no
+    /// handle reads the inode's own version through its pages and size.
+    pub(super) direct_attr: Option<Attr>,
     /// The process that opened it (the FUSE request's pid).
     pub(super) pid: u32,
     /// Notified when the handle is released (opens waiting for a pending

@@ -240,6 +240,64 @@ async fn cached_reads_make_no_requests() {
     );
 }
 
+/// An `open` that lands on an inode whose version another client replaced
+/// before the kernel looked the name up again reads the current version
+/// with direct I/O (`PageCache::Bypass`); `fstat` on that descriptor must
+/// work too (`cat` and `sed -i` call it first: "Stale file handle", "not a
+/// regular file"), showing the version the descriptor reads, since no
+/// descriptor reads the old version through the inode's pages or size.
+#[tokio::test]
+async fn fstat_works_on_a_descriptor_opened_on_a_replaced_version() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let old = h.resolve("/cfg").await.expect("stat").ino;
+    h.apply(h.zk.set("/cfg", b"version-2"));
+    for mode in [OpenMode::default(), WRITE_TRUNC] {
+        let opened = h.fs.open(old, mode, 1).await.expect("open");
+        assert_eq!(opened.cache, PageCache::Bypass, "{mode:?}");
+        let attr = h.fs.getattr(old).await.expect("fstat after open");
+        let size = if mode.truncate {
+            0
+        } else {
+            b"version-2".len() as u64
+        };
+        assert_eq!(attr.size, size, "{mode:?}");
+        assert_eq!(attr.ino, old);
+        h.fs.release(opened.fh).await.expect("release");
+        if !mode.write {
+            // No descriptor left: the old inode is stale again. (The
+            // writer's release sends its truncation, and its inode then
+            // shows what it wrote.)
+            let stale = h.fs.getattr(old).await.map_err(|e| e.errno()).err();
+            assert_eq!(stale, Some(libc::ESTALE));
+        }
+    }
+}
+
+/// While a descriptor still reads the old version through the inode's
+/// pages, a later descriptor on it that reads the new version directly
+/// must not give the inode the new version's size: `fstat` shows the old.
+#[tokio::test]
+async fn a_bypass_descriptor_does_not_size_an_inode_another_descriptor_reads() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let old = h.resolve("/cfg").await.expect("stat").ino;
+    let first =
+        h.fs.open(old, OpenMode::default(), 1)
+            .await
+            .expect("open v1");
+    assert_eq!(first.cache, PageCache::Keep);
+    h.apply(h.zk.set("/cfg", b"version-2"));
+    let second =
+        h.fs.open(old, OpenMode::default(), 2)
+            .await
+            .expect("open again");
+    assert_eq!(second.cache, PageCache::Bypass);
+    assert_eq!(h.fs.getattr(old).await.expect("fstat").size, 2, "v1's size");
+    h.fs.release(first.fh).await.expect("release");
+    h.fs.release(second.fh).await.expect("release");
+}
+
 #[tokio::test]
 async fn another_clients_changes_become_visible() {
     let h = harness();
