@@ -410,6 +410,10 @@ fn a_read_only_mount_is_not_polled_unless_asked() {
     wait_until("the daemon holds the device", DEADLINE, || {
         device_state(pid).is_some()
     });
+    // The device is opened before the worker thread is started and named:
+    // a request answered shows it runs (fuser starts its workers together).
+    fs::metadata(plain.path().join("config/app.json")).expect("stat through the mount");
+    wait_until("the FUSE worker runs", DEADLINE, || fuse_workers(pid) >= 1);
     assert_eq!(fuse_workers(pid), 1, "one worker on a read-only mount");
     assert!(
         !getxattr_burst_polled(&plain, pid),
