@@ -644,6 +644,68 @@ fn failed_close_is_final(fault: Fault) {
     assert_eq!(version, 0, "a failed write was applied behind the error");
 }
 
+/// A close whose setData reaches the server but whose answer is lost,
+/// after which another client writes the node: ZooKeeper has applied ours
+/// (the test sees it) and then theirs. Read again, the node cannot tell
+/// which came first, so the close must fail with `EIO` (outcome unknown,
+/// one warn line saying so), never with `ESTALE`, which claims a conflict:
+/// "it keeps the other writer's data", nothing of ours applied.
+#[test]
+fn a_lost_answer_then_another_write_fails_the_close_as_unknown_not_as_a_conflict() {
+    let zk = shared_zk();
+    let root = unique_root("lostanswer");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    let node = format!("{root}/cfg");
+    other.create(&node, b"before");
+    let proxy = Proxy::start(&zk);
+    let mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &["--session-timeout", "6s", "--op-timeout", "5s"],
+    );
+    let m = mount.path().to_path_buf();
+    assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), "before");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.join("cfg"))
+        .expect("open for write");
+    file.write_all(b"mine").expect("buffered write");
+    proxy.mute_answers();
+    let closing = thread::spawn(move || {
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+        // SAFETY: closing the descriptor we own.
+        let rc = unsafe { libc::close(fd) };
+        (rc, std::io::Error::last_os_error().raw_os_error())
+    });
+    wait_until("ours applied in ZooKeeper", DEADLINE, || {
+        get(&other, &node).0 == b"mine"
+    });
+    other.set(&node, b"theirs");
+    proxy.cut();
+    proxy.restore();
+    let (rc, errno) = closing.join().expect("close");
+    assert_eq!(
+        (rc, errno),
+        (-1, Some(libc::EIO)),
+        "close must fail as unknown\n--- zkfs log ---\n{}",
+        mount.log()
+    );
+    assert!(
+        mount
+            .log()
+            .contains("outcome of a write whose answer was lost stayed unknown"),
+        "one warn line says the outcome is unknown\n--- zkfs log ---\n{}",
+        mount.log()
+    );
+    let (data, version) = get(&other, &node);
+    assert_eq!(
+        (data.as_slice(), version),
+        (&b"theirs"[..], 2),
+        "not sent again"
+    );
+}
+
 #[test]
 fn posix_details_names_nlink_dangling_symlinks_and_truncate() {
     let (other, root, mount) = mounted("posix", &[]);

@@ -113,6 +113,9 @@ impl FsError {
                 // ENOTCONN, which users read as "the FUSE daemon died".
                 ZkError::ConnectionLoss | ZkError::SessionExpired => libc::EIO,
                 ZkError::Unimplemented => libc::ENOSYS,
+                // Neither success nor a failure that stays one: EIO, the
+                // error that promises nothing (SEMANTICS "Unknown outcome").
+                ZkError::OutcomeUnknown => libc::EIO,
                 // Only `create` meets it, and maps it to EPERM itself.
                 ZkError::NoChildrenForEphemerals => libc::EPERM,
                 ZkError::Other(_) => libc::EIO,

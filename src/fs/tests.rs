@@ -1041,6 +1041,102 @@ async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
 }
 
+/// The other client acts during the gap (after our lost write reached the
+/// server), then the connection comes back.
+async fn meanwhile(h: &Harness, other: impl FnOnce(&FakeZk)) {
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    other(&h.zk);
+    h.reconnect_after(30).await;
+}
+
+/// A close whose answer was lost, after which another client wrote the
+/// node: ours may have been applied (here it was, at version 1) and then
+/// overwritten, or refused. Nothing read afterwards tells which, so the
+/// close fails with `EIO` (outcome unknown), not `ESTALE` ("a conflict:
+/// not applied"), and is not sent again.
+#[tokio::test(start_paused = true)]
+async fn a_lost_answer_then_another_clients_write_is_an_unknown_outcome() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"mine").await;
+    h.zk.inject(WriteFault::LostAnswer);
+    let (flushed, ()) = tokio::join!(
+        h.fs.flush(fh),
+        meanwhile(&h, |zk| drop(zk.set("/cfg", b"theirs")))
+    );
+    assert_eq!(flushed.map_err(|e| e.errno()), Err(libc::EIO));
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"theirs"[..]));
+    assert_eq!(h.zk.writes_received(), 1, "not sent again");
+}
+
+/// An unlink whose answer was lost, after which another client created
+/// the name again: the node we deleted is gone (a new one has another
+/// czxid), so the unlink succeeded, and the new node must stay.
+#[tokio::test(start_paused = true)]
+async fn a_lost_unlink_answer_never_deletes_a_node_created_again_meanwhile() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"x", 0));
+    h.resolve("/a").await.expect("cached");
+    h.zk.inject(WriteFault::LostAnswer);
+    let (unlinked, ()) = tokio::join!(
+        h.fs.unlink(ROOT_INO, OsStr::new("a")),
+        meanwhile(&h, |zk| drop(zk.create("/a", b"new", 0)))
+    );
+    assert_eq!(unlinked.map_err(|e| e.errno()), Ok(()));
+    assert_eq!(
+        h.zk.data("/a").as_deref(),
+        Some(&b"new"[..]),
+        "the new node stays"
+    );
+    assert_eq!(h.zk.writes_received(), 1, "not sent again");
+}
+
+/// A rename whose answer was lost, after which another client changed the
+/// target: the source is gone, the target holds theirs. Ours was applied
+/// (then overwritten) or another client removed the source: unknown, `EIO`,
+/// not sent again.
+#[tokio::test(start_paused = true)]
+async fn a_lost_rename_answer_then_a_change_of_the_target_is_an_unknown_outcome() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"A", 0));
+    h.resolve("/a").await.expect("a");
+    h.zk.inject(WriteFault::LostAnswer);
+    let (renamed, ()) = tokio::join!(
+        h.fs.rename(
+            ROOT_INO,
+            OsStr::new("a"),
+            ROOT_INO,
+            OsStr::new("b"),
+            RenameFlags::default(),
+            1
+        ),
+        meanwhile(&h, |zk| drop(zk.set("/b", b"theirs")))
+    );
+    assert_eq!(renamed.map_err(|e| e.errno()), Err(libc::EIO));
+    assert_eq!(h.zk.data("/b").as_deref(), Some(&b"theirs"[..]));
+    assert_eq!(h.zk.writes_received(), 1, "not sent again");
+}
+
+/// A new file's create whose answer was lost, after which another client
+/// wrote it: created by us (then changed) or by them first; unknown, `EIO`.
+#[tokio::test(start_paused = true)]
+async fn a_lost_create_answer_then_a_change_by_another_client_is_an_unknown_outcome() {
+    let h = harness();
+    let (_, fh) =
+        h.fs.create(ROOT_INO, OsStr::new("n"), WRITE_TRUNC, false, 1)
+            .await
+            .expect("create");
+    h.fs.write(fh, 0, b"mine").await.expect("write");
+    h.zk.inject(WriteFault::LostAnswer);
+    let (flushed, ()) = tokio::join!(
+        h.fs.flush(fh),
+        meanwhile(&h, |zk| drop(zk.set("/n", b"theirs")))
+    );
+    assert_eq!(flushed.map_err(|e| e.errno()), Err(libc::EIO));
+    assert_eq!(h.zk.data("/n").as_deref(), Some(&b"theirs"[..]));
+    assert_eq!(h.zk.writes_received(), 1, "not sent again");
+}
+
 /// A rename is one `multi`: its lost answer is resolved as a setData's is
 /// (SEMANTICS "Unknown outcome": every node it deletes is gone, every node
 /// it creates holds what it wrote), not reported failed.

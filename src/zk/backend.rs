@@ -68,6 +68,10 @@ pub enum ZkError {
     Timeout,
     /// The server does not implement the request (e.g. persistent watches before 3.6).
     Unimplemented,
+    /// A write whose answer was lost, and that reading the nodes again could
+    /// not settle (changed by another client since, or no server within the
+    /// limit): it may have been applied.
+    OutcomeUnknown,
     /// A create under an ephemeral node (they cannot have children).
     NoChildrenForEphemerals,
     Other(String),
@@ -95,6 +99,9 @@ impl fmt::Display for ZkError {
             ZkError::SessionExpired => f.write_str("SessionExpired"),
             ZkError::Timeout => f.write_str("operation timed out"),
             ZkError::Unimplemented => f.write_str("Unimplemented"),
+            ZkError::OutcomeUnknown => f.write_str(
+                "outcome unknown: the answer was lost and the write may have been applied",
+            ),
             ZkError::NoChildrenForEphemerals => f.write_str("NoChildrenForEphemerals"),
             ZkError::Other(s) => f.write_str(s),
         }

@@ -305,12 +305,82 @@ enum Found<T> {
 }
 
 /// The one warn line of a write whose outcome stayed unknown.
-fn outcome_unknown(path: &str) {
+fn outcome_unknown(path: &str, why: &str) {
     warn!(
         path,
-        "the outcome of a write stayed unknown (no answer after the connection was lost, \
-         within {UNKNOWN_OUTCOME_LIMIT:?}); read the node before retrying"
+        "the outcome of a write whose answer was lost stayed unknown ({why}; limit \
+         {UNKNOWN_OUTCOME_LIMIT:?}): it may have been applied; read the node before retrying"
     );
+}
+
+/// How one node of a write whose answer was lost reads now.
+#[derive(Debug, PartialEq, Eq)]
+enum Looks {
+    /// As the op leaves it (the stat read; `None` for a node deleted).
+    Applied(Option<NodeStat>),
+    /// As it was when the op was sent, which the op, had it been applied,
+    /// cannot have left: it was not.
+    Untouched,
+    /// Neither: another client changed it since (after ours, or instead).
+    Neither,
+}
+
+/// Judge one op of a lost write by its node now (`None`: no node), given
+/// `base`, the node as cached when the op was sent.
+/// - create: ours if it holds our data and has no children; not applied if
+///   the node is missing (ZooKeeper has no trace of a create deleted since;
+///   SEMANTICS accepts that) or holds other data at version 0 (another
+///   client's create, which ours would have met as NodeExists);
+/// - setData: ours if it holds our data, newer than `base`, at the expected
+///   version + 1; not applied if it is `base`'s node at `base`'s version,
+///   or, for a versioned write, the same node at the expected version or
+///   at version + 1 with other data (only one write can take a node from a
+///   version to the next: that one was not ours); a node that is gone
+///   counts as not applied too: what ours did, if anything, went with it;
+/// - delete: done if the node is gone or is another node (a new czxid:
+///   the one we deleted is gone); not applied if it is `base`'s node.
+fn judge(op: &WriteOp, base: Option<&NodeStat>, now: Option<(&[u8], &NodeStat)>) -> Looks {
+    let same_node = |stat: &NodeStat| base.is_some_and(|b| b.czxid == stat.czxid);
+    match (op, now) {
+        (WriteOp::Create { .. }, None) => Looks::Untouched,
+        (WriteOp::Create { data, .. }, Some((now, stat))) => {
+            if now == data.as_slice() && stat.num_children == 0 {
+                Looks::Applied(Some(*stat))
+            } else if stat.version == 0 {
+                Looks::Untouched
+            } else {
+                Looks::Neither
+            }
+        }
+        // Gone: whatever ours did went with the node, and sending it again
+        // meets NoNode, the failure the caller reports (the node was
+        // deleted meanwhile).
+        (WriteOp::SetData { .. }, None) => Looks::Untouched,
+        (WriteOp::SetData { data, version, .. }, Some((now, stat))) => {
+            let newer = base.is_none_or(|b| stat.mzxid > b.mzxid);
+            let follows = version.is_none_or(|v| stat.version == v + 1);
+            if now == data.as_slice() && newer && follows {
+                Looks::Applied(Some(*stat))
+            } else if same_node(stat)
+                && (base.is_some_and(|b| b.mzxid == stat.mzxid)
+                    || version.is_some_and(|v| stat.version == v || stat.version == v + 1))
+            {
+                Looks::Untouched
+            } else {
+                Looks::Neither
+            }
+        }
+        (WriteOp::Delete { .. }, None) => Looks::Applied(None),
+        (WriteOp::Delete { .. }, Some((_, stat))) => {
+            if same_node(stat) {
+                Looks::Untouched
+            } else if base.is_some() {
+                Looks::Applied(None)
+            } else {
+                Looks::Neither
+            }
+        }
+    }
 }
 
 /// How long an expected own event may take to arrive before it is ignored.
@@ -860,46 +930,6 @@ impl<B: ZkBackend> Store<B> {
         }
     }
 
-    /// After a write failed with an unknown outcome (connection lost or our
-    /// deadline passed), find out once the session is connected again: if
-    /// the node holds exactly what we wrote, newer than `before`, the write
-    /// was applied; if it is missing or holds something else, it was not.
-    /// While disconnected this keeps waiting, up to
-    /// [`UNKNOWN_OUTCOME_LIMIT`] (FUSE writes are not bounded otherwise:
-    /// `fuse::dispatch_write`).
-    async fn written_anyway(
-        &self,
-        path: &str,
-        data: &[u8],
-        before: Option<i64>,
-    ) -> Found<NodeStat> {
-        let find_out = async {
-            loop {
-                self.connected().await;
-                match self.backend.get_data(path).await {
-                    Ok((now, stat)) => {
-                        let ours = now == data && before.is_none_or(|m| stat.mzxid > m);
-                        return if ours {
-                            Found::Applied(stat)
-                        } else {
-                            Found::NotApplied
-                        };
-                    }
-                    Err(ZkError::NoNode) => return Found::NotApplied,
-                    Err(e) if e.is_connectivity() => continue,
-                    Err(_) => return Found::Unknown,
-                }
-            }
-        };
-        let found = tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
-            .await
-            .unwrap_or(Found::Unknown);
-        if matches!(found, Found::Unknown) {
-            outcome_unknown(path);
-        }
-        found
-    }
-
     /// Until the session is connected (unbounded: callers bound it). The
     /// backend reports state, not changes, so this looks every 20 ms.
     async fn connected(&self) {
@@ -908,76 +938,96 @@ impl<B: ZkBackend> Store<B> {
         }
     }
 
-    /// After a delete's answer was lost: whether the node is gone (found out
-    /// once connected again, bounded like [`Self::written_anyway`]).
-    async fn gone_anyway(&self, path: &str) -> Found<()> {
-        let find_out = async {
-            loop {
-                self.connected().await;
-                match self.backend.get_data(path).await {
-                    Ok(_) => return Found::NotApplied,
-                    Err(ZkError::NoNode) => return Found::Applied(()),
-                    Err(e) if e.is_connectivity() => continue,
-                    Err(_) => return Found::Unknown,
-                }
-            }
-        };
-        let found = tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
-            .await
-            .unwrap_or(Found::Unknown);
-        if matches!(found, Found::Unknown) {
-            outcome_unknown(path);
-        }
-        found
-    }
-
-    /// After a transaction's answer was lost: whether it was applied, found
-    /// out once connected again. All or nothing of a `multi` is applied, so
-    /// it was iff every node it deletes (and does not re-create) is gone and
-    /// every node it creates or sets holds what it wrote; the answers are
-    /// rebuilt from what is read then. One node found as it was before is
-    /// enough to say it was not. The whole check is bounded by
-    /// [`UNKNOWN_OUTCOME_LIMIT`], like one node's.
-    async fn multi_applied_anyway(&self, ops: &[WriteOp]) -> Found<Vec<WriteResult>> {
+    /// After a write's answer was lost, once the session is connected
+    /// again: read every node it changes and [`judge`] each against what the
+    /// cache had when it was sent (`bases`, one per op). A `multi` is all or
+    /// nothing: one node left as it was proves none was applied; every node
+    /// as the write left it, that it was (the answers are rebuilt from what
+    /// is read). Anything else is [`Found::Unknown`], with one warn line.
+    /// While disconnected this keeps waiting, up to
+    /// [`UNKNOWN_OUTCOME_LIMIT`] (FUSE writes are not bounded otherwise:
+    /// `fuse::dispatch_write`).
+    async fn settle(&self, ops: &[WriteOp], bases: &[Option<NodeStat>]) -> Found<Vec<WriteResult>> {
         let find_out = async {
             let mut results = Vec::with_capacity(ops.len());
-            for (i, op) in ops.iter().enumerate() {
-                let later_create = |p: &str| {
-                    ops[i + 1..]
+            let mut all_applied = true;
+            for (i, (op, base)) in ops.iter().zip(bases).enumerate() {
+                // Deleted and created again by this same transaction: the
+                // create's node says it all.
+                let recreated = matches!(op, WriteOp::Delete { .. })
+                    && ops[i + 1..]
                         .iter()
-                        .any(|o| matches!(o, WriteOp::Create { path, .. } if path == p))
+                        .any(|o| matches!(o, WriteOp::Create { .. }) && o.path() == op.path());
+                if recreated {
+                    results.push(WriteResult::Deleted);
+                    continue;
+                }
+                let now = loop {
+                    self.connected().await;
+                    match self.backend.get_data(op.path()).await {
+                        Err(e) if e.is_connectivity() => continue,
+                        Err(ZkError::NoNode) => break None,
+                        Ok(read) => break Some(read),
+                        Err(e) => return Err(format!("{} could not be read: {e}", op.path())),
+                    }
                 };
-                match op {
-                    WriteOp::Delete { .. } if later_create(op.path()) => {
-                        results.push(WriteResult::Deleted);
-                    }
-                    WriteOp::Delete { path, .. } => match self.gone_anyway(path).await {
-                        Found::Applied(()) => results.push(WriteResult::Deleted),
-                        Found::NotApplied => return Found::NotApplied,
-                        Found::Unknown => return Found::Unknown,
-                    },
-                    WriteOp::Create { path, data, .. } | WriteOp::SetData { path, data, .. } => {
-                        let stat = match self.written_anyway(path, data, None).await {
-                            Found::Applied(stat) => stat,
-                            Found::NotApplied => return Found::NotApplied,
-                            Found::Unknown => return Found::Unknown,
-                        };
-                        results.push(match op {
-                            WriteOp::Create { .. } => WriteResult::Created(stat),
-                            _ => WriteResult::Set(stat),
-                        });
-                    }
+                match judge(
+                    op,
+                    base.as_ref(),
+                    now.as_ref().map(|(d, s)| (d.as_slice(), s)),
+                ) {
+                    Looks::Untouched => return Ok(Found::NotApplied),
+                    Looks::Applied(stat) => results.push(match op {
+                        WriteOp::Create { .. } => WriteResult::Created(stat.unwrap_or_default()),
+                        WriteOp::SetData { .. } => WriteResult::Set(stat.unwrap_or_default()),
+                        WriteOp::Delete { .. } => WriteResult::Deleted,
+                    }),
+                    Looks::Neither => all_applied = false,
                 }
             }
-            Found::Applied(results)
+            Ok(if all_applied {
+                Found::Applied(results)
+            } else {
+                Found::Unknown
+            })
         };
-        let found = tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out)
-            .await
-            .unwrap_or(Found::Unknown);
-        if matches!(found, Found::Unknown) {
-            outcome_unknown(ops.first().map_or("/", WriteOp::path));
+        let path = ops.first().map_or("/", WriteOp::path);
+        match tokio::time::timeout(UNKNOWN_OUTCOME_LIMIT, find_out).await {
+            Ok(Ok(Found::Unknown)) => {
+                outcome_unknown(path, "the node changed since, so it cannot tell");
+                Found::Unknown
+            }
+            Ok(Ok(found)) => found,
+            Ok(Err(why)) => {
+                outcome_unknown(path, &why);
+                Found::Unknown
+            }
+            Err(_) => {
+                outcome_unknown(path, "no server answered within the limit");
+                Found::Unknown
+            }
         }
-        found
+    }
+
+    /// The cached stat of every node `ops` change, as it is before they are
+    /// sent ([`Self::settle`] compares with it).
+    fn bases(&self, ops: &[WriteOp]) -> Vec<Option<NodeStat>> {
+        let cache = self.cache();
+        ops.iter()
+            .map(|op| cache.get(op.path()).map(|n| n.stat))
+            .collect()
+    }
+
+    /// [`Self::settle`] for one op.
+    async fn settle_one(&self, op: WriteOp, base: Option<NodeStat>) -> Found<WriteResult> {
+        match self.settle(std::slice::from_ref(&op), &[base]).await {
+            Found::Applied(mut results) => match results.pop() {
+                Some(result) => Found::Applied(result),
+                None => Found::Unknown,
+            },
+            Found::NotApplied => Found::NotApplied,
+            Found::Unknown => Found::Unknown,
+        }
     }
 
     /// Writes are sent only while connected: the client would otherwise
@@ -1036,15 +1086,23 @@ impl<B: ZkBackend> Store<B> {
                     return Ok(stat);
                 }
                 Err(e) if e.is_connectivity() => {
-                    match self.written_anyway(path, &data, None).await {
-                        Found::Applied(stat) if stat.num_children == 0 => {
+                    let op = WriteOp::Create {
+                        path: path.to_string(),
+                        data: data.clone(),
+                        mode,
+                        acl: acl.map(<[AclEntry]>::to_vec),
+                    };
+                    match self.settle_one(op, None).await {
+                        Found::Applied(WriteResult::Created(stat)) => {
                             self.record_created(path, data, stat, ticket);
                             return Ok(stat);
                         }
                         found => {
                             self.cache().end_fetch(path, ticket);
-                            if matches!(found, Found::Unknown) || !retry_after(&e, attempt) {
-                                return Err(e);
+                            match found {
+                                Found::NotApplied if retry_after(&e, attempt) => {}
+                                Found::NotApplied => return Err(e),
+                                _ => return Err(ZkError::OutcomeUnknown),
                             }
                         }
                     }
@@ -1064,11 +1122,11 @@ impl<B: ZkBackend> Store<B> {
         data: Vec<u8>,
         version: Option<i32>,
     ) -> Result<NodeStat, ZkError> {
-        let before = self.peek(path).map(|v| v.stat.mzxid);
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.until_connected().await?;
+            let base = self.peek(path).map(|v| v.stat);
             let ticket = self.cache().begin_fetch(path);
             let echo = self.expect_own(&[(path, NodeEventKind::DataChanged)]);
             let result = self.backend.set_data(path, &data, version).await;
@@ -1079,15 +1137,25 @@ impl<B: ZkBackend> Store<B> {
                     return Ok(stat);
                 }
                 Err(e) if e.is_connectivity() => {
-                    match self.written_anyway(path, &data, before).await {
-                        Found::Applied(stat) if version.is_none_or(|v| stat.version == v + 1) => {
+                    let op = WriteOp::SetData {
+                        path: path.to_string(),
+                        data: data.clone(),
+                        version,
+                    };
+                    match self.settle_one(op, base).await {
+                        Found::Applied(WriteResult::Set(stat)) => {
                             self.record_written(path, data, stat, ticket);
                             return Ok(stat);
                         }
                         found => {
                             self.cache().end_fetch(path, ticket);
-                            if matches!(found, Found::Unknown) || !retry_after(&e, attempt) {
-                                return Err(e);
+                            match found {
+                                Found::NotApplied if retry_after(&e, attempt) => {}
+                                Found::NotApplied => return Err(e),
+                                _ => {
+                                    self.cache().mark_stale(path);
+                                    return Err(ZkError::OutcomeUnknown);
+                                }
                             }
                         }
                     }
@@ -1110,13 +1178,22 @@ impl<B: ZkBackend> Store<B> {
         let result = loop {
             attempt += 1;
             self.until_connected().await?;
+            let base = self.peek(path).map(|v| v.stat);
             match self.backend.delete(path, version).await {
-                Err(e) if e.is_connectivity() => match self.gone_anyway(path).await {
-                    // The outcome was unknown; the node is gone, so it was applied.
-                    Found::Applied(()) => break Ok(()),
-                    Found::NotApplied if retry_after(&e, attempt) => continue,
-                    Found::NotApplied | Found::Unknown => break Err(e),
-                },
+                Err(e) if e.is_connectivity() => {
+                    let op = WriteOp::Delete {
+                        path: path.to_string(),
+                        version,
+                    };
+                    match self.settle_one(op, base).await {
+                        // The node we deleted is gone (by us, or by another
+                        // client: gone either way).
+                        Found::Applied(_) => break Ok(()),
+                        Found::NotApplied if retry_after(&e, attempt) => continue,
+                        Found::NotApplied => break Err(e),
+                        Found::Unknown => break Err(ZkError::OutcomeUnknown),
+                    }
+                }
                 result => break result,
             }
         };
@@ -1148,12 +1225,14 @@ impl<B: ZkBackend> Store<B> {
             // Expected only while this attempt is out (dropped, it takes
             // the expectation back).
             let echo = self.expect_own(&expected);
+            let bases = self.bases(ops);
             match self.backend.multi(ops).await {
                 Ok(r) => break Ok((r, echo)),
-                Err(e) if e.is_connectivity() => match self.multi_applied_anyway(ops).await {
+                Err(e) if e.is_connectivity() => match self.settle(ops, &bases).await {
                     Found::Applied(r) => break Ok((r, echo)),
                     Found::NotApplied if retry_after(&e, attempt) => continue,
-                    Found::NotApplied | Found::Unknown => break Err(e),
+                    Found::NotApplied => break Err(e),
+                    Found::Unknown => break Err(ZkError::OutcomeUnknown),
                 },
                 Err(e) => break Err(e),
             }
@@ -1823,6 +1902,125 @@ mod resync_tests {
         assert_eq!(
             store.peek_current_children("/d").expect("listed"),
             ["b", "c", "sub"]
+        );
+    }
+}
+
+#[cfg(test)]
+mod judge_tests {
+    //! How a write whose answer was lost is judged from its node read again.
+    //! Each case is a history that could have happened on the server.
+
+    use super::*;
+
+    fn stat(czxid: i64, mzxid: i64, version: i32) -> NodeStat {
+        NodeStat {
+            czxid,
+            mzxid,
+            version,
+            ..NodeStat::default()
+        }
+    }
+
+    fn set(version: Option<i32>) -> WriteOp {
+        WriteOp::SetData {
+            path: "/n".into(),
+            data: b"ours".to_vec(),
+            version,
+        }
+    }
+
+    #[test]
+    fn set_data() {
+        let base = stat(5, 10, 3);
+        let judged =
+            |op: &WriteOp, data: &[u8], now: NodeStat| judge(op, Some(&base), Some((data, &now)));
+        // Ours took version 3 to 4.
+        let ours = stat(5, 20, 4);
+        assert_eq!(
+            judged(&set(Some(3)), b"ours", ours),
+            Looks::Applied(Some(ours))
+        );
+        // Nothing happened since it was sent.
+        assert_eq!(judged(&set(Some(3)), b"theirs", base), Looks::Untouched);
+        assert_eq!(judged(&set(None), b"theirs", base), Looks::Untouched);
+        // Another client took 3 to 4 first: ours met BadVersion.
+        assert_eq!(
+            judged(&set(Some(3)), b"theirs", stat(5, 20, 4)),
+            Looks::Untouched
+        );
+        // At 5 with their data: ours 3→4 then theirs, or theirs twice.
+        assert_eq!(
+            judged(&set(Some(3)), b"theirs", stat(5, 30, 5)),
+            Looks::Neither
+        );
+        // Unversioned: any later change of theirs hides whether ours came first.
+        assert_eq!(
+            judged(&set(None), b"theirs", stat(5, 20, 4)),
+            Looks::Neither
+        );
+        // Deleted and created again: ours may have gone with the old node;
+        // it is never sent to the new one.
+        assert_eq!(
+            judged(&set(Some(3)), b"theirs", stat(40, 40, 0)),
+            Looks::Neither
+        );
+        // Gone: nothing of ours lasts (sent again, it meets NoNode).
+        assert_eq!(judge(&set(Some(3)), Some(&base), None), Looks::Untouched);
+    }
+
+    #[test]
+    fn create() {
+        let op = WriteOp::Create {
+            path: "/n".into(),
+            data: b"ours".to_vec(),
+            mode: CreateMode::Persistent,
+            acl: None,
+        };
+        let ours = stat(7, 7, 0);
+        assert_eq!(
+            judge(&op, None, Some((b"ours", &ours))),
+            Looks::Applied(Some(ours))
+        );
+        assert_eq!(judge(&op, None, None), Looks::Untouched);
+        // Another client's create at version 0: ours met NodeExists.
+        assert_eq!(
+            judge(&op, None, Some((b"theirs", &stat(7, 7, 0)))),
+            Looks::Untouched
+        );
+        // Created (by us or them) and then changed.
+        assert_eq!(
+            judge(&op, None, Some((b"theirs", &stat(7, 9, 1)))),
+            Looks::Neither
+        );
+    }
+
+    #[test]
+    fn delete() {
+        let op = WriteOp::Delete {
+            path: "/n".into(),
+            version: None,
+        };
+        let base = stat(5, 10, 3);
+        assert_eq!(judge(&op, Some(&base), None), Looks::Applied(None));
+        assert_eq!(
+            judge(&op, Some(&base), Some((b"", &base))),
+            Looks::Untouched
+        );
+        // Changed but the same node: a delete would have removed it.
+        assert_eq!(
+            judge(&op, Some(&base), Some((b"", &stat(5, 20, 4)))),
+            Looks::Untouched
+        );
+        // Another node under the name: the one we deleted is gone.
+        assert_eq!(
+            judge(&op, Some(&base), Some((b"", &stat(40, 40, 0)))),
+            Looks::Applied(None)
+        );
+        // Nothing known of the node it meant: no telling.
+        assert_eq!(
+            judge(&op, None, Some((b"", &stat(40, 40, 0)))),
+            Looks::Neither
         );
     }
 }

@@ -21,6 +21,9 @@ pub struct Proxy {
     /// While set, bytes are read and dropped: connections stay open but
     /// nothing gets through (a blackholed server, a silent network).
     silent: Arc<AtomicBool>,
+    /// While set, the server's answers and events are dropped (requests
+    /// still reach it): a write is applied and its answer lost.
+    mute: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
     requests: Requests,
@@ -63,6 +66,7 @@ impl Proxy {
         let port = listener.local_addr().expect("proxy addr").port();
         let up = Arc::new(AtomicBool::new(true));
         let silent = Arc::new(AtomicBool::new(false));
+        let mute = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let requests: Requests = Arc::default();
@@ -70,11 +74,12 @@ impl Proxy {
         let accepted: Arc<AtomicU64> = Arc::default();
         let upstream = upstream.to_string();
         {
-            let (up, stop, streams, silent, requests, hold, accepted) = (
+            let (up, stop, streams, silent, mute, requests, hold, accepted) = (
                 up.clone(),
                 stop.clone(),
                 streams.clone(),
                 silent.clone(),
+                mute.clone(),
                 requests.clone(),
                 hold.clone(),
                 accepted.clone(),
@@ -102,10 +107,10 @@ impl Proxy {
                             pipe(
                                 &client,
                                 &server,
-                                &silent,
+                                std::slice::from_ref(&silent),
                                 Some((requests.clone(), hold.clone())),
                             );
-                            pipe(&server, &client, &silent, None);
+                            pipe(&server, &client, &[silent.clone(), mute.clone()], None);
                         }
                         Err(_) => thread::sleep(Duration::from_millis(5)),
                     }
@@ -116,6 +121,7 @@ impl Proxy {
             port,
             up,
             silent,
+            mute,
             streams,
             stop,
             requests,
@@ -177,6 +183,14 @@ impl Proxy {
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
         self.silent.store(false, Ordering::SeqCst);
+        self.mute.store(false, Ordering::SeqCst);
+    }
+
+    /// Drop what the server sends (answers, events, pings' answers) but pass
+    /// requests on, until a `cut` and `restore` (dropped bytes leave the
+    /// client's stream cut mid-frame: only a new connection is usable).
+    pub fn mute_answers(&self) {
+        self.mute.store(true, Ordering::SeqCst);
     }
 
     /// Keep every connection open but let nothing through either way (new
@@ -265,13 +279,13 @@ fn wait_if_held(hold: &Hold, code: Option<i32>) {
 fn pipe(
     from: &TcpStream,
     to: &TcpStream,
-    silent: &Arc<AtomicBool>,
+    silent: &[Arc<AtomicBool>],
     requests: Option<(Requests, Hold)>,
 ) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
-    let silent = silent.clone();
+    let silent = silent.to_vec();
     let mut counter = requests.map(|(requests, hold)| {
         let counter = FrameCounter {
             requests,
@@ -285,7 +299,7 @@ fn pipe(
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(_) if silent.load(Ordering::SeqCst) => {}
+                Ok(_) if silent.iter().any(|s| s.load(Ordering::SeqCst)) => {}
                 Ok(n) => match &mut counter {
                     // Towards the server: whole frames, each after any hold.
                     Some((counter, hold)) => {
