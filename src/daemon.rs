@@ -795,6 +795,7 @@ fn run_foreground(
                         resync_due(&mut due, jitter_limit, &lifecycle);
                         retry = RESYNC_RETRY_FIRST;
                     }
+                    Step::Event(SessionEvent::Expired) => fs.session_ended(),
                     Step::Event(SessionEvent::NewSession) => {
                         lifecycle.session_expiries.fetch_add(1, Ordering::Relaxed);
                         fs.reregister();

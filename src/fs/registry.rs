@@ -189,6 +189,19 @@ impl Registry {
         }
     }
 
+    /// The session expired: the server drops its ephemeral nodes (or has),
+    /// so none is owned until a new session re-creates it (`reconcile_all`
+    /// when it is up). A step running meanwhile looks again when it ends.
+    pub fn session_ended(&self) {
+        let mut inner = lock(&self.inner);
+        for reg in inner.regs.values_mut() {
+            if reg.state == RegState::Owned {
+                reg.state = RegState::Pending;
+            }
+            reg.marks += 1;
+        }
+    }
+
     /// A new session or a reconnect: check every registration now.
     pub fn reconcile_all(&self) {
         let now = Instant::now();

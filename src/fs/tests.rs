@@ -938,6 +938,32 @@ async fn echo_of_own_write_needs_no_refetch_but_foreign_changes_do() {
     assert_eq!(h.cat("/f").await.expect("foreign change"), b"theirs");
 }
 
+/// Once the session has expired, none of its registrations is owned (the
+/// server drops, or has dropped, its ephemeral nodes) until the new session
+/// re-creates them: `zkfs status` must say pending, not owned, meanwhile.
+#[tokio::test]
+async fn registrations_are_pending_from_the_expiry_until_the_new_session_has_them() {
+    let h = harness();
+    h.apply(h.zk.create("/services", b"", 0));
+    h.apply(h.zk.create("/services/web", b"", 0));
+    h.apply(h.zk.create("/services/web/servers", b"", 0));
+    h.write_file("/services/web/servers/10.0.0.5:8080", b"{}", WRITE_TRUNC)
+        .await
+        .expect("register");
+    let counts = |h: &Harness| {
+        let c = h.fs.registry.counts();
+        (c.owned, c.pending)
+    };
+    assert_eq!(counts(&h), (1, 0));
+    h.zk.delete("/services/web/servers/10.0.0.5:8080")
+        .expect("expired");
+    h.fs.session_ended();
+    assert_eq!(counts(&h), (0, 1), "expired: not owned");
+    h.fs.reregister();
+    h.fs.reconcile_due().await;
+    assert_eq!(counts(&h), (1, 0), "the new session has it");
+}
+
 #[tokio::test]
 async fn registrations_are_ephemeral_and_come_back_after_expiry() {
     let h = harness();

@@ -1040,6 +1040,12 @@ impl<B: ZkBackend> ZkFs<B> {
         self.registry.reconcile_all();
     }
 
+    /// The session expired (a new one is being built): no registration is
+    /// owned any more.
+    pub fn session_ended(&self) {
+        self.registry.session_ended();
+    }
+
     /// `link(2)`: ZooKeeper has no hard links.
     pub fn link(&self, ino: u64) -> Result<Entry, FsError> {
         let inode = self.inode(ino)?;

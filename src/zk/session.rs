@@ -94,6 +94,9 @@ pub enum SessionEvent {
     Node(NodeEvent),
     /// Events may have been lost (reconnect): compare the cache with the server.
     Resync,
+    /// The session expired (a new one is being built): its ephemeral nodes
+    /// are not ours any more.
+    Expired,
     /// The session expired and a new one is up: re-create owned ephemeral
     /// nodes, then compare the cache with the server.
     NewSession,
@@ -445,6 +448,7 @@ impl ZkSession {
                 FollowEnd::Expired => {}
             }
             self.set_state(ConnState::Reconnecting);
+            let _ = events.send(SessionEvent::Expired);
             let (fresh, host) = tokio::select! {
                 fresh = self.rebuild() => fresh,
                 _ = shutdown.wait_for(|closed| *closed) => return,
