@@ -479,6 +479,50 @@ fn fstat_after_open_works_while_another_mount_rewrites_the_file() {
     );
 }
 
+/// A reader on the writer's own mount, opening while the writer has the
+/// file open and has written part of a new version (as `cp` does), reads the
+/// version ZooKeeper has, complete, never the unsent buffer: an application
+/// on the same host reloading its config mid-`cp` read an empty file, or the
+/// new version's first 128 KiB.
+#[test]
+fn a_reader_on_the_writers_mount_reads_the_sent_version_until_the_close() {
+    let (other, root, mount) = mounted("samemount", &[]);
+    let m = mount.path().to_path_buf();
+    let old: Vec<u8> = (0..300 * 1024).map(|i| b'a' + (i % 23) as u8).collect();
+    let new: Vec<u8> = (0..700 * 1024).map(|i| b'A' + (i % 19) as u8).collect();
+    other.create(&format!("{root}/f"), &old);
+    wait_until("node visible", DEADLINE, || m.join("f").exists());
+    assert!(fs::read(m.join("f")).expect("read") == old);
+    let mut writer = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.join("f"))
+        .expect("open for writing");
+    let describe = |got: &[u8]| {
+        format!(
+            "{} bytes, old: {}, new: {}",
+            got.len(),
+            got == old,
+            got == new
+        )
+    };
+    let opened_empty = fs::read(m.join("f")).expect("read after the open");
+    assert!(
+        opened_empty == old,
+        "after O_TRUNC: {}",
+        describe(&opened_empty)
+    );
+    writer.write_all(&new[..128 * 1024]).expect("write");
+    let part = fs::read(m.join("f")).expect("read mid-write");
+    assert!(part == old, "mid-write: {}", describe(&part));
+    writer.write_all(&new[128 * 1024..]).expect("write");
+    let unsent = fs::read(m.join("f")).expect("read before the close");
+    assert!(unsent == old, "before the close: {}", describe(&unsent));
+    drop(writer);
+    let sent = fs::read(m.join("f")).expect("read after the close");
+    assert!(sent == new, "after the close: {}", describe(&sent));
+}
+
 /// Each editor appends its own marker line with `sed -i`; every edit that
 /// reported success must be in the final content, every failed one absent.
 #[test]

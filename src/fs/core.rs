@@ -881,14 +881,15 @@ impl<B: ZkBackend> ZkFs<B> {
             };
             return Ok(Opened { fh, cache });
         }
-        // Only a writer on this mount (whose unsent writes are in the
-        // inode's pages) makes a reader read through this handle instead.
+        // A writer open on this mount: its unsent writes are in the inode's
+        // pages and size (an `O_TRUNC` open emptied both), so a reader reads
+        // the sent version from its own handle, with direct I/O, until the
+        // writer's content is sent.
         let writer_open = lock(&self.files)
             .values()
             .any(|f| f.ino == ino && f.writer.is_some());
         let cache = match (shows_it, writer_open) {
-            (false, _) => PageCache::Bypass,
-            (true, true) => PageCache::Drop,
+            (false, _) | (true, true) => PageCache::Bypass,
             (true, false) => PageCache::Keep,
         };
         let fh = self.add_handle(ino, &inode.path, data, None, attr, pid);
