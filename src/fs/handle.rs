@@ -104,6 +104,12 @@ pub struct Writer {
     /// written): opens of the node wait for the release that sends it.
     pub(super) closed_unsent: bool,
     pub(super) append: bool,
+    /// For an `O_APPEND` handle whose every change was an append: the
+    /// length of the node's content it appends to (the rest of `buf` is
+    /// its own). A change by another client is then not a conflict: the
+    /// appended bytes go after the node's new content, as `O_APPEND`
+    /// promises. `None` once the handle truncated or was not appending.
+    pub(super) appended_from: Option<usize>,
     /// When the content last changed (a write, a size set, or an open that
     /// starts it empty), in the order of every handle's changes: of several
     /// handles of one file with unsent content, `stat` shows the latest.
@@ -133,6 +139,7 @@ impl Writer {
             written: false,
             closed_unsent: false,
             append: mode.append,
+            appended_from: (mode.append && !mode.truncate).then_some(data.len()),
             changed: if mode.truncate { next_change() } else { 0 },
             failure: None,
         }
@@ -146,6 +153,7 @@ impl Writer {
             written: false,
             closed_unsent: false,
             append: mode.append,
+            appended_from: None,
             changed: next_change(),
             failure: None,
         }

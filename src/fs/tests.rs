@@ -240,6 +240,58 @@ async fn cached_reads_make_no_requests() {
     );
 }
 
+const APPEND: OpenMode = OpenMode {
+    write: true,
+    truncate: false,
+    append: true,
+};
+
+/// `echo line >> log` on two hosts at once: O_APPEND means "at the end,
+/// whatever is there", so another client's change since the open is no
+/// conflict for an append-only handle: its bytes follow the node's new
+/// content (read fresh, sent versioned again). Two appenders lose no line.
+#[tokio::test]
+async fn an_append_after_another_clients_change_goes_after_it() {
+    let h = harness();
+    h.apply(h.zk.create("/log", b"one\n", 0));
+    let ino = h.resolve("/log").await.expect("log").ino;
+    let fh = h.fs.open(ino, APPEND, 1).await.expect("open").fh;
+    h.fs.write(fh, 0, b"mine\n").await.expect("append");
+    // Not delivered: this mount still has version 0.
+    h.zk.set("/log", b"one\ntheirs\n").expect("their append");
+    h.fs.flush(fh).await.expect("close");
+    assert_eq!(
+        h.zk.data("/log").as_deref(),
+        Some(&b"one\ntheirs\nmine\n"[..])
+    );
+    // Appended again through the same descriptor: after what it sent.
+    h.fs.write(fh, 0, b"more\n").await.expect("append");
+    h.fs.flush(fh).await.expect("close");
+    assert_eq!(
+        h.zk.data("/log").as_deref(),
+        Some(&b"one\ntheirs\nmine\nmore\n"[..])
+    );
+    h.fs.release(fh).await.expect("release");
+}
+
+/// A handle that truncated is not append-only: a change by another client
+/// is the usual conflict.
+#[tokio::test]
+async fn an_append_handle_that_truncated_still_conflicts() {
+    let h = harness();
+    h.apply(h.zk.create("/log", b"one\n", 0));
+    let ino = h.resolve("/log").await.expect("log").ino;
+    let fh = h.fs.open(ino, APPEND, 1).await.expect("open").fh;
+    h.fs.setattr(ino, None, None, None, Some(0), Some(fh))
+        .await
+        .expect("ftruncate");
+    h.fs.write(fh, 0, b"mine\n").await.expect("append");
+    h.zk.set("/log", b"theirs\n").expect("their change");
+    let err = h.fs.flush(fh).await.expect_err("conflict");
+    assert_eq!(err.errno(), libc::ESTALE, "{err}");
+    assert_eq!(h.zk.data("/log").as_deref(), Some(&b"theirs\n"[..]));
+}
+
 /// An `open` that lands on an inode whose version another client replaced
 /// before the kernel looked the name up again reads the current version
 /// with direct I/O (`PageCache::Bypass`); `fstat` on that descriptor must

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::attr::{Attr, FileKind};
 use super::core::{Entry, ZkFs, lock};
@@ -30,6 +30,14 @@ use super::pointer;
 use crate::zk::NodeView;
 use crate::zk::path;
 use crate::zk::{CreateMode, WriteOp, WriteResult, ZkBackend, ZkError};
+
+/// How many times an append-only handle's bytes are sent after another
+/// client's change before that counts as a conflict (`append_again`).
+/// Between rounds a random wait of up to 1, 2, 4 ... 32 ms, so two hosts
+/// appending as fast as they can do not keep meeting each other (8 rounds
+/// without the wait ran out about once in 75 appends of two shell loops).
+const APPEND_ATTEMPTS: u32 = 16;
+const APPEND_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(32);
 
 /// What a send of a handle's content is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -542,6 +550,9 @@ impl<B: ZkBackend> ZkFs<B> {
         let registration = self.registry.contains(path);
         match self.store.set_data(path, data.clone(), expected).await {
             Ok(stat) => {
+                if w.appended_from.is_some() {
+                    w.appended_from = Some(data.len());
+                }
                 if registration {
                     self.registry.update(path, data);
                 }
@@ -549,6 +560,9 @@ impl<B: ZkBackend> ZkFs<B> {
                 // The writer's inode now shows what it wrote (same number).
                 lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
                 Ok(())
+            }
+            Err(ZkError::BadVersion) if w.appended_from.is_some() => {
+                self.append_again(ino, path, w, &data).await
             }
             Err(ZkError::BadVersion) => {
                 let actual = match self.store.node(path).await {
@@ -569,6 +583,83 @@ impl<B: ZkBackend> ZkFs<B> {
             }),
             Err(e) => Err(FsError::zk(path, "setData", e)),
         }
+    }
+
+    /// An append-only handle met another client's change: send its appended
+    /// bytes after the node's content as it is now (read fresh), versioned
+    /// again, as `O_APPEND` means "at the end, whatever is there". At most
+    /// [`APPEND_ATTEMPTS`] rounds; the node deleted meanwhile, or changed
+    /// every time, is the usual conflict.
+    async fn append_again(
+        &self,
+        ino: u64,
+        path: &str,
+        w: &mut Writer,
+        data: &[u8],
+    ) -> Result<(), FsError> {
+        let from = w.appended_from.unwrap_or(data.len()).min(data.len());
+        let appended = data[from..].to_vec();
+        let mut wait = std::time::Duration::from_millis(1);
+        for round in 0..APPEND_ATTEMPTS {
+            if round > 0 {
+                tokio::time::sleep(crate::zk::session::jitter(wait)).await;
+                wait = (wait * 2).min(APPEND_WAIT_MAX);
+            }
+            let (current, view) = match self.store.for_write(|| self.store.read_fresh(path)).await {
+                Ok(read) => read,
+                Err(ZkError::NoNode) => {
+                    return Err(FsError::Conflict {
+                        path: path.to_string(),
+                        detail: "deleted by another client while this file was open".into(),
+                    });
+                }
+                Err(e) => return Err(FsError::zk(path, "getData", e)),
+            };
+            let mut next = current.to_vec();
+            next.extend_from_slice(&appended);
+            if next.len() > self.config.max_data {
+                return Err(FsError::TooBig(
+                    path.to_string(),
+                    next.len(),
+                    self.config.max_data,
+                ));
+            }
+            debug!(
+                path,
+                version = view.stat.version,
+                "appending after another client's change"
+            );
+            match self
+                .store
+                .set_data(path, next.clone(), Some(view.stat.version))
+                .await
+            {
+                Ok(stat) => {
+                    if self.registry.contains(path) {
+                        self.registry.update(path, next.clone());
+                    }
+                    w.appended_from = Some(next.len());
+                    w.buf = next;
+                    w.base_version = Some(stat.version);
+                    lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
+                    return Ok(());
+                }
+                Err(ZkError::BadVersion) => continue,
+                Err(ZkError::NoNode) => {
+                    return Err(FsError::Conflict {
+                        path: path.to_string(),
+                        detail: "deleted by another client while this file was open".into(),
+                    });
+                }
+                Err(e) => return Err(FsError::zk(path, "setData", e)),
+            }
+        }
+        Err(FsError::Conflict {
+            path: path.to_string(),
+            detail: format!(
+                "changed by other clients each of {APPEND_ATTEMPTS} times this append was sent"
+            ),
+        })
     }
 
     /// Last close of a handle: send what was not sent yet, then forget it.
@@ -642,6 +733,7 @@ impl<B: ZkBackend> ZkFs<B> {
                         ));
                     }
                     w.buf.resize(size, 0);
+                    w.appended_from = None;
                     w.touched();
                 }
                 None => {
