@@ -518,9 +518,21 @@ fn a_reader_on_the_writers_mount_reads_the_sent_version_until_the_close() {
     writer.write_all(&new[128 * 1024..]).expect("write");
     let unsent = fs::read(m.join("f")).expect("read before the close");
     assert!(unsent == old, "before the close: {}", describe(&unsent));
+    // A reader still open on the old version, and a stat, while the
+    // writer closes: the size the kernel keeps for the inode must be the
+    // sent version's afterwards, not one left from before.
+    let mut early = fs::File::open(m.join("f")).expect("open a reader before the close");
+    fs::metadata(m.join("f")).expect("stat");
     drop(writer);
     let sent = fs::read(m.join("f")).expect("read after the close");
     assert!(sent == new, "after the close: {}", describe(&sent));
+    let mut kept = Vec::new();
+    early.read_to_end(&mut kept).expect("read the early reader");
+    assert!(
+        kept == old,
+        "the reader opened before the close: {}",
+        describe(&kept)
+    );
 }
 
 /// `echo line >> log` from two hosts at once, 150 times each: a shell
