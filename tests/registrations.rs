@@ -93,6 +93,32 @@ fn echo_registers_rm_deregisters_unmount_removes_all() {
     );
 }
 
+/// Another client deletes a registration while the mount's session lives
+/// (a cleanup script, `zkCli delete`): the registration is the mount's
+/// desired state until `rm` through the mount, so it is put back, with its
+/// data, on the same session (SEMANTICS, "Registrations").
+#[test]
+fn a_registration_another_client_deletes_is_put_back() {
+    let zk = shared_zk();
+    let root = unique_root("reg-deleted");
+    let other = Other::connect(&zk);
+    other.ensure(&format!("{root}/services/web/servers"));
+    let mount = Mount::start(
+        &format!("{zk}{root}"),
+        &["--ephemeral", "services/*/servers"],
+    );
+    let dir = mount.path().join("services/web/servers");
+    fs::write(dir.join("10.0.0.5:8080"), b"{\"pid\": 5}").expect("register");
+    let node = format!("{root}/services/web/servers/10.0.0.5:8080");
+    assert!(stat(&other, &node).is_some());
+    other.delete(&node);
+    wait_until("the registration is back", DEADLINE, || {
+        stat(&other, &node)
+            .is_some_and(|(data, owner)| data == b"{\"pid\": 5}" && owner == session_of(&mount))
+    });
+    assert_eq!(xattr_string(mount.path(), "user.zkfs.registrations"), "1");
+}
+
 #[test]
 fn registrations_come_back_after_session_expiry() {
     let zk = shared_zk();
