@@ -181,7 +181,13 @@ fn standalone_outage(tag: &str, down: Duration) {
         wait_until("the mount takes the session as expired", down, || {
             xattr_string(mount.path(), "user.zkfs.state") == "expired-reconnecting"
         });
-        assert_eq!(xattr_string(mount.path(), "user.zkfs.registrations"), "0");
+        // The state changes first; the registry hears of the expiry on the
+        // daemon's event loop, right after.
+        wait_until(
+            "no registration owned once expired",
+            Duration::from_secs(2),
+            || xattr_string(mount.path(), "user.zkfs.registrations") == "0",
+        );
         assert_eq!(
             xattr_string(mount.path(), "user.zkfs.registrations_pending"),
             regs.len().to_string()

@@ -1169,6 +1169,31 @@ async fn a_lost_unlink_answer_never_deletes_a_node_created_again_meanwhile() {
     assert_eq!(h.zk.writes_received(), 1, "not sent again");
 }
 
+/// An append whose outcome stayed unknown may be in ZooKeeper: appending
+/// more through the same descriptor must not send those bytes a second
+/// time after another client's change; the close is then a conflict.
+#[tokio::test(start_paused = true)]
+async fn an_append_whose_outcome_is_unknown_is_never_appended_again() {
+    let h = harness();
+    h.apply(h.zk.create("/log", b"one\n", 0));
+    let ino = h.resolve("/log").await.expect("log").ino;
+    let fh = h.fs.open(ino, APPEND, 1).await.expect("open").fh;
+    h.fs.write(fh, 0, b"mine\n").await.expect("append");
+    h.zk.inject(WriteFault::LostAnswer);
+    let (first, ()) = tokio::join!(
+        h.fs.fsync(fh),
+        meanwhile(&h, |zk| drop(zk.set("/log", b"one\nmine\ntheirs\n")))
+    );
+    assert_eq!(first.map_err(|e| e.errno()), Err(libc::EIO), "unknown");
+    h.fs.write(fh, 0, b"more\n").await.expect("append");
+    let second = h.fs.flush(fh).await;
+    assert_eq!(second.map_err(|e| e.errno()), Err(libc::ESTALE));
+    assert_eq!(
+        h.zk.data("/log").as_deref(),
+        Some(&b"one\nmine\ntheirs\n"[..])
+    );
+}
+
 /// A rename whose answer was lost, after which another client changed the
 /// target: the source is gone, the target holds theirs. Ours was applied
 /// (then overwritten) or another client removed the source: unknown, `EIO`,

@@ -387,6 +387,9 @@ impl<B: ZkBackend> ZkFs<B> {
             }
             Err(e) => {
                 w.failure = Some(e.clone());
+                // Its appended bytes may be in ZooKeeper already (an unknown
+                // outcome, say): never append them again after a change.
+                w.appended_from = None;
                 self.after_failed_write(ino, &path);
             }
         }

@@ -327,7 +327,12 @@ enum Looks {
 
 /// Judge one op of a lost write by its node now (`None`: no node), given
 /// `base`, the node as cached when the op was sent.
-/// - create: ours if it holds our data and has no children; not applied if
+/// - create of an ephemeral node: ours if its owner is this `session`; not
+///   applied if another session's node is at version 0 (ours met
+///   NodeExists);
+/// - create: ours if it holds our data (not empty: an empty node, `mkdir`'s
+///   or a lock file's, is what another client's create leaves too) and has
+///   no children; not applied if
 ///   the node is missing (ZooKeeper has no trace of a create deleted since;
 ///   SEMANTICS accepts that) or holds other data at version 0 (another
 ///   client's create, which ours would have met as NodeExists);
@@ -339,13 +344,39 @@ enum Looks {
 ///   counts as not applied too: what ours did, if anything, went with it;
 /// - delete: done if the node is gone or is another node (a new czxid:
 ///   the one we deleted is gone); not applied if it is `base`'s node.
-fn judge(op: &WriteOp, base: Option<&NodeStat>, now: Option<(&[u8], &NodeStat)>) -> Looks {
+fn judge(
+    op: &WriteOp,
+    base: Option<&NodeStat>,
+    now: Option<(&[u8], &NodeStat)>,
+    session: i64,
+) -> Looks {
     let same_node = |stat: &NodeStat| base.is_some_and(|b| b.czxid == stat.czxid);
     match (op, now) {
         (WriteOp::Create { .. }, None) => Looks::Untouched,
-        (WriteOp::Create { data, .. }, Some((now, stat))) => {
-            if now == data.as_slice() && stat.num_children == 0 {
+        // An ephemeral node names its session: ours or not, whatever it holds.
+        (
+            WriteOp::Create {
+                mode: CreateMode::Ephemeral,
+                ..
+            },
+            Some((_, stat)),
+        ) => {
+            if stat.ephemeral_owner == session && stat.num_children == 0 {
                 Looks::Applied(Some(*stat))
+            } else if stat.ephemeral_owner != session && stat.version == 0 {
+                Looks::Untouched
+            } else {
+                Looks::Neither
+            }
+        }
+        (WriteOp::Create { data, .. }, Some((now, stat))) => {
+            // Empty data (`mkdir`, `touch`, a lock file) is what another
+            // client's create of the name holds too: no telling whose it
+            // is, and a lock must not be taken twice.
+            if now == data.as_slice() && !data.is_empty() && stat.num_children == 0 {
+                Looks::Applied(Some(*stat))
+            } else if now == data.as_slice() {
+                Looks::Neither
             } else if stat.version == 0 {
                 Looks::Untouched
             } else {
@@ -975,6 +1006,7 @@ impl<B: ZkBackend> Store<B> {
                     op,
                     base.as_ref(),
                     now.as_ref().map(|(d, s)| (d.as_slice(), s)),
+                    self.backend.session_id(),
                 ) {
                     Looks::Untouched => return Ok(Found::NotApplied),
                     Looks::Applied(stat) => results.push(match op {
@@ -1175,9 +1207,16 @@ impl<B: ZkBackend> Store<B> {
     /// for [`Self::set_data`]).
     pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<(), ZkError> {
         let mut attempt = 0;
+        // Events for `path` from here on are newer than what the delete
+        // found: one (another client's create of the name) wins over it.
+        let ticket = self.cache().begin_fetch(path);
+        let mut settled = false;
         let result = loop {
             attempt += 1;
-            self.until_connected().await?;
+            if let Err(e) = self.until_connected().await {
+                self.cache().end_fetch(path, ticket);
+                return Err(e);
+            }
             let base = self.peek(path).map(|v| v.stat);
             match self.backend.delete(path, version).await {
                 Err(e) if e.is_connectivity() => {
@@ -1188,7 +1227,10 @@ impl<B: ZkBackend> Store<B> {
                     match self.settle_one(op, base).await {
                         // The node we deleted is gone (by us, or by another
                         // client: gone either way).
-                        Found::Applied(_) => break Ok(()),
+                        Found::Applied(_) => {
+                            settled = true;
+                            break Ok(());
+                        }
                         Found::NotApplied if retry_after(&e, attempt) => continue,
                         Found::NotApplied => break Err(e),
                         Found::Unknown => break Err(ZkError::OutcomeUnknown),
@@ -1197,8 +1239,19 @@ impl<B: ZkBackend> Store<B> {
                 result => break result,
             }
         };
+        let quiet = {
+            let mut cache = self.cache();
+            let quiet = cache.is_quiet_since(path, ticket);
+            cache.end_fetch(path, ticket);
+            quiet
+        };
         match &result {
-            Ok(()) | Err(ZkError::NoNode) => self.record_deleted(path),
+            // Found gone only after a lost answer: a node an event brought
+            // back since the delete was sent (another client's create of the
+            // name) stays as the event made it. An answered delete is newer
+            // than any event applied before it.
+            Ok(()) | Err(ZkError::NoNode) if quiet || !settled => self.record_deleted(path),
+            Ok(()) | Err(ZkError::NoNode) => self.note_own_version(path, None),
             Err(_) => {
                 self.cache().mark_stale(path);
             }
@@ -1913,6 +1966,8 @@ mod judge_tests {
 
     use super::*;
 
+    const SESSION: i64 = 0x77;
+
     fn stat(czxid: i64, mzxid: i64, version: i32) -> NodeStat {
         NodeStat {
             czxid,
@@ -1933,8 +1988,9 @@ mod judge_tests {
     #[test]
     fn set_data() {
         let base = stat(5, 10, 3);
-        let judged =
-            |op: &WriteOp, data: &[u8], now: NodeStat| judge(op, Some(&base), Some((data, &now)));
+        let judged = |op: &WriteOp, data: &[u8], now: NodeStat| {
+            judge(op, Some(&base), Some((data, &now)), SESSION)
+        };
         // Ours took version 3 to 4.
         let ours = stat(5, 20, 4);
         assert_eq!(
@@ -1966,7 +2022,10 @@ mod judge_tests {
             Looks::Neither
         );
         // Gone: nothing of ours lasts (sent again, it meets NoNode).
-        assert_eq!(judge(&set(Some(3)), Some(&base), None), Looks::Untouched);
+        assert_eq!(
+            judge(&set(Some(3)), Some(&base), None, SESSION),
+            Looks::Untouched
+        );
     }
 
     #[test]
@@ -1979,19 +2038,55 @@ mod judge_tests {
         };
         let ours = stat(7, 7, 0);
         assert_eq!(
-            judge(&op, None, Some((b"ours", &ours))),
+            judge(&op, None, Some((b"ours", &ours)), SESSION),
             Looks::Applied(Some(ours))
         );
-        assert_eq!(judge(&op, None, None), Looks::Untouched);
+        assert_eq!(judge(&op, None, None, SESSION), Looks::Untouched);
         // Another client's create at version 0: ours met NodeExists.
         assert_eq!(
-            judge(&op, None, Some((b"theirs", &stat(7, 7, 0)))),
+            judge(&op, None, Some((b"theirs", &stat(7, 7, 0))), SESSION),
             Looks::Untouched
         );
         // Created (by us or them) and then changed.
         assert_eq!(
-            judge(&op, None, Some((b"theirs", &stat(7, 9, 1)))),
+            judge(&op, None, Some((b"theirs", &stat(7, 9, 1))), SESSION),
             Looks::Neither
+        );
+        // Empty (mkdir, a lock file): another client's create of the name
+        // looks the same, and a lock must not be taken twice.
+        let empty = WriteOp::Create {
+            path: "/lock".into(),
+            data: Vec::new(),
+            mode: CreateMode::Persistent,
+            acl: None,
+        };
+        assert_eq!(
+            judge(&empty, None, Some((b"", &stat(7, 7, 0))), SESSION),
+            Looks::Neither
+        );
+        // An ephemeral node names its owner, whatever its data.
+        let registration = WriteOp::Create {
+            path: "/servers/a:1".into(),
+            data: Vec::new(),
+            mode: CreateMode::Ephemeral,
+            acl: None,
+        };
+        let owned_by = |owner: i64| NodeStat {
+            ephemeral_owner: owner,
+            ..stat(7, 7, 0)
+        };
+        assert_eq!(
+            judge(
+                &registration,
+                None,
+                Some((b"", &owned_by(SESSION))),
+                SESSION
+            ),
+            Looks::Applied(Some(owned_by(SESSION)))
+        );
+        assert_eq!(
+            judge(&registration, None, Some((b"", &owned_by(0x99))), SESSION),
+            Looks::Untouched
         );
     }
 
@@ -2002,24 +2097,24 @@ mod judge_tests {
             version: None,
         };
         let base = stat(5, 10, 3);
-        assert_eq!(judge(&op, Some(&base), None), Looks::Applied(None));
+        assert_eq!(judge(&op, Some(&base), None, SESSION), Looks::Applied(None));
         assert_eq!(
-            judge(&op, Some(&base), Some((b"", &base))),
+            judge(&op, Some(&base), Some((b"", &base)), SESSION),
             Looks::Untouched
         );
         // Changed but the same node: a delete would have removed it.
         assert_eq!(
-            judge(&op, Some(&base), Some((b"", &stat(5, 20, 4)))),
+            judge(&op, Some(&base), Some((b"", &stat(5, 20, 4))), SESSION),
             Looks::Untouched
         );
         // Another node under the name: the one we deleted is gone.
         assert_eq!(
-            judge(&op, Some(&base), Some((b"", &stat(40, 40, 0)))),
+            judge(&op, Some(&base), Some((b"", &stat(40, 40, 0))), SESSION),
             Looks::Applied(None)
         );
         // Nothing known of the node it meant: no telling.
         assert_eq!(
-            judge(&op, None, Some((b"", &stat(40, 40, 0)))),
+            judge(&op, None, Some((b"", &stat(40, 40, 0))), SESSION),
             Looks::Neither
         );
     }
