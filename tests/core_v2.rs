@@ -583,6 +583,44 @@ fn shell_appends_from_two_mounts_lose_no_line() {
     assert_eq!(text.lines().count(), 301, "nothing else");
 }
 
+/// An append rebased after another mount's append: the appending mount
+/// then reads what ZooKeeper holds (theirs, then ours), not its own
+/// descriptor's base plus its bytes, a version that never existed.
+#[test]
+fn after_a_rebased_append_the_appending_mount_reads_the_node() {
+    let zk = shared_zk();
+    let root = unique_root("append-ryw");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/log"), b"start\n");
+    let a = Mount::start(&format!("{zk}{root}"), &[]);
+    let b = Mount::start(&format!("{zk}{root}"), &[]);
+    assert_eq!(
+        fs::read(a.path().join("log")).expect("cat on a"),
+        b"start\n"
+    );
+    let mut held = fs::OpenOptions::new()
+        .append(true)
+        .open(a.path().join("log"))
+        .expect("open for append on a");
+    held.write_all(b"mine\n").expect("append on a");
+    let mut theirs = fs::OpenOptions::new()
+        .append(true)
+        .open(b.path().join("log"))
+        .expect("open for append on b");
+    theirs.write_all(b"theirs\n").expect("append on b");
+    drop(theirs);
+    assert_eq!(get(&other, &format!("{root}/log")).0, b"start\ntheirs\n");
+    drop(held);
+    let expected = b"start\ntheirs\nmine\n";
+    assert_eq!(get(&other, &format!("{root}/log")).0, expected);
+    let seen = fs::read(a.path().join("log")).expect("cat on a");
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        String::from_utf8_lossy(expected)
+    );
+}
+
 /// Each editor appends its own marker line with `sed -i`; every edit that
 /// reported success must be in the final content, every failed one absent.
 #[test]

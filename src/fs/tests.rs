@@ -1220,6 +1220,40 @@ async fn a_lost_rename_answer_then_a_change_of_the_target_is_an_unknown_outcome(
     assert_eq!(h.zk.writes_received(), 1, "not sent again");
 }
 
+/// A rename to a new name whose answer was lost, after which another
+/// client deleted the target and created a node under the source's name:
+/// the target's absence alone would say "send it again", but the source's
+/// old node is gone, so it was applied. Unknown, `EIO`; sent again, it
+/// would delete the other client's new node.
+#[tokio::test(start_paused = true)]
+async fn a_lost_rename_answer_never_deletes_a_node_created_under_the_old_name() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"A", 0));
+    h.resolve("/a").await.expect("a");
+    h.zk.inject(WriteFault::LostAnswer);
+    let (renamed, ()) = tokio::join!(
+        h.fs.rename(
+            ROOT_INO,
+            OsStr::new("a"),
+            ROOT_INO,
+            OsStr::new("b"),
+            RenameFlags::default(),
+            1
+        ),
+        meanwhile(&h, |zk| {
+            drop(zk.delete("/b"));
+            drop(zk.create("/a", b"theirs", 0));
+        })
+    );
+    assert_eq!(renamed.map_err(|e| e.errno()), Err(libc::EIO));
+    assert_eq!(
+        h.zk.data("/a").as_deref(),
+        Some(&b"theirs"[..]),
+        "their node stays"
+    );
+    assert_eq!(h.zk.writes_received(), 1, "not sent again");
+}
+
 /// A new file's create whose answer was lost, after which another client
 /// wrote it: created by us (then changed) or by them first; unknown, `EIO`.
 #[tokio::test(start_paused = true)]

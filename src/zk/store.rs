@@ -323,6 +323,10 @@ enum Looks {
     Untouched,
     /// Neither: another client changed it since (after ours, or instead).
     Neither,
+    /// Gone (a create's node missing, a set node deleted): safe to send one
+    /// op again, but no proof that it was not applied and deleted since;
+    /// in a transaction it proves nothing against the other nodes.
+    Gone,
 }
 
 /// Judge one op of a lost write by its node now (`None`: no node), given
@@ -352,7 +356,7 @@ fn judge(
 ) -> Looks {
     let same_node = |stat: &NodeStat| base.is_some_and(|b| b.czxid == stat.czxid);
     match (op, now) {
-        (WriteOp::Create { .. }, None) => Looks::Untouched,
+        (WriteOp::Create { .. }, None) => Looks::Gone,
         // An ephemeral node names its session: ours or not, whatever it holds.
         (
             WriteOp::Create {
@@ -386,7 +390,7 @@ fn judge(
         // Gone: whatever ours did went with the node, and sending it again
         // meets NoNode, the failure the caller reports (the node was
         // deleted meanwhile).
-        (WriteOp::SetData { .. }, None) => Looks::Untouched,
+        (WriteOp::SetData { .. }, None) => Looks::Gone,
         (WriteOp::SetData { data, version, .. }, Some((now, stat))) => {
             let newer = base.is_none_or(|b| stat.mzxid > b.mzxid);
             let follows = version.is_none_or(|v| stat.version == v + 1);
@@ -982,6 +986,8 @@ impl<B: ZkBackend> Store<B> {
         let find_out = async {
             let mut results = Vec::with_capacity(ops.len());
             let mut all_applied = true;
+            let mut any_applied = false;
+            let mut any_neither = false;
             for (i, (op, base)) in ops.iter().zip(bases).enumerate() {
                 // Deleted and created again by this same transaction: the
                 // create's node says it all.
@@ -1009,16 +1015,30 @@ impl<B: ZkBackend> Store<B> {
                     self.backend.session_id(),
                 ) {
                     Looks::Untouched => return Ok(Found::NotApplied),
-                    Looks::Applied(stat) => results.push(match op {
-                        WriteOp::Create { .. } => WriteResult::Created(stat.unwrap_or_default()),
-                        WriteOp::SetData { .. } => WriteResult::Set(stat.unwrap_or_default()),
-                        WriteOp::Delete { .. } => WriteResult::Deleted,
-                    }),
-                    Looks::Neither => all_applied = false,
+                    Looks::Applied(stat) => {
+                        any_applied = true;
+                        results.push(match op {
+                            WriteOp::Create { .. } => {
+                                WriteResult::Created(stat.unwrap_or_default())
+                            }
+                            WriteOp::SetData { .. } => WriteResult::Set(stat.unwrap_or_default()),
+                            WriteOp::Delete { .. } => WriteResult::Deleted,
+                        });
+                    }
+                    Looks::Gone => all_applied = false,
+                    Looks::Neither => {
+                        all_applied = false;
+                        any_neither = true;
+                    }
                 }
             }
+            // Gone nodes alone are safe to send again (as for one op); next
+            // to a node the write did leave, they say it was applied and
+            // then undone by someone: no telling.
             Ok(if all_applied {
                 Found::Applied(results)
+            } else if !any_neither && !any_applied {
+                Found::NotApplied
             } else {
                 Found::Unknown
             })
@@ -2024,7 +2044,7 @@ mod judge_tests {
         // Gone: nothing of ours lasts (sent again, it meets NoNode).
         assert_eq!(
             judge(&set(Some(3)), Some(&base), None, SESSION),
-            Looks::Untouched
+            Looks::Gone
         );
     }
 
@@ -2041,7 +2061,7 @@ mod judge_tests {
             judge(&op, None, Some((b"ours", &ours)), SESSION),
             Looks::Applied(Some(ours))
         );
-        assert_eq!(judge(&op, None, None, SESSION), Looks::Untouched);
+        assert_eq!(judge(&op, None, None, SESSION), Looks::Gone);
         // Another client's create at version 0: ours met NodeExists.
         assert_eq!(
             judge(&op, None, Some((b"theirs", &stat(7, 7, 0))), SESSION),
