@@ -206,44 +206,17 @@ fn a_blackholed_server_during_a_write_loop_fails_no_write() {
 /// no write fails, and what ZooKeeper holds at the end is the last write.
 #[test]
 fn graceful_server_stops_during_a_write_loop_fail_no_write() {
-    let mut ensemble = Ensemble::start();
-    let zk = ensemble.connect_string();
-    let root = unique_root("sigterm");
-    let other = Other::connect(&zk);
-    other.ensure(&root);
-    other.create(&format!("{root}/cfg"), b"start");
-    drop(other);
-    let mount = Mount::start(
-        &format!("{zk}{root}"),
-        &["--session-timeout", "10s", "--op-timeout", "5s"],
-    );
-    let writer = Writer::start(mount.path().join("cfg"));
-    writer.progress(20);
-    for i in 0..3 {
-        ensemble.server(i).stop_gracefully();
-        writer.progress(20);
-        ensemble.server(i).start_again();
-        writer.progress(20);
-    }
-    let last = writer.finish();
-    let other = Other::connect(&zk);
-    assert_eq!(
-        String::from_utf8_lossy(&other.get(&format!("{root}/cfg")).0),
-        last
-    );
+    graceful_stops_during("sigterm", Writer::start);
 }
 
-/// The same with `sed -i`'s pattern: a new file renamed over the old one
-/// (and a scratch file created and removed). A rename is one `multi`; a
-/// stop that takes its request (or a delete's) with the connection sends it
-/// again, one that takes its answer finds it applied, and the reads before
-/// them wait for the connection: no step fails, and no temporary file is
-/// left behind.
-#[test]
-fn graceful_server_stops_during_a_rename_loop_fail_no_rename() {
+/// Each server of a fresh ensemble stopped gracefully and started again in
+/// turn, while the writer `start` makes runs through a mount (20 successes
+/// before, between and after): none fails, ZooKeeper ends with the last
+/// one, and the root holds `cfg` alone.
+fn graceful_stops_during(tag: &str, start: fn(std::path::PathBuf) -> Writer) {
     let mut ensemble = Ensemble::start();
     let zk = ensemble.connect_string();
-    let root = unique_root("sigterm-mv");
+    let root = unique_root(tag);
     let other = Other::connect(&zk);
     other.ensure(&root);
     other.create(&format!("{root}/cfg"), b"start");
@@ -252,7 +225,7 @@ fn graceful_server_stops_during_a_rename_loop_fail_no_rename() {
         &format!("{zk}{root}"),
         &["--session-timeout", "10s", "--op-timeout", "5s"],
     );
-    let writer = Writer::renaming(mount.path().join("cfg"));
+    let writer = start(mount.path().join("cfg"));
     writer.progress(20);
     for i in 0..3 {
         ensemble.server(i).stop_gracefully();
@@ -271,4 +244,15 @@ fn graceful_server_stops_during_a_rename_loop_fail_no_rename() {
         vec!["cfg".to_string()],
         "no temporary file left"
     );
+}
+
+/// The same with `sed -i`'s pattern: a new file renamed over the old one
+/// (and a scratch file created and removed). A rename is one `multi`; a
+/// stop that takes its request (or a delete's) with the connection sends it
+/// again, one that takes its answer finds it applied, and the reads before
+/// them wait for the connection: no step fails, and no temporary file is
+/// left behind.
+#[test]
+fn graceful_server_stops_during_a_rename_loop_fail_no_rename() {
+    graceful_stops_during("sigterm-mv", Writer::renaming);
 }

@@ -1119,6 +1119,30 @@ async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
 }
 
+/// `mv a b` in the root, `/a` cached, with `fault` on its transaction
+/// while `meanwhile` runs; the errno if it failed.
+async fn rename_a_to_b(
+    h: &Harness,
+    fault: WriteFault,
+    meanwhile: impl std::future::Future<Output = ()>,
+) -> Result<(), i32> {
+    h.apply(h.zk.create("/a", b"A", 0));
+    h.resolve("/a").await.expect("a");
+    h.zk.inject(fault);
+    let (renamed, ()) = tokio::join!(
+        h.fs.rename(
+            ROOT_INO,
+            OsStr::new("a"),
+            ROOT_INO,
+            OsStr::new("b"),
+            RenameFlags::default(),
+            1
+        ),
+        meanwhile
+    );
+    renamed.map_err(|e| e.errno())
+}
+
 /// The other client acts during the gap (after our lost write reached the
 /// server), then the connection comes back.
 async fn meanwhile(h: &Harness, other: impl FnOnce(&FakeZk)) {
@@ -1201,21 +1225,13 @@ async fn an_append_whose_outcome_is_unknown_is_never_appended_again() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_rename_answer_then_a_change_of_the_target_is_an_unknown_outcome() {
     let h = harness();
-    h.apply(h.zk.create("/a", b"A", 0));
-    h.resolve("/a").await.expect("a");
-    h.zk.inject(WriteFault::LostAnswer);
-    let (renamed, ()) = tokio::join!(
-        h.fs.rename(
-            ROOT_INO,
-            OsStr::new("a"),
-            ROOT_INO,
-            OsStr::new("b"),
-            RenameFlags::default(),
-            1
-        ),
-        meanwhile(&h, |zk| drop(zk.set("/b", b"theirs")))
-    );
-    assert_eq!(renamed.map_err(|e| e.errno()), Err(libc::EIO));
+    let renamed = rename_a_to_b(
+        &h,
+        WriteFault::LostAnswer,
+        meanwhile(&h, |zk| drop(zk.set("/b", b"theirs"))),
+    )
+    .await;
+    assert_eq!(renamed, Err(libc::EIO));
     assert_eq!(h.zk.data("/b").as_deref(), Some(&b"theirs"[..]));
     assert_eq!(h.zk.writes_received(), 1, "not sent again");
 }
@@ -1228,24 +1244,16 @@ async fn a_lost_rename_answer_then_a_change_of_the_target_is_an_unknown_outcome(
 #[tokio::test(start_paused = true)]
 async fn a_lost_rename_answer_never_deletes_a_node_created_under_the_old_name() {
     let h = harness();
-    h.apply(h.zk.create("/a", b"A", 0));
-    h.resolve("/a").await.expect("a");
-    h.zk.inject(WriteFault::LostAnswer);
-    let (renamed, ()) = tokio::join!(
-        h.fs.rename(
-            ROOT_INO,
-            OsStr::new("a"),
-            ROOT_INO,
-            OsStr::new("b"),
-            RenameFlags::default(),
-            1
-        ),
+    let renamed = rename_a_to_b(
+        &h,
+        WriteFault::LostAnswer,
         meanwhile(&h, |zk| {
             drop(zk.delete("/b"));
             drop(zk.create("/a", b"theirs", 0));
-        })
-    );
-    assert_eq!(renamed.map_err(|e| e.errno()), Err(libc::EIO));
+        }),
+    )
+    .await;
+    assert_eq!(renamed, Err(libc::EIO));
     assert_eq!(
         h.zk.data("/a").as_deref(),
         Some(&b"theirs"[..]),
@@ -1280,25 +1288,8 @@ async fn a_lost_create_answer_then_a_change_by_another_client_is_an_unknown_outc
 #[tokio::test(start_paused = true)]
 async fn a_renames_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
     let h = harness();
-    h.apply(h.zk.create("/a", b"A", 0));
-    h.resolve("/a").await.expect("a");
-    h.zk.inject(WriteFault::LostAnswer);
-    let (renamed, ()) = tokio::join!(
-        h.fs.rename(
-            ROOT_INO,
-            OsStr::new("a"),
-            ROOT_INO,
-            OsStr::new("b"),
-            RenameFlags::default(),
-            1
-        ),
-        h.reconnect_after(50)
-    );
-    assert_eq!(
-        renamed.map_err(|e| e.errno()),
-        Ok(()),
-        "applied, so reported applied"
-    );
+    let renamed = rename_a_to_b(&h, WriteFault::LostAnswer, h.reconnect_after(50)).await;
+    assert_eq!(renamed, Ok(()), "applied, so reported applied");
     assert!(!h.zk.exists("/a"));
     assert_eq!(h.zk.data("/b").as_deref(), Some(&b"A"[..]));
     assert_eq!(h.zk.writes_received(), 1, "one multi, not sent again");
@@ -1309,21 +1300,8 @@ async fn a_renames_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice
 #[tokio::test(start_paused = true)]
 async fn a_renames_lost_request_is_sent_again_on_the_new_connection() {
     let h = harness();
-    h.apply(h.zk.create("/a", b"A", 0));
-    h.resolve("/a").await.expect("a");
-    h.zk.inject(WriteFault::LostRequest);
-    let (renamed, ()) = tokio::join!(
-        h.fs.rename(
-            ROOT_INO,
-            OsStr::new("a"),
-            ROOT_INO,
-            OsStr::new("b"),
-            RenameFlags::default(),
-            1
-        ),
-        h.reconnect_after(50)
-    );
-    assert_eq!(renamed.map_err(|e| e.errno()), Ok(()));
+    let renamed = rename_a_to_b(&h, WriteFault::LostRequest, h.reconnect_after(50)).await;
+    assert_eq!(renamed, Ok(()));
     assert!(!h.zk.exists("/a"));
     assert_eq!(h.zk.data("/b").as_deref(), Some(&b"A"[..]));
     assert_eq!(h.zk.writes_received(), 1, "the lost one never arrived");
@@ -1400,20 +1378,8 @@ async fn a_lost_answer_is_resolved_after_a_reconnect_well_past_the_op_timeout() 
 #[tokio::test(start_paused = true)]
 async fn a_renames_outcome_unknown_for_60_s_is_eio() {
     let h = harness();
-    h.apply(h.zk.create("/a", b"A", 0));
-    h.resolve("/a").await.expect("a");
-    h.zk.inject(WriteFault::LostAnswer);
-    let renamed =
-        h.fs.rename(
-            ROOT_INO,
-            OsStr::new("a"),
-            ROOT_INO,
-            OsStr::new("b"),
-            RenameFlags::default(),
-            1,
-        )
-        .await;
-    assert_eq!(renamed.map_err(|e| e.errno()), Err(libc::EIO));
+    let renamed = rename_a_to_b(&h, WriteFault::LostAnswer, async {}).await;
+    assert_eq!(renamed, Err(libc::EIO));
 }
 
 #[tokio::test(start_paused = true)]

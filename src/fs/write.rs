@@ -29,7 +29,7 @@ use super::name::NodeName;
 use super::pointer;
 use crate::zk::NodeView;
 use crate::zk::path;
-use crate::zk::{CreateMode, WriteOp, WriteResult, ZkBackend, ZkError};
+use crate::zk::{CreateMode, Exclusive, WriteOp, WriteResult, ZkBackend, ZkError};
 
 /// How many times an append-only handle's bytes are sent after another
 /// client's change before that counts as a conflict (`append_again`).
@@ -244,7 +244,11 @@ impl<B: ZkBackend> ZkFs<B> {
         if mode == CreateMode::Ephemeral {
             self.registry.insert(&child, Vec::new());
         }
-        if let Err(e) = self.store.create(&child, Vec::new(), mode, None).await {
+        if let Err(e) = self
+            .store
+            .create(&child, Vec::new(), mode, None, Exclusive::Yes)
+            .await
+        {
             self.registry.take(&child);
             self.overlay.forget(&child);
             return Err(create_error(&child, e));
@@ -258,7 +262,13 @@ impl<B: ZkBackend> ZkFs<B> {
         self.overlay.remember(&child, FileKind::Directory);
         if let Err(e) = self
             .store
-            .create(&child, Vec::new(), CreateMode::Persistent, None)
+            .create(
+                &child,
+                Vec::new(),
+                CreateMode::Persistent,
+                None,
+                Exclusive::Yes,
+            )
             .await
         {
             self.overlay.forget(&child);
@@ -471,7 +481,10 @@ impl<B: ZkBackend> ZkFs<B> {
         // Before the node exists, so nobody sees it as an empty directory.
         self.overlay.remember(path, FileKind::RegularFile);
         let mode = self.create_mode(path);
-        let result = self.store.create(path, data.clone(), mode, None).await;
+        let result = self
+            .store
+            .create(path, data.clone(), mode, None, Exclusive::No)
+            .await;
         if result.is_ok() && mode == CreateMode::Ephemeral {
             self.registry.insert(path, data);
         }
@@ -1102,7 +1115,13 @@ impl<B: ZkBackend> ZkFs<B> {
         self.overlay.remember(&child, FileKind::Symlink);
         if let Err(e) = self
             .store
-            .create(&child, node.into_bytes(), CreateMode::Persistent, None)
+            .create(
+                &child,
+                node.into_bytes(),
+                CreateMode::Persistent,
+                None,
+                Exclusive::Yes,
+            )
             .await
         {
             self.overlay.forget(&child);

@@ -24,4 +24,4 @@ pub mod store;
 pub use backend::{
     AclEntry, CreateMode, NodeEvent, NodeStat, WriteOp, WriteResult, ZkBackend, ZkError,
 };
-pub use store::{Change, NodeView, Store};
+pub use store::{Change, Exclusive, NodeView, Store};

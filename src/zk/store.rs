@@ -313,6 +313,18 @@ fn outcome_unknown(path: &str, why: &str) {
     );
 }
 
+/// Whether a create must be the name's only creator (`mkdir`, `mknod`,
+/// `ln -s`): the lost answer of such a create cannot be resolved by an
+/// empty node, which another client's create of the name leaves too. A new
+/// file's create at its close is not: had another client created the name
+/// first, the open would have opened theirs, and an empty file is there
+/// either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exclusive {
+    Yes,
+    No,
+}
+
 /// How one node of a write whose answer was lost reads now.
 #[derive(Debug, PartialEq, Eq)]
 enum Looks {
@@ -353,6 +365,7 @@ fn judge(
     base: Option<&NodeStat>,
     now: Option<(&[u8], &NodeStat)>,
     session: i64,
+    exclusive: Exclusive,
 ) -> Looks {
     let same_node = |stat: &NodeStat| base.is_some_and(|b| b.czxid == stat.czxid);
     match (op, now) {
@@ -377,7 +390,8 @@ fn judge(
             // Empty data (`mkdir`, `touch`, a lock file) is what another
             // client's create of the name holds too: no telling whose it
             // is, and a lock must not be taken twice.
-            if now == data.as_slice() && !data.is_empty() && stat.num_children == 0 {
+            let theirs_too = data.is_empty() && exclusive == Exclusive::Yes;
+            if now == data.as_slice() && !theirs_too && stat.num_children == 0 {
                 Looks::Applied(Some(*stat))
             } else if now == data.as_slice() {
                 Looks::Neither
@@ -982,7 +996,12 @@ impl<B: ZkBackend> Store<B> {
     /// While disconnected this keeps waiting, up to
     /// [`UNKNOWN_OUTCOME_LIMIT`] (FUSE writes are not bounded otherwise:
     /// `fuse::dispatch_write`).
-    async fn settle(&self, ops: &[WriteOp], bases: &[Option<NodeStat>]) -> Found<Vec<WriteResult>> {
+    async fn settle(
+        &self,
+        ops: &[WriteOp],
+        bases: &[Option<NodeStat>],
+        exclusive: Exclusive,
+    ) -> Found<Vec<WriteResult>> {
         let find_out = async {
             let mut results = Vec::with_capacity(ops.len());
             let mut all_applied = true;
@@ -1013,6 +1032,7 @@ impl<B: ZkBackend> Store<B> {
                     base.as_ref(),
                     now.as_ref().map(|(d, s)| (d.as_slice(), s)),
                     self.backend.session_id(),
+                    exclusive,
                 ) {
                     Looks::Untouched => return Ok(Found::NotApplied),
                     Looks::Applied(stat) => {
@@ -1071,8 +1091,16 @@ impl<B: ZkBackend> Store<B> {
     }
 
     /// [`Self::settle`] for one op.
-    async fn settle_one(&self, op: WriteOp, base: Option<NodeStat>) -> Found<WriteResult> {
-        match self.settle(std::slice::from_ref(&op), &[base]).await {
+    async fn settle_one(
+        &self,
+        op: WriteOp,
+        base: Option<NodeStat>,
+        exclusive: Exclusive,
+    ) -> Found<WriteResult> {
+        match self
+            .settle(std::slice::from_ref(&op), &[base], exclusive)
+            .await
+        {
             Found::Applied(mut results) => match results.pop() {
                 Some(result) => Found::Applied(result),
                 None => Found::Unknown,
@@ -1123,6 +1151,7 @@ impl<B: ZkBackend> Store<B> {
         data: Vec<u8>,
         mode: CreateMode,
         acl: Option<&[AclEntry]>,
+        exclusive: Exclusive,
     ) -> Result<NodeStat, ZkError> {
         let mut attempt = 0;
         loop {
@@ -1144,7 +1173,7 @@ impl<B: ZkBackend> Store<B> {
                         mode,
                         acl: acl.map(<[AclEntry]>::to_vec),
                     };
-                    match self.settle_one(op, None).await {
+                    match self.settle_one(op, None, exclusive).await {
                         Found::Applied(WriteResult::Created(stat)) => {
                             self.record_created(path, data, stat, ticket);
                             return Ok(stat);
@@ -1194,7 +1223,7 @@ impl<B: ZkBackend> Store<B> {
                         data: data.clone(),
                         version,
                     };
-                    match self.settle_one(op, base).await {
+                    match self.settle_one(op, base, Exclusive::No).await {
                         Found::Applied(WriteResult::Set(stat)) => {
                             self.record_written(path, data, stat, ticket);
                             return Ok(stat);
@@ -1244,7 +1273,7 @@ impl<B: ZkBackend> Store<B> {
                         path: path.to_string(),
                         version,
                     };
-                    match self.settle_one(op, base).await {
+                    match self.settle_one(op, base, Exclusive::No).await {
                         // The node we deleted is gone (by us, or by another
                         // client: gone either way).
                         Found::Applied(_) => {
@@ -1301,12 +1330,14 @@ impl<B: ZkBackend> Store<B> {
             let bases = self.bases(ops);
             match self.backend.multi(ops).await {
                 Ok(r) => break Ok((r, echo)),
-                Err(e) if e.is_connectivity() => match self.settle(ops, &bases).await {
-                    Found::Applied(r) => break Ok((r, echo)),
-                    Found::NotApplied if retry_after(&e, attempt) => continue,
-                    Found::NotApplied => break Err(e),
-                    Found::Unknown => break Err(ZkError::OutcomeUnknown),
-                },
+                Err(e) if e.is_connectivity() => {
+                    match self.settle(ops, &bases, Exclusive::No).await {
+                        Found::Applied(r) => break Ok((r, echo)),
+                        Found::NotApplied if retry_after(&e, attempt) => continue,
+                        Found::NotApplied => break Err(e),
+                        Found::Unknown => break Err(ZkError::OutcomeUnknown),
+                    }
+                }
                 Err(e) => break Err(e),
             }
         };
@@ -2009,7 +2040,7 @@ mod judge_tests {
     fn set_data() {
         let base = stat(5, 10, 3);
         let judged = |op: &WriteOp, data: &[u8], now: NodeStat| {
-            judge(op, Some(&base), Some((data, &now)), SESSION)
+            judge(op, Some(&base), Some((data, &now)), SESSION, Exclusive::Yes)
         };
         // Ours took version 3 to 4.
         let ours = stat(5, 20, 4);
@@ -2043,7 +2074,7 @@ mod judge_tests {
         );
         // Gone: nothing of ours lasts (sent again, it meets NoNode).
         assert_eq!(
-            judge(&set(Some(3)), Some(&base), None, SESSION),
+            judge(&set(Some(3)), Some(&base), None, SESSION, Exclusive::Yes),
             Looks::Gone
         );
     }
@@ -2058,18 +2089,30 @@ mod judge_tests {
         };
         let ours = stat(7, 7, 0);
         assert_eq!(
-            judge(&op, None, Some((b"ours", &ours)), SESSION),
+            judge(&op, None, Some((b"ours", &ours)), SESSION, Exclusive::Yes),
             Looks::Applied(Some(ours))
         );
-        assert_eq!(judge(&op, None, None, SESSION), Looks::Gone);
+        assert_eq!(judge(&op, None, None, SESSION, Exclusive::Yes), Looks::Gone);
         // Another client's create at version 0: ours met NodeExists.
         assert_eq!(
-            judge(&op, None, Some((b"theirs", &stat(7, 7, 0))), SESSION),
+            judge(
+                &op,
+                None,
+                Some((b"theirs", &stat(7, 7, 0))),
+                SESSION,
+                Exclusive::Yes
+            ),
             Looks::Untouched
         );
         // Created (by us or them) and then changed.
         assert_eq!(
-            judge(&op, None, Some((b"theirs", &stat(7, 9, 1))), SESSION),
+            judge(
+                &op,
+                None,
+                Some((b"theirs", &stat(7, 9, 1))),
+                SESSION,
+                Exclusive::Yes
+            ),
             Looks::Neither
         );
         // Empty (mkdir, a lock file): another client's create of the name
@@ -2081,8 +2124,26 @@ mod judge_tests {
             acl: None,
         };
         assert_eq!(
-            judge(&empty, None, Some((b"", &stat(7, 7, 0))), SESSION),
+            judge(
+                &empty,
+                None,
+                Some((b"", &stat(7, 7, 0))),
+                SESSION,
+                Exclusive::Yes
+            ),
             Looks::Neither
+        );
+        // A new file's create at its close: had another client made the
+        // name first, the open would have opened theirs; empty either way.
+        assert_eq!(
+            judge(
+                &empty,
+                None,
+                Some((b"", &stat(7, 7, 0))),
+                SESSION,
+                Exclusive::No
+            ),
+            Looks::Applied(Some(stat(7, 7, 0)))
         );
         // An ephemeral node names its owner, whatever its data.
         let registration = WriteOp::Create {
@@ -2100,12 +2161,19 @@ mod judge_tests {
                 &registration,
                 None,
                 Some((b"", &owned_by(SESSION))),
-                SESSION
+                SESSION,
+                Exclusive::No
             ),
             Looks::Applied(Some(owned_by(SESSION)))
         );
         assert_eq!(
-            judge(&registration, None, Some((b"", &owned_by(0x99))), SESSION),
+            judge(
+                &registration,
+                None,
+                Some((b"", &owned_by(0x99))),
+                SESSION,
+                Exclusive::Yes
+            ),
             Looks::Untouched
         );
     }
@@ -2117,24 +2185,51 @@ mod judge_tests {
             version: None,
         };
         let base = stat(5, 10, 3);
-        assert_eq!(judge(&op, Some(&base), None, SESSION), Looks::Applied(None));
         assert_eq!(
-            judge(&op, Some(&base), Some((b"", &base)), SESSION),
+            judge(&op, Some(&base), None, SESSION, Exclusive::Yes),
+            Looks::Applied(None)
+        );
+        assert_eq!(
+            judge(
+                &op,
+                Some(&base),
+                Some((b"", &base)),
+                SESSION,
+                Exclusive::Yes
+            ),
             Looks::Untouched
         );
         // Changed but the same node: a delete would have removed it.
         assert_eq!(
-            judge(&op, Some(&base), Some((b"", &stat(5, 20, 4))), SESSION),
+            judge(
+                &op,
+                Some(&base),
+                Some((b"", &stat(5, 20, 4))),
+                SESSION,
+                Exclusive::Yes
+            ),
             Looks::Untouched
         );
         // Another node under the name: the one we deleted is gone.
         assert_eq!(
-            judge(&op, Some(&base), Some((b"", &stat(40, 40, 0))), SESSION),
+            judge(
+                &op,
+                Some(&base),
+                Some((b"", &stat(40, 40, 0))),
+                SESSION,
+                Exclusive::Yes
+            ),
             Looks::Applied(None)
         );
         // Nothing known of the node it meant: no telling.
         assert_eq!(
-            judge(&op, None, Some((b"", &stat(40, 40, 0))), SESSION),
+            judge(
+                &op,
+                None,
+                Some((b"", &stat(40, 40, 0))),
+                SESSION,
+                Exclusive::Yes
+            ),
             Looks::Neither
         );
     }
