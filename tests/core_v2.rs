@@ -824,6 +824,13 @@ fn a_lost_answer_then_another_write_fails_the_close_as_unknown_not_as_a_conflict
         get(&other, &node).0 == b"mine"
     });
     other.set(&node, b"theirs");
+    // The mount finds the silent connection lost by itself (its pings go
+    // unanswered), as with a server that stopped answering; only then is
+    // the muted connection cut (its stream lacks what was dropped) and the
+    // proxy restored for the reconnect.
+    wait_until("the mount notices the silence", DEADLINE, || {
+        xattr_string(&m, "user.zkfs.state") != "connected"
+    });
     proxy.cut();
     proxy.restore();
     let (rc, errno) = closing.join().expect("close");
