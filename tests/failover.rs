@@ -233,6 +233,15 @@ fn graceful_stops_during(tag: &str, start: fn(std::path::PathBuf) -> Writer) {
         ensemble.server(i).start_again();
         writer.progress(20);
     }
+    // Shown only if the test fails: every failed operation's log line
+    // (the log's tail that a failure prints is all renames).
+    for line in mount
+        .log()
+        .lines()
+        .filter(|l| l.contains("errno=") && !l.contains("DEBUG"))
+    {
+        eprintln!("mount: {line}");
+    }
     let last = writer.finish();
     let other = Other::connect(&zk);
     assert_eq!(

@@ -570,7 +570,19 @@ impl<B: ZkBackend> Store<B> {
         {
             return Ok(NodeView::of(key, node));
         }
-        self.fetch_data(path).await
+        // Sent while connected and failed by the connection's drop (a
+        // server stopped gracefully, say): asked once more when the session
+        // is back, within the wait a write gets (`--op-timeout`; FUSE reads
+        // are bounded by it too), instead of `EIO` for a `mv` whose lookup
+        // met the drop. While disconnected already, it fails at once.
+        let connected = self.backend.is_connected();
+        match self.fetch_data(path).await {
+            Err(ZkError::ConnectionLoss) if connected => {
+                self.until_connected().await?;
+                self.fetch_data(path).await
+            }
+            result => result,
+        }
     }
 
     /// The node's data; fetched when not cached, evicted or stale.
