@@ -1270,14 +1270,13 @@ impl<B: ZkBackend> Store<B> {
         let mut attempt = 0;
         // Events for `path` from here on are newer than what the delete
         // found: one (another client's create of the name) wins over it.
+        // Ended by the guard however this ends (dropped too).
         let ticket = self.cache().begin_fetch(path);
+        let guard = self.fetching(path, ticket);
         let mut settled = false;
         let result = loop {
             attempt += 1;
-            if let Err(e) = self.until_connected().await {
-                self.cache().end_fetch(path, ticket);
-                return Err(e);
-            }
+            self.until_connected().await?;
             let base = self.peek(path).map(|v| v.stat);
             match self.backend.delete(path, version).await {
                 Err(e) if e.is_connectivity() => {
@@ -1302,6 +1301,7 @@ impl<B: ZkBackend> Store<B> {
         };
         let quiet = {
             let mut cache = self.cache();
+            guard.settled();
             let quiet = cache.is_quiet_since(path, ticket);
             cache.end_fetch(path, ticket);
             quiet
