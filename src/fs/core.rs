@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -163,6 +163,21 @@ enum Listing {
     Ended(u64),
 }
 
+/// What a new handle is of (see [`ZkFs::add_handle`]).
+pub(super) struct NewHandle<'a> {
+    pub(super) ino: u64,
+    pub(super) path: &'a str,
+    pub(super) data: Arc<[u8]>,
+    pub(super) attr: Option<Attr>,
+    pub(super) pid: u32,
+}
+
+/// How long a fresh inode made for a write ([`ZkFs::move_writer`]) keeps
+/// readers off its pages while no writer opened it: the kernel retries the
+/// write's open at once, within the same system call; this only ends the
+/// reservation of a retry that never came.
+const WRITER_RESERVATION: Duration = Duration::from_secs(2);
+
 struct OpenDir {
     ino: u64,
     /// Started at the first readdir (offset 0) and continued at later offsets.
@@ -176,10 +191,12 @@ struct OpenDir {
 /// outcome is known); it is taken before any other lock, and a handle that
 /// claimed a pending create never waits for another handle's lock (so two
 /// handles of one new file cannot deadlock). Every `std::sync::Mutex` here
-/// (`inodes`, `files`, `pending`, `creating`, `dirs`, `listings`, `held`, `pointers`, `reads`,
+/// (`inodes`, `files`, `for_writer`, `settling`, `pending`, `creating`, `dirs`, `listings`, `held`, `pointers`, `reads`,
 /// the overlay's and the registry's) is a leaf: taken for one short step,
 /// never across an `.await`, and never while another of them is held
-/// (`inodes` may call into the invalidator, which only queues). The store's
+/// (`inodes` may call into the invalidator, which only queues), except
+/// `settling`, taken under `files` where a reader's admission and a
+/// truncate by path decide (never the other way round). The store's
 /// own locks (cache, own-write echoes, fetches in flight) are leaves below
 /// all of these.
 pub struct ZkFs<B: ZkBackend> {
@@ -187,6 +204,12 @@ pub struct ZkFs<B: ZkBackend> {
     pub(super) config: FsConfig,
     pub(super) inodes: Mutex<InodeTable>,
     pub(super) files: Mutex<HashMap<u64, OpenFile>>,
+    /// Paths whose inode a write moved off lately ([`Self::move_writer`]),
+    /// with when.
+    for_writer: Mutex<HashMap<String, Instant>>,
+    /// Inodes written through this mount whose invalidation the kernel may
+    /// not have yet ([`Self::settle`]): set once it has.
+    settling: Mutex<HashMap<u64, Arc<AtomicBool>>>,
     /// Files created through this mount and not yet sent (path → inode):
     /// the node is created with its complete content when the file is closed.
     pub(super) pending: Mutex<HashMap<String, u64>>,
@@ -247,6 +270,8 @@ impl<B: ZkBackend> ZkFs<B> {
             store,
             config,
             files: Mutex::new(HashMap::new()),
+            for_writer: Mutex::new(HashMap::new()),
+            settling: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -870,33 +895,179 @@ impl<B: ZkBackend> ZkFs<B> {
                 (view.stat.version, view.stat.czxid),
             );
         }
-        if mode.write {
-            let writer = Writer::existing(&data, view.stat.version, mode);
-            let fh = self.add_handle(ino, &inode.path, data, Some(writer), attr, pid);
+        let handle = NewHandle {
+            ino,
+            path: &inode.path,
+            data,
+            attr,
+            pid,
+        };
+        let opened = if mode.write {
+            let writer = Writer::existing(&handle.data, view.stat.version, mode);
             let cache = if shows_it {
                 PageCache::Drop
             } else {
-                self.read_directly(fh, &inode, &view);
                 PageCache::Bypass
             };
-            return Ok(Opened { fh, cache });
-        }
-        // A writer open on this mount: its unsent writes are in the inode's
-        // pages and size (an `O_TRUNC` open emptied both), so a reader reads
-        // the sent version from its own handle, with direct I/O, until the
-        // writer's content is sent.
-        let writer_open = lock(&self.files)
-            .values()
-            .any(|f| f.ino == ino && f.writer.is_some());
-        let cache = match (shows_it, writer_open) {
-            (false, _) | (true, true) => PageCache::Bypass,
-            (true, false) => PageCache::Keep,
+            self.admit_writer(handle, writer, cache)?
+        } else {
+            self.admit_reader(handle, shows_it)
         };
-        let fh = self.add_handle(ino, &inode.path, data, None, attr, pid);
-        if cache == PageCache::Bypass {
-            self.read_directly(fh, &inode, &view);
+        if opened.cache == PageCache::Bypass {
+            self.read_directly(opened.fh, &inode, &view);
         }
+        Ok(opened)
+    }
+
+    /// Add a write handle, unless readers on this mount use the inode's
+    /// pages: an `O_TRUNC` open empties the kernel's size and pages of the
+    /// inode it opens and writes go into them, under a reader that was
+    /// promised one version. Then the name gets a fresh inode (reserved for
+    /// the writer: [`Self::reserved_for_writer`]) and the open fails with
+    /// [`FsError::Reopen`], which the kernel retries on the fresh inode.
+    ///
+    /// The check and the insertion are one step under `files`, as is a
+    /// reader's ([`Self::admit_reader`]): of a reader's and a writer's open
+    /// of one inode, either the reader sees the writer (and reads directly)
+    /// or the writer sees the reader (and moves).
+    fn admit_writer(
+        &self,
+        handle: NewHandle<'_>,
+        writer: Writer,
+        cache: PageCache,
+    ) -> Result<Opened, FsError> {
+        let ino = handle.ino;
+        let mut files = lock(&self.files);
+        if files
+            .values()
+            .any(|f| f.ino == ino && f.cache == PageCache::Keep)
+        {
+            drop(files);
+            return Err(self.move_writer(ino, handle.path));
+        }
+        let fh = self.insert_handle(&mut files, handle, Some(writer), cache);
+        drop(files);
+        lock(&self.for_writer).remove(&*self.inode_path(ino));
         Ok(Opened { fh, cache })
+    }
+
+    /// Add a read handle: it reads through the inode's pages only while they
+    /// show this handle's version and nothing on this mount writes them (a
+    /// writer open, or one about to open the inode); else its own snapshot,
+    /// with direct I/O.
+    fn admit_reader(&self, handle: NewHandle<'_>, shows_it: bool) -> Opened {
+        let ino = handle.ino;
+        let reserved = shows_it && self.reserved_for_writer(handle.path);
+        let mut files = lock(&self.files);
+        let writer_open = files.values().any(|f| f.ino == ino && f.writer.is_some());
+        // Under `files`, as a truncate by path marks it (`files`, then
+        // `settling`: the one nesting of these locks).
+        let cache = if shows_it && !writer_open && !reserved && self.is_settled(ino) {
+            PageCache::Keep
+        } else {
+            PageCache::Bypass
+        };
+        let fh = self.insert_handle(&mut files, handle, None, cache);
+        Opened { fh, cache }
+    }
+
+    /// Move the name `path` off `ino`, whose pages readers use, for a write
+    /// that must not touch them: the next lookup gets a fresh inode (also
+    /// when `ino` was superseded already: the kernel retries once, so the
+    /// retry must not land on a later version's inode with readers), kept
+    /// for the writer (no reader uses its pages until a writer opened it, or
+    /// for [`WRITER_RESERVATION`]). The reservation goes first: whoever
+    /// finds the fresh inode finds it reserved.
+    pub(super) fn move_writer(&self, ino: u64, path: &str) -> FsError {
+        {
+            let mut reserved = lock(&self.for_writer);
+            reserved.retain(|_, since| since.elapsed() < WRITER_RESERVATION);
+            reserved.insert(path.to_string(), Instant::now());
+        }
+        lock(&self.inodes).retire_name_of(ino);
+        FsError::Reopen(path.to_string())
+    }
+
+    /// Whether a write moved off `path`'s inode lately and has not opened
+    /// the fresh one yet ([`Self::move_writer`]).
+    fn reserved_for_writer(&self, path: &str) -> bool {
+        let mut reserved = lock(&self.for_writer);
+        match reserved.get(path) {
+            Some(since) if since.elapsed() < WRITER_RESERVATION => true,
+            Some(_) => {
+                reserved.remove(path);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// A write through this mount changed what `ino` shows: drop the
+    /// kernel's pages and attributes of it, and keep readers off its pages
+    /// until the kernel has that invalidation. The kernel handles an inode
+    /// invalidation inside the write that carries it and then ignores every
+    /// attribute reply to a request sent before; so from then on no size
+    /// computed before the write can reach the inode (one did: it cut the
+    /// written content to the old length under a reader).
+    pub(super) fn settle(&self, ino: u64) {
+        self.invalidator.invalidate(Invalidation::Inode(ino));
+        let mut delivered = self.invalidator.delivered();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if delivered.as_mut().poll(&mut cx).is_ready() {
+            self.forget_settle(ino);
+            return;
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        {
+            let mut settling = lock(&self.settling);
+            settling.retain(|_, d| !d.load(Ordering::Acquire));
+            settling.insert(ino, done.clone());
+        }
+        tokio::spawn(async move {
+            delivered.await;
+            done.store(true, Ordering::Release);
+        });
+    }
+
+    /// A write with no handle to show it (a truncate by path) is about to
+    /// change `ino`: unless a reader uses its pages (then `false`), readers
+    /// keep off them from now until [`Self::settle`] (or
+    /// [`Self::forget_settle`]). One step under `files` (then `settling`),
+    /// as a reader's admission is.
+    pub(super) fn unsettle_unless_read(&self, ino: u64) -> bool {
+        let files = lock(&self.files);
+        if files
+            .values()
+            .any(|f| f.ino == ino && f.cache == PageCache::Keep)
+        {
+            return false;
+        }
+        lock(&self.settling).insert(ino, Arc::new(AtomicBool::new(false)));
+        true
+    }
+
+    pub(super) fn forget_settle(&self, ino: u64) {
+        lock(&self.settling).remove(&ino);
+    }
+
+    /// Whether the kernel has every invalidation of `ino` a write here made.
+    fn is_settled(&self, ino: u64) -> bool {
+        let mut settling = lock(&self.settling);
+        match settling.get(&ino) {
+            None => true,
+            Some(done) if done.load(Ordering::Acquire) => {
+                settling.remove(&ino);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn inode_path(&self, ino: u64) -> Arc<str> {
+        lock(&self.inodes)
+            .get(ino)
+            .map(|i| i.path.clone())
+            .unwrap_or_else(|| Arc::from(""))
     }
 
     /// Handle `fh` reads `view`'s version with direct I/O, bypassing its
@@ -931,26 +1102,31 @@ impl<B: ZkBackend> ZkFs<B> {
         }
     }
 
-    pub(super) fn add_handle(
+    /// Add a handle of a file not created yet (nothing reads its pages).
+    pub(super) fn add_handle(&self, handle: NewHandle<'_>, writer: Option<Writer>) -> u64 {
+        let mut files = lock(&self.files);
+        self.insert_handle(&mut files, handle, writer, PageCache::Drop)
+    }
+
+    fn insert_handle(
         &self,
-        ino: u64,
-        path: &str,
-        data: Arc<[u8]>,
+        files: &mut HashMap<u64, OpenFile>,
+        handle: NewHandle<'_>,
         writer: Option<Writer>,
-        attr: Option<Attr>,
-        pid: u32,
+        cache: PageCache,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(
+        files.insert(
             fh,
             OpenFile {
-                ino,
-                path: path.to_string(),
-                data,
+                ino: handle.ino,
+                path: handle.path.to_string(),
+                data: handle.data,
                 writer: writer.map(|w| Arc::new(tokio::sync::Mutex::new(w))),
-                attr,
+                attr: handle.attr,
                 direct_attr: None,
-                pid,
+                cache,
+                pid: handle.pid,
                 released: Arc::new(tokio::sync::Notify::new()),
             },
         );

@@ -16,6 +16,11 @@ pub enum FsError {
     ReadOnly(String),
     /// The inode no longer denotes the node (deleted, re-created or changed kind).
     Stale(String),
+    /// A write (a write open, a truncate by path) on an inode whose pages
+    /// readers on this mount use: the name was given a fresh inode and the
+    /// kernel retries the call on it (after `ESTALE` it looks the path up
+    /// again, once).
+    Reopen(String),
     /// No such extended attribute.
     NoXattr(String),
     /// An attribute namespace zkfs does not have (security.*, system.*, trusted.*).
@@ -80,6 +85,10 @@ impl FsError {
             // POSIX's "stale file handle": the object behind an inode or open
             // file changed identity on the server.
             FsError::Stale(_) => libc::ESTALE,
+            // Not a failure the caller sees: the kernel answers ESTALE from
+            // a path-based open or truncate by looking the path up again
+            // (LOOKUP_REVAL) and retrying once, on the fresh inode.
+            FsError::Reopen(_) => libc::ESTALE,
             FsError::NoXattr(_) => libc::ENODATA,
             FsError::XattrUnsupported(_) => libc::EOPNOTSUPP,
             FsError::BadFileHandle => libc::EBADF,
@@ -129,6 +138,7 @@ impl FsError {
             FsError::NotFound(_)
             | FsError::NoXattr(_)
             | FsError::XattrUnsupported(_)
+            | FsError::Reopen(_)
             | FsError::NotDir(_)
             | FsError::IsDir(_)
             | FsError::Exists(_)
@@ -148,6 +158,11 @@ impl fmt::Display for FsError {
             FsError::Stale(p) => write!(
                 f,
                 "{p}: node changed identity (deleted, re-created or changed kind)"
+            ),
+            FsError::Reopen(p) => write!(
+                f,
+                "{p}: readers on this mount read this inode's pages; \
+                 the write goes to a fresh inode (the kernel retries)"
             ),
             FsError::NoXattr(p) => write!(f, "{p}: no such extended attribute"),
             FsError::XattrUnsupported(p) => {

@@ -33,6 +33,10 @@ pub(super) struct OpenFile {
     /// the attributes of the version it reads, which `fstat` shows while no
     /// handle reads the inode's own version through its pages and size.
     pub(super) direct_attr: Option<Attr>,
+    /// How the kernel reads through it (see [`PageCache`]): a [`PageCache::Keep`]
+    /// reader uses its inode's pages, which no write on this mount may then
+    /// change (`ZkFs::open`).
+    pub(super) cache: PageCache,
     /// The process that opened it (the FUSE request's pid).
     pub(super) pid: u32,
     /// Notified when the handle is released (opens waiting for a pending

@@ -12,7 +12,10 @@
 //!   change makes a new number, so the kernel never sees the size or the
 //!   pages of an inode change under a reader (whole-file reads are atomic).
 //!   A write through this mount keeps the writer's number
-//!   ([`InodeTable::set_version`]), as an in-place write on a local disk does;
+//!   ([`InodeTable::set_version`]), as an in-place write on a local disk
+//!   does (the core then invalidates its pages: `ZkFs::settle`); a write
+//!   that must not touch pages a reader uses moves the name to a fresh
+//!   number first ([`InodeTable::retire_name_of`]);
 //! - a change of kind (file ↔ directory ↔ symlink), or a node deleted and
 //!   re-created (new czxid), always makes a new number.
 //!
@@ -328,6 +331,20 @@ impl InodeTable {
     pub fn retire(&mut self, ino: u64) {
         if ino != ROOT_INO && self.is_current(ino) {
             self.supersede(ino);
+        }
+    }
+
+    /// Whatever inode now has `ino`'s name (`ino` itself, or the inode of a
+    /// later version) stops being current: the next lookup of the name gets
+    /// a fresh number. `ino` and that inode stay valid for who has them.
+    pub fn retire_name_of(&mut self, ino: u64) {
+        let Some(inode) = self.by_ino.get(&ino) else {
+            return;
+        };
+        if let Some(current) = self.lookup_key(&inode.path.clone(), inode.role)
+            && current != ROOT_INO
+        {
+            self.supersede(current);
         }
     }
 

@@ -12,18 +12,44 @@ use crate::fs::attr::Presentation;
 use crate::zk::fake::FakeZk;
 use crate::zk::{NodeEvent, Store};
 
-#[derive(Default, Clone)]
-struct Recorder(Arc<Mutex<Vec<Invalidation>>>);
+/// Records invalidations; `delivered` resolves while the gate is open (it
+/// is, unless a test closes it: the kernel has not taken them yet).
+#[derive(Clone)]
+struct Recorder(
+    Arc<Mutex<Vec<Invalidation>>>,
+    Arc<tokio::sync::watch::Sender<bool>>,
+);
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder(
+            Default::default(),
+            Arc::new(tokio::sync::watch::channel(true).0),
+        )
+    }
+}
 
 impl Invalidator for Recorder {
     fn invalidate(&self, invalidation: Invalidation) {
         self.0.lock().expect("recorder lock").push(invalidation);
+    }
+
+    fn delivered(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let mut open = self.1.subscribe();
+        Box::pin(async move {
+            let _ = open.wait_for(|open| *open).await;
+        })
     }
 }
 
 impl Recorder {
     fn take(&self) -> Vec<Invalidation> {
         std::mem::take(&mut *self.0.lock().expect("recorder lock"))
+    }
+
+    /// Hold (`false`) or let through (`true`) deliveries.
+    fn deliver(&self, open: bool) {
+        self.1.send_replace(open);
     }
 }
 
@@ -348,6 +374,131 @@ async fn a_bypass_descriptor_does_not_size_an_inode_another_descriptor_reads() {
     assert_eq!(h.fs.getattr(old).await.expect("fstat").size, 2, "v1's size");
     h.fs.release(first.fh).await.expect("release");
     h.fs.release(second.fh).await.expect("release");
+}
+
+/// A writer opening an inode whose pages a reader on this mount uses is
+/// moved (`ESTALE`, which the kernel retries after looking the name up
+/// again) to a fresh inode of the same version; readers opening that one
+/// before the writer does read directly, so the writer's retry never
+/// finds a page-cache reader there. A reader opening while the writer is
+/// open reads directly too.
+#[tokio::test]
+async fn a_writer_never_shares_an_inode_with_a_page_cache_reader() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let old = h.resolve("/cfg").await.expect("stat").ino;
+    let reader =
+        h.fs.open(old, OpenMode::default(), 1)
+            .await
+            .expect("open the reader");
+    assert_eq!(reader.cache, PageCache::Keep);
+    let moved = h.fs.open(old, WRITE_TRUNC, 2).await.map(|o| o.fh);
+    assert_eq!(moved.map_err(|e| e.errno()), Err(libc::ESTALE));
+    let fresh = h.resolve("/cfg").await.expect("look up again").ino;
+    assert_ne!(fresh, old, "the name keeps the reader's inode");
+    let early =
+        h.fs.open(fresh, OpenMode::default(), 3)
+            .await
+            .expect("a reader before the writer's retry");
+    assert_eq!(
+        early.cache,
+        PageCache::Bypass,
+        "the fresh inode is the writer's"
+    );
+    let writer = h.fs.open(fresh, WRITE_TRUNC, 2).await.expect("the retry");
+    assert_eq!(writer.cache, PageCache::Drop);
+    let during =
+        h.fs.open(fresh, OpenMode::default(), 4)
+            .await
+            .expect("a reader while the writer is open");
+    assert_eq!(during.cache, PageCache::Bypass);
+    h.fs.write(writer.fh, 0, b"v2").await.expect("write");
+    h.fs.flush(writer.fh).await.expect("close");
+    // The reader kept its version.
+    let (data, start, end) = h.fs.read(reader.fh, 0, 100).await.expect("read");
+    assert_eq!(&data[start..end], b"v1");
+    for fh in [reader.fh, early.fh, writer.fh, during.fh] {
+        h.fs.release(fh).await.expect("release");
+    }
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v2"[..]));
+}
+
+/// After a send, the writer's inode keeps its number and shows the sent
+/// version, but its kernel pages and attributes (the writer's doing, and
+/// maybe an attribute reply computed before the send) are invalidated, and
+/// readers read directly until the kernel has that invalidation: from then
+/// on it ignores every older attribute reply for the inode.
+#[tokio::test]
+async fn after_a_send_readers_keep_off_the_writers_pages_until_the_kernel_has_the_invalidation() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let ino = h.resolve("/cfg").await.expect("stat").ino;
+    h.invalidations.deliver(false);
+    let writer = h.fs.open(ino, WRITE_TRUNC, 1).await.expect("open");
+    h.fs.write(writer.fh, 0, b"version-2").await.expect("write");
+    h.invalidations.take();
+    h.fs.flush(writer.fh).await.expect("close");
+    h.fs.release(writer.fh).await.expect("release");
+    assert!(
+        h.invalidations
+            .take()
+            .iter()
+            .any(|i| matches!(i, Invalidation::Inode(i) if *i == ino)),
+        "the writer's inode is invalidated"
+    );
+    let same = h.resolve("/cfg").await.expect("look up again");
+    assert_eq!(same.ino, ino, "the writer keeps its number");
+    assert_eq!(same.size, b"version-2".len() as u64);
+    let early =
+        h.fs.open(ino, OpenMode::default(), 2)
+            .await
+            .expect("open before the kernel has it");
+    assert_eq!(early.cache, PageCache::Bypass);
+    let (data, start, end) = h.fs.read(early.fh, 0, 100).await.expect("read");
+    assert_eq!(&data[start..end], b"version-2");
+    h.invalidations.deliver(true);
+    let mut cache = PageCache::Bypass;
+    for _ in 0..100 {
+        let opened = h.fs.open(ino, OpenMode::default(), 3).await.expect("open");
+        h.fs.release(opened.fh).await.expect("release");
+        cache = opened.cache;
+        if cache == PageCache::Keep {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        cache,
+        PageCache::Keep,
+        "once delivered, readers use the pages"
+    );
+}
+
+/// `truncate -s` by path while a reader uses the inode's pages: moved to a
+/// fresh inode like a writer's open (the kernel retries `truncate(2)`),
+/// nothing sent; the retry truncates.
+#[tokio::test]
+async fn a_truncate_by_path_moves_off_a_page_cache_readers_inode() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"hello world", 0));
+    let old = h.resolve("/cfg").await.expect("stat").ino;
+    let reader =
+        h.fs.open(old, OpenMode::default(), 1)
+            .await
+            .expect("open the reader");
+    let moved = h.fs.setattr(old, None, None, None, Some(5), None).await;
+    assert_eq!(moved.map_err(|e| e.errno()).err(), Some(libc::ESTALE));
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"hello world"[..]));
+    let fresh = h.resolve("/cfg").await.expect("look up again").ino;
+    assert_ne!(fresh, old);
+    let cut =
+        h.fs.setattr(fresh, None, None, None, Some(5), None)
+            .await
+            .expect("the retry");
+    assert_eq!(cut.size, 5);
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"hello"[..]));
+    let (data, start, end) = h.fs.read(reader.fh, 0, 100).await.expect("read");
+    assert_eq!(&data[start..end], b"hello world");
 }
 
 #[tokio::test]

@@ -162,7 +162,16 @@ impl<B: ZkBackend> ZkFs<B> {
     ) -> Result<Opened, FsError> {
         let writer = Writer::new_file(mode);
         Ok(Opened {
-            fh: self.add_handle(ino, path, Arc::from(&[][..]), Some(writer), None, pid),
+            fh: self.add_handle(
+                super::core::NewHandle {
+                    ino,
+                    path,
+                    data: Arc::from(&[][..]),
+                    attr: None,
+                    pid,
+                },
+                Some(writer),
+            ),
             cache: PageCache::Drop,
         })
     }
@@ -417,6 +426,23 @@ impl<B: ZkBackend> ZkFs<B> {
         self.invalidate_path(path);
     }
 
+    /// A send through `ino` made `stat` the node's version. The writer's
+    /// inode shows it from now on (same number, as an in-place write on a
+    /// local disk keeps its inode: nano and vim compare it across saves).
+    /// But the kernel's pages of that inode are the writer's doing (a second
+    /// writer's too, or not the content at all after an append resent on
+    /// top of another client's change), and an attribute reply computed
+    /// before the send can still reach the kernel after it (its size then
+    /// cut the new content to the old length under a reader). So the
+    /// inode's pages and attributes are invalidated, which makes the kernel
+    /// drop every attribute reply to a request older than the invalidation,
+    /// and no reader uses its pages until the kernel has it
+    /// ([`ZkFs::settle`]).
+    fn show_sent(&self, ino: u64, stat: &crate::zk::NodeStat) {
+        lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
+        self.settle(ino);
+    }
+
     /// Send one handle's content. `others`: the other write handles of the
     /// same path (a new file opened twice before it was created: exactly one
     /// of them creates the node, the rest wait for it and then write to it).
@@ -573,8 +599,7 @@ impl<B: ZkBackend> ZkFs<B> {
                     self.registry.update(path, data);
                 }
                 w.base_version = Some(stat.version);
-                // The writer's inode now shows what it wrote (same number).
-                lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
+                self.show_sent(ino, &stat);
                 Ok(())
             }
             Err(ZkError::BadVersion) if w.appended_from.is_some() => {
@@ -657,7 +682,7 @@ impl<B: ZkBackend> ZkFs<B> {
                     w.appended_from = Some(next.len());
                     w.buf = next;
                     w.base_version = Some(stat.version);
-                    lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
+                    self.show_sent(ino, &stat);
                     return Ok(());
                 }
                 Err(ZkError::BadVersion) => continue,
@@ -753,22 +778,42 @@ impl<B: ZkBackend> ZkFs<B> {
                     w.touched();
                 }
                 None => {
-                    // truncate(2) on a closed file: one versioned setData now.
-                    let (data, view) = self
-                        .store
-                        .for_write(|| self.store.data(&inode.path))
-                        .await
-                        .map_err(|e| FsError::zk(&inode.path, "getData", e))?;
-                    let mut data = data.to_vec();
-                    data.resize(size, 0);
-                    let mut w = Writer::existing(&[], view.stat.version, OpenMode::default());
-                    w.buf = data;
-                    w.state = WriteState::Dirty;
-                    self.send(ino, &inode.path, &mut w, &[]).await?;
+                    // truncate(2) by path: the kernel cuts the size and pages
+                    // of the inode it truncates. A reader of them on this
+                    // mount keeps its version: the truncate moves to a fresh
+                    // inode (the kernel retries it there). Else readers
+                    // opening it from now read directly (the kernel cuts its
+                    // pages when the answer comes); should this future be
+                    // dropped, they go on doing so.
+                    if !self.unsettle_unless_read(ino) {
+                        return Err(self.move_writer(ino, &inode.path));
+                    }
+                    let sent = self.truncate_closed(ino, &inode.path, size).await;
+                    if sent.is_err() {
+                        // Nothing the kernel applies: readers may use the
+                        // pages again (a failed send also retired the inode).
+                        self.forget_settle(ino);
+                    }
+                    sent?;
                 }
             }
         }
         self.getattr(ino).await
+    }
+
+    /// truncate(2) on a closed file: one versioned setData now.
+    async fn truncate_closed(&self, ino: u64, path: &str, size: usize) -> Result<(), FsError> {
+        let (data, view) = self
+            .store
+            .for_write(|| self.store.data(path))
+            .await
+            .map_err(|e| FsError::zk(path, "getData", e))?;
+        let mut data = data.to_vec();
+        data.resize(size, 0);
+        let mut w = Writer::existing(&[], view.stat.version, OpenMode::default());
+        w.buf = data;
+        w.state = WriteState::Dirty;
+        self.send(ino, path, &mut w, &[]).await
     }
 
     /// The kernel sends `release` asynchronously: a close just before an
