@@ -1017,8 +1017,16 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let mp = self.mountpoint.clone();
         if thread::panicking() {
+            // Whether the daemon was still serving when the test failed: an
+            // error like ECONNABORTED means it was gone.
+            self.poll_child();
+            let daemon = match (self.exit_status, &self.child) {
+                (Some(status), _) => format!("gone ({status})"),
+                (None, Some(_)) => "still running".to_string(),
+                (None, None) => "not this test's child".to_string(),
+            };
             eprintln!(
-                "--- zkfs log of {} (tail) ---\n{}\n--- end of zkfs log ---",
+                "--- zkfs log of {} (tail; the daemon is {daemon}) ---\n{}\n--- end of zkfs log ---",
                 mp.display(),
                 tail_lines(&self.log(), 200)
             );
