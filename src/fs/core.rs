@@ -163,7 +163,41 @@ enum Listing {
     Ended(u64),
 }
 
-/// What a new handle is of (see [`ZkFs::add_handle`]).
+/// The writes under way on an inode and the invalidations of it the kernel
+/// may not have yet ([`ZkFs::settle`]).
+#[derive(Default)]
+struct Settling {
+    /// Writes without a handle under way ([`Unsettled`] marks).
+    writes: u32,
+    /// One flag per invalidation sent, set once the kernel has it.
+    barriers: Vec<Arc<AtomicBool>>,
+}
+
+impl Settling {
+    fn is_settled(&mut self) -> bool {
+        self.barriers.retain(|b| !b.load(Ordering::Acquire));
+        self.writes == 0 && self.barriers.is_empty()
+    }
+}
+
+/// A write without a handle under way on an inode ([`ZkFs::unsettle`]);
+/// dropping it (at the end, or if the write's future is dropped) ends it
+/// and invalidates the inode.
+pub(super) struct Unsettled<'a, B: ZkBackend> {
+    fs: &'a ZkFs<B>,
+    ino: u64,
+}
+
+impl<B: ZkBackend> Drop for Unsettled<'_, B> {
+    fn drop(&mut self) {
+        if let Some(s) = lock(&self.fs.settling).get_mut(&self.ino) {
+            s.writes = s.writes.saturating_sub(1);
+        }
+        self.fs.settle(self.ino);
+    }
+}
+
+/// What a new handle is of (see [`ZkFs::admit_writer`]).
 pub(super) struct NewHandle<'a> {
     pub(super) ino: u64,
     pub(super) path: &'a str,
@@ -173,10 +207,18 @@ pub(super) struct NewHandle<'a> {
 }
 
 /// How long a fresh inode made for a write ([`ZkFs::move_writer`]) keeps
-/// readers off its pages while no writer opened it: the kernel retries the
-/// write's open at once, within the same system call; this only ends the
-/// reservation of a retry that never came.
-const WRITER_RESERVATION: Duration = Duration::from_secs(2);
+/// readers off its pages while a moved write has not come back: the kernel
+/// retries the write's open at once, within the same system call (its own
+/// waits, for a connection or a pending release, are shorter); this only
+/// ends the reservation of a retry that never came (a reopen through
+/// `/proc/self/fd`, which the kernel does not look up again).
+const WRITER_RESERVATION: Duration = Duration::from_secs(10);
+
+/// Writes moved off a path's inode that have not opened the fresh one yet.
+struct Reserved {
+    moved: u32,
+    last: Instant,
+}
 
 struct OpenDir {
     ino: u64,
@@ -206,10 +248,10 @@ pub struct ZkFs<B: ZkBackend> {
     pub(super) files: Mutex<HashMap<u64, OpenFile>>,
     /// Paths whose inode a write moved off lately ([`Self::move_writer`]),
     /// with when.
-    for_writer: Mutex<HashMap<String, Instant>>,
+    for_writer: Mutex<HashMap<String, Reserved>>,
     /// Inodes written through this mount whose invalidation the kernel may
     /// not have yet ([`Self::settle`]): set once it has.
-    settling: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    settling: Mutex<HashMap<u64, Settling>>,
     /// Files created through this mount and not yet sent (path → inode):
     /// the node is created with its complete content when the file is closed.
     pub(super) pending: Mutex<HashMap<String, u64>>,
@@ -752,12 +794,72 @@ impl<B: ZkBackend> ZkFs<B> {
         }
     }
 
+    /// What a listed entry's inode shows now. A later chunk of a listing is
+    /// answered from entries made when the pass was read, and the kernel
+    /// applies their attributes as if made at that chunk's request: a send
+    /// through this mount since the pass was read would have its file's old
+    /// size applied after the send's invalidation. Without waiting: a
+    /// writer busy sending keeps the listed size (the request is older than
+    /// the invalidation that send makes, so the kernel drops it).
+    pub fn listed_attr(&self, attr: &Attr) -> Attr {
+        let Some(inode) = lock(&self.inodes).get(attr.ino).cloned() else {
+            return *attr;
+        };
+        if !inode.is_content() {
+            return *attr;
+        }
+        let Some(view) = self.store.peek(&inode.path) else {
+            return *attr;
+        };
+        if inode.version() != Some(view.stat.mzxid) {
+            return *attr;
+        }
+        let mut now = self.attr_for(attr.ino, &inode.path, inode.role, inode.kind, &view);
+        let writers: Vec<_> = lock(&self.files)
+            .values()
+            .filter(|f| f.ino == attr.ino)
+            .filter_map(|f| f.writer.clone())
+            .collect();
+        let mut latest: Option<(u64, usize)> = None;
+        for w in writers {
+            let Ok(w) = w.try_lock() else {
+                return *attr;
+            };
+            if let Some(unsent) = w.unsent()
+                && latest.is_none_or(|l| unsent.0 > l.0)
+            {
+                latest = Some(unsent);
+            }
+        }
+        if let Some((_, len)) = latest {
+            now.size = len as u64;
+        }
+        now
+    }
+
     /// Count one more kernel reference (an entry returned by `readdirplus`).
     pub fn remember_lookup(&self, ino: u64) {
         lock(&self.inodes).add_lookup(ino);
     }
 
+    /// The attributes of `ino`. Computed again when a send through this
+    /// mount changed what the inode shows while they were being computed
+    /// (the wait for a writer's unsent size can outlast a send): an answer
+    /// with the old version's size would otherwise reach the kernel after
+    /// the new content (a `SETATTR`'s answer is applied unchecked).
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let shown = |fs: &Self| lock(&fs.inodes).get(ino).map(|i| (i.czxid, i.version()));
+        for _ in 0..3 {
+            let before = shown(self);
+            let attr = self.getattr_once(ino).await?;
+            if shown(self) == before {
+                return Ok(attr);
+            }
+        }
+        self.getattr_once(ino).await
+    }
+
+    async fn getattr_once(&self, ino: u64) -> Result<Attr, FsError> {
         self.note_activity();
         let inode = self.inode(ino)?;
         if inode.czxid == super::inode::PENDING_CZXID {
@@ -872,6 +974,8 @@ impl<B: ZkBackend> ZkFs<B> {
         if mode.write {
             self.until_connected(&inode.path).await?;
         }
+        // As it is now (its create may have ended meanwhile).
+        let inode = self.inode(ino)?;
         if inode.czxid == super::inode::PENDING_CZXID {
             return self.open_pending(ino, &inode.path, mode, pid);
         }
@@ -911,7 +1015,7 @@ impl<B: ZkBackend> ZkFs<B> {
             };
             self.admit_writer(handle, writer, cache)?
         } else {
-            self.admit_reader(handle, shows_it)
+            self.admit_reader(handle, shows_it.then_some(view.stat.mzxid))
         };
         if opened.cache == PageCache::Bypass {
             self.read_directly(opened.fh, &inode, &view);
@@ -930,7 +1034,7 @@ impl<B: ZkBackend> ZkFs<B> {
     /// reader's ([`Self::admit_reader`]): of a reader's and a writer's open
     /// of one inode, either the reader sees the writer (and reads directly)
     /// or the writer sees the reader (and moves).
-    fn admit_writer(
+    pub(super) fn admit_writer(
         &self,
         handle: NewHandle<'_>,
         writer: Writer,
@@ -945,9 +1049,10 @@ impl<B: ZkBackend> ZkFs<B> {
             drop(files);
             return Err(self.move_writer(ino, handle.path));
         }
+        let path = handle.path.to_string();
         let fh = self.insert_handle(&mut files, handle, Some(writer), cache);
         drop(files);
-        lock(&self.for_writer).remove(&*self.inode_path(ino));
+        self.writer_came(&path);
         Ok(Opened { fh, cache })
     }
 
@@ -955,7 +1060,9 @@ impl<B: ZkBackend> ZkFs<B> {
     /// show this handle's version and nothing on this mount writes them (a
     /// writer open, or one about to open the inode); else its own snapshot,
     /// with direct I/O.
-    fn admit_reader(&self, handle: NewHandle<'_>, shows_it: bool) -> Opened {
+    fn admit_reader(&self, handle: NewHandle<'_>, shows_it: Option<i64>) -> Opened {
+        let version = shows_it;
+        let shows_it = shows_it.is_some();
         let ino = handle.ino;
         let reserved = shows_it && self.reserved_for_writer(handle.path);
         let mut files = lock(&self.files);
@@ -968,6 +1075,23 @@ impl<B: ZkBackend> ZkFs<B> {
             PageCache::Bypass
         };
         let fh = self.insert_handle(&mut files, handle, None, cache);
+        drop(files);
+        // Once the handle is in, no write on this mount can change the
+        // inode (it moves instead); but one may have done so just before.
+        // Then its pages are not this handle's version: read directly.
+        let still = {
+            let inodes = lock(&self.inodes);
+            inodes.is_current(ino) && inodes.get(ino).and_then(|i| i.version()) == version
+        };
+        if cache == PageCache::Keep && !still {
+            if let Some(f) = lock(&self.files).get_mut(&fh) {
+                f.cache = PageCache::Bypass;
+            }
+            return Opened {
+                fh,
+                cache: PageCache::Bypass,
+            };
+        }
         Opened { fh, cache }
     }
 
@@ -981,8 +1105,13 @@ impl<B: ZkBackend> ZkFs<B> {
     pub(super) fn move_writer(&self, ino: u64, path: &str) -> FsError {
         {
             let mut reserved = lock(&self.for_writer);
-            reserved.retain(|_, since| since.elapsed() < WRITER_RESERVATION);
-            reserved.insert(path.to_string(), Instant::now());
+            reserved.retain(|_, r| r.last.elapsed() < WRITER_RESERVATION);
+            let r = reserved.entry(path.to_string()).or_insert(Reserved {
+                moved: 0,
+                last: Instant::now(),
+            });
+            r.moved += 1;
+            r.last = Instant::now();
         }
         lock(&self.inodes).retire_name_of(ino);
         FsError::Reopen(path.to_string())
@@ -993,12 +1122,23 @@ impl<B: ZkBackend> ZkFs<B> {
     fn reserved_for_writer(&self, path: &str) -> bool {
         let mut reserved = lock(&self.for_writer);
         match reserved.get(path) {
-            Some(since) if since.elapsed() < WRITER_RESERVATION => true,
+            Some(r) if r.last.elapsed() < WRITER_RESERVATION => true,
             Some(_) => {
                 reserved.remove(path);
                 false
             }
             None => false,
+        }
+    }
+
+    /// A write open came (back) to `path`: one moved write fewer waits.
+    fn writer_came(&self, path: &str) {
+        let mut reserved = lock(&self.for_writer);
+        if let Some(r) = reserved.get_mut(path) {
+            r.moved = r.moved.saturating_sub(1);
+            if r.moved == 0 {
+                reserved.remove(path);
+            }
         }
     }
 
@@ -1014,14 +1154,13 @@ impl<B: ZkBackend> ZkFs<B> {
         let mut delivered = self.invalidator.delivered();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if delivered.as_mut().poll(&mut cx).is_ready() {
-            self.forget_settle(ino);
             return;
         }
         let done = Arc::new(AtomicBool::new(false));
         {
             let mut settling = lock(&self.settling);
-            settling.retain(|_, d| !d.load(Ordering::Acquire));
-            settling.insert(ino, done.clone());
+            settling.retain(|_, s| !s.is_settled());
+            settling.entry(ino).or_default().barriers.push(done.clone());
         }
         tokio::spawn(async move {
             delivered.await;
@@ -1030,44 +1169,40 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     /// A write with no handle to show it (a truncate by path) is about to
-    /// change `ino`: unless a reader uses its pages (then `false`), readers
-    /// keep off them from now until [`Self::settle`] (or
-    /// [`Self::forget_settle`]). One step under `files` (then `settling`),
-    /// as a reader's admission is.
-    pub(super) fn unsettle_unless_read(&self, ino: u64) -> bool {
+    /// change `ino`: unless a reader uses its pages (then `None`), readers
+    /// keep off them from now until the returned mark is dropped and the
+    /// invalidation it then sends has reached the kernel. One step under
+    /// `files` (then `settling`), as a reader's admission is.
+    pub(super) fn unsettle_unless_read(&self, ino: u64) -> Option<Unsettled<'_, B>> {
         let files = lock(&self.files);
         if files
             .values()
             .any(|f| f.ino == ino && f.cache == PageCache::Keep)
         {
-            return false;
+            return None;
         }
-        lock(&self.settling).insert(ino, Arc::new(AtomicBool::new(false)));
-        true
+        Some(self.unsettle(ino))
     }
 
-    pub(super) fn forget_settle(&self, ino: u64) {
-        lock(&self.settling).remove(&ino);
+    /// `ino`'s attributes are about to be answered without the kernel's
+    /// check for newer ones (a `SETATTR`'s answer is applied as it comes):
+    /// readers keep off its pages until the returned mark is dropped and
+    /// its invalidation delivered, so a size that a send made stale while
+    /// the answer was on its way is dropped before a reader relies on it.
+    pub(super) fn unsettle(&self, ino: u64) -> Unsettled<'_, B> {
+        lock(&self.settling).entry(ino).or_default().writes += 1;
+        Unsettled { fs: self, ino }
     }
 
-    /// Whether the kernel has every invalidation of `ino` a write here made.
+    /// Whether the kernel has every invalidation of `ino` a write here made,
+    /// and no write without a handle is under way on it.
     fn is_settled(&self, ino: u64) -> bool {
         let mut settling = lock(&self.settling);
-        match settling.get(&ino) {
-            None => true,
-            Some(done) if done.load(Ordering::Acquire) => {
-                settling.remove(&ino);
-                true
-            }
-            Some(_) => false,
+        let settled = settling.get_mut(&ino).is_none_or(|s| s.is_settled());
+        if settled {
+            settling.remove(&ino);
         }
-    }
-
-    fn inode_path(&self, ino: u64) -> Arc<str> {
-        lock(&self.inodes)
-            .get(ino)
-            .map(|i| i.path.clone())
-            .unwrap_or_else(|| Arc::from(""))
+        settled
     }
 
     /// Handle `fh` reads `view`'s version with direct I/O, bypassing its
@@ -1100,12 +1235,6 @@ impl<B: ZkBackend> ZkFs<B> {
                 let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
             }
         }
-    }
-
-    /// Add a handle of a file not created yet (nothing reads its pages).
-    pub(super) fn add_handle(&self, handle: NewHandle<'_>, writer: Option<Writer>) -> u64 {
-        let mut files = lock(&self.files);
-        self.insert_handle(&mut files, handle, writer, PageCache::Drop)
     }
 
     fn insert_handle(

@@ -474,6 +474,92 @@ async fn after_a_send_readers_keep_off_the_writers_pages_until_the_kernel_has_th
     );
 }
 
+/// Two writers moved off a reader's inode: the fresh inode stays reserved
+/// until both came back, so a reader between the first writer's close and
+/// the second's retry does not take its pages (the second retry would meet
+/// it and fail with ESTALE, which the kernel does not retry twice).
+#[tokio::test]
+async fn a_fresh_inode_stays_reserved_until_every_moved_writer_came_back() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let old = h.resolve("/cfg").await.expect("stat").ino;
+    let reader =
+        h.fs.open(old, OpenMode::default(), 1)
+            .await
+            .expect("open the reader");
+    for pid in [2, 3] {
+        let moved = h.fs.open(old, WRITE_TRUNC, pid).await.map(|o| o.fh);
+        assert_eq!(moved.map_err(|e| e.errno()), Err(libc::ESTALE));
+    }
+    let fresh = h.resolve("/cfg").await.expect("look up again").ino;
+    let first = h.fs.open(fresh, WRITE_TRUNC, 2).await.expect("first retry");
+    h.fs.write(first.fh, 0, b"v2").await.expect("write");
+    h.fs.flush(first.fh).await.expect("close");
+    h.fs.release(first.fh).await.expect("release");
+    let between =
+        h.fs.open(fresh, OpenMode::default(), 4)
+            .await
+            .expect("a reader between the retries");
+    assert_eq!(between.cache, PageCache::Bypass);
+    let second =
+        h.fs.open(fresh, WRITE_TRUNC, 3)
+            .await
+            .expect("second retry");
+    h.fs.release(second.fh).await.expect("release");
+    h.fs.release(between.fh).await.expect("release");
+    h.fs.release(reader.fh).await.expect("release");
+}
+
+/// A `SETATTR`'s answer is applied by the kernel unchecked: until it is in
+/// and an invalidation after it delivered, readers keep off the pages.
+#[tokio::test]
+async fn readers_keep_off_the_pages_until_a_setattrs_answer_is_followed_by_an_invalidation() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let ino = h.resolve("/cfg").await.expect("stat").ino;
+    h.invalidations.deliver(false);
+    h.fs.setattr(ino, None, None, None, None, None)
+        .await
+        .expect("utimes");
+    let early = h.fs.open(ino, OpenMode::default(), 1).await.expect("open");
+    assert_eq!(early.cache, PageCache::Bypass);
+    h.invalidations.deliver(true);
+    let mut cache = PageCache::Bypass;
+    for _ in 0..100 {
+        let opened = h.fs.open(ino, OpenMode::default(), 2).await.expect("open");
+        h.fs.release(opened.fh).await.expect("release");
+        cache = opened.cache;
+        if cache == PageCache::Keep {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(cache, PageCache::Keep);
+}
+
+/// A later chunk of a listing answers with what the file shows now: a send
+/// since the pass was read changed its size.
+#[tokio::test]
+async fn a_listed_entry_shows_the_size_a_later_send_made() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let listed = h.resolve("/cfg").await.expect("stat");
+    let writer = h.fs.open(listed.ino, WRITE_TRUNC, 1).await.expect("open");
+    h.fs.write(writer.fh, 0, b"version-2").await.expect("write");
+    assert_eq!(
+        h.fs.listed_attr(&listed).size,
+        b"version-2".len() as u64,
+        "unsent"
+    );
+    h.fs.flush(writer.fh).await.expect("close");
+    h.fs.release(writer.fh).await.expect("release");
+    assert_eq!(
+        h.fs.listed_attr(&listed).size,
+        b"version-2".len() as u64,
+        "sent"
+    );
+}
+
 /// `truncate -s` by path while a reader uses the inode's pages: moved to a
 /// fresh inode like a writer's open (the kernel retries `truncate(2)`),
 /// nothing sent; the retry truncates.

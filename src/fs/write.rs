@@ -161,19 +161,19 @@ impl<B: ZkBackend> ZkFs<B> {
         pid: u32,
     ) -> Result<Opened, FsError> {
         let writer = Writer::new_file(mode);
-        Ok(Opened {
-            fh: self.add_handle(
-                super::core::NewHandle {
-                    ino,
-                    path,
-                    data: Arc::from(&[][..]),
-                    attr: None,
-                    pid,
-                },
-                Some(writer),
-            ),
-            cache: PageCache::Drop,
-        })
+        // Admitted like any writer: the create may have ended since the
+        // caller looked, and a reader may use the new node's pages already.
+        self.admit_writer(
+            super::core::NewHandle {
+                ino,
+                path,
+                data: Arc::from(&[][..]),
+                attr: None,
+                pid,
+            },
+            writer,
+            PageCache::Drop,
+        )
     }
 
     /// `open(O_CREAT)`: a new file whose node appears, with its complete
@@ -204,7 +204,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 return Err(FsError::Exists(child));
             }
             let entry = self.lookup_inner(parent, name, true).await?;
-            let fh = self.open(entry.attr.ino, mode, pid).await?.fh;
+            let fh = self.open_entry(&entry, mode, pid).await?;
             return Ok((entry, fh));
         }
         let pending = lock(&self.pending).get(&child).copied();
@@ -221,17 +221,37 @@ impl<B: ZkBackend> ZkFs<B> {
                 return Err(FsError::Exists(child));
             }
             let entry = self.lookup(parent, name).await?;
-            let fh = self.open(entry.attr.ino, mode, pid).await?.fh;
+            let fh = self.open_entry(&entry, mode, pid).await?;
             return Ok((entry, fh));
         }
         let ino =
             lock(&self.inodes).resolve(&child, Role::Node, FileKind::RegularFile, PENDING_CZXID, 0);
         lock(&self.inodes).add_lookup(ino);
         lock(&self.pending).insert(child.clone(), ino);
-        let fh = self.open_pending(ino, &child, mode, pid)?.fh;
+        let fh = match self.open_pending(ino, &child, mode, pid) {
+            Ok(opened) => opened.fh,
+            Err(e) => {
+                lock(&self.pending).remove(&child);
+                self.forget(ino, 1);
+                return Err(e);
+            }
+        };
         let attr = self.pending_attr(ino).await;
         self.invalidate_entry_of(&child);
         Ok((Entry { attr }, fh))
+    }
+
+    /// Open the node `create` found existing. The entry's lookup reference
+    /// reaches the kernel only with the open: a failed open (a write moved
+    /// off a reader's inode, say) gives it back.
+    async fn open_entry(&self, entry: &Entry, mode: OpenMode, pid: u32) -> Result<u64, FsError> {
+        match self.open(entry.attr.ino, mode, pid).await {
+            Ok(opened) => Ok(opened.fh),
+            Err(e) => {
+                self.forget(entry.attr.ino, 1);
+                Err(e)
+            }
+        }
     }
 
     /// `mknod`: regular files only (created empty at once); the rest cannot be stored.
@@ -518,6 +538,9 @@ impl<B: ZkBackend> ZkFs<B> {
             // Before the file stops being pending: whoever finds the node
             // from then on (a listing, a lookup) finds this inode showing
             // it, not an inode of a version it would take for another's.
+            // Not settled (unlike `show_sent`): no earlier version's size
+            // exists to reach the kernel, and readers of a pending file
+            // read through its handles, not pages another version filled.
             lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
         }
         lock(&self.pending).remove(path);
@@ -730,6 +753,11 @@ impl<B: ZkBackend> ZkFs<B> {
         if mode.is_some() || uid.is_some() || gid.is_some() || size.is_some() {
             self.writable(&inode.path)?;
         }
+        // The kernel applies this answer's size without checking for a newer
+        // one: a send finishing while it is on its way would leave the old
+        // size on the inode, so readers keep off its pages until the answer
+        // is in and an invalidation after it ([`ZkFs::unsettle`]).
+        let _answering = inode.is_content().then(|| self.unsettle(ino));
         let current = self.getattr(ino).await?;
         let refuse = !self.config.chmod_ignore;
         if let Some(mode) = mode
@@ -785,16 +813,10 @@ impl<B: ZkBackend> ZkFs<B> {
                     // opening it from now read directly (the kernel cuts its
                     // pages when the answer comes); should this future be
                     // dropped, they go on doing so.
-                    if !self.unsettle_unless_read(ino) {
+                    let Some(_writing) = self.unsettle_unless_read(ino) else {
                         return Err(self.move_writer(ino, &inode.path));
-                    }
-                    let sent = self.truncate_closed(ino, &inode.path, size).await;
-                    if sent.is_err() {
-                        // Nothing the kernel applies: readers may use the
-                        // pages again (a failed send also retired the inode).
-                        self.forget_settle(ino);
-                    }
-                    sent?;
+                    };
+                    self.truncate_closed(ino, &inode.path, size).await?;
                 }
             }
         }

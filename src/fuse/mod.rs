@@ -780,12 +780,19 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
                     let mut full = false;
                     let mut files = Vec::new();
                     for (i, entry) in pass.from(offset) {
+                        // A later chunk: what the file shows now (a write
+                        // here since the pass was read changed its size).
+                        let attr = if offset != 0 && !by_inode {
+                            fs2.listed_attr(&entry.attr)
+                        } else {
+                            entry.attr
+                        };
                         full = reply.add(
                             INodeNo(entry.attr.ino),
                             i + 1,
                             &entry.name,
                             &TTL,
-                            &to_file_attr(&entry.attr),
+                            &to_file_attr(&attr),
                             Generation(0),
                         );
                         if full {
