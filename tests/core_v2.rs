@@ -226,6 +226,62 @@ fn vim_saves_ten_times_in_a_row() {
     );
 }
 
+/// vim saves ten times while two processes' worth of readers on the same
+/// mount read the file in a loop: vim checks that the descriptor it writes
+/// is the inode it stat'ed ("E949: File changed while writing", 44 of 50
+/// saves when a write moved off the readers' inode at once), so a write
+/// waits for the page-cache readers to close and keeps the number.
+#[test]
+fn vim_saves_while_readers_on_the_same_mount_read_the_file() {
+    let (other, root, mount) = mounted("vim-readers", &[]);
+    let m = mount.path().to_path_buf();
+    fs::write(m.join("cfg"), "line\n").expect("write cfg");
+    let number = ino(&m.join("cfg"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, reads, f) = (stop.clone(), reads.clone(), m.join("cfg"));
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if fs::read(&f).is_ok() {
+                        reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let ex = TempDir::new("vim-readers-script");
+    let commands: String = (0..10).map(|i| format!("normal Go{i}\nw\n")).collect();
+    fs::write(ex.path().join("saves.vim"), format!("{commands}q\n")).expect("vim script");
+    let script = format!(
+        "vim -u NONE -i NONE -N -es -S {} cfg; echo rc=$?",
+        ex.path().join("saves.vim").display()
+    );
+    let (_, out, err) = shell(&m, &script);
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().expect("reader");
+    }
+    assert!(
+        out.contains("rc=0") && !out.contains("E949"),
+        "vim: {out}{err}"
+    );
+    assert!(
+        reads.load(Ordering::Relaxed) >= 10,
+        "the readers hardly ran"
+    );
+    let expected: String = std::iter::once("line\n".to_string())
+        .chain((0..10).map(|i| format!("{i}\n")))
+        .collect();
+    assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), expected);
+    assert_eq!(
+        String::from_utf8_lossy(&get(&other, &format!("{root}/cfg")).0),
+        expected
+    );
+    assert_eq!(ino(&m.join("cfg")), number, "the saves renumbered the file");
+}
+
 /// nano (in a tmux pane) saves 10 times in a row: it never asks "File was
 /// modified since you opened it", and every save is in the file.
 #[test]

@@ -214,6 +214,10 @@ pub(super) struct NewHandle<'a> {
 /// `/proc/self/fd`, which the kernel does not look up again).
 const WRITER_RESERVATION: Duration = Duration::from_secs(10);
 
+/// How long a write open waits for the page-cache readers of its inode to
+/// close before it moves to a fresh inode ([`ZkFs::admit_writer_draining`]).
+const DRAIN_MAX: Duration = Duration::from_millis(250);
+
 /// Writes moved off a path's inode that have not opened the fresh one yet.
 struct Reserved {
     moved: u32,
@@ -252,6 +256,8 @@ pub struct ZkFs<B: ZkBackend> {
     /// Inodes written through this mount whose invalidation the kernel may
     /// not have yet ([`Self::settle`]): set once it has.
     settling: Mutex<HashMap<u64, Settling>>,
+    /// Notified when a page-cache reader's handle is released.
+    reader_closed: tokio::sync::Notify,
     /// Files created through this mount and not yet sent (path → inode):
     /// the node is created with its complete content when the file is closed.
     pub(super) pending: Mutex<HashMap<String, u64>>,
@@ -314,6 +320,7 @@ impl<B: ZkBackend> ZkFs<B> {
             files: Mutex::new(HashMap::new()),
             for_writer: Mutex::new(HashMap::new()),
             settling: Mutex::new(HashMap::new()),
+            reader_closed: tokio::sync::Notify::new(),
             pending: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -1013,7 +1020,7 @@ impl<B: ZkBackend> ZkFs<B> {
             } else {
                 PageCache::Bypass
             };
-            self.admit_writer(handle, writer, cache)?
+            self.admit_writer_draining(handle, writer, cache).await?
         } else {
             self.admit_reader(handle, shows_it.then_some(view.stat.mzxid))
         };
@@ -1041,19 +1048,71 @@ impl<B: ZkBackend> ZkFs<B> {
         cache: PageCache,
     ) -> Result<Opened, FsError> {
         let ino = handle.ino;
+        match self.try_admit_writer(handle, writer, cache) {
+            Ok(opened) => Ok(opened),
+            Err(back) => Err(self.move_writer(ino, back.0.path)),
+        }
+    }
+
+    /// [`Self::admit_writer`], first waiting up to [`DRAIN_MAX`] for the
+    /// page-cache readers to close (readers opening meanwhile read
+    /// directly): a reader's `cat` is over in milliseconds, and moving the
+    /// writer gives the name a new number, which vim takes for the file
+    /// being replaced under it ("E949: File changed while writing").
+    async fn admit_writer_draining(
+        &self,
+        handle: NewHandle<'_>,
+        writer: Writer,
+        cache: PageCache,
+    ) -> Result<Opened, FsError> {
+        let ino = handle.ino;
+        let (mut handle, mut writer) = match self.try_admit_writer(handle, writer, cache) {
+            Ok(opened) => return Ok(opened),
+            Err(back) => *back,
+        };
+        let _waiting = self.unsettle(ino);
+        let deadline = tokio::time::Instant::now() + DRAIN_MAX;
+        loop {
+            let closed = self.reader_closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            (handle, writer) = match self.try_admit_writer(handle, writer, cache) {
+                Ok(opened) => return Ok(opened),
+                Err(back) => *back,
+            };
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.admit_writer(handle, writer, cache);
+            }
+        }
+    }
+
+    /// Add a write handle if no reader uses the inode's pages; else give
+    /// the handle back.
+    fn try_admit_writer<'a>(
+        &self,
+        handle: NewHandle<'a>,
+        writer: Writer,
+        cache: PageCache,
+    ) -> Result<Opened, Box<(NewHandle<'a>, Writer)>> {
+        let ino = handle.ino;
         let mut files = lock(&self.files);
         if files
             .values()
             .any(|f| f.ino == ino && f.cache == PageCache::Keep)
         {
-            drop(files);
-            return Err(self.move_writer(ino, handle.path));
+            return Err(Box::new((handle, writer)));
         }
         let path = handle.path.to_string();
         let fh = self.insert_handle(&mut files, handle, Some(writer), cache);
         drop(files);
         self.writer_came(&path);
         Ok(Opened { fh, cache })
+    }
+
+    /// A page-cache reader's handle was released: writers waiting for the
+    /// readers of its inode to close look again.
+    pub(super) fn reader_released(&self) {
+        self.reader_closed.notify_waiters();
     }
 
     /// Add a read handle: it reads through the inode's pages only while they

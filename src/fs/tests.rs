@@ -474,6 +474,39 @@ async fn after_a_send_readers_keep_off_the_writers_pages_until_the_kernel_has_th
     );
 }
 
+/// A write open first waits (a little) for the page-cache readers of its
+/// inode to close, so that it keeps the inode and its number (vim checks
+/// it); readers opening meanwhile read directly.
+#[tokio::test]
+async fn a_writer_waits_for_page_cache_readers_to_close_and_keeps_the_inode() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let ino = h.resolve("/cfg").await.expect("stat").ino;
+    let reader =
+        h.fs.open(ino, OpenMode::default(), 1)
+            .await
+            .expect("open the reader");
+    assert_eq!(reader.cache, PageCache::Keep);
+    let close_reader = async {
+        tokio::task::yield_now().await;
+        let meanwhile =
+            h.fs.open(ino, OpenMode::default(), 3)
+                .await
+                .expect("a reader while the writer waits");
+        assert_eq!(meanwhile.cache, PageCache::Bypass);
+        h.fs.release(reader.fh).await.expect("close the reader");
+        meanwhile.fh
+    };
+    let (writer, meanwhile) = tokio::join!(h.fs.open(ino, WRITE_TRUNC, 2), close_reader);
+    let writer = writer.expect("the writer waits, then opens the same inode");
+    assert_eq!(writer.cache, PageCache::Drop);
+    h.fs.write(writer.fh, 0, b"v2").await.expect("write");
+    h.fs.flush(writer.fh).await.expect("close");
+    h.fs.release(writer.fh).await.expect("release");
+    h.fs.release(meanwhile).await.expect("release");
+    assert_eq!(h.resolve("/cfg").await.expect("stat").ino, ino);
+}
+
 /// Two writers moved off a reader's inode: the fresh inode stays reserved
 /// until both came back, so a reader between the first writer's close and
 /// the second's retry does not take its pages (the second retry would meet

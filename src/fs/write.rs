@@ -731,8 +731,12 @@ impl<B: ZkBackend> ZkFs<B> {
         // Its answer reaches no one (the kernel drops it): a failure told
         // before is not told again here.
         let result = self.send_handle(fh, SendFor::Release).await;
-        if let Some(file) = lock(&self.files).remove(&fh) {
+        let removed = lock(&self.files).remove(&fh);
+        if let Some(file) = removed {
             file.released.notify_waiters();
+            if file.cache == PageCache::Keep {
+                self.reader_released();
+            }
         }
         self.release_hold(fh).await;
         result
