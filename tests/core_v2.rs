@@ -226,6 +226,21 @@ fn vim_saves_ten_times_in_a_row() {
     );
 }
 
+/// An empty childless node shows as a directory; when another client gives
+/// it data it is a file, and `cat` reads it at once (it met the directory,
+/// "Stale file handle" or "Is a directory", for the entry's 60 s before).
+#[test]
+fn an_empty_node_that_gets_data_reads_as_a_file_at_once() {
+    let (other, root, mount) = mounted("kind-flip", &[]);
+    let m = mount.path().to_path_buf();
+    other.create(&format!("{root}/f"), b"");
+    wait_until("f shown as a directory", DEADLINE, || m.join("f").is_dir());
+    other.set(&format!("{root}/f"), b"hello\n");
+    wait_until("f read as a file", Duration::from_secs(5), || {
+        fs::read(m.join("f")).is_ok_and(|d| d == b"hello\n")
+    });
+}
+
 /// vim saves ten times while two processes' worth of readers on the same
 /// mount read the file in a loop: vim checks that the descriptor it writes
 /// is the inode it stat'ed ("E949: File changed while writing", 44 of 50

@@ -2139,6 +2139,12 @@ impl<B: ZkBackend> ZkFs<B> {
     /// old inode's pages go. A directory keeps its dentry (a shell's cwd
     /// must survive): only its attributes and its data file's entry go.
     fn collect_content_change(&self, p: &str, out: &mut Vec<Invalidation>) {
+        // Before `inodes` (leaf locks): whether the node is still shown as a
+        // directory now (an empty childless node that got data is a file).
+        let still_dir = self
+            .store
+            .peek(p)
+            .map(|view| self.kind_of(p, &view) == FileKind::Directory);
         let inodes = lock(&self.inodes);
         for ino in inodes.current(p) {
             out.push(Invalidation::Inode(ino));
@@ -2153,6 +2159,12 @@ impl<B: ZkBackend> ZkFs<B> {
                         parent: ino,
                         name: self.config.data_name.clone(),
                     })
+                }
+                // It stopped being a directory: the name must be looked up
+                // again (a new inode of the new kind), or `cat` keeps
+                // meeting the directory until the entry expires (60 s).
+                if still_dir == Some(false) {
+                    self.collect_entry(&inodes, p, out);
                 }
             }
             _ => {
