@@ -2001,6 +2001,24 @@ impl<B: ZkBackend> ZkFs<B> {
     /// Re-read a node after a data change so the next read hits the cache.
     pub async fn refresh(&self, path: &str) {
         self.store.refresh(path).await;
+        // A lookup between the event and this re-read got the old view (an
+        // empty node shown as a directory) and kept the kernel's entry: now
+        // that the data is in, a change of kind expires it again.
+        let shown = {
+            let inodes = lock(&self.inodes);
+            inodes
+                .node_ino(path)
+                .and_then(|ino| inodes.get(ino).map(|i| i.kind))
+        };
+        if let (Some(shown), Some(view)) = (shown, self.store.peek(path))
+            && self.kind_of(path, &view) != shown
+        {
+            let mut out = Vec::new();
+            self.collect_entry(&lock(&self.inodes), path, &mut out);
+            for inv in out {
+                self.invalidator.invalidate(inv);
+            }
+        }
     }
 
     /// Compare the cache with the server after events may have been lost;
@@ -2139,12 +2157,17 @@ impl<B: ZkBackend> ZkFs<B> {
     /// old inode's pages go. A directory keeps its dentry (a shell's cwd
     /// must survive): only its attributes and its data file's entry go.
     fn collect_content_change(&self, p: &str, out: &mut Vec<Invalidation>) {
-        // Before `inodes` (leaf locks): whether the node is still shown as a
-        // directory now (an empty childless node that got data is a file).
-        let still_dir = self
-            .store
-            .peek(p)
-            .map(|view| self.kind_of(p, &view) == FileKind::Directory);
+        // Before `inodes` (leaf locks): whether a directory shown here stays
+        // one whatever its new data (the event comes before the data does):
+        // it has children, or this mount made it a directory. A childless
+        // node shown as a directory because its data was empty is a file
+        // once it has data.
+        let stays_dir = p == self.config.root
+            || self.overlay.kind(p) == Some(FileKind::Directory)
+            || self
+                .store
+                .peek(p)
+                .is_some_and(|view| view.stat.num_children > 0);
         let inodes = lock(&self.inodes);
         for ino in inodes.current(p) {
             out.push(Invalidation::Inode(ino));
@@ -2160,10 +2183,11 @@ impl<B: ZkBackend> ZkFs<B> {
                         name: self.config.data_name.clone(),
                     })
                 }
-                // It stopped being a directory: the name must be looked up
-                // again (a new inode of the new kind), or `cat` keeps
-                // meeting the directory until the entry expires (60 s).
-                if still_dir == Some(false) {
+                // It may stop being a directory: the name must be looked up
+                // again (a new inode of the new kind), or `cat` keeps meeting
+                // the directory until the entry expires (60 s). Expired, not
+                // removed: a lookup naming the same directory keeps it.
+                if !stays_dir {
                     self.collect_entry(&inodes, p, out);
                 }
             }

@@ -507,6 +507,32 @@ async fn a_writer_waits_for_page_cache_readers_to_close_and_keeps_the_inode() {
     assert_eq!(h.resolve("/cfg").await.expect("stat").ino, ino);
 }
 
+/// A close returns once the kernel has the invalidation of the writer's
+/// inode, so a `stat` right after it is never answered from an older
+/// reply's size.
+#[tokio::test]
+async fn a_close_returns_once_the_kernel_has_dropped_the_inodes_attributes() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let ino = h.resolve("/cfg").await.expect("stat").ino;
+    let writer = h.fs.open(ino, WRITE_TRUNC, 1).await.expect("open");
+    h.fs.write(writer.fh, 0, b"version-2").await.expect("write");
+    h.invalidations.deliver(false);
+    let fs = h.fs.clone();
+    let close = tokio::spawn(async move { fs.flush(writer.fh).await });
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        h.zk.data("/cfg").as_deref(),
+        Some(&b"version-2"[..]),
+        "sent"
+    );
+    assert!(!close.is_finished(), "the close waits for the delivery");
+    h.invalidations.deliver(true);
+    close.await.expect("join").expect("close");
+}
+
 /// Two writers moved off a reader's inode: the fresh inode stays reserved
 /// until both came back, so a reader between the first writer's close and
 /// the second's retry does not take its pages (the second retry would meet
