@@ -201,12 +201,9 @@ fn tar_x_with_a_symlink_listed_before_its_target() {
     );
 }
 
-#[test]
-fn vim_saves_ten_times_in_a_row() {
-    let (other, root, mount) = mounted("vim", &[]);
-    let m = mount.path();
-    fs::write(m.join("cfg"), "line\n").expect("write cfg");
-    // Ten saves in one editing session (a script of ex commands).
+/// vim, in `m`, appends the lines 0..9 to `cfg` and saves after each (a
+/// script of ex commands in one editing session); returns its output.
+fn vim_ten_saves(m: &Path) -> (String, String) {
     let ex = TempDir::new("vim-script");
     let commands: String = (0..10).map(|i| format!("normal Go{i}\nw\n")).collect();
     fs::write(ex.path().join("saves.vim"), format!("{commands}q\n")).expect("vim script");
@@ -215,15 +212,30 @@ fn vim_saves_ten_times_in_a_row() {
         ex.path().join("saves.vim").display()
     );
     let (_, out, err) = shell(m, &script);
-    assert!(out.contains("rc=0"), "vim: {out}{err}");
+    (out, err)
+}
+
+/// `cfg` holds "line" and the ten saves of [`vim_ten_saves`], here and in
+/// ZooKeeper.
+fn assert_ten_saves(other: &Other, root: &str, m: &Path) {
     let expected: String = std::iter::once("line\n".to_string())
         .chain((0..10).map(|i| format!("{i}\n")))
         .collect();
     assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), expected);
     assert_eq!(
-        String::from_utf8_lossy(&get(&other, &format!("{root}/cfg")).0),
+        String::from_utf8_lossy(&get(other, &format!("{root}/cfg")).0),
         expected
     );
+}
+
+#[test]
+fn vim_saves_ten_times_in_a_row() {
+    let (other, root, mount) = mounted("vim", &[]);
+    let m = mount.path();
+    fs::write(m.join("cfg"), "line\n").expect("write cfg");
+    let (out, err) = vim_ten_saves(m);
+    assert!(out.contains("rc=0"), "vim: {out}{err}");
+    assert_ten_saves(&other, &root, m);
 }
 
 /// An empty childless node shows as a directory; when another client gives
@@ -266,14 +278,7 @@ fn vim_saves_while_readers_on_the_same_mount_read_the_file() {
             })
         })
         .collect();
-    let ex = TempDir::new("vim-readers-script");
-    let commands: String = (0..10).map(|i| format!("normal Go{i}\nw\n")).collect();
-    fs::write(ex.path().join("saves.vim"), format!("{commands}q\n")).expect("vim script");
-    let script = format!(
-        "vim -u NONE -i NONE -N -es -S {} cfg; echo rc=$?",
-        ex.path().join("saves.vim").display()
-    );
-    let (_, out, err) = shell(&m, &script);
+    let (out, err) = vim_ten_saves(&m);
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         r.join().expect("reader");
@@ -286,14 +291,7 @@ fn vim_saves_while_readers_on_the_same_mount_read_the_file() {
         reads.load(Ordering::Relaxed) >= 10,
         "the readers hardly ran"
     );
-    let expected: String = std::iter::once("line\n".to_string())
-        .chain((0..10).map(|i| format!("{i}\n")))
-        .collect();
-    assert_eq!(fs::read_to_string(m.join("cfg")).expect("cat"), expected);
-    assert_eq!(
-        String::from_utf8_lossy(&get(&other, &format!("{root}/cfg")).0),
-        expected
-    );
+    assert_ten_saves(&other, &root, &m);
     assert_eq!(ino(&m.join("cfg")), number, "the saves renumbered the file");
 }
 
@@ -1067,6 +1065,17 @@ fn two_versions() -> (Vec<u8>, Vec<u8>) {
     (old, new)
 }
 
+/// `content` at `{root}/f`, and a descriptor on the mount that has read its
+/// first 64 KiB: (the descriptor, what it read).
+fn reading_part_way(other: &Other, root: &str, m: &Path, content: &[u8]) -> (fs::File, Vec<u8>) {
+    other.create(&format!("{root}/f"), content);
+    wait_until("node visible", DEADLINE, || m.join("f").exists());
+    let mut reader = fs::File::open(m.join("f")).expect("open the reader");
+    let mut got = vec![0u8; 64 * 1024];
+    reader.read_exact(&mut got).expect("read the first 64 KiB");
+    (reader, got)
+}
+
 /// A reader that opened a file before a writer on the same mount opens it
 /// with `O_TRUNC`: the kernel empties the size and pages of the inode it
 /// opens, so that must not be the reader's. The reader reads the version it
@@ -1077,11 +1086,7 @@ fn a_reader_open_before_a_truncating_writer_on_the_same_mount_reads_its_version(
     let (other, root, mount) = mounted("trunc-reader", &[]);
     let m = mount.path().to_path_buf();
     let (old, new) = two_versions();
-    other.create(&format!("{root}/f"), &old);
-    wait_until("node visible", DEADLINE, || m.join("f").exists());
-    let mut reader = fs::File::open(m.join("f")).expect("open the reader");
-    let mut got = vec![0u8; 64 * 1024];
-    reader.read_exact(&mut got).expect("read the first 64 KiB");
+    let (mut reader, mut got) = reading_part_way(&other, &root, &m, &old);
     let mut writer = fs::OpenOptions::new()
         .write(true)
         .truncate(true)
@@ -1116,11 +1121,7 @@ fn truncate_by_path_leaves_an_open_reader_its_version() {
     let (other, root, mount) = mounted("trunc-path", &[]);
     let m = mount.path().to_path_buf();
     let (old, _) = two_versions();
-    other.create(&format!("{root}/f"), &old);
-    wait_until("node visible", DEADLINE, || m.join("f").exists());
-    let mut reader = fs::File::open(m.join("f")).expect("open the reader");
-    let mut got = vec![0u8; 64 * 1024];
-    reader.read_exact(&mut got).expect("read the first 64 KiB");
+    let (mut reader, mut got) = reading_part_way(&other, &root, &m, &old);
     let (code, _, err) = shell(&m, "truncate -s 1000 f");
     assert_eq!(code, 0, "truncate: {err}");
     reader.read_to_end(&mut got).expect("read the rest");

@@ -133,6 +133,20 @@ impl Harness {
         }
     }
 
+    /// A node at `path` with `content`, and a descriptor reading it through
+    /// the inode's pages: (its inode, the reader).
+    async fn node_with_page_reader(&self, path: &str, content: &[u8]) -> (u64, Opened) {
+        self.apply(self.zk.create(path, content, 0));
+        let ino = self.resolve(path).await.expect("stat").ino;
+        let reader = self
+            .fs
+            .open(ino, OpenMode::default(), 1)
+            .await
+            .expect("open the reader");
+        assert_eq!(reader.cache, PageCache::Keep);
+        (ino, reader)
+    }
+
     async fn resolve(&self, path: &str) -> Result<Attr, FsError> {
         let mut ino = ROOT_INO;
         let mut attr = self.fs.getattr(ROOT_INO).await?;
@@ -385,13 +399,7 @@ async fn a_bypass_descriptor_does_not_size_an_inode_another_descriptor_reads() {
 #[tokio::test]
 async fn a_writer_never_shares_an_inode_with_a_page_cache_reader() {
     let h = harness();
-    h.apply(h.zk.create("/cfg", b"v1", 0));
-    let old = h.resolve("/cfg").await.expect("stat").ino;
-    let reader =
-        h.fs.open(old, OpenMode::default(), 1)
-            .await
-            .expect("open the reader");
-    assert_eq!(reader.cache, PageCache::Keep);
+    let (old, reader) = h.node_with_page_reader("/cfg", b"v1").await;
     let moved = h.fs.open(old, WRITE_TRUNC, 2).await.map(|o| o.fh);
     assert_eq!(moved.map_err(|e| e.errno()), Err(libc::ESTALE));
     let fresh = h.resolve("/cfg").await.expect("look up again").ino;
@@ -480,13 +488,7 @@ async fn after_a_send_readers_keep_off_the_writers_pages_until_the_kernel_has_th
 #[tokio::test]
 async fn a_writer_waits_for_page_cache_readers_to_close_and_keeps_the_inode() {
     let h = harness();
-    h.apply(h.zk.create("/cfg", b"v1", 0));
-    let ino = h.resolve("/cfg").await.expect("stat").ino;
-    let reader =
-        h.fs.open(ino, OpenMode::default(), 1)
-            .await
-            .expect("open the reader");
-    assert_eq!(reader.cache, PageCache::Keep);
+    let (ino, reader) = h.node_with_page_reader("/cfg", b"v1").await;
     let close_reader = async {
         tokio::task::yield_now().await;
         let meanwhile =
@@ -540,12 +542,7 @@ async fn a_close_returns_once_the_kernel_has_dropped_the_inodes_attributes() {
 #[tokio::test]
 async fn a_fresh_inode_stays_reserved_until_every_moved_writer_came_back() {
     let h = harness();
-    h.apply(h.zk.create("/cfg", b"v1", 0));
-    let old = h.resolve("/cfg").await.expect("stat").ino;
-    let reader =
-        h.fs.open(old, OpenMode::default(), 1)
-            .await
-            .expect("open the reader");
+    let (old, reader) = h.node_with_page_reader("/cfg", b"v1").await;
     for pid in [2, 3] {
         let moved = h.fs.open(old, WRITE_TRUNC, pid).await.map(|o| o.fh);
         assert_eq!(moved.map_err(|e| e.errno()), Err(libc::ESTALE));
@@ -625,12 +622,7 @@ async fn a_listed_entry_shows_the_size_a_later_send_made() {
 #[tokio::test]
 async fn a_truncate_by_path_moves_off_a_page_cache_readers_inode() {
     let h = harness();
-    h.apply(h.zk.create("/cfg", b"hello world", 0));
-    let old = h.resolve("/cfg").await.expect("stat").ino;
-    let reader =
-        h.fs.open(old, OpenMode::default(), 1)
-            .await
-            .expect("open the reader");
+    let (old, reader) = h.node_with_page_reader("/cfg", b"hello world").await;
     let moved = h.fs.setattr(old, None, None, None, Some(5), None).await;
     assert_eq!(moved.map_err(|e| e.errno()).err(), Some(libc::ESTALE));
     assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"hello world"[..]));
