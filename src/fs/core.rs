@@ -822,24 +822,15 @@ impl<B: ZkBackend> ZkFs<B> {
             return *attr;
         }
         let mut now = self.attr_for(attr.ino, &inode.path, inode.role, inode.kind, &view);
-        let writers: Vec<_> = lock(&self.files)
-            .values()
-            .filter(|f| f.ino == attr.ino)
-            .filter_map(|f| f.writer.clone())
-            .collect();
-        let mut latest: Option<(u64, usize)> = None;
-        for w in writers {
+        let mut unsent = Vec::new();
+        for w in self.writers_of(attr.ino) {
             let Ok(w) = w.try_lock() else {
                 return *attr;
             };
-            if let Some(unsent) = w.unsent()
-                && latest.is_none_or(|l| unsent.0 > l.0)
-            {
-                latest = Some(unsent);
-            }
+            unsent.extend(w.unsent());
         }
-        if let Some((_, len)) = latest {
-            now.size = len as u64;
+        if let Some(size) = super::write::latest_unsent(unsent) {
+            now.size = size;
         }
         now
     }

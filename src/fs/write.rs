@@ -69,6 +69,15 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Of write handles' unsent content (`Writer::unsent`: change, length), the
+/// size of the one changed last.
+pub(super) fn latest_unsent(unsent: impl IntoIterator<Item = (u64, usize)>) -> Option<u64> {
+    unsent
+        .into_iter()
+        .max_by_key(|(change, _)| *change)
+        .map(|(_, len)| len as u64)
+}
+
 /// How long a close waits for the kernel to have its inode's invalidation.
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -140,20 +149,20 @@ impl<B: ZkBackend> ZkFs<B> {
     /// (of several such handles, the one changed last: a new file's creator
     /// that wrote nothing must not hide what another handle wrote since).
     pub(super) async fn unsent_size(&self, ino: u64) -> Option<u64> {
-        let writers: Vec<_> = lock(&self.files)
+        let mut unsent = Vec::new();
+        for w in self.writers_of(ino) {
+            unsent.extend(w.lock().await.unsent());
+        }
+        latest_unsent(unsent)
+    }
+
+    /// The write handles open on `ino`.
+    pub(super) fn writers_of(&self, ino: u64) -> Vec<Arc<tokio::sync::Mutex<Writer>>> {
+        lock(&self.files)
             .values()
             .filter(|f| f.ino == ino)
             .filter_map(|f| f.writer.clone())
-            .collect();
-        let mut latest: Option<(u64, usize)> = None;
-        for w in writers {
-            if let Some(unsent) = w.lock().await.unsent()
-                && latest.is_none_or(|l| unsent.0 > l.0)
-            {
-                latest = Some(unsent);
-            }
-        }
-        latest.map(|(_, len)| len as u64)
+            .collect()
     }
 
     pub(super) fn open_pending(
