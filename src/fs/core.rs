@@ -15,7 +15,7 @@ use super::attr::{self, Attr, FileKind, Presentation};
 use super::attrs;
 use super::error::FsError;
 use super::handle::{OpenFile, OpenMode, Opened, PageCache, Writer};
-use super::inode::{Inode, InodeTable, ROOT_INO, Role};
+use super::inode::{Inode, InodeTable, ROOT_INO, Resolved, Role};
 use super::listing::{self, Filler, Listed, Stream};
 use super::name::NodeName;
 use super::pointer;
@@ -26,6 +26,11 @@ use crate::zk::{Change, NodeEvent, NodeView, Store, ZkBackend, ZkError};
 /// Directories with more children than this report nlink 1 ("unknown")
 /// instead of counting subdirectories on every stat.
 const NLINK_COUNT_LIMIT: usize = 4096;
+
+/// How often [`ZkFs::resolve_view`] reads a view again that turned out
+/// older than the name's inode (each time the cache has a newer one: a
+/// send's answer is in the cache before the writer's inode shows it).
+const RESOLVE_ATTEMPTS: usize = 3;
 
 /// Mount-level settings the core needs.
 #[derive(Clone, Debug)]
@@ -237,7 +242,7 @@ struct OpenDir {
 /// outcome is known); it is taken before any other lock, and a handle that
 /// claimed a pending create never waits for another handle's lock (so two
 /// handles of one new file cannot deadlock). Every `std::sync::Mutex` here
-/// (`inodes`, `files`, `for_writer`, `settling`, `pending`, `creating`, `dirs`, `listings`, `held`, `pointers`, `reads`,
+/// (`inodes`, `files`, `for_writer`, `settling`, `sending`, `pending`, `creating`, `dirs`, `listings`, `held`, `pointers`, `reads`,
 /// the overlay's and the registry's) is a leaf: taken for one short step,
 /// never across an `.await`, and never while another of them is held
 /// (`inodes` may call into the invalidator, which only queues), except
@@ -256,6 +261,9 @@ pub struct ZkFs<B: ZkBackend> {
     /// Inodes written through this mount whose invalidation the kernel may
     /// not have yet ([`Self::settle`]): set once it has.
     settling: Mutex<HashMap<u64, Settling>>,
+    /// Inodes with a send through this mount in flight (how many), from
+    /// before its request until its answer is shown ([`Self::sending`]).
+    pub(super) sending: Mutex<HashMap<u64, u32>>,
     /// Notified when a page-cache reader's handle is released.
     reader_closed: tokio::sync::Notify,
     /// Files created through this mount and not yet sent (path → inode):
@@ -320,6 +328,7 @@ impl<B: ZkBackend> ZkFs<B> {
             files: Mutex::new(HashMap::new()),
             for_writer: Mutex::new(HashMap::new()),
             settling: Mutex::new(HashMap::new()),
+            sending: Mutex::new(HashMap::new()),
             reader_closed: tokio::sync::Notify::new(),
             pending: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
@@ -702,6 +711,54 @@ impl<B: ZkBackend> ZkFs<B> {
         }
     }
 
+    /// The inode for `view` of (`path`, `role`), with the kind and the view
+    /// it was resolved for. A view made by this mount's send in flight keeps
+    /// the writer's number; one read before a send's answer and looked at
+    /// after it is read again from the cache, which has the answer by then
+    /// (`InodeTable::resolve_seen`; a few times at most, then as it is).
+    /// The inode table shares the cache's copy of the path.
+    pub(super) fn resolve_view(
+        &self,
+        path: &str,
+        role: Role,
+        mut view: NodeView,
+    ) -> (u64, FileKind, NodeView) {
+        let kind_of = |view: &NodeView| match role {
+            Role::Node => self.kind_of(path, view),
+            Role::DataFile => FileKind::RegularFile,
+        };
+        for _ in 0..RESOLVE_ATTEMPTS {
+            let kind = kind_of(&view);
+            // Before `inodes` (a leaf each): a send whose answer made this
+            // version marked its inode before the cache had the answer, and
+            // unmarks it only after its inode shows it.
+            let sending: Vec<u64> = if self.store.written_here(path, view.stat.mzxid) {
+                lock(&self.sending).keys().copied().collect()
+            } else {
+                Vec::new()
+            };
+            let resolved = lock(&self.inodes).resolve_seen(
+                &view.path,
+                role,
+                kind,
+                view.stat.czxid,
+                view.stat.mzxid,
+                &sending,
+            );
+            match resolved {
+                Resolved::Ino(ino) => return (ino, kind, view),
+                Resolved::Outdated => match self.store.peek(path) {
+                    Some(again) => view = again,
+                    None => break,
+                },
+            }
+        }
+        let kind = kind_of(&view);
+        let ino =
+            lock(&self.inodes).resolve(&view.path, role, kind, view.stat.czxid, view.stat.mzxid);
+        (ino, kind, view)
+    }
+
     /// `lookup`, where `empty_data_file` also finds the data file of a
     /// directory without data (for opening it to write).
     pub(super) async fn lookup_inner(
@@ -750,20 +807,10 @@ impl<B: ZkBackend> ZkFs<B> {
                 Err(e) => return Err(FsError::zk(&child, "getData", e)),
             }
         };
-        let mut inodes_guard;
         let attr = match found {
             Some(view) => {
                 self.prepare_pointer(&child, &view).await;
-                let kind = self.kind_of(&child, &view);
-                inodes_guard = lock(&self.inodes);
-                let ino = inodes_guard.resolve(
-                    &view.path,
-                    Role::Node,
-                    kind,
-                    view.stat.czxid,
-                    view.stat.mzxid,
-                );
-                drop(inodes_guard);
+                let (ino, kind, view) = self.resolve_view(&child, Role::Node, view);
                 self.attr_for(ino, &child, Role::Node, kind, &view)
             }
             None if is_data_name => {
@@ -774,15 +821,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 if view.stat.data_length == 0 && !empty_data_file {
                     return Err(FsError::NotFound(child));
                 }
-                inodes_guard = lock(&self.inodes);
-                let ino = inodes_guard.resolve(
-                    &dir.path,
-                    Role::DataFile,
-                    FileKind::RegularFile,
-                    view.stat.czxid,
-                    view.stat.mzxid,
-                );
-                drop(inodes_guard);
+                let (ino, _, view) = self.resolve_view(&dir.path, Role::DataFile, view);
                 self.attr_for(ino, &dir.path, Role::DataFile, FileKind::RegularFile, &view)
             }
             None => return Err(FsError::NotFound(child)),
@@ -1759,16 +1798,10 @@ impl<B: ZkBackend> ZkFs<B> {
             attr: parent_attr,
         });
         if view.stat.data_length > 0 && !names.contains(&self.config.data_name) {
-            let dino = lock(&self.inodes).resolve(
-                dir,
-                Role::DataFile,
-                FileKind::RegularFile,
-                view.stat.czxid,
-                view.stat.mzxid,
-            );
+            let (dino, _, dview) = self.resolve_view(dir, Role::DataFile, view.clone());
             entries.push(DirEntry {
                 name: self.config.data_name.clone(),
-                attr: self.attr_for(dino, dir, Role::DataFile, FileKind::RegularFile, view),
+                attr: self.attr_for(dino, dir, Role::DataFile, FileKind::RegularFile, &dview),
             });
         }
         entries
@@ -1828,15 +1861,7 @@ impl<B: ZkBackend> ZkFs<B> {
             }
             Err(e) => return Err(FsError::zk(child, "getData", e)),
         };
-        let kind = self.kind_of(child, &view);
-        // The cache's copy of the path: the inode table shares it.
-        let cino = lock(&self.inodes).resolve(
-            &view.path,
-            Role::Node,
-            kind,
-            view.stat.czxid,
-            view.stat.mzxid,
-        );
+        let (cino, kind, view) = self.resolve_view(child, Role::Node, view);
         Ok(Some(DirEntry {
             name: name.into(),
             attr: self.attr_for(cino, child, Role::Node, kind, &view),

@@ -34,6 +34,15 @@ pub const ROOT_INO: u64 = 1;
 /// czxid of an inode whose node is not created yet (it is, at close).
 pub const PENDING_CZXID: i64 = -1;
 
+/// [`InodeTable::resolve_seen`]'s answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// The inode for the view.
+    Ino(u64),
+    /// The view is older than what the name's inode shows: read it again.
+    Outdated,
+}
+
 /// What an inode stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -199,6 +208,45 @@ impl InodeTable {
             },
         );
         ino
+    }
+
+    /// [`Self::resolve`] for a view read before this call, which may be
+    /// older or newer than what the current inode shows because of this
+    /// mount's own send in flight. `sending`: inodes of the name with a
+    /// send through this mount in flight whose answer made the view's
+    /// version (the caller knows it from the store). Such an inode takes
+    /// the version (what the send's `set_version`, a moment later, does),
+    /// keeping its number. A view older than the current inode's version of
+    /// the same incarnation (read before a send's answer, looked at after
+    /// it) is no answer: [`Resolved::Outdated`], for the caller to read the
+    /// view again.
+    pub fn resolve_seen<P: PathKey + ?Sized>(
+        &mut self,
+        path: &P,
+        role: Role,
+        kind: FileKind,
+        czxid: i64,
+        mzxid: i64,
+        sending: &[u64],
+    ) -> Resolved {
+        if let Some(ino) = self.lookup_key(path.as_path(), role)
+            && ino != ROOT_INO
+            && let Some(inode) = self.by_ino.get_mut(&ino)
+            && inode.kind == kind
+            && inode.czxid == czxid
+            && inode.is_content()
+            && let Some(shown) = inode.version()
+        {
+            // One incarnation's mzxids grow with its versions.
+            if mzxid < shown {
+                return Resolved::Outdated;
+            }
+            if mzxid > shown && sending.contains(&ino) {
+                inode.version = mzxid;
+                return Resolved::Ino(ino);
+            }
+        }
+        Resolved::Ino(self.resolve(path, role, kind, czxid, mzxid))
     }
 
     /// `ino` no longer is the current inode of its key: drop it now if the
@@ -462,5 +510,35 @@ mod tests {
             t.resolve("/r/t", Role::Node, FileKind::RegularFile, 6, 10),
             src
         );
+    }
+
+    #[test]
+    fn a_view_made_by_a_send_in_flight_keeps_the_writers_number() {
+        let mut t = InodeTable::new("/r");
+        let f = t.resolve("/r/f", Role::Node, FileKind::RegularFile, 6, 6);
+        // The send's answer reached the cache (version 9) before the
+        // writer's `set_version`: the writer's inode takes it.
+        assert_eq!(
+            t.resolve_seen("/r/f", Role::Node, FileKind::RegularFile, 6, 9, &[f]),
+            Resolved::Ino(f)
+        );
+        assert_eq!(t.get(f).and_then(Inode::version), Some(9));
+        // A view read before that answer is outdated, not a new inode.
+        assert_eq!(
+            t.resolve_seen("/r/f", Role::Node, FileKind::RegularFile, 6, 6, &[f]),
+            Resolved::Outdated
+        );
+        assert!(t.is_current(f));
+        // Another client's version (no send of ours made it): a new inode.
+        let g = t.resolve_seen("/r/f", Role::Node, FileKind::RegularFile, 6, 12, &[]);
+        assert!(matches!(g, Resolved::Ino(g) if g != f));
+        // A send on another inode of the name does not adopt either.
+        let Resolved::Ino(g) = g else { unreachable!() };
+        let h = t.resolve_seen("/r/f", Role::Node, FileKind::RegularFile, 6, 15, &[f]);
+        assert!(matches!(h, Resolved::Ino(h) if h != g && h != f));
+        // A new incarnation is a new inode whatever is in flight.
+        let Resolved::Ino(h) = h else { unreachable!() };
+        let i = t.resolve_seen("/r/f", Role::Node, FileKind::RegularFile, 20, 20, &[h]);
+        assert!(matches!(i, Resolved::Ino(i) if i != h));
     }
 }

@@ -2317,3 +2317,55 @@ async fn kernel_opens_the_end_of_one_pass_does_not_end_another() {
             .expect("end");
     assert_eq!((end.loaded(), end.pass()), (0, 0));
 }
+
+/// The store takes a send's answer into its cache a moment before the
+/// writer's inode shows that version. A lookup in between (a `stat` on
+/// another thread) must keep the writer's number, in both orders: seeing
+/// the cache's new version first, and seeing the old one from before the
+/// answer when the inode shows the new one already (nano and vim compare
+/// the number across saves).
+#[tokio::test]
+async fn a_lookup_racing_a_sends_answer_keeps_the_writers_inode() {
+    let h = harness();
+    h.apply(h.zk.create("/f", b"one", 0));
+    let ino = h.resolve("/f").await.expect("stat").ino;
+    let w =
+        h.fs.open(
+            ino,
+            OpenMode {
+                write: true,
+                ..OpenMode::default()
+            },
+            1,
+        )
+        .await
+        .expect("open to write");
+    // The answer is in the cache, the writer's `show_sent` not yet run.
+    let before = h.fs.store().peek("/f").expect("cached");
+    let sending = h.fs.sending(ino);
+    h.fs.store()
+        .set_data("/f", b"two".to_vec(), Some(before.stat.version))
+        .await
+        .expect("set");
+    h.deliver_own();
+    assert_eq!(h.resolve("/f").await.expect("stat").ino, ino);
+    drop(sending);
+    // A view read before the answer, resolved after the inode shows it.
+    let sending = h.fs.sending(ino);
+    let before = h.fs.store().peek("/f").expect("cached");
+    h.fs.store()
+        .set_data("/f", b"three".to_vec(), Some(before.stat.version))
+        .await
+        .expect("set");
+    h.deliver_own();
+    assert_eq!(h.resolve("/f").await.expect("stat").ino, ino);
+    let after = h.fs.store().peek("/f").expect("cached");
+    let (got, _, view) = h.fs.resolve_view("/f", super::inode::Role::Node, before);
+    assert_eq!(got, ino, "an outdated view is no new inode");
+    assert_eq!(view.stat.mzxid, after.stat.mzxid, "it was read again");
+    drop(sending);
+    // Another client's change is another version: a new number.
+    h.apply(h.zk.set("/f", b"four"));
+    assert_ne!(h.resolve("/f").await.expect("stat").ino, ino);
+    h.fs.release(w.fh).await.expect("release");
+}

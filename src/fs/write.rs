@@ -483,6 +483,20 @@ impl<B: ZkBackend> ZkFs<B> {
         self.settle(ino);
     }
 
+    /// Mark a send through `ino` in flight until the returned guard drops
+    /// (after [`Self::show_sent`]). The store takes the send's answer into
+    /// its cache a moment before `show_sent` gives the writer's inode that
+    /// version; a lookup or listing between the two finds the name's inode
+    /// behind the cache, and would otherwise give the name a fresh number
+    /// (`InodeTable::resolve_seen`).
+    pub(super) fn sending(&self, ino: u64) -> Sending<'_> {
+        *lock(&self.sending).entry(ino).or_default() += 1;
+        Sending {
+            map: &self.sending,
+            ino,
+        }
+    }
+
     /// Send one handle's content. `others`: the other write handles of the
     /// same path (a new file opened twice before it was created: exactly one
     /// of them creates the node, the rest wait for it and then write to it).
@@ -633,6 +647,7 @@ impl<B: ZkBackend> ZkFs<B> {
             Some(version)
         };
         let registration = self.registry.contains(path);
+        let _sending = self.sending(ino);
         match self.store.set_data(path, data.clone(), expected).await {
             Ok(stat) => {
                 if w.appended_from.is_some() {
@@ -713,6 +728,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 version = view.stat.version,
                 "appending after another client's change"
             );
+            let _sending = self.sending(ino);
             match self
                 .store
                 .set_data(path, next.clone(), Some(view.stat.version))
@@ -1277,5 +1293,24 @@ fn create_error(path: &str, e: ZkError) -> FsError {
             FsError::NotPermitted(path.to_string(), "ephemeral nodes cannot have children")
         }
         e => FsError::zk(path, "create", e),
+    }
+}
+
+/// A send in flight through one inode ([`ZkFs::sending`]); dropping it
+/// (the send over, or its future dropped) ends the mark.
+pub(super) struct Sending<'a> {
+    map: &'a std::sync::Mutex<std::collections::HashMap<u64, u32>>,
+    ino: u64,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(self.map);
+        if let Some(n) = map.get_mut(&self.ino) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ino);
+            }
+        }
     }
 }
