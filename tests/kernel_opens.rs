@@ -274,3 +274,45 @@ fn concurrent_cold_listings(mount_args: &[&str]) {
         });
     }
 }
+
+/// A same-mount rewrite of a file reaches the daemon as `OPEN`, `WRITE`,
+/// `FLUSH` and `RELEASE`: the name is not looked up again (the write's own
+/// watch event expires no entry: the writer's inode shows the write) and
+/// the kernel does not ask for `security.capability` before each truncate
+/// and write (`FUSE_HANDLE_KILLPRIV_V2`). Was: one `LOOKUP` and two
+/// `GETXATTR`s per write, three round trips of seven.
+#[test]
+fn a_same_mount_rewrite_is_open_write_flush_release() {
+    const WRITES: u64 = 200;
+    let zk = shared_zk();
+    let root = unique_root("rw-trips");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/app.conf"), b"threads=8\n");
+    let mount = Mount::start(&format!("{zk}{root}"), &[]);
+    let m = mount.path();
+    let conf = m.join("app.conf");
+    assert_eq!(fs::read(&conf).expect("first read"), b"threads=8\n");
+    fs::write(&conf, b"threads=0\n").expect("first write");
+    let before = kernel_requests(m);
+    let first = fs::metadata(&conf).expect("stat").ino();
+    for i in 0..WRITES {
+        fs::write(&conf, format!("threads={i}\n")).expect("write");
+    }
+    let after = kernel_requests(m);
+    let n = |op: &str| count(&after, op) - count(&before, op);
+    for op in ["open", "write", "flush", "release"] {
+        assert_eq!(n(op), WRITES, "{op}: {before:?} → {after:?}");
+    }
+    // (Reading the counters is a getxattr of its own.)
+    for op in ["lookup", "getxattr", "getattr"] {
+        assert!(
+            n(op) <= 3,
+            "{op}: {} in {WRITES} writes ({before:?} → {after:?})",
+            n(op)
+        );
+    }
+    assert_eq!(fs::metadata(&conf).expect("stat").ino(), first);
+    let (data, _) = other.get(&format!("{root}/app.conf"));
+    assert_eq!(data, format!("threads={}\n", WRITES - 1).into_bytes());
+}

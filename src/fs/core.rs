@@ -2009,9 +2009,41 @@ impl<B: ZkBackend> ZkFs<B> {
         {
             self.hold_outgoing_version(&event.path);
         }
-        let (changes, refresh) = self.store.apply_event(event);
-        self.invalidate(&changes);
-        refresh.then(|| event.path.clone())
+        let applied = self.store.apply_event(event);
+        if applied.own
+            && event.kind == NodeEventKind::DataChanged
+            && self.shows_own_write(&event.path)
+        {
+            // The writer's inode keeps its number and shows the write
+            // ([`Self::show_sent`], which invalidates it): the name need not
+            // be looked up again (one `LOOKUP` less per same-mount write).
+            for ino in lock(&self.inodes).current(&event.path) {
+                self.invalidator.invalidate(Invalidation::Inode(ino));
+            }
+        } else {
+            self.invalidate(&applied.changes);
+        }
+        applied.refresh.then(|| event.path.clone())
+    }
+
+    /// Whether the name `path` is a file whose inode is this mount's
+    /// writer's: a send through it is in flight, or it shows the version
+    /// this mount wrote last. Its data change's echo then needs no new
+    /// lookup of the name.
+    fn shows_own_write(&self, path: &str) -> bool {
+        let sending: Vec<u64> = lock(&self.sending).keys().copied().collect();
+        let shown = {
+            let inodes = lock(&self.inodes);
+            inodes.node_ino(path).and_then(|ino| {
+                let inode = inodes.get(ino)?;
+                (inode.kind == FileKind::RegularFile).then(|| (ino, inode.version()))
+            })
+        };
+        match shown {
+            Some((ino, _)) if sending.contains(&ino) => true,
+            Some((_, Some(version))) => self.store.written_here(path, version),
+            _ => false,
+        }
     }
 
     /// Re-read a node after a data change so the next read hits the cache.
@@ -2020,6 +2052,12 @@ impl<B: ZkBackend> ZkFs<B> {
         // A lookup between the event and this re-read got the old view (an
         // empty node shown as a directory) and kept the kernel's entry: now
         // that the data is in, a change of kind expires it again.
+        self.expire_if_kind_changed(path);
+    }
+
+    /// Expire the name `path` when the cached node is no longer of the kind
+    /// its inode shows (the next lookup makes an inode of the new kind).
+    pub(super) fn expire_if_kind_changed(&self, path: &str) {
         let shown = {
             let inodes = lock(&self.inodes);
             inodes

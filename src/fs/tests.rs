@@ -2369,3 +2369,63 @@ async fn a_lookup_racing_a_sends_answer_keeps_the_writers_inode() {
     assert_ne!(h.resolve("/f").await.expect("stat").ino, ino);
     h.fs.release(w.fh).await.expect("release");
 }
+
+fn entry_expiries(invalidations: &[Invalidation], name: &str) -> usize {
+    invalidations
+        .iter()
+        .filter(|i| matches!(i, Invalidation::Entry { name: n, .. } if n == name))
+        .count()
+}
+
+/// A write through the mount keeps the writer's inode and shows it: the
+/// write's own watch event (before its answer, as ZooKeeper sends it, or
+/// after) expires no entry, so the next `open` of the name needs no
+/// `LOOKUP`. Another client's change still does.
+#[tokio::test]
+async fn an_own_writes_echo_expires_no_entry() {
+    let h = harness();
+    h.apply(h.zk.create("/f", b"one", 0));
+    let ino = h.resolve("/f").await.expect("stat").ino;
+    h.invalidations.take();
+    // The echo after the answer.
+    h.write_file("/f", b"two", WRITE_TRUNC)
+        .await
+        .expect("write");
+    let seen = h.invalidations.take();
+    assert_eq!(entry_expiries(&seen, "f"), 0, "{seen:?}");
+    assert!(seen.contains(&Invalidation::Inode(ino)), "{seen:?}");
+    // The echo while the send is out.
+    let sending = h.fs.sending(ino);
+    let version = h.fs.store().peek("/f").expect("cached").stat.version;
+    h.fs.store()
+        .set_data("/f", b"three".to_vec(), Some(version))
+        .await
+        .expect("set");
+    h.deliver_own();
+    drop(sending);
+    let seen = h.invalidations.take();
+    assert_eq!(entry_expiries(&seen, "f"), 0, "{seen:?}");
+    // Another client's change: the name is looked up again.
+    h.apply(h.zk.set("/f", b"four"));
+    assert_eq!(entry_expiries(&h.invalidations.take(), "f"), 1);
+}
+
+/// A write that makes a file's data a pointer's path shows the node as a
+/// symlink: with no entry expired by its echo, the write itself expires it.
+#[tokio::test]
+async fn an_own_write_that_changes_the_kind_expires_the_entry() {
+    let h = harness();
+    h.apply(h.zk.create("/target", b"t", 0));
+    h.apply(h.zk.create("/f", b"plain", 0));
+    h.resolve("/target").await.expect("the target is known");
+    assert_eq!(
+        h.resolve("/f").await.expect("stat").kind,
+        FileKind::RegularFile
+    );
+    h.invalidations.take();
+    h.write_file("/f", b"/target", WRITE_TRUNC)
+        .await
+        .expect("write");
+    assert_eq!(entry_expiries(&h.invalidations.take(), "f"), 1);
+    assert_eq!(h.resolve("/f").await.expect("stat").kind, FileKind::Symlink);
+}

@@ -478,9 +478,23 @@ impl<B: ZkBackend> ZkFs<B> {
     /// drop every attribute reply to a request older than the invalidation,
     /// and no reader uses its pages until the kernel has it
     /// ([`ZkFs::settle`]).
+    ///
+    /// The write's own watch event expires no entry
+    /// (`ZkFs::shows_own_write`): should the new data show the node as
+    /// another kind (a pointer's path), the entry is expired here.
     fn show_sent(&self, ino: u64, stat: &crate::zk::NodeStat) {
-        lock(&self.inodes).set_version(ino, stat.czxid, stat.mzxid);
+        let path = {
+            let mut inodes = lock(&self.inodes);
+            inodes.set_version(ino, stat.czxid, stat.mzxid);
+            inodes
+                .get(ino)
+                .filter(|i| i.role == Role::Node)
+                .map(|i| i.path.clone())
+        };
         self.settle(ino);
+        if let Some(path) = path {
+            self.expire_if_kind_changed(&path);
+        }
     }
 
     /// Mark a send through `ino` in flight until the returned guard drops

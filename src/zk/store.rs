@@ -46,6 +46,16 @@ impl Change {
     }
 }
 
+/// What one watch event did to the cache ([`Store::apply_event`]).
+#[derive(Debug)]
+pub struct Applied {
+    pub changes: Vec<Change>,
+    /// The event echoes a write of this mount's (which expected it).
+    pub own: bool,
+    /// The node is worth re-reading.
+    pub refresh: bool,
+}
+
 /// A snapshot of one cached node.
 #[derive(Clone, Debug)]
 pub struct NodeView {
@@ -1403,10 +1413,11 @@ impl<B: ZkBackend> Store<B> {
         Ok(results)
     }
 
-    /// Apply one watch event to the cache; returns what changed and whether
-    /// the node is worth re-reading (not when the event echoes our own write,
-    /// whose result the cache already holds).
-    pub fn apply_event(&self, event: &NodeEvent) -> (Vec<Change>, bool) {
+    /// Apply one watch event to the cache; returns what changed, whether
+    /// the event echoes a write of this mount's, and whether the node is
+    /// worth re-reading (not for such an echo: the write's answer brings
+    /// its result).
+    pub fn apply_event(&self, event: &NodeEvent) -> Applied {
         let own = self.take_own(&event.path, event.kind);
         let mut cache = self.cache();
         let path = event.path.as_str();
@@ -1450,7 +1461,11 @@ impl<B: ZkBackend> Store<B> {
                 vec![Change::Data(path.to_string())]
             }
         };
-        (changes, !own && event.kind == NodeEventKind::DataChanged)
+        Applied {
+            changes,
+            own,
+            refresh: !own && event.kind == NodeEventKind::DataChanged,
+        }
     }
 
     /// Re-read a node whose data changed, so the next read is a cache hit.
