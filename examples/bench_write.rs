@@ -17,7 +17,10 @@ use zookeeper_client::{Acls, CreateMode};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{Goal, Stats, mount, note, row, table, times, unmount, xattr};
+use bench::{
+    Goal, Stats, kernel_requests, kernel_requests_per, mount, note, row, table, times, unmount,
+    xattr,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -75,12 +78,12 @@ fn main() {
     };
     let (mut on_tmpfs, mut on_mount) = (Vec::new(), Vec::new());
     let (mut tmpfs_echo, mut mount_echo) = (echo(&tmpfs.join("shell")), echo(&mnt.join("shell")));
-    let (shell_v0, shell_r0) = (version("shell"), requests());
+    let (shell_v0, shell_r0, shell_k0) = (version("shell"), requests(), kernel_requests(&mnt));
     for _ in 0..n {
         on_tmpfs.extend(times(1, &mut tmpfs_echo));
         on_mount.extend(times(1, &mut mount_echo));
     }
-    let (shell_v1, shell_r1) = (version("shell"), requests());
+    let (shell_v1, shell_r1, shell_k1) = (version("shell"), requests(), kernel_requests(&mnt));
     assert_eq!(
         std::fs::read(mnt.join("shell")).expect("read back"),
         payload
@@ -93,14 +96,14 @@ fn main() {
     }));
     let (file, tfile) = (mnt.join("mounted"), tmpfs.join("mounted"));
     let (mut mounted, mut local) = (Vec::new(), Vec::new());
-    let v0 = version("mounted");
+    let (v0, k0) = (version("mounted"), kernel_requests(&mnt));
     for _ in 0..n {
         mounted.extend(times(1, || std::fs::write(&file, &payload).expect("write")));
         local.extend(times(1, || {
             std::fs::write(&tfile, &payload).expect("write")
         }));
     }
-    let v1 = version("mounted");
+    let (v1, k1) = (version("mounted"), kernel_requests(&mnt));
     let (shell_tmpfs, shell_mount) = (Stats::of(on_tmpfs), Stats::of(on_mount));
     let (mounted, local) = (Stats::of(mounted), Stats::of(local));
 
@@ -145,6 +148,18 @@ fn main() {
         v1 - v0,
         (shell_r1 - shell_r0) as f64 / n as f64,
         bench::dur(mounted.p50.saturating_sub(direct.p50))
+    ));
+
+    note(
+        "kernel requests per write (what reached the daemon; reading the counters is a getxattr):",
+    );
+    note(&format!(
+        "  shell:      {}",
+        kernel_requests_per(&shell_k0, &shell_k1, n as f64)
+    ));
+    note(&format!(
+        "  in-process: {}",
+        kernel_requests_per(&k0, &k1, n as f64)
     ));
 
     unmount(zkfs, &mnt);
