@@ -238,12 +238,12 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
-            // zkfs clears no set-user-ID bits on a write (modes come from
-            // the mount's options; `chmod` cannot change them), so the
-            // kernel need not ask before each write whether the file has
-            // `security.capability` (zkfs has no `security.*` attributes):
-            // with this it asks once per inode, then marks it `S_NOSEC`
-            // (`SB_NOSEC`). Saves two `GETXATTR` round trips per write.
+            // No file has a set-user-ID bit (modes are at most 0777) or
+            // file capabilities (no `security.*` attributes): nothing for
+            // a write to clear. With this the kernel checks each inode
+            // once and marks it `S_NOSEC` (`SB_NOSEC`) instead of asking
+            // for `security.capability` before every truncate and write
+            // (two `GETXATTR` round trips per write).
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             if let Err(unsupported) = config.add_capabilities(flag) {
