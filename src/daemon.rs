@@ -791,6 +791,7 @@ fn run_foreground(
                     }
                     Step::Event(SessionEvent::Resync) => {
                         lifecycle.reconnects.fetch_add(1, Ordering::Relaxed);
+                        fs.watch_back();
                         fs.reregister();
                         resync_due(&mut due, jitter_limit, &lifecycle);
                         retry = RESYNC_RETRY_FIRST;
@@ -798,6 +799,7 @@ fn run_foreground(
                     Step::Event(SessionEvent::Expired) => fs.session_ended(),
                     Step::Event(SessionEvent::NewSession) => {
                         lifecycle.session_expiries.fetch_add(1, Ordering::Relaxed);
+                        fs.watch_back();
                         fs.reregister();
                         resync_due(&mut due, jitter_limit, &lifecycle);
                         retry = RESYNC_RETRY_FIRST;

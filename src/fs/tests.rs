@@ -2429,3 +2429,24 @@ async fn an_own_write_that_changes_the_kind_expires_the_entry() {
     assert_eq!(entry_expiries(&h.invalidations.take(), "f"), 1);
     assert_eq!(h.resolve("/f").await.expect("stat").kind, FileKind::Symlink);
 }
+
+/// A write sent after the connection came back but before the root watch
+/// was on again echoes no event. Once the watch is back, another client's
+/// next change to that file must not be taken for the echo (the mount
+/// would go on showing its own, older, data).
+#[tokio::test]
+async fn a_write_sent_before_the_watch_was_back_swallows_no_later_change() {
+    let h = harness();
+    h.apply(h.zk.create("/f", b"one", 0));
+    assert_eq!(h.cat("/f").await.expect("cat"), b"one");
+    let version = h.fs.store().peek("/f").expect("cached").stat.version;
+    h.fs.store()
+        .set_data("/f", b"ours".to_vec(), Some(version))
+        .await
+        .expect("set");
+    // Its echo never comes: the watch was not on yet.
+    let _ = h.zk.take_own_events();
+    h.fs.watch_back();
+    h.apply(h.zk.set("/f", b"theirs"));
+    assert_eq!(h.cat("/f").await.expect("cat"), b"theirs");
+}

@@ -1269,6 +1269,16 @@ impl<B: ZkBackend> ZkFs<B> {
         }
     }
 
+    /// The root watch is on again after a reconnect or a new session (the
+    /// session sends this before any event of the new watch): a write sent
+    /// in the gap, after the connection was back but before the watch was,
+    /// echoes nothing, and its expectation must not swallow another
+    /// client's change ([`crate::zk::Store::forget_own_echoes`]; the resync
+    /// that follows clears them too, up to its jitter later).
+    pub fn watch_back(&self) {
+        self.store.forget_own_echoes();
+    }
+
     /// After a new session or a reconnect: have the supervisor check every
     /// registration this mount owns (`registry.rs`).
     pub fn reregister(&self) {

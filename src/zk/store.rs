@@ -485,6 +485,15 @@ impl<B: ZkBackend> Store<B> {
         }
     }
 
+    /// The root watch is on again after a gap: a write of ours that the
+    /// server applied before that echoes no event, so no expectation of an
+    /// echo may outlive this (it would take another client's next change
+    /// for ours). An echo still on its way is then taken for another
+    /// client's change: the node is re-read, which costs a read only.
+    pub fn forget_own_echoes(&self) {
+        self.own().clear();
+    }
+
     fn unexpect_own(&self, path: &str, kind: NodeEventKind) {
         let mut own = self.own();
         let key = (path.to_string(), kind);
