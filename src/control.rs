@@ -20,9 +20,6 @@ const STATUS_KEYS: &[&str] = &[
     "requests",
     "pid",
     "kernel_requests",
-    "registrations",
-    "registrations_pending",
-    "registrations_held_by_others",
 ];
 
 /// The value of the extended attribute `name` of `path` (at most 4 KiB).

@@ -257,9 +257,50 @@ fn status_reports_the_session() {
     assert!(json.contains("\"state\":\"connected\""), "{json}");
     assert!(json.contains("\"cached_nodes\":"), "{json}");
     assert!(json.contains("\"last_contact_age_ms\":"), "{json}");
+    let keys = top_level_keys(&json);
+    let mut unique = keys.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(keys.len(), unique.len(), "a key twice in {json}");
+    assert!(keys.iter().any(|k| k == "registrations"), "{json}");
     // The session id is a real one: it differs from the other client's.
     let id = xattr_string(mount.path(), "user.zkfs.session_id");
     assert_ne!(id, format!("{:#x}", other.session_id()));
+}
+
+/// The keys of a JSON object's top level, in order (strings skipped
+/// whole, nested objects' keys not counted).
+fn top_level_keys(json: &str) -> Vec<String> {
+    let (mut keys, mut depth, mut chars) = (Vec::new(), 0, json.chars().peekable());
+    let mut expect_key = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '{' => {
+                depth += 1;
+                expect_key = depth == 1;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 1 => expect_key = true,
+            '"' => {
+                let mut s = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        c => s.push(c),
+                    }
+                }
+                if expect_key {
+                    keys.push(s);
+                    expect_key = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    keys
 }
 
 #[test]
