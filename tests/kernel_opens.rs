@@ -301,8 +301,17 @@ fn a_same_mount_rewrite_is_open_write_flush_release() {
     }
     let after = kernel_requests(m);
     let n = |op: &str| count(&after, op) - count(&before, op);
-    for op in ["open", "write", "flush", "release"] {
+    for op in ["open", "write"] {
         assert_eq!(n(op), WRITES, "{op}: {before:?} → {after:?}");
+    }
+    // Another test of this binary spawning a process while a write here has
+    // the file open gives the child the descriptor until its exec closes it
+    // (one FLUSH more: seen once in CI, 201 flushes).
+    for op in ["flush", "release"] {
+        assert!(
+            (WRITES..=WRITES + 2).contains(&n(op)),
+            "{op}: {before:?} → {after:?}"
+        );
     }
     // (Reading the counters is a getxattr of its own.)
     for op in ["lookup", "getxattr", "getattr"] {
