@@ -732,8 +732,8 @@ impl<B: ZkBackend> ZkFs<B> {
             // Before `inodes` (a leaf each): a send whose answer made this
             // version marked its inode before the cache had the answer, and
             // unmarks it only after its inode shows it.
-            let sending: Vec<u64> = if self.store.written_here(path, view.stat.mzxid) {
-                lock(&self.sending).keys().copied().collect()
+            let sending = if self.store.written_here(path, view.stat.mzxid) {
+                self.sending_now()
             } else {
                 Vec::new()
             };
@@ -2026,12 +2026,18 @@ impl<B: ZkBackend> ZkFs<B> {
         applied.refresh.then(|| event.path.clone())
     }
 
+    /// The inodes with a send through this mount in flight now (a leaf
+    /// lock: taken before `inodes`, never under it).
+    fn sending_now(&self) -> Vec<u64> {
+        lock(&self.sending).keys().copied().collect()
+    }
+
     /// Whether the name `path` is a file whose inode is this mount's
     /// writer's: a send through it is in flight, or it shows the version
     /// this mount wrote last. Its data change's echo then needs no new
     /// lookup of the name.
     fn shows_own_write(&self, path: &str) -> bool {
-        let sending: Vec<u64> = lock(&self.sending).keys().copied().collect();
+        let sending = self.sending_now();
         let shown = {
             let inodes = lock(&self.inodes);
             inodes.node_ino(path).and_then(|ino| {
