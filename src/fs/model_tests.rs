@@ -82,6 +82,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let fault = prop_oneof![
         6 => Just(None),
         1 => Just(Some(WriteFault::LostAnswer)),
+        1 => Just(Some(WriteFault::LostAnswerLagging)),
         1 => Just(Some(WriteFault::LostRequest)),
         1 => (1..200u64).prop_map(|ms| Some(WriteFault::LateAnswer(ms))),
     ];
@@ -167,7 +168,11 @@ impl Harness {
         let reconnect = async {
             if matches!(
                 fault,
-                Some(WriteFault::LostAnswer | WriteFault::LostRequest)
+                Some(
+                    WriteFault::LostAnswer
+                        | WriteFault::LostAnswerLagging
+                        | WriteFault::LostRequest
+                )
             ) {
                 self.reconnect_after(40).await;
             }
@@ -218,7 +223,11 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         if r.is_err() {
                             let lost = matches!(
                                 fault,
-                                Some(WriteFault::LostAnswer | WriteFault::LostRequest)
+                                Some(
+                                    WriteFault::LostAnswer
+                                        | WriteFault::LostAnswerLagging
+                                        | WriteFault::LostRequest
+                                )
                             );
                             let allowed: &[i32] = if lost {
                                 &[libc::ESTALE, libc::ENOENT, libc::EIO]

@@ -1407,6 +1407,43 @@ async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
 }
 
+/// A close whose answer was lost, read back on a server that has not
+/// applied it yet (a follower behind the leader): what that server shows is
+/// no proof that the write was not applied. The read must come after a
+/// `sync`; otherwise the write is judged not applied, sent again, refused
+/// (BadVersion: the first one was applied) and reported as a conflict,
+/// while ZooKeeper holds it.
+#[tokio::test(start_paused = true)]
+async fn a_lost_answer_is_read_back_after_the_server_caught_up() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.inject(WriteFault::LostAnswerLagging);
+    let (flushed, ()) = tokio::join!(h.fs.flush(fh), h.reconnect_after(50));
+    assert_eq!(flushed, Ok(()), "applied, so reported applied");
+    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v2"[..]));
+    assert_eq!(h.zk.stat("/cfg").map(|s| s.version), Some(1), "one setData");
+    assert_eq!(h.zk.writes_received(), 1, "not sent again");
+    assert!(!h.zk.lagging(), "the server caught up before the read");
+}
+
+/// The same for an unlink: the lagging server still has the node, which
+/// is no proof that ours was not deleted; sent again it would meet NoNode.
+#[tokio::test(start_paused = true)]
+async fn a_lost_unlink_answer_is_read_back_after_the_server_caught_up() {
+    let h = harness();
+    h.apply(h.zk.create("/a", b"x", 0));
+    h.resolve("/a").await.expect("cached");
+    h.zk.inject(WriteFault::LostAnswerLagging);
+    let (unlinked, ()) = tokio::join!(
+        h.fs.unlink(ROOT_INO, OsStr::new("a")),
+        h.reconnect_after(50)
+    );
+    assert_eq!(unlinked.map_err(|e| e.errno()), Ok(()));
+    assert!(!h.zk.exists("/a"));
+    assert_eq!(h.zk.writes_received(), 1, "not sent again");
+}
+
 /// `mv a b` in the root, `/a` cached, with `fault` on its transaction
 /// while `meanwhile` runs; the errno if it failed.
 async fn rename_a_to_b(

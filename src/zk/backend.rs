@@ -195,6 +195,10 @@ pub trait ZkBackend: Send + Sync + 'static {
     /// The outer error means the request as a whole failed and nothing is
     /// known of any node; otherwise one answer per path, in order.
     fn get_data_batch(&self, paths: &[&str]) -> impl Future<Output = BatchAnswer> + Send;
+    /// `sync`: the server the session is connected to catches up with the
+    /// leader (everything committed before this reached the leader) before
+    /// it answers, so reads sent after the answer see at least that.
+    fn sync(&self, path: &str) -> impl Future<Output = Result<(), ZkError>> + Send;
     /// Whether the session is connected right now (reads of stale entries go
     /// to the server only then; otherwise the last known value is served).
     fn is_connected(&self) -> bool;
@@ -254,6 +258,9 @@ impl<T: ZkBackend> ZkBackend for std::sync::Arc<T> {
     }
     fn get_data_batch(&self, paths: &[&str]) -> impl Future<Output = BatchAnswer> + Send {
         (**self).get_data_batch(paths)
+    }
+    fn sync(&self, path: &str) -> impl Future<Output = Result<(), ZkError>> + Send {
+        (**self).sync(path)
     }
     fn is_connected(&self) -> bool {
         (**self).is_connected()

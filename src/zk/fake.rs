@@ -28,10 +28,19 @@ pub enum WriteFault {
     LostRequest,
     /// Applied at once, answered after this many milliseconds.
     LateAnswer(u64),
+    /// As [`WriteFault::LostAnswer`], and the server the session finds
+    /// again has not applied the write yet (a follower behind the leader):
+    /// reads show the tree as it was before the write until a `sync`, or
+    /// until the answer to a later write of this session (a server answers
+    /// a write only after applying everything before it).
+    LostAnswerLagging,
 }
 
 struct State {
     nodes: BTreeMap<String, (Vec<u8>, NodeStat)>,
+    /// What a lagging server shows to reads instead of `nodes`
+    /// ([`WriteFault::LostAnswerLagging`]).
+    lagging: Option<BTreeMap<String, (Vec<u8>, NodeStat)>>,
     zxid: i64,
     now_ms: i64,
 }
@@ -68,6 +77,13 @@ impl Default for FakeZk {
     }
 }
 
+impl State {
+    /// The tree as reads see it.
+    fn shown(&self) -> &BTreeMap<String, (Vec<u8>, NodeStat)> {
+        self.lagging.as_ref().unwrap_or(&self.nodes)
+    }
+}
+
 impl FakeZk {
     pub fn new() -> Self {
         let mut nodes = BTreeMap::new();
@@ -75,6 +91,7 @@ impl FakeZk {
         FakeZk {
             state: Mutex::new(State {
                 nodes,
+                lagging: None,
                 zxid: 0,
                 now_ms: 1_700_000_000_000,
             }),
@@ -133,7 +150,7 @@ impl FakeZk {
         let state = self.state();
         Ok(paths
             .iter()
-            .map(|p| state.nodes.get(p).cloned().ok_or(ZkError::NoNode))
+            .map(|p| state.shown().get(p).cloned().ok_or(ZkError::NoNode))
             .collect())
     }
 
@@ -175,9 +192,19 @@ impl FakeZk {
                     self.set_connected(false);
                     Err(ZkError::ConnectionLoss)
                 }
+                Some(WriteFault::LostAnswerLagging) => {
+                    self.writes_received.fetch_add(1, Ordering::SeqCst);
+                    let before = self.state().nodes.clone();
+                    let _ = apply();
+                    self.state().lagging = Some(before);
+                    self.set_connected(false);
+                    Err(ZkError::ConnectionLoss)
+                }
                 _ => {
                     self.writes_received.fetch_add(1, Ordering::SeqCst);
-                    apply()
+                    let answer = apply();
+                    self.state().lagging = None;
+                    answer
                 }
             },
         };
@@ -186,6 +213,12 @@ impl FakeZk {
             _ => 0,
         };
         (result, delay)
+    }
+
+    /// Whether reads still show the tree as it was before a lost write
+    /// ([`WriteFault::LostAnswerLagging`]).
+    pub fn lagging(&self) -> bool {
+        self.state().lagging.is_some()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -250,8 +283,11 @@ impl FakeZk {
     }
 
     fn children_of(state: &State, p: &str) -> Vec<String> {
-        state
-            .nodes
+        Self::children_in(&state.nodes, p)
+    }
+
+    fn children_in(nodes: &BTreeMap<String, (Vec<u8>, NodeStat)>, p: &str) -> Vec<String> {
+        nodes
             .keys()
             .filter(|k| k.as_str() != "/" && path::parent(k) == Some(p))
             .map(|k| path::basename(k).to_string())
@@ -399,7 +435,7 @@ impl ZkBackend for FakeZk {
     ) -> impl Future<Output = Result<(Vec<u8>, NodeStat), ZkError>> + Send {
         let result = self
             .check()
-            .and_then(|()| self.state().nodes.get(p).cloned().ok_or(ZkError::NoNode));
+            .and_then(|()| self.state().shown().get(p).cloned().ok_or(ZkError::NoNode));
         let delay = self.read_delay_ms.load(Ordering::SeqCst);
         async move {
             if delay > 0 {
@@ -444,8 +480,9 @@ impl ZkBackend for FakeZk {
                 return Err(ZkError::Timeout);
             }
             let state = self.state();
-            let stat = state.nodes.get(p).map(|(_, s)| *s).ok_or(ZkError::NoNode)?;
-            Ok((Self::children_of(&state, p), stat))
+            let shown = state.shown();
+            let stat = shown.get(p).map(|(_, s)| *s).ok_or(ZkError::NoNode)?;
+            Ok((Self::children_in(shown, p), stat))
         });
         let delay = self.listing_delay_ms.load(Ordering::SeqCst);
         async move {
@@ -454,6 +491,13 @@ impl ZkBackend for FakeZk {
             }
             result
         }
+    }
+
+    fn sync(&self, _path: &str) -> impl Future<Output = Result<(), ZkError>> + Send {
+        let result = self.check().map(|()| {
+            self.state().lagging = None;
+        });
+        std::future::ready(result)
     }
 
     fn get_acl(&self, p: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {

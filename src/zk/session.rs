@@ -1210,6 +1210,23 @@ impl ZkSession {
         }
     }
 
+    fn sync_now(
+        &self,
+        path: &str,
+        limit: Duration,
+    ) -> impl Future<Output = Result<(), ZkError>> + Send {
+        let path = path.to_string();
+        let bounded = self
+            .client()
+            .map(|c| self.bound(limit, async move { c.sync(&path).await }));
+        async move {
+            match bounded {
+                Some(b) => b.await,
+                None => Err(ZkError::SessionExpired),
+            }
+        }
+    }
+
     fn get_children_now(
         &self,
         path: &str,
@@ -1368,6 +1385,10 @@ impl ZkBackend for ZkSession {
 
     fn get_acl(&self, path: &str) -> impl Future<Output = Result<Vec<AclEntry>, ZkError>> + Send {
         self.read(move |limit| self.get_acl_now(path, limit))
+    }
+
+    fn sync(&self, path: &str) -> impl Future<Output = Result<(), ZkError>> + Send {
+        self.read(move |limit| self.sync_now(path, limit))
     }
 
     fn is_connected(&self) -> bool {

@@ -1019,7 +1019,8 @@ impl<B: ZkBackend> Store<B> {
     }
 
     /// After a write's answer was lost, once the session is connected
-    /// again: read every node it changes and [`judge`] each against what the
+    /// again and its server caught up with the leader (`sync`): read every
+    /// node it changes and [`judge`] each against what the
     /// cache had when it was sent (`bases`, one per op). A `multi` is all or
     /// nothing: one node left as it was proves none was applied; every node
     /// as the write left it, that it was (the answers are rebuilt from what
@@ -1038,6 +1039,7 @@ impl<B: ZkBackend> Store<B> {
             let mut all_applied = true;
             let mut any_applied = false;
             let mut any_neither = false;
+            let mut synced = false;
             for (i, (op, base)) in ops.iter().zip(bases).enumerate() {
                 // Deleted and created again by this same transaction: the
                 // create's node says it all.
@@ -1051,8 +1053,24 @@ impl<B: ZkBackend> Store<B> {
                 }
                 let now = loop {
                     self.connected().await;
+                    // The server found again may be a follower that has not
+                    // applied the write yet (committed through the server
+                    // lost): what it shows proves nothing until it caught up
+                    // with the leader. Once per connection; a read that
+                    // meets a lost connection syncs again on the next one.
+                    if !synced {
+                        match self.backend.sync(op.path()).await {
+                            Err(e) if e.is_connectivity() => continue,
+                            Ok(()) => synced = true,
+                            Err(e) => {
+                                return Err(format!(
+                                    "the server could not catch up with the leader ({e})"
+                                ));
+                            }
+                        }
+                    }
                     match self.backend.get_data(op.path()).await {
-                        Err(e) if e.is_connectivity() => continue,
+                        Err(e) if e.is_connectivity() => synced = false,
                         Err(ZkError::NoNode) => break None,
                         Ok(read) => break Some(read),
                         Err(e) => return Err(format!("{} could not be read: {e}", op.path())),
