@@ -1391,17 +1391,25 @@ impl Harness {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
+/// `/cfg` rewritten from v1 to v2 by a close whose answer meets `fault`
+/// (applied on the server, answer lost), the connection back 50 ms later:
+/// the close reports success, and v2 was sent once.
+async fn close_with_a_lost_answer(fault: WriteFault) -> (Harness, u64) {
     let h = harness();
     h.apply(h.zk.create("/cfg", b"v1", 0));
     let fh = h.buffered("/cfg", b"v2").await;
-    h.zk.inject(WriteFault::LostAnswer);
+    h.zk.inject(fault);
     let (flushed, ()) = tokio::join!(h.fs.flush(fh), h.reconnect_after(50));
     assert_eq!(flushed, Ok(()), "applied, so reported applied");
     assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v2"[..]));
     assert_eq!(h.zk.stat("/cfg").map(|s| s.version), Some(1), "one setData");
-    assert_eq!(h.zk.writes_received(), 1);
+    assert_eq!(h.zk.writes_received(), 1, "not sent again");
+    (h, fh)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
+    let (h, fh) = close_with_a_lost_answer(WriteFault::LostAnswer).await;
     h.fs.release(fh).await.expect("release");
     assert_eq!(h.zk.writes_received(), 1, "release sends nothing more");
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
@@ -1415,15 +1423,7 @@ async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
 /// while ZooKeeper holds it.
 #[tokio::test(start_paused = true)]
 async fn a_lost_answer_is_read_back_after_the_server_caught_up() {
-    let h = harness();
-    h.apply(h.zk.create("/cfg", b"v1", 0));
-    let fh = h.buffered("/cfg", b"v2").await;
-    h.zk.inject(WriteFault::LostAnswerLagging);
-    let (flushed, ()) = tokio::join!(h.fs.flush(fh), h.reconnect_after(50));
-    assert_eq!(flushed, Ok(()), "applied, so reported applied");
-    assert_eq!(h.zk.data("/cfg").as_deref(), Some(&b"v2"[..]));
-    assert_eq!(h.zk.stat("/cfg").map(|s| s.version), Some(1), "one setData");
-    assert_eq!(h.zk.writes_received(), 1, "not sent again");
+    let (h, _) = close_with_a_lost_answer(WriteFault::LostAnswerLagging).await;
     assert!(!h.zk.lagging(), "the server caught up before the read");
 }
 
