@@ -216,6 +216,35 @@ fn chains_resolve_and_cycles_are_eloop() {
     assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
 }
 
+/// On a chrooted mount, a pointer whose data does not start with the
+/// chroot has one reading only: when its target goes, it is a file with its
+/// text, never a symlink to `{chroot}{target}` (a node of that name inside
+/// the mount is another node; reading it through the pointer would show
+/// that node's data).
+#[test]
+fn a_pointer_without_the_chroot_prefix_becomes_a_file_when_its_target_goes() {
+    let (other, root, mount) = bank("ptr-plain-gone", &[]);
+    let m = mount.path();
+    other.create(&format!("{root}/pointers/current"), b"/configs/v1");
+    // A decoy where the chroot-prefixed reading would point.
+    other.ensure(&format!("{root}{root}/configs"));
+    other.create(&format!("{root}{root}/configs/v1"), b"decoy\n");
+    let ptr = m.join("pointers/current");
+    assert_eq!(fs::read_to_string(&ptr).expect("cat"), "config one\n");
+    other.delete(&format!("{root}/configs/v1"));
+    wait_until("the pointer is a file", DEADLINE, || {
+        ptr.symlink_metadata().is_ok_and(|m| m.is_file())
+    });
+    assert_eq!(fs::read_to_string(&ptr).expect("text"), "/configs/v1");
+    // The target back: a symlink again.
+    other.create(&format!("{root}/configs/v1"), b"config one again\n");
+    wait_until("a symlink again", DEADLINE, || {
+        ptr.symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+    });
+    assert_eq!(fs::read_to_string(&ptr).expect("cat"), "config one again\n");
+}
+
 #[test]
 fn pointer_data_with_the_chroot_prefix_resolves_inside_the_chroot() {
     // The mount's connection string ends in `{root}` (its chroot); a client

@@ -86,8 +86,19 @@ pub(super) type ReadKey = (u32, Arc<str>);
 /// Nodes whose data is no pointer by any reading are not kept.
 #[derive(Default)]
 pub(super) struct PointerIndex {
-    pub(super) by_path: HashMap<String, (i64, Option<String>)>,
+    pub(super) by_path: HashMap<String, PointerEntry>,
     pub(super) by_target: HashMap<String, HashSet<String>>,
+}
+
+/// One possible pointer: the mzxid its data was read at, the target chosen,
+/// and the data's two readings on a chrooted mount (as written, and inside
+/// the chroot for data that starts with it), which a target appearing or
+/// vanishing chooses between (`rechoose_chroot_pointer`).
+pub(super) struct PointerEntry {
+    pub(super) mzxid: i64,
+    pub(super) target: Option<String>,
+    written: Option<String>,
+    inside: Option<String>,
 }
 
 /// A kernel cache entry to drop. Sent to an [`Invalidator`], which must not
@@ -471,10 +482,10 @@ impl<B: ZkBackend> ZkFs<B> {
             return None;
         }
         let mut index = lock(&self.pointers);
-        if let Some((mzxid, target)) = index.by_path.get(path)
-            && *mzxid == stat.mzxid
+        if let Some(entry) = index.by_path.get(path)
+            && entry.mzxid == stat.mzxid
         {
-            return target.clone();
+            return entry.target.clone();
         }
         let data = view.data.as_deref()?;
         let plain = pointer::parse_pointer(data, &self.config.root);
@@ -483,7 +494,7 @@ impl<B: ZkBackend> ZkFs<B> {
         // node exists (or when the data as written is outside the subtree).
         let target = match &inside {
             Some(t) if plain.is_none() || self.store.peek(t).is_some() => inside.clone(),
-            _ => plain,
+            _ => plain.clone(),
         };
         if target.is_none() && inside.is_none() {
             // Not a pointer by either reading: nothing to re-choose later,
@@ -492,9 +503,16 @@ impl<B: ZkBackend> ZkFs<B> {
             self.unindex_pointer(&mut index, path);
             return None;
         }
-        index
-            .by_path
-            .insert(path.to_string(), (stat.mzxid, target.clone()));
+        index.by_path.insert(
+            path.to_string(),
+            PointerEntry {
+                mzxid: stat.mzxid,
+                target: target.clone(),
+                // Chosen between only when there are two readings.
+                written: inside.as_ref().and(plain),
+                inside: inside.clone(),
+            },
+        );
         // Under the in-chroot reading too: its appearing or vanishing
         // changes the choice (`invalidate`).
         for t in target.iter().chain(&inside) {
@@ -523,30 +541,33 @@ impl<B: ZkBackend> ZkFs<B> {
         let chosen = lock(&self.pointers)
             .by_path
             .get(path)
-            .is_some_and(|(mzxid, _)| *mzxid == view.stat.mzxid);
+            .is_some_and(|entry| entry.mzxid == view.stat.mzxid);
         (!chosen && self.store.peek(&inside).is_none()).then_some(inside)
     }
 
     /// Node `p` appeared or vanished: pointers whose data names it inside
-    /// the chroot switch between it and the data's reading as written.
+    /// the chroot (data that starts with the chroot) switch between it and
+    /// the data's reading as written. A pointer whose data has one reading
+    /// only keeps it: with its target gone it is a file.
     fn rechoose_chroot_pointer(&self, q: &str, p: &str, created: bool) {
         let mut index = lock(&self.pointers);
-        let Some((_, target)) = index.by_path.get_mut(q) else {
+        let Some(entry) = index.by_path.get_mut(q) else {
             return;
         };
-        let written = format!("{}{p}", self.config.chroot);
-        let new = match target.as_deref() {
+        if entry.inside.as_deref() != Some(p) {
+            return;
+        }
+        let new = match entry.target.as_deref() {
             // The in-chroot node appeared: it wins over the data as written.
-            Some(t) if created && t != p && self.unchrooted(t.as_bytes()).as_deref() == Some(p) => {
-                p.to_string()
-            }
+            Some(t) if created && t != p => p.to_string(),
             // It vanished: back to the data as written, if inside the subtree.
-            Some(t) if !created && t == p && path::is_within(&written, &self.config.root) => {
-                written
-            }
+            Some(t) if !created && t == p => match &entry.written {
+                Some(written) => written.clone(),
+                None => return,
+            },
             _ => return,
         };
-        *target = Some(new.clone());
+        entry.target = Some(new.clone());
         index
             .by_target
             .entry(new)
@@ -2168,7 +2189,11 @@ impl<B: ZkBackend> ZkFs<B> {
 
     /// `p` is no pointer (any more): drop it and its reverse entries.
     fn unindex_pointer(&self, index: &mut PointerIndex, p: &str) {
-        if let Some((_, Some(target))) = index.by_path.remove(p) {
+        if let Some(PointerEntry {
+            target: Some(target),
+            ..
+        }) = index.by_path.remove(p)
+        {
             let inside = self.unchrooted(target.as_bytes());
             for t in std::iter::once(target).chain(inside) {
                 if let Some(set) = index.by_target.get_mut(&t) {
