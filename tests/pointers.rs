@@ -216,6 +216,39 @@ fn chains_resolve_and_cycles_are_eloop() {
     assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
 }
 
+/// A link to the mount's root when that is ZooKeeper's root (`/`, or the
+/// chroot's root): no pointer data can name it, so `symlink` refuses it
+/// before creating anything (it used to create a node with data `/`, a
+/// plain file, and then report `EIO`).
+#[test]
+fn a_link_to_zookeepers_root_is_refused_and_creates_nothing() {
+    let (other, root, mount) = bank("ptr-to-root", &[]);
+    let m = mount.path();
+    for (link, target) in [("configs/up", ".."), ("here", "."), ("abs", "")] {
+        let target = if target.is_empty() {
+            m.to_string_lossy().into_owned()
+        } else {
+            target.to_string()
+        };
+        let err = std::os::unix::fs::symlink(&target, m.join(link)).expect_err("refused");
+        assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{link} -> {target}");
+        let (dir, name) = link.rsplit_once('/').unwrap_or(("", link));
+        let parent = format!("{root}/{dir}");
+        let listed = other.children(parent.trim_end_matches('/'));
+        assert!(
+            !listed.iter().any(|n| n == name),
+            "{link} created: {listed:?}"
+        );
+    }
+    assert!(
+        mount
+            .log()
+            .contains("/configs/up: the target is the root of ZooKeeper"),
+        "{}",
+        mount.log()
+    );
+}
+
 /// On a chrooted mount, a pointer whose data does not start with the
 /// chroot has one reading only: when its target goes, it is a file with its
 /// text, never a symlink to `{chroot}{target}` (a node of that name inside

@@ -1226,6 +1226,15 @@ impl<B: ZkBackend> ZkFs<B> {
                 pointer::MAX_POINTER_LEN
             )));
         }
+        if pointer::parse_pointer(node.as_bytes(), &self.config.root).is_none() {
+            // `/` (the mount root of a mount of ZooKeeper's root or of a
+            // chroot's): pointer data cannot name it, so the node would be a
+            // plain file with the text `/`.
+            return Err(FsError::CrossDevice(
+                child,
+                "the target is the root of ZooKeeper's tree (or of the chroot), which a pointer cannot name",
+            ));
+        }
         // The target may not exist yet (`tar x` and `rsync -a` create links
         // before their targets): this mount shows the link as a link
         // meanwhile; other mounts see a file until the target exists.
