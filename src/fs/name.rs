@@ -4,7 +4,8 @@ use std::ffi::OsStr;
 use std::fmt;
 
 /// One path element that ZooKeeper can store: UTF-8, not empty, not `.` or
-/// `..`, no `/`, no NUL or other control characters.
+/// `..`, no `/`, no NUL or other control characters, none of the characters
+/// ZooKeeper refuses in paths.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeName(String);
 
@@ -15,6 +16,10 @@ pub enum NameError {
     Dot,
     Slash,
     Control,
+    /// A character ZooKeeper's path check refuses: it looks at UTF-16 code
+    /// units and refuses U+D800–U+F8FF (so every character above U+FFFF,
+    /// which is a surrogate pair, and private use) and U+FFF0–U+FFFF.
+    Refused(char),
     /// Longer than [`NAME_MAX`] bytes (what `statfs` announces).
     TooLong,
 }
@@ -24,14 +29,23 @@ pub const NAME_MAX: usize = 255;
 
 impl fmt::Display for NameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        let why = match self {
             NameError::NotUtf8 => "name is not UTF-8 (ZooKeeper paths are UTF-8)",
             NameError::Empty => "empty name",
             NameError::Dot => "'.' and '..' are not node names",
             NameError::Slash => "name contains '/'",
             NameError::Control => "name contains a control character",
             NameError::TooLong => "name is longer than 255 bytes",
-        })
+            NameError::Refused(c) => {
+                return write!(
+                    f,
+                    "name contains U+{:04X}, which ZooKeeper refuses in paths (characters \
+                     above U+FFFF such as emoji, U+E000-U+F8FF and U+FFF0-U+FFFF)",
+                    u32::from(*c)
+                );
+            }
+        };
+        f.write_str(why)
     }
 }
 
@@ -54,13 +68,17 @@ impl NodeName {
         if s.contains('/') {
             return Err(NameError::Slash);
         }
-        // ZooKeeper rejects U+0000-001F, U+007F-009F and a few others.
-        if s.chars().any(|c| {
-            c.is_control()
+        // ZooKeeper rejects U+0000-001F and U+007F-009F (controls), and the
+        // UTF-16 code units U+D800-F8FF and U+FFF0-FFFF.
+        if s.chars().any(char::is_control) {
+            return Err(NameError::Control);
+        }
+        if let Some(c) = s.chars().find(|&c| {
+            c > '\u{ffff}'
                 || ('\u{e000}'..='\u{f8ff}').contains(&c)
                 || ('\u{fff0}'..='\u{ffff}').contains(&c)
         }) {
-            return Err(NameError::Control);
+            return Err(NameError::Refused(c));
         }
         Ok(NodeName(s.to_string()))
     }
@@ -91,6 +109,36 @@ mod tests {
         assert_eq!(
             NodeName::parse(OsStr::from_bytes(b"\xff")),
             Err(NameError::NotUtf8)
+        );
+    }
+
+    /// ZooKeeper's `PathUtils.validatePath` refuses UTF-16 code units
+    /// U+D800–U+F8FF and U+FFF0–U+FFFF: every character above U+FFFF (a
+    /// surrogate pair), private use, and the specials. Such a name must be
+    /// refused at open, not by the server at close.
+    #[test]
+    fn characters_zookeeper_refuses() {
+        for (name, c) in [
+            ("r😀", '😀'),
+            ("\u{10000}", '\u{10000}'),
+            ("x\u{10ffff}", '\u{10ffff}'),
+            ("\u{e000}", '\u{e000}'),
+            ("a\u{f8ff}", '\u{f8ff}'),
+            ("\u{fff0}", '\u{fff0}'),
+            ("\u{ffff}z", '\u{ffff}'),
+        ] {
+            assert_eq!(
+                NodeName::parse_str(name),
+                Err(NameError::Refused(c)),
+                "{name}"
+            );
+        }
+        for allowed in ["\u{d7ff}", "\u{f900}", "\u{ffef}", "é", "中文", "\u{a0}"] {
+            assert!(NodeName::parse_str(allowed).is_ok(), "{allowed:?}");
+        }
+        assert!(
+            NameError::Refused('😀').to_string().contains("U+1F600"),
+            "the reason names the character"
         );
     }
 }
