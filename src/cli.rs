@@ -183,7 +183,9 @@ pub struct MountArgs {
     /// close with ESTALE when someone else changed the node since open.
     #[arg(long, help_heading = "Writes")]
     pub last_writer_wins: bool,
-    /// Largest node data accepted (EFBIG beyond it); match the server's jute.maxbuffer.
+    /// Largest node data accepted (EFBIG beyond it): the server's
+    /// jute.maxbuffer less 1 KiB for the path and framing (a longer path
+    /// lowers it by the excess).
     #[arg(long, default_value = "1047552", value_parser = parse_size, help_heading = "Writes")]
     pub max_data: u64,
 

@@ -1062,6 +1062,64 @@ async fn append_offsets_and_truncate() {
     assert_eq!(h.zk.data("/f").as_deref(), Some(&b"hello\0\0!"[..]));
 }
 
+/// The server bounds a whole request (data, paths, framing), not the data
+/// alone: under a long path the data limit is lower, and the write that
+/// crosses it gets `EFBIG` (max_data is 1000 in this harness, the room for
+/// paths 1023 bytes; a path of 1,257 bytes leaves 1000 + 1023 - 1257 - 64
+/// = 702). A rename's transaction carries both paths.
+#[tokio::test]
+async fn a_long_path_lowers_the_data_limit() {
+    let h = harness();
+    let dir = format!("/{}", "d".repeat(250));
+    let deep = format!(
+        "{dir}/{}/{}/{}/{}",
+        "e".repeat(250),
+        "f".repeat(250),
+        "g".repeat(250),
+        "h".repeat(250)
+    );
+    let mut at = String::new();
+    for element in deep.split('/').skip(1) {
+        at = format!("{at}/{element}");
+        h.apply(h.zk.create(&at, b"", 0));
+    }
+    let file = format!("{deep}/x");
+    assert_eq!(file.len(), 1257);
+    h.apply(h.zk.create(&file, b"small", 0));
+    let fh = h.buffered(&file, &[b'a'; 702]).await;
+    h.fs.release(fh).await.expect("702 bytes fit");
+    assert_eq!(h.zk.data(&file).map(|d| d.len()), Some(702));
+    let ino = h.resolve(&file).await.expect("file").ino;
+    let fh = h.fs.open(ino, WRITE_TRUNC, 1).await.expect("open").fh;
+    let crossing = h.fs.write(fh, 0, &[b'b'; 703]).await.map_err(|e| e.errno());
+    assert_eq!(crossing, Err(libc::EFBIG), "703 bytes do not");
+    assert_eq!(
+        h.fs.release(fh).await.map_err(|e| e.errno()),
+        Err(libc::EFBIG)
+    );
+    assert_eq!(h.zk.data(&file).map(|d| d.len()), Some(702), "nothing sent");
+
+    // 900 bytes fit at a short path, but not in a transaction that names it
+    // and a long one.
+    h.apply(h.zk.create("/short", &[b'c'; 900], 0));
+    h.resolve("/short").await.expect("short");
+    let deep_ino = h.resolve(&deep).await.expect("deep").ino;
+    let renamed =
+        h.fs.rename(
+            ROOT_INO,
+            OsStr::new("short"),
+            deep_ino,
+            OsStr::new("y"),
+            RenameFlags::default(),
+            1,
+        )
+        .await
+        .map_err(|e| e.errno());
+    assert_eq!(renamed, Err(libc::EFBIG));
+    assert!(h.zk.exists("/short"), "nothing renamed");
+    assert_eq!(h.zk.writes_received(), 1, "only the first write was sent");
+}
+
 #[tokio::test]
 async fn refusals_have_precise_errnos() {
     let h = harness();

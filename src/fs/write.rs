@@ -81,7 +81,46 @@ pub(super) fn latest_unsent(unsent: impl IntoIterator<Item = (u64, usize)>) -> O
 /// How long a close waits for the kernel to have its inode's invalidation.
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What a request may carry besides the data of `--max-data`: the server's
+/// `jute.maxbuffer` bounds the whole request (1 MiB − 1 by default, and the
+/// default `--max-data` is 1 MiB − 1 KiB, which leaves this much). Paths,
+/// ACLs and framing beyond it lower the data limit of that request, so the
+/// write gets `EFBIG` instead of the server dropping the connection.
+const REQUEST_ROOM: usize = 1023;
+
+/// Framing of one op in a request, generously: length, xid, type, the
+/// multi header, version or flags, the length prefixes of path and data,
+/// and the mount's default ACL for a create.
+const OP_FRAMING: usize = 64;
+
+/// What one op's path and ACL take in a request (with the chroot, which the
+/// client prefixes to every path), framing included.
+fn op_overhead(chroot: &str, op: &WriteOp) -> usize {
+    let acl = match op {
+        WriteOp::Create { acl: Some(acl), .. } => acl
+            .iter()
+            .map(|e| e.scheme.len() + e.id.len() + 12)
+            .sum::<usize>(),
+        _ => 0,
+    };
+    chroot.len() + op.path().len() + OP_FRAMING + acl
+}
+
 impl<B: ZkBackend> ZkFs<B> {
+    /// The largest data a request with `overhead` bytes of paths, ACLs and
+    /// framing can carry: `--max-data`, less what the overhead takes beyond
+    /// [`REQUEST_ROOM`].
+    fn data_limit_with(&self, overhead: usize) -> usize {
+        self.config
+            .max_data
+            .min((self.config.max_data + REQUEST_ROOM).saturating_sub(overhead))
+    }
+
+    /// The largest content of the node at `path` (one setData or create).
+    pub(super) fn data_limit(&self, path: &str) -> usize {
+        self.data_limit_with(self.config.chroot.len() + path.len() + OP_FRAMING)
+    }
+
     fn writable(&self, path: &str) -> Result<(), FsError> {
         if self.config.presentation.read_only {
             Err(FsError::ReadOnly(path.to_string()))
@@ -327,16 +366,17 @@ impl<B: ZkBackend> ZkFs<B> {
             offset as usize
         };
         let end = start.saturating_add(data.len());
-        if end > self.config.max_data {
+        let limit = self.data_limit(&path);
+        if end > limit {
             // Close reports the refusal too, even with nothing written.
             w.state = WriteState::Refused {
                 size: end,
                 reported: false,
             };
-            return Err(FsError::TooBig(path, end, self.config.max_data));
+            return Err(FsError::TooBig(path, end, limit));
         }
         if matches!(w.state, WriteState::Refused { .. }) {
-            return Err(FsError::TooBig(path, end, self.config.max_data));
+            return Err(FsError::TooBig(path, end, limit));
         }
         if w.buf.len() < end {
             w.buf.resize(end, 0);
@@ -397,7 +437,8 @@ impl<B: ZkBackend> ZkFs<B> {
                     lock(&self.inodes).detach(&path);
                 }
                 self.after_failed_write(ino, &path);
-                return Err(FsError::TooBig(path, size, self.config.max_data));
+                let limit = self.data_limit(&path);
+                return Err(FsError::TooBig(path, size, limit));
             }
             WriteState::Clean => return Ok(()),
             // The content never reached ZooKeeper: no later fsync or close
@@ -730,11 +771,11 @@ impl<B: ZkBackend> ZkFs<B> {
             };
             let mut next = current.to_vec();
             next.extend_from_slice(&appended);
-            if next.len() > self.config.max_data {
+            if next.len() > self.data_limit(path) {
                 return Err(FsError::TooBig(
                     path.to_string(),
                     next.len(),
-                    self.config.max_data,
+                    self.data_limit(path),
                 ));
             }
             debug!(
@@ -834,12 +875,9 @@ impl<B: ZkBackend> ZkFs<B> {
         }
         if let Some(size) = size {
             let size = size as usize;
-            if size > self.config.max_data {
-                return Err(FsError::TooBig(
-                    inode.path.to_string(),
-                    size,
-                    self.config.max_data,
-                ));
+            let limit = self.data_limit(&inode.path);
+            if size > limit {
+                return Err(FsError::TooBig(inode.path.to_string(), size, limit));
             }
             if current.kind == FileKind::Directory {
                 return Err(FsError::IsDir(inode.path.to_string()));
@@ -849,11 +887,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 Some((_, writer)) => {
                     let mut w = writer.lock().await;
                     if let WriteState::Refused { size, .. } = w.state {
-                        return Err(FsError::TooBig(
-                            inode.path.to_string(),
-                            size,
-                            self.config.max_data,
-                        ));
+                        return Err(FsError::TooBig(inode.path.to_string(), size, limit));
                     }
                     w.buf.resize(size, 0);
                     w.appended_from = None;
@@ -1082,6 +1116,19 @@ impl<B: ZkBackend> ZkFs<B> {
                 }
             }
         };
+        let overhead = ops
+            .iter()
+            .map(|op| op_overhead(&self.config.chroot, op))
+            .sum();
+        if data.len() > self.data_limit_with(overhead) {
+            // The transaction carries the data and both paths: too large for
+            // the server, which would drop the connection.
+            return Err(FsError::TooBig(
+                format!("{src} -> {dst} (the rename's transaction)"),
+                data.len(),
+                self.data_limit_with(overhead),
+            ));
+        }
         // Taken before the transaction: its own Deleted event may detach the
         // source path from its inode before we get to move it.
         let src_ino = lock(&self.inodes).node_ino(&src);
