@@ -4,11 +4,46 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cli::StatusFormat;
 use crate::daemon::{Failure, is_mount_point, now_ms};
+
+/// How long `status` and `unmount` wait for the mount's daemon to answer
+/// (its attributes are requests to it). A stopped or wedged daemon never
+/// answers, and the kernel would keep the caller waiting for ever.
+const DAEMON_ANSWER_LIMIT: Duration = Duration::from_secs(5);
+
+/// Run `ask` (calls that reach the daemon through the mount) on a thread of
+/// its own and wait at most `limit`; `None` when it did not return in time.
+/// The thread is left waiting in the kernel; the process's exit ends it
+/// (a FUSE request's wait is killable).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    ask: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("zkfs-ask".into())
+        .spawn(move || {
+            let _ = tx.send(ask());
+        })
+        .ok()?;
+    rx.recv_timeout(limit).ok()
+}
+
+fn not_answering(mountpoint: &Path) -> Failure {
+    Failure {
+        message: format!(
+            "{}: the zkfs daemon does not answer (no reply within {DAEMON_ANSWER_LIMIT:?}: \
+             stopped or wedged); `zkfs unmount {}` unmounts it anyway",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        code: 1,
+    }
+}
 
 const STATUS_KEYS: &[&str] = &[
     "state",
@@ -248,8 +283,9 @@ fn prometheus(mountpoint: &Path, get: &dyn Fn(&str) -> Option<String>, age_ms: u
     out
 }
 
-/// `zkfs status`: Ok(true) when connected.
-pub fn status(mountpoint: &Path, format: StatusFormat) -> Result<bool, Failure> {
+/// The status attributes of the mount at `mountpoint`, in `STATUS_KEYS`
+/// order, then those of `OPTIONAL_KEYS` it has.
+fn status_values(mountpoint: &Path) -> Result<Vec<(&'static str, String)>, Failure> {
     let mut values = Vec::new();
     for key in STATUS_KEYS {
         let value = getxattr(mountpoint, &format!("user.zkfs.{key}"))
@@ -261,6 +297,14 @@ pub fn status(mountpoint: &Path, format: StatusFormat) -> Result<bool, Failure> 
             values.push((*key, value));
         }
     }
+    Ok(values)
+}
+
+/// `zkfs status`: Ok(true) when connected.
+pub fn status(mountpoint: &Path, format: StatusFormat) -> Result<bool, Failure> {
+    let asked = mountpoint.to_path_buf();
+    let values = within(DAEMON_ANSWER_LIMIT, move || status_values(&asked))
+        .ok_or_else(|| not_answering(mountpoint))??;
     let lookup = |k: &str| {
         values
             .iter()
@@ -345,6 +389,25 @@ pub fn status(mountpoint: &Path, format: StatusFormat) -> Result<bool, Failure> 
     Ok(connected)
 }
 
+/// The canonical path of mount point `path` without entering the mount:
+/// its parent resolved, its own name appended.
+fn outside_path(path: &Path) -> PathBuf {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            parent
+                .canonicalize()
+                .map(|p| p.join(name))
+                .unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Whether `pid` is running (a zombie waiting for its parent counts as gone).
 fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -362,15 +425,33 @@ fn process_alive(pid: i32) -> bool {
 /// file on the mount is closed, so it is not waited for.
 pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), Failure> {
     let fail = |message: String| Failure { message, code: 1 };
-    let canonical = mountpoint
-        .canonicalize()
-        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    // Resolving the path and asking for the daemon's pid reach the daemon;
+    // one that does not answer is unmounted all the same, just not waited
+    // for.
+    let given = mountpoint.to_path_buf();
+    let asked = within(DAEMON_ANSWER_LIMIT, move || {
+        let canonical = given.canonicalize().unwrap_or(given);
+        let pid: Option<i32> = getxattr(&canonical, "user.zkfs.pid")
+            .ok()
+            .and_then(|p| p.parse().ok());
+        (canonical, pid)
+    });
+    let (canonical, pid, lazy) = match asked {
+        Some((canonical, pid)) => (canonical, pid, lazy),
+        None => {
+            // The thread that asked is still inside the mount, which keeps
+            // it busy: only a lazy detach can take it away now.
+            eprintln!(
+                "zkfs: {}: the daemon does not answer (stopped or wedged); detaching the mount \
+                 lazily (gone from the tree now; the daemon keeps it until it exits)",
+                mountpoint.display()
+            );
+            (outside_path(mountpoint), None, true)
+        }
+    };
     if !is_mount_point(&canonical) {
         return Err(fail(format!("{} is not mounted", mountpoint.display())));
     }
-    let pid: Option<i32> = getxattr(&canonical, "user.zkfs.pid")
-        .ok()
-        .and_then(|p| p.parse().ok());
     let cpath = CString::new(canonical.as_os_str().as_bytes())
         .map_err(|_| fail(format!("{}: invalid path", mountpoint.display())))?;
     // SAFETY: a valid C string.

@@ -225,6 +225,63 @@ fn foreground_sigterm_and_sigint_unmount_and_exit_0_within_a_second() {
     }
 }
 
+/// A daemon that does not answer (stopped, wedged) must not hang the
+/// operator's tools: `zkfs status` says so within its bound, and `zkfs
+/// unmount` unmounts without waiting on it. Before, both waited on the
+/// mount's FUSE requests for ever.
+#[test]
+fn status_and_unmount_of_a_stopped_daemon_answer_in_bounded_time() {
+    let zk = shared_zk();
+    let root = unique_root("stopped");
+    Other::connect(&zk).ensure(&root);
+    let mut mount = Mount::start(&format!("{zk}{root}"), &[]);
+    let pid = mount.pid().expect("running") as i32;
+    kill(pid, libc::SIGSTOP);
+    let arg = mount.path().to_string_lossy().into_owned();
+    let started = Instant::now();
+    let status = run_with_timeout(
+        {
+            let mut c = Command::new(zkfs_bin());
+            c.args(["status", &arg]);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    let took = started.elapsed();
+    let status = status.unwrap_or_else(|e| {
+        kill(pid, libc::SIGCONT);
+        panic!("zkfs status: {e}")
+    });
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not answer"), "{stderr}");
+    assert!(took < Duration::from_secs(10), "status took {took:?}");
+    let started = Instant::now();
+    let unmounted = run_with_timeout(
+        {
+            let mut c = Command::new(zkfs_bin());
+            c.args(["unmount", &arg]);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    let took = started.elapsed();
+    kill(pid, libc::SIGCONT);
+    let unmounted = unmounted.expect("zkfs unmount");
+    assert_eq!(
+        unmounted.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&unmounted.stderr)
+    );
+    assert!(took < Duration::from_secs(15), "unmount took {took:?}");
+    assert!(!is_mounted(mount.path()), "still mounted");
+    assert!(
+        mount.wait_exit(Duration::from_secs(10)),
+        "daemon still running"
+    );
+}
+
 /// A second SIGTERM while the daemon finishes (the mount gone, the session
 /// not yet closed) ends it at once, with status 1. Its runtime thread is
 /// held stopped (ptrace) so that the close cannot end: the first SIGTERM
