@@ -29,6 +29,7 @@ pub enum Command {
     /// Mount SERVERS (host:port[,host:port...][/chroot]) on MOUNTPOINT.
     Mount(Box<MountArgs>),
     /// Unmount a zkfs mount and wait for its daemon to close its ZooKeeper session.
+    #[command(visible_alias = "umount")]
     Unmount(UnmountArgs),
     /// Show the state of a zkfs mount; exit status 0 only when connected.
     Status(StatusArgs),
@@ -316,6 +317,7 @@ pub fn default_to_mount(mut args: Vec<OsString>) -> Vec<OsString> {
     const KNOWN: &[&str] = &[
         "mount",
         "unmount",
+        "umount",
         "status",
         "completions",
         "register",
@@ -789,6 +791,23 @@ mod tests {
         };
         assert!(m.read_only);
         assert_eq!(m.servers, "127.0.0.1:2181/x");
+    }
+
+    /// `zkfs umount DIR`, spelt like umount(8), unmounts: it used to be taken
+    /// for `zkfs mount umount DIR`, a mount of a server named "umount".
+    #[test]
+    fn umount_is_unmount() {
+        let args: Vec<OsString> = ["zkfs", "umount", "-z", "/mnt/zk"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let cli =
+            Cli::try_parse_from(expand_mount_options(default_to_mount(args))).expect("parses");
+        let Command::Unmount(u) = cli.command else {
+            panic!("not unmount")
+        };
+        assert!(u.lazy);
+        assert_eq!(u.mountpoint, std::path::Path::new("/mnt/zk"));
     }
 
     #[test]
