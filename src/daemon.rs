@@ -739,6 +739,17 @@ fn run_foreground(
         let fs = fs.clone();
         runtime.spawn(async move { fs.supervise_registrations().await });
     }
+    if persist.is_some() {
+        // The mount root in the cache, so that every --cache-dir snapshot
+        // has it: a mount started from one answers `stat` of its root (a
+        // path walk never asks for the root itself). A cache hit when the
+        // kernel asked already; otherwise one getData, or the snapshot's.
+        let fs = fs.clone();
+        let root = args.root.clone();
+        runtime.spawn(async move {
+            let _ = fs.store().node(&root).await;
+        });
+    }
     if let Some(persist) = &persist {
         let session = session.clone();
         runtime.spawn(

@@ -57,6 +57,7 @@ fn cold_start_serves_the_snapshot_then_catches_up() {
     other.create("/app/config", b"v1");
     other.create("/app/servers/a", b"10.0.0.1");
     other.create("/app/servers/b", b"10.0.0.2");
+    other.ensure("/app/empty");
     let base = TempDir::new("cachedir");
     let dir = base.path().join("zkfs-cache");
     let dir_arg = dir.to_string_lossy().into_owned();
@@ -69,6 +70,8 @@ fn cold_start_serves_the_snapshot_then_catches_up() {
         fs::read_to_string(m.join("app/servers/a")).expect("cat a"),
         "10.0.0.1"
     );
+    // An empty directory: listed without a list read (its stat says so).
+    assert!(ls(&m.join("app/empty")).is_empty());
     first.unmount();
 
     // The snapshot: a 0700 directory (zkfs created it) with one 0600 file.
@@ -108,6 +111,14 @@ fn cold_start_serves_the_snapshot_then_catches_up() {
     assert_eq!(
         fs::read_to_string(m.join("app/servers/b")).expect("cat b from snapshot"),
         "10.0.0.2"
+    );
+    // The empty directory and the mount root (never listed nor stat'ed by
+    // the first mount) are served from the snapshot too; both were EIO.
+    assert!(ls(&m.join("app/empty")).is_empty(), "{}", mount.log());
+    assert!(
+        fs::metadata(m).is_ok_and(|meta| meta.is_dir()),
+        "stat of the root: {}",
+        mount.log()
     );
     assert_eq!(xattr_string(m, "user.zkfs.state"), "disconnected");
     assert_eq!(xattr_string(m, "user.zkfs.source"), "snapshot");

@@ -563,6 +563,28 @@ mod tests {
         assert_eq!(fresh.children("/d").await.expect("ls live"), ["y"]);
     }
 
+    /// An empty directory whose list was never read (its stat said it has
+    /// no children, which the mount takes as the list): restored and with
+    /// the server unreachable, it lists as empty, as it was, instead of
+    /// failing because no list was kept.
+    #[tokio::test]
+    async fn a_restored_empty_directory_lists_while_disconnected() {
+        use crate::zk::Store;
+        use crate::zk::fake::FakeZk;
+        let zk = Arc::new(FakeZk::new());
+        zk.create("/e", b"", 0).expect("create");
+        let store = Store::new(zk.clone(), 1 << 20);
+        assert_eq!(store.node("/e").await.expect("e").stat.num_children, 0);
+        let (_, nodes) = store.export_snapshot();
+        zk.set_connected(false);
+        let fresh = Store::new(zk.clone(), 1 << 20);
+        fresh.restore_snapshot(nodes);
+        assert_eq!(
+            fresh.children("/e").await.expect("ls restored"),
+            Vec::<String>::new()
+        );
+    }
+
     #[test]
     fn written_file_and_dir_modes_and_key_check() {
         let base = std::env::temp_dir().join(format!("zkfs-snap-unit-{}", std::process::id()));

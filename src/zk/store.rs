@@ -684,11 +684,18 @@ impl<B: ZkBackend> Store<B> {
                 if e == ZkError::NoNode && cache.is_quiet_since(path, ticket) {
                     cache.remove(path);
                 }
-                // Unreachable: the last known list beats an error.
+                // Unreachable: the last known list beats an error. A node
+                // whose last known stat has no children had that list (the
+                // mount lists such a node without asking, so a snapshot may
+                // hold no list of it).
                 if e.is_connectivity()
-                    && let Some(children) = cache.get(path).and_then(|n| n.children.as_ref())
+                    && let Some(node) = cache.get(path)
                 {
-                    return Ok(children.names());
+                    match &node.children {
+                        Some(children) => return Ok(children.names()),
+                        None if node.stat.num_children == 0 => return Ok(Vec::new()),
+                        None => {}
+                    }
                 }
                 Err(e)
             }
