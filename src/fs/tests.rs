@@ -1917,6 +1917,36 @@ async fn supervisor_moves_old_session_nodes_and_waits_out_foreign_ones() {
     assert_eq!(mount_attr(&h, "registrations").await, "1");
 }
 
+/// A daemon killed with SIGKILL leaves its session's registrations on the
+/// server until that session expires; the mount started again (a new
+/// session, unknown to it) finds the file there, and writing it is
+/// registering it: the write updates the data, and the registration is kept
+/// as one held by another session, taken back when that node goes. Before,
+/// the write only updated the old session's node, which then vanished at
+/// its expiry with nothing re-created.
+#[tokio::test(start_paused = true)]
+async fn writing_a_registration_another_session_holds_registers_it() {
+    let h = harness();
+    for dir in ["/services", "/services/web", "/services/web/servers"] {
+        h.apply(h.zk.create(dir, b"", 0));
+    }
+    let a = "/services/web/servers/a:1";
+    h.apply(h.zk.create(a, b"{\"pid\": 1}", 99));
+    h.write_file(a, b"{\"pid\": 2}", WRITE_TRUNC)
+        .await
+        .expect("register a");
+    h.deliver_own();
+    assert_eq!(h.zk.data(a).as_deref(), Some(&b"{\"pid\": 2}"[..]));
+    h.fs.reconcile_due().await;
+    let owner = || h.zk.stat(a).map(|s| s.ephemeral_owner);
+    assert_eq!(owner(), Some(99), "the other session's node is left alone");
+    // That session expires: the name is taken back at once.
+    h.apply(h.zk.delete(a));
+    assert!(h.fs.reconcile_due().await >= 1);
+    assert_eq!(owner(), Some(1), "registered on this mount's session");
+    assert_eq!(h.zk.data(a).as_deref(), Some(&b"{\"pid\": 2}"[..]));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_new_file_opened_twice_is_created_once_and_stays_a_file() {
     // pjdfstest open/23: create, then open again before the first close's

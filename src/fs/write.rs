@@ -708,9 +708,7 @@ impl<B: ZkBackend> ZkFs<B> {
                 if w.appended_from.is_some() {
                     w.appended_from = Some(data.len());
                 }
-                if registration {
-                    self.registry.update(path, data);
-                }
+                self.note_registration_written(path, registration, data, &stat);
                 w.base_version = Some(stat.version);
                 self.show_sent(ino, &stat);
                 Ok(())
@@ -790,9 +788,8 @@ impl<B: ZkBackend> ZkFs<B> {
                 .await
             {
                 Ok(stat) => {
-                    if self.registry.contains(path) {
-                        self.registry.update(path, next.clone());
-                    }
+                    let registration = self.registry.contains(path);
+                    self.note_registration_written(path, registration, next.clone(), &stat);
                     w.appended_from = Some(next.len());
                     w.buf = next;
                     w.base_version = Some(stat.version);
@@ -1305,6 +1302,34 @@ impl<B: ZkBackend> ZkFs<B> {
             return Err(create_error(&child, e));
         }
         self.lookup(parent, name).await
+    }
+
+    /// New content `data` was set on `path` (its new `stat`): an owned
+    /// registration keeps it. Written over another session's ephemeral node
+    /// in an `--ephemeral` directory (a killed daemon's earlier run, whose
+    /// session the server still holds, or another host's), the write
+    /// registers the file: the supervisor leaves that node alone and takes
+    /// the name back, with this data, once it goes.
+    fn note_registration_written(
+        &self,
+        path: &str,
+        registration: bool,
+        data: Vec<u8>,
+        stat: &crate::zk::NodeStat,
+    ) {
+        if registration {
+            self.registry.update(path, data);
+        } else if stat.ephemeral_owner != 0
+            && !self.store.backend().is_own_session(stat.ephemeral_owner)
+            && self.creates_ephemeral(path)
+        {
+            info!(
+                path,
+                owner = %format!("{:#x}", stat.ephemeral_owner),
+                "written over another session's registration: registered here, taken over when that node goes"
+            );
+            self.registry.restore(path, data);
+        }
     }
 
     /// Whether files created at `path` become ephemeral nodes (registrations).
