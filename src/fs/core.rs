@@ -795,18 +795,16 @@ impl<B: ZkBackend> ZkFs<B> {
         let name = match NodeName::parse(name) {
             Ok(name) => name,
             Err(super::name::NameError::TooLong) => {
-                return Err(FsError::NameTooLong(format!(
-                    "{}/{}",
-                    dir.path,
-                    name.to_string_lossy()
+                return Err(FsError::NameTooLong(path::join(
+                    &dir.path,
+                    &name.to_string_lossy(),
                 )));
             }
             // A name ZooKeeper cannot store cannot exist.
             Err(_) => {
-                return Err(FsError::NotFound(format!(
-                    "{}/{}",
-                    dir.path,
-                    name.to_string_lossy()
+                return Err(FsError::NotFound(path::join(
+                    &dir.path,
+                    &name.to_string_lossy(),
                 )));
             }
         };
