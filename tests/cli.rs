@@ -43,6 +43,23 @@ fn unreachable_zookeeper_fails_after_a_bounded_wait() {
     assert!(err.contains("cannot connect to ZooKeeper"), "{err}");
 }
 
+/// A host name that does not resolve is named in the one line, not only
+/// "no server answered".
+#[test]
+fn an_unresolvable_host_is_named() {
+    let dir = TempDir::new("cli-dns");
+    let mp = dir.path().to_string_lossy().into_owned();
+    let (code, err) = zkfs(&[
+        "mount",
+        "--connect-timeout",
+        "1s",
+        "nosuchhost.invalid:2181",
+        &mp,
+    ]);
+    assert_one_line_error(code, &err, 1, "nosuchhost.invalid:2181 does not resolve");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
 #[test]
 fn missing_or_bad_mount_point() {
     let zk = shared_zk();

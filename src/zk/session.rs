@@ -204,6 +204,27 @@ fn connector(config: &SessionConfig, session: Option<zk::SessionInfo>) -> zk::Co
     connector
 }
 
+/// The `host:port` entries of `servers` (a connection string, chroot
+/// allowed) whose host name does not resolve, each lookup bounded by 2 s:
+/// what the client's own "no server answered" does not say.
+async fn unresolved_hosts(servers: &str) -> Vec<String> {
+    let hosts = servers.split('/').next().unwrap_or_default();
+    let mut unresolved = Vec::new();
+    for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let name = host.to_string();
+        let lookup = tokio::task::spawn_blocking(move || {
+            std::net::ToSocketAddrs::to_socket_addrs(&name).is_ok_and(|mut a| a.next().is_some())
+        });
+        match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+            Ok(Ok(false)) => unresolved.push(host.to_string()),
+            // Resolved, or no answer from the resolver either: not known
+            // to be wrong.
+            _ => {}
+        }
+    }
+    unresolved
+}
+
 /// Connect once for a new session, bounded by `timeout`.
 async fn connect(
     config: &SessionConfig,
@@ -211,10 +232,18 @@ async fn connect(
 ) -> Result<(zk::Client, ClientHost), String> {
     match host::connect(connector(config, None), config.servers.clone(), timeout).await {
         Ok(hosted) => Ok(hosted),
-        Err(ConnectFailure::TimedOut) => Err(format!(
-            "cannot connect to ZooKeeper at {}: no server answered within {:?}",
-            config.servers, timeout
-        )),
+        Err(ConnectFailure::TimedOut) => {
+            let unresolved = unresolved_hosts(&config.servers).await;
+            let dns = if unresolved.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} does not resolve)", unresolved.join(", "))
+            };
+            Err(format!(
+                "cannot connect to ZooKeeper at {}: no server answered within {:?}{dns}",
+                config.servers, timeout
+            ))
+        }
         Err(e) => Err(format!(
             "cannot connect to ZooKeeper at {}: {e}",
             config.servers
