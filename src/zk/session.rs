@@ -215,11 +215,10 @@ async fn unresolved_hosts(servers: &str) -> Vec<String> {
         let lookup = tokio::task::spawn_blocking(move || {
             std::net::ToSocketAddrs::to_socket_addrs(&name).is_ok_and(|mut a| a.next().is_some())
         });
-        match tokio::time::timeout(Duration::from_secs(2), lookup).await {
-            Ok(Ok(false)) => unresolved.push(host.to_string()),
-            // Resolved, or no answer from the resolver either: not known
-            // to be wrong.
-            _ => {}
+        // Resolved, or no answer from the resolver either: not known to be
+        // wrong.
+        if let Ok(Ok(false)) = tokio::time::timeout(Duration::from_secs(2), lookup).await {
+            unresolved.push(host.to_string());
         }
     }
     unresolved
