@@ -1223,6 +1223,18 @@ fn next_answer(
 
 /// The reads of [`ZkBackend`], sent now (`limit` from now).
 impl ZkSession {
+    /// What a request gets when there is no client: before the first
+    /// connection (a mount started from a snapshot) the connection is
+    /// missing, not a session; afterwards the session expired and the new
+    /// one is not up yet.
+    fn no_client(&self) -> ZkError {
+        if self.awaiting_first.load(Ordering::SeqCst) {
+            ZkError::ConnectionLoss
+        } else {
+            ZkError::SessionExpired
+        }
+    }
+
     fn get_data_now(
         &self,
         path: &str,
@@ -1230,10 +1242,11 @@ impl ZkSession {
     ) -> impl Future<Output = Result<(Vec<u8>, NodeStat), ZkError>> + Send {
         let fut = self.client().map(|c| c.get_data(path));
         let bounded = fut.map(|f| self.bound(limit, f));
+        let no_client = self.no_client();
         async move {
             match bounded {
                 Some(b) => b.await.map(|(data, stat)| (data, map_stat(&stat))),
-                None => Err(ZkError::SessionExpired),
+                None => Err(no_client),
             }
         }
     }
@@ -1247,10 +1260,11 @@ impl ZkSession {
         let bounded = self
             .client()
             .map(|c| self.bound(limit, async move { c.sync(&path).await }));
+        let no_client = self.no_client();
         async move {
             match bounded {
                 Some(b) => b.await,
-                None => Err(ZkError::SessionExpired),
+                None => Err(no_client),
             }
         }
     }
@@ -1262,10 +1276,11 @@ impl ZkSession {
     ) -> impl Future<Output = Result<(Vec<String>, NodeStat), ZkError>> + Send {
         let fut = self.client().map(|c| c.get_children(path));
         let bounded = fut.map(|f| self.bound(limit, f));
+        let no_client = self.no_client();
         async move {
             match bounded {
                 Some(b) => b.await.map(|(names, stat)| (names, map_stat(&stat))),
-                None => Err(ZkError::SessionExpired),
+                None => Err(no_client),
             }
         }
     }
