@@ -1473,6 +1473,36 @@ async fn a_lost_answer_is_resolved_after_reconnecting_and_not_sent_twice() {
     assert_eq!(h.cat("/cfg").await.expect("cat"), b"v2");
 }
 
+/// A close whose answer was lost, then requests that fail at once while the
+/// session still says connected (it has not noticed the connection is gone;
+/// seen after a daemon stopped longer than the session timeout was let run
+/// again). Reading the outcome again must wait between attempts: a retry
+/// loop that never waits never lets the runtime run anything else (the
+/// session task that would notice, the timeout around the wait, every other
+/// request), and spun at full CPU with the close hanging for ever.
+#[tokio::test(start_paused = true)]
+async fn reading_a_lost_writes_outcome_again_waits_between_attempts() {
+    let h = harness();
+    h.apply(h.zk.create("/cfg", b"v1", 0));
+    let fh = h.buffered("/cfg", b"v2").await;
+    h.zk.inject(WriteFault::LostAnswer);
+    let reconnect_dead = async {
+        h.reconnect_after(50).await;
+        h.zk.fail_requests(2_000);
+        let before = h.zk.requests();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        h.zk.requests() - before
+    };
+    let (flushed, in_a_second) = tokio::join!(h.fs.flush(fh), reconnect_dead);
+    assert!(
+        in_a_second <= 100,
+        "{in_a_second} requests in a second of failures"
+    );
+    // Once requests are answered again the outcome is read: applied.
+    assert_eq!(flushed, Ok(()));
+    assert_eq!(h.zk.writes_received(), 1, "not sent again");
+}
+
 /// A close whose answer was lost, read back on a server that has not
 /// applied it yet (a follower behind the leader): what that server shows is
 /// no proof that the write was not applied. The read must come after a

@@ -61,6 +61,10 @@ pub struct FakeZk {
     write_faults: Mutex<std::collections::VecDeque<WriteFault>>,
     /// Write requests that reached the server (applied or refused by it).
     writes_received: AtomicU64,
+    /// Requests still to fail at once with ConnectionLoss while the session
+    /// reports itself connected (a dead connection the client has not
+    /// noticed yet; see [`FakeZk::fail_requests`]).
+    failing_requests: AtomicU64,
     /// The current session id (1, 2, ...: every earlier one was ours too).
     session: AtomicI64,
     /// Multi-reads that still answer at once; `None`: all do (see
@@ -103,6 +107,7 @@ impl FakeZk {
             listing_delay_ms: AtomicU64::new(0),
             write_faults: Mutex::new(std::collections::VecDeque::new()),
             writes_received: AtomicU64::new(0),
+            failing_requests: AtomicU64::new(0),
             session: AtomicI64::new(1),
             batch_reads_free: Mutex::new(None),
             batch_release: tokio::sync::watch::Sender::new(None),
@@ -412,11 +417,24 @@ impl FakeZk {
 
     fn check(&self) -> Result<(), ZkError> {
         self.requests.fetch_add(1, Ordering::SeqCst);
-        if self.connected.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(ZkError::ConnectionLoss)
+        if !self.connected.load(Ordering::SeqCst) {
+            return Err(ZkError::ConnectionLoss);
         }
+        let failing = self
+            .failing_requests
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match failing {
+            Ok(_) => Err(ZkError::ConnectionLoss),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Fail the next `n` requests at once with ConnectionLoss while
+    /// `is_connected` stays true: a connection that is gone before the
+    /// session has noticed (it answers every request at once, without ever
+    /// making the caller wait).
+    pub fn fail_requests(&self, n: u64) {
+        self.failing_requests.store(n, Ordering::SeqCst);
     }
 }
 

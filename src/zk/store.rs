@@ -303,6 +303,10 @@ fn retry_after(e: &ZkError, attempt: u32) -> bool {
 /// Longest wait to learn the outcome of a write whose answer was lost.
 const UNKNOWN_OUTCOME_LIMIT: Duration = Duration::from_secs(60);
 
+/// The wait between two attempts to read a lost write's node(s) again,
+/// after one met a lost connection (as `connected` polls the state).
+const SETTLE_RETRY_WAIT: Duration = Duration::from_millis(20);
+
 /// What reading the node(s) again says about a write whose answer was lost.
 enum Found<T> {
     /// It was applied (with what the answer would have said).
@@ -1058,7 +1062,18 @@ impl<B: ZkBackend> Store<B> {
                     results.push(WriteResult::Deleted);
                     continue;
                 }
+                let mut attempt = 0u32;
                 let now = loop {
+                    // Not the first try: the last one met a lost connection
+                    // at once, maybe one the session has not noticed yet
+                    // (it still says connected). Wait before the next, or
+                    // this loop never lets the runtime run anything else:
+                    // not the session task that would notice, not the limit
+                    // around it.
+                    if attempt > 0 {
+                        tokio::time::sleep(SETTLE_RETRY_WAIT).await;
+                    }
+                    attempt += 1;
                     self.connected().await;
                     // The server found again may be a follower that has not
                     // applied the write yet (committed through the server
