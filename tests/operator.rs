@@ -238,16 +238,15 @@ fn status_and_unmount_of_a_stopped_daemon_answer_in_bounded_time() {
     let pid = mount.pid().expect("running") as i32;
     kill(pid, libc::SIGSTOP);
     let arg = mount.path().to_string_lossy().into_owned();
-    let started = Instant::now();
-    let status = run_with_timeout(
-        {
-            let mut c = Command::new(zkfs_bin());
-            c.args(["status", &arg]);
-            c
-        },
-        Duration::from_secs(30),
-    );
-    let took = started.elapsed();
+    // `zkfs ARGS` (bounded at 30 s): its output and how long it took.
+    let timed = |args: &[&str]| {
+        let started = Instant::now();
+        let mut c = Command::new(zkfs_bin());
+        c.args(args);
+        let out = run_with_timeout(c, Duration::from_secs(30));
+        (out, started.elapsed())
+    };
+    let (status, took) = timed(&["status", &arg]);
     let status = status.unwrap_or_else(|e| {
         kill(pid, libc::SIGCONT);
         panic!("zkfs status: {e}")
@@ -256,16 +255,7 @@ fn status_and_unmount_of_a_stopped_daemon_answer_in_bounded_time() {
     assert_eq!(status.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("does not answer"), "{stderr}");
     assert!(took < Duration::from_secs(10), "status took {took:?}");
-    let started = Instant::now();
-    let unmounted = run_with_timeout(
-        {
-            let mut c = Command::new(zkfs_bin());
-            c.args(["unmount", &arg]);
-            c
-        },
-        Duration::from_secs(30),
-    );
-    let took = started.elapsed();
+    let (unmounted, took) = timed(&["unmount", &arg]);
     kill(pid, libc::SIGCONT);
     let unmounted = unmounted.expect("zkfs unmount");
     assert_eq!(
