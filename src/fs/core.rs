@@ -2187,13 +2187,10 @@ impl<B: ZkBackend> ZkFs<B> {
 
     /// `p` is no pointer (any more): drop it and its reverse entries.
     fn unindex_pointer(&self, index: &mut PointerIndex, p: &str) {
-        if let Some(PointerEntry {
-            target: Some(target),
-            ..
-        }) = index.by_path.remove(p)
-        {
-            let inside = self.unchrooted(target.as_bytes());
-            for t in std::iter::once(target).chain(inside) {
+        // Its reverse entries are the ones indexing and re-choosing made:
+        // under the chosen target and under the in-chroot reading.
+        if let Some(entry) = index.by_path.remove(p) {
+            for t in entry.target.into_iter().chain(entry.inside) {
                 if let Some(set) = index.by_target.get_mut(&t) {
                     set.remove(p);
                     if set.is_empty() {

@@ -769,12 +769,9 @@ impl<B: ZkBackend> ZkFs<B> {
             };
             let mut next = current.to_vec();
             next.extend_from_slice(&appended);
-            if next.len() > self.data_limit(path) {
-                return Err(FsError::TooBig(
-                    path.to_string(),
-                    next.len(),
-                    self.data_limit(path),
-                ));
+            let limit = self.data_limit(path);
+            if next.len() > limit {
+                return Err(FsError::TooBig(path.to_string(), next.len(), limit));
             }
             debug!(
                 path,
