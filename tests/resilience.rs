@@ -280,3 +280,37 @@ fn writes_while_disconnected_fail_in_bounded_time_and_apply_nothing() {
     let (data, _) = other.rt.block_on(fut).expect("get");
     assert_eq!(data, b"before");
 }
+
+/// A lookup that times out on a server that stopped answering names the
+/// path it looked for in its one log line, not the directory it looked in.
+#[test]
+fn a_timed_out_lookup_names_the_path_it_looked_up() {
+    let zk = shared_zk();
+    let root = unique_root("lookuptimeout");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/dir"), b"");
+    other.create(&format!("{root}/dir/known"), b"k");
+    let proxy = Proxy::start(&zk);
+    let mount = Mount::start(
+        &format!("{}{root}", proxy.address()),
+        &["--session-timeout", "30s", "--op-timeout", "1s"],
+    );
+    let m = mount.path();
+    // `dir` is known but not listed: a name in it needs the server.
+    assert!(m.join("dir").is_dir());
+    proxy.mute_answers();
+    let err = fs::metadata(m.join("dir/wanted")).expect_err("lookup with no answers");
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let log = mount.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("lookup failed"))
+        .unwrap_or_else(|| panic!("no lookup failure logged:\n{log}"));
+    assert!(
+        line.contains("/dir/wanted: ZooKeeper lookup failed"),
+        "the line names the directory, not the path: {line}"
+    );
+    proxy.cut();
+    proxy.restore();
+}

@@ -40,6 +40,19 @@ use crate::zk::{ZkBackend, ZkError};
 /// large directory into one `LOOKUP` per entry once it passed.
 const TTL: Duration = Duration::from_secs(60);
 
+/// What a request is about, for the log line of its timeout: an inode, or
+/// a name in a directory (a lookup: the path it looked for).
+enum Subject {
+    Inode(u64),
+    Child(u64, std::ffi::OsString),
+}
+
+impl From<u64> for Subject {
+    fn from(ino: u64) -> Self {
+        Subject::Inode(ino)
+    }
+}
+
 pub struct ZkFuse<B: ZkBackend> {
     fs: Arc<ZkFs<B>>,
     runtime: tokio::runtime::Handle,
@@ -152,8 +165,9 @@ impl<B: ZkBackend> ZkFuse<B> {
     }
 
     /// Run a read-only `fut`, bounded by `--op-timeout` (dropping a read
-    /// changes nothing: the core's reads are cancel-safe).
-    fn dispatch<T, F, R>(&self, op: &'static str, ino: u64, fut: F, reply: R)
+    /// changes nothing: the core's reads are cancel-safe). `subject` names
+    /// what a timeout is logged for.
+    fn dispatch<T, F, R>(&self, op: &'static str, subject: impl Into<Subject>, fut: F, reply: R)
     where
         T: Send + 'static,
         F: Future<Output = Result<T, FsError>> + Send + 'static,
@@ -161,11 +175,17 @@ impl<B: ZkBackend> ZkFuse<B> {
     {
         let timeout = self.op_timeout;
         let fs = self.fs.clone();
+        let subject = subject.into();
         let bounded = async move {
             match tokio::time::timeout(timeout, fut).await {
                 Ok(r) => r,
                 Err(_) => Err(FsError::Zk {
-                    path: fs.describe(ino),
+                    path: match subject {
+                        Subject::Inode(ino) => fs.describe(ino),
+                        Subject::Child(parent, name) => {
+                            crate::zk::path::join(&fs.describe(parent), &name.to_string_lossy())
+                        }
+                    },
                     op,
                     error: ZkError::Timeout,
                 }),
@@ -259,9 +279,10 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         let name = name.to_os_string();
         let offer = (self.opens == Opens::Kernel).then(|| self.fs.clone());
         let reply = entry_reply(reply);
+        let subject = Subject::Child(parent.0, name.clone());
         self.dispatch(
             "lookup",
-            parent.0,
+            subject,
             async move { fs.lookup(parent.0, &name).await },
             move |r| {
                 let file = match &r {
