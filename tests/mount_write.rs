@@ -128,6 +128,32 @@ fn an_fsync_after_a_failure_another_descriptor_met_still_fails() {
     assert_eq!(get(&other, &format!("{root}/cfg")).0, b"theirs");
 }
 
+/// A rename that would overwrite a change made since the renaming process
+/// read the target fails with `ESTALE` and one warn line: the kernel asks
+/// again after an `ESTALE` (it looks the paths up once more), and the
+/// second, identical refusal is not a second failure to log.
+#[test]
+fn a_refused_rename_is_logged_once() {
+    let (other, root, mount) = mounted("rename-once", &[]);
+    other.create(&format!("{root}/cfg"), b"original");
+    let m = mount.path();
+    assert_eq!(
+        fs::read(m.join("cfg")).expect("read the target"),
+        b"original"
+    );
+    other.set(&format!("{root}/cfg"), b"theirs");
+    fs::write(m.join("cfg.tmp"), b"ours").expect("write the temp file");
+    let err = fs::rename(m.join("cfg.tmp"), m.join("cfg")).expect_err("rename over a change");
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+    assert_eq!(get(&other, &format!("{root}/cfg")).0, b"theirs");
+    let log = mount.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("nothing was renamed"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one failure, one warn line:\n{log}");
+}
+
 #[test]
 fn concurrent_change_makes_close_fail_with_estale() {
     let (other, root, mount) = mounted("conflict", &[]);

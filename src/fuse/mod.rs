@@ -246,7 +246,57 @@ fn log_error(op: &'static str, e: &FsError) {
     let errno = e.errno();
     match e.level() {
         Level::DEBUG => event!(Level::DEBUG, op, errno, "{e}"),
+        _ if errno == libc::ESTALE && KERNEL_RETRY.repeats(op, &e.to_string()) => {
+            event!(Level::DEBUG, op, errno, "{e} (again: the kernel's retry)")
+        }
         _ => event!(Level::WARN, op, errno, "{e}"),
+    }
+}
+
+/// The kernel answers an `ESTALE` from a call by path (`rename`, `unlink`,
+/// `mkdir`, `open`, `stat`, ...) by looking the path up again and making
+/// the call once more (`retry_estale`, `LOOKUP_REVAL`): a refusal that
+/// stands is refused twice, a few milliseconds apart, for one failure the
+/// caller sees. The second identical line is logged at debug, so that one
+/// failure makes one warn line. Calls on a descriptor (`write`, `flush`,
+/// `fsync`, `release`, `read`) are not retried: each of their failures is
+/// its own.
+static KERNEL_RETRY: RetryFilter = RetryFilter::new();
+
+/// Longest gap between a refusal and the kernel's retry of it taken as one
+/// failure (the retry follows at once; a second caller a second later is
+/// another failure).
+const KERNEL_RETRY_WINDOW: Duration = Duration::from_secs(1);
+
+struct RetryFilter {
+    last: Mutex<Option<(&'static str, String, std::time::Instant)>>,
+}
+
+impl RetryFilter {
+    const fn new() -> Self {
+        RetryFilter {
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Whether this `ESTALE` of `op` repeats the last one logged (same
+    /// line, within the window): the kernel's retry. A repeat is
+    /// forgotten, so a third identical line is logged again.
+    fn repeats(&self, op: &'static str, line: &str) -> bool {
+        if matches!(op, "write" | "flush" | "fsync" | "release" | "read") {
+            return false;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let repeat = last.as_ref().is_some_and(|(o, l, at)| {
+            *o == op && l == line && now.duration_since(*at) < KERNEL_RETRY_WINDOW
+        });
+        *last = if repeat {
+            None
+        } else {
+            Some((op, line.to_string(), now))
+        };
+        repeat
     }
 }
 
@@ -916,5 +966,32 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
         reply.error(Errno::ERANGE);
     } else {
         reply.data(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RetryFilter;
+
+    #[test]
+    fn the_kernels_retry_of_a_refusal_is_one_failure() {
+        let filter = RetryFilter::new();
+        let line = "/a: write conflict: /a or /b changed by another client; nothing was renamed";
+        assert!(!filter.repeats("rename", line), "the first is logged");
+        assert!(filter.repeats("rename", line), "the retry is not");
+        assert!(
+            !filter.repeats("rename", line),
+            "a third is another failure"
+        );
+        assert!(
+            !filter.repeats("unlink", line),
+            "another call is another failure"
+        );
+        assert!(!filter.repeats("rename", "/c: another line"));
+        assert!(!filter.repeats("fsync", "/f: conflict"));
+        assert!(
+            !filter.repeats("fsync", "/f: conflict"),
+            "calls on a descriptor are not retried by the kernel"
+        );
     }
 }
