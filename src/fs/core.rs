@@ -904,18 +904,23 @@ impl<B: ZkBackend> ZkFs<B> {
     /// with the old version's size would otherwise reach the kernel after
     /// the new content (a `SETATTR`'s answer is applied unchecked).
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        self.getattr_by(ino, None).await
+    }
+
+    /// [`Self::getattr`] asked by thread `pid`, when the kernel said.
+    pub async fn getattr_by(&self, ino: u64, pid: Option<u32>) -> Result<Attr, FsError> {
         let shown = |fs: &Self| lock(&fs.inodes).get(ino).map(|i| (i.czxid, i.version()));
         for _ in 0..3 {
             let before = shown(self);
-            let attr = self.getattr_once(ino).await?;
+            let attr = self.getattr_once(ino, pid).await?;
             if shown(self) == before {
                 return Ok(attr);
             }
         }
-        self.getattr_once(ino).await
+        self.getattr_once(ino, pid).await
     }
 
-    async fn getattr_once(&self, ino: u64) -> Result<Attr, FsError> {
+    async fn getattr_once(&self, ino: u64, pid: Option<u32>) -> Result<Attr, FsError> {
         self.note_activity();
         let inode = self.inode(ino)?;
         if inode.czxid == super::inode::PENDING_CZXID {
@@ -926,7 +931,7 @@ impl<B: ZkBackend> ZkFs<B> {
         // process does not wait for; the stat does (at most a second), so
         // it shows the emptied file's new mtime (pjdfstest open/00).
         let inode = if inode.is_content() {
-            self.wait_for_pending_release(&inode.path).await;
+            self.wait_for_pending_release(&inode.path, pid).await;
             // The release's write keeps this inode's number with the new
             // version (read it again).
             self.inode(ino)?
@@ -1035,7 +1040,7 @@ impl<B: ZkBackend> ZkFs<B> {
         if inode.czxid == super::inode::PENDING_CZXID {
             return self.open_pending(ino, &inode.path, mode, pid);
         }
-        self.wait_for_pending_release(&inode.path).await;
+        self.wait_for_pending_release(&inode.path, Some(pid)).await;
         let (data, view) = self
             .store
             .data(&inode.path)
@@ -1328,20 +1333,39 @@ impl<B: ZkBackend> ZkFs<B> {
     /// A close that left a truncation unsent (`: > f`) is sent by the
     /// release that follows; an open of the same node waits for it (at most
     /// a second), so the next `cat` sees the emptied file.
-    async fn wait_for_pending_release(&self, path: &str) {
-        let waiting: Vec<(Arc<tokio::sync::Mutex<Writer>>, Arc<tokio::sync::Notify>)> =
-            lock(&self.files)
-                .values()
-                .filter(|f| *f.path == *path)
-                .filter_map(|f| f.writer.clone().map(|w| (w, f.released.clone())))
-                .collect();
-        for (writer, released) in waiting {
+    async fn wait_for_pending_release(&self, path: &str, asker: Option<u32>) {
+        type Waiting = (
+            Arc<tokio::sync::Mutex<Writer>>,
+            Arc<tokio::sync::Notify>,
+            u64,
+        );
+        let waiting: Vec<Waiting> = lock(&self.files)
+            .values()
+            .filter(|f| *f.path == *path)
+            .filter_map(|f| f.writer.clone().map(|w| (w, f.released.clone(), f.ino)))
+            .collect();
+        for (writer, released, ino) in waiting {
             let notified = released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if writer.lock().await.awaits_release() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+            if !writer.lock().await.awaits_release() {
+                continue;
             }
+            // The asker holds a descriptor open for writing on the file
+            // itself: the release comes when it is done with it, not before
+            // its own call. `cmd > file`: the shell opened the file, and
+            // closed its copy once `cmd` had one (dash closes it in the
+            // parent after the fork, bash in the child before the exec);
+            // `cmd`'s `fstat` of its output would wait the whole bound.
+            if asker.is_some_and(|pid| holds_for_writing(pid, ino)) {
+                continue;
+            }
+            debug!(
+                path,
+                ?asker,
+                "waiting for the release that sends a truncation"
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
         }
     }
 
@@ -2367,4 +2391,30 @@ impl<B: ZkBackend> ZkFs<B> {
             });
         }
     }
+}
+
+/// Whether thread `tid` (a request's caller) has a descriptor open for
+/// writing on inode `ino` of this mount, by `/proc/TID/fdinfo` (which,
+/// unlike following `/proc/TID/fd`, never calls into this filesystem). An
+/// inode of the same number on another filesystem counts too: the answer
+/// only spares a wait. Unreadable (the thread is gone): no.
+fn holds_for_writing(tid: u32, ino: u64) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{tid}/fdinfo")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            return false;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        let same_inode = field("ino:").and_then(|v| v.parse::<u64>().ok()) == Some(ino);
+        let writing = field("flags:")
+            .and_then(|v| i32::from_str_radix(&v, 8).ok())
+            .is_some_and(|flags| flags & libc::O_ACCMODE != libc::O_RDONLY);
+        same_inode && writing
+    })
 }

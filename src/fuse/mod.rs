@@ -354,13 +354,14 @@ impl<B: ZkBackend> Filesystem for ZkFuse<B> {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.arrived(KernelOp::Getattr);
         let fs = self.fs.clone();
+        let pid = req.pid();
         self.dispatch(
             "getattr",
             ino.0,
-            async move { fs.getattr(ino.0).await },
+            async move { fs.getattr_by(ino.0, Some(pid)).await },
             move |r| match r {
                 Ok(attr) => reply.attr(&TTL, &to_file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
