@@ -146,6 +146,89 @@ fn a_shells_cwd_survives_child_changes_and_git_works() {
     assert_eq!(out.trim(), "2", "two commits, clean tree: {out}{err}");
 }
 
+/// A directory descriptor (or a shell's cwd) on a directory that was since
+/// deleted, deleted and created again, or turned into a pointer by another
+/// client no longer denotes that node: creating, making a directory or
+/// removing a name through it must fail at the call, and change nothing in
+/// ZooKeeper. It created the children in the new incarnation (or turned
+/// the pointer back into a directory), and in a deleted directory said
+/// success and created nothing.
+#[test]
+fn a_descriptor_on_a_directory_that_is_gone_creates_nothing() {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    let (other, root, mount) = mounted("stale-parent", &[]);
+    let m = mount.path();
+    let at = |dir: &fs::File, op: &str, name: &str| -> Option<i32> {
+        let name = CString::new(name).expect("name");
+        let fd = dir.as_raw_fd();
+        // SAFETY: valid descriptor and NUL-terminated name.
+        let rc = unsafe {
+            match op {
+                "mkdir" => libc::mkdirat(fd, name.as_ptr(), 0o755),
+                "create" => {
+                    let f = libc::openat(fd, name.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+                    if f >= 0 { libc::close(f) } else { f }
+                }
+                "unlink" => libc::unlinkat(fd, name.as_ptr(), 0),
+                _ => unreachable!(),
+            }
+        };
+        (rc != 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    };
+    let gone = |dir: &fs::File| {
+        wait_until(
+            "the old directory inode no longer answers",
+            DEADLINE,
+            || dir.metadata().is_err(),
+        )
+    };
+
+    // Deleted and created again.
+    other.create(&format!("{root}/inc"), b"");
+    other.create(&format!("{root}/inc/kept"), b"k");
+    let dir = fs::File::open(m.join("inc")).expect("open inc");
+    other.delete(&format!("{root}/inc/kept"));
+    other.delete(&format!("{root}/inc"));
+    other.create(&format!("{root}/inc"), b"");
+    other.create(&format!("{root}/inc/kept"), b"new");
+    gone(&dir);
+    assert_eq!(at(&dir, "mkdir", "newdir"), Some(libc::ESTALE));
+    assert_eq!(at(&dir, "create", "newfile"), Some(libc::ESTALE));
+    assert_eq!(at(&dir, "unlink", "kept"), Some(libc::ESTALE));
+    assert_eq!(other.children(&format!("{root}/inc")), ["kept"]);
+
+    // Turned into a pointer.
+    other.create(&format!("{root}/conf"), b"c");
+    other.create(&format!("{root}/ed"), b"");
+    other.create(&format!("{root}/ed/x"), b"x");
+    let dir = fs::File::open(m.join("ed")).expect("open ed");
+    other.delete(&format!("{root}/ed/x"));
+    other.set(&format!("{root}/ed"), b"/conf");
+    wait_until("ed is a link", DEADLINE, || {
+        fs::symlink_metadata(m.join("ed")).is_ok_and(|md| md.file_type().is_symlink())
+    });
+    assert_eq!(at(&dir, "create", "here"), Some(libc::ESTALE));
+    assert!(other.children(&format!("{root}/ed")).is_empty());
+    assert!(
+        fs::symlink_metadata(m.join("ed"))
+            .expect("lstat ed")
+            .file_type()
+            .is_symlink()
+    );
+
+    // Deleted.
+    other.create(&format!("{root}/del"), b"");
+    other.create(&format!("{root}/del/x"), b"x");
+    let dir = fs::File::open(m.join("del")).expect("open del");
+    other.delete(&format!("{root}/del/x"));
+    other.delete(&format!("{root}/del"));
+    gone(&dir);
+    assert_eq!(at(&dir, "create", "t1"), Some(libc::ENOENT));
+    assert_eq!(at(&dir, "mkdir", "t2"), Some(libc::ENOENT));
+    assert!(!other.children(&root).contains(&"del".to_string()));
+}
+
 #[test]
 fn empty_files_stay_files_through_rename() {
     let (other, root, mount) = mounted("emptymv", &[]);

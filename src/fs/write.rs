@@ -23,8 +23,8 @@ use super::attr::{Attr, FileKind};
 use super::core::{Entry, ZkFs, lock};
 use super::error::FsError;
 use super::handle::{OpenMode, Opened, PageCache, WriteState, Writer};
-use super::inode::PENDING_CZXID;
 use super::inode::Role;
+use super::inode::{PENDING_CZXID, ROOT_INO};
 use super::name::NodeName;
 use super::pointer;
 use crate::zk::NodeView;
@@ -130,12 +130,13 @@ impl<B: ZkBackend> ZkFs<B> {
     }
 
     /// The parent directory's path and a validated new name under it.
-    fn new_child(&self, parent: u64, name: &OsStr) -> Result<(String, String), FsError> {
+    async fn new_child(&self, parent: u64, name: &OsStr) -> Result<(String, String), FsError> {
         let dir = self.inode(parent)?;
         self.writable(&dir.path)?;
         if dir.kind != FileKind::Directory || dir.role != Role::Node {
             return Err(FsError::NotDir(dir.path.to_string()));
         }
+        self.check_parent(parent, &dir).await?;
         let shown = path::join(&dir.path, &name.to_string_lossy());
         let name = NodeName::parse(name).map_err(|e| FsError::bad_name(shown.clone(), e))?;
         if !self.config.chrooted && &*dir.path == "/" && name.as_str() == "zookeeper" {
@@ -146,6 +147,26 @@ impl<B: ZkBackend> ZkFs<B> {
         }
         let child = path::join(&dir.path, name.as_str());
         Ok((dir.path.to_string(), child))
+    }
+
+    /// A directory inode a name is made or removed in (a descriptor, a
+    /// shell's cwd) still denotes its node: `ENOENT` once the node is gone
+    /// (as in a deleted directory anywhere), `ESTALE` once it was created
+    /// again or is no longer a directory (a pointer now, say). Without
+    /// this a cwd on the old incarnation created its children in the new
+    /// one, a pointer's old directory inode turned the pointer back into a
+    /// directory, and a create in a deleted directory said success and
+    /// created nothing. The mount root denotes whatever node is at its
+    /// path. Usually a cache hit: the inode was looked up through it.
+    async fn check_parent(&self, parent: u64, dir: &super::inode::Inode) -> Result<(), FsError> {
+        let view = self.view_for_write(&dir.path).await?;
+        if parent != ROOT_INO
+            && (view.stat.czxid != dir.czxid
+                || self.kind_of(&dir.path, &view) != FileKind::Directory)
+        {
+            return Err(FsError::Stale(dir.path.to_string()));
+        }
+        Ok(())
     }
 
     /// Whether `name` under `dir` is the virtual data file (no real child has that name).
@@ -238,7 +259,7 @@ impl<B: ZkBackend> ZkFs<B> {
         exclusive: bool,
         pid: u32,
     ) -> Result<(Entry, u64), FsError> {
-        let (dir, child) = self.new_child(parent, name)?;
+        let (dir, child) = self.new_child(parent, name).await?;
         self.until_connected(&child).await?;
         let mode = OpenMode {
             write: true,
@@ -312,7 +333,7 @@ impl<B: ZkBackend> ZkFs<B> {
         name: &OsStr,
         is_regular: bool,
     ) -> Result<Entry, FsError> {
-        let (_, child) = self.new_child(parent, name)?;
+        let (_, child) = self.new_child(parent, name).await?;
         if !is_regular {
             return Err(FsError::NotPermitted(
                 child,
@@ -338,7 +359,7 @@ impl<B: ZkBackend> ZkFs<B> {
 
     /// `mkdir`: a persistent empty node (shown as a directory).
     pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
-        let (_, child) = self.new_child(parent, name)?;
+        let (_, child) = self.new_child(parent, name).await?;
         self.overlay.remember(&child, FileKind::Directory);
         if let Err(e) = self
             .store
@@ -935,7 +956,7 @@ impl<B: ZkBackend> ZkFs<B> {
 
     /// `unlink`: delete the node; on the data file, empty the directory's data.
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
-        let (dir, child) = self.new_child(parent, name)?;
+        let (dir, child) = self.new_child(parent, name).await?;
         self.wait_for_sends(&child).await;
         if lock(&self.pending).remove(&child).is_some() {
             lock(&self.inodes).detach(&child);
@@ -958,7 +979,7 @@ impl<B: ZkBackend> ZkFs<B> {
 
     /// `rmdir`: delete a directory node (`ENOTEMPTY` when it has children).
     pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
-        let (_, child) = self.new_child(parent, name)?;
+        let (_, child) = self.new_child(parent, name).await?;
         let view = self.view_for_write(&child).await?;
         if self.kind_of(&child, &view) != FileKind::Directory {
             return Err(FsError::NotDir(child));
@@ -995,8 +1016,8 @@ impl<B: ZkBackend> ZkFs<B> {
         flags: RenameFlags,
         pid: u32,
     ) -> Result<(), FsError> {
-        let (src_dir, src) = self.new_child(parent, name)?;
-        let (dst_dir, dst) = self.new_child(new_parent, new_name)?;
+        let (src_dir, src) = self.new_child(parent, name).await?;
+        let (dst_dir, dst) = self.new_child(new_parent, new_name).await?;
         if flags.exchange {
             return Err(FsError::Unsupported(src, "RENAME_EXCHANGE"));
         }
@@ -1250,7 +1271,7 @@ impl<B: ZkBackend> ZkFs<B> {
         name: &OsStr,
         target: &Path,
     ) -> Result<Entry, FsError> {
-        let (dir, child) = self.new_child(parent, name)?;
+        let (dir, child) = self.new_child(parent, name).await?;
         if !self.config.pointers {
             return Err(FsError::NotPermitted(
                 child,
