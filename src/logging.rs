@@ -160,6 +160,10 @@ pub fn init(
 /// (EnvFilter's span and field filters are not taken: they need a regular
 /// expression engine resident in every daemon for a feature operators of
 /// this daemon do not use.)
+/// The crates whose log lines reach the daemon's log (fuser's through
+/// the `log` bridge): a filter's module paths start with one of them.
+const LOGGING_CRATES: [&str; 3] = ["zkfs", "zookeeper_client", "fuser"];
+
 fn parse_filter(spec: &str) -> Result<Targets, String> {
     fn level(word: &str) -> Option<LevelFilter> {
         // (`LevelFilter` also takes "" and digits; only names are levels here.)
@@ -171,10 +175,21 @@ fn parse_filter(spec: &str) -> Result<Targets, String> {
             && word
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-'));
-        if valid {
+        if !valid {
+            return Err(format!("'{word}' is neither a level nor a module path"));
+        }
+        // A module path must be one that logs: a misspelt level (`warning`)
+        // or crate (`zksf=debug`) otherwise filters out everything, or
+        // nothing, without a word.
+        let root = word.split("::").next().unwrap_or(word);
+        if LOGGING_CRATES.contains(&root) {
             Ok(word)
         } else {
-            Err(format!("'{word}' is neither a level nor a module path"))
+            Err(format!(
+                "'{word}' is neither a level (off, error, warn, info, debug, trace) nor a module \
+                 path of {}",
+                LOGGING_CRATES.join(", ")
+            ))
         }
     }
     let mut filter = Targets::new().with_default(LevelFilter::ERROR);
@@ -238,6 +253,10 @@ mod tests {
             "zkfs{x}=debug",
             "zkfs=",
             "zkfs=3",
+            "warning",
+            "warnn",
+            "zksf=debug",
+            "zkfs,warning",
         ] {
             assert!(parse_filter(bad).is_err(), "{bad}");
         }
