@@ -27,6 +27,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount SERVERS (host:port[,host:port...][/chroot]) on MOUNTPOINT.
+    // An option given again replaces its earlier value (repeatable ones,
+    // --attrs and --ephemeral, add up): mount(8) appends the command
+    // line's -o to the options in fstab, and its convention is that the
+    // later wins.
+    #[command(args_override_self = true)]
     Mount(Box<MountArgs>),
     /// Unmount a zkfs mount and wait for its daemon to close its ZooKeeper session.
     #[command(visible_alias = "umount")]
@@ -699,6 +704,34 @@ mod tests {
         };
         assert!(m.read_only);
         assert_eq!(m.session_timeout, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_repeated_mount_option_takes_the_last_value() {
+        // mount(8) appends the command line's -o to fstab's: the later wins,
+        // and a flag given twice is given.
+        let args: Vec<OsString> = [
+            "zkfs",
+            "mount",
+            "-o",
+            "op_timeout=1s,ro,attrs=a=::0600,ephemeral=svc",
+            "-o",
+            "op_timeout=3s,ro,attrs=b=::0640,ephemeral=reg",
+            "--read-only",
+            "s",
+            "m",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let cli = Cli::try_parse_from(expand_mount_options(args)).expect("parses");
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        assert!(m.read_only);
+        assert_eq!(m.op_timeout, Duration::from_secs(3));
+        assert_eq!(m.attrs.len(), 2, "repeatable options keep every value");
+        assert_eq!(m.ephemeral, ["svc", "reg"]);
     }
 
     #[test]
