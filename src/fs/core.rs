@@ -940,7 +940,7 @@ impl<B: ZkBackend> ZkFs<B> {
         };
         let mut attr = match self.node_attr(ino, &inode).await {
             Ok(attr) => attr,
-            Err(e @ (FsError::NotFound(_) | FsError::Stale(_))) => {
+            Err(e @ (FsError::NotFound(_) | FsError::Stale(_) | FsError::Superseded(_))) => {
                 // Gone or superseded, but still open here: keep showing
                 // what was opened (an unlinked file has no links left).
                 // Only a handle of the version this inode shows (`attr` is
@@ -1017,7 +1017,7 @@ impl<B: ZkBackend> ZkFs<B> {
     /// kernel retries a path-based `open` or `stat` after `ESTALE`).
     fn check_version(&self, inode: &Inode, view: &NodeView) -> Result<(), FsError> {
         if inode.is_content() && inode.version() != Some(view.stat.mzxid) {
-            return Err(FsError::Stale(inode.path.to_string()));
+            return Err(FsError::Superseded(inode.path.to_string()));
         }
         Ok(())
     }
@@ -1450,6 +1450,9 @@ impl<B: ZkBackend> ZkFs<B> {
             return match fetched {
                 Err(e) if e != crate::zk::ZkError::NoNode => {
                     Err(FsError::zk(&inode.path, "getData", e))
+                }
+                Ok((_, view)) if inode.role != Role::Node || view.stat.czxid == inode.czxid => {
+                    Err(FsError::VersionGone(inode.path.to_string()))
                 }
                 _ => Err(FsError::Stale(inode.path.to_string())),
             };

@@ -16,6 +16,11 @@ pub enum FsError {
     ReadOnly(String),
     /// The inode no longer denotes the node (deleted, re-created or changed kind).
     Stale(String),
+    /// A file's content inode shows an older version than the node has now
+    /// (each version is an inode of its own).
+    Superseded(String),
+    /// A read of a superseded version whose bytes are no longer held.
+    VersionGone(String),
     /// A write (a write open, a truncate by path) on an inode whose pages
     /// readers on this mount use: the name was given a fresh inode and the
     /// kernel retries the call on it (after `ESTALE` it looks the path up
@@ -85,6 +90,15 @@ impl FsError {
             // POSIX's "stale file handle": the object behind an inode or open
             // file changed identity on the server.
             FsError::Stale(_) => libc::ESTALE,
+            // The inode is of another version: as for a changed identity;
+            // the kernel answers it from a path-based call (`stat`, `open`)
+            // by looking the name up again, which finds the new version's
+            // inode.
+            FsError::Superseded(_) => libc::ESTALE,
+            // The descriptor's version cannot be read any more, and no
+            // other version's bytes may be given in its place; reopening by
+            // name reads the current one.
+            FsError::VersionGone(_) => libc::ESTALE,
             // Not a failure the caller sees: the kernel answers ESTALE from
             // a path-based open or truncate by looking the path up again
             // (LOOKUP_REVAL) and retrying once, on the fresh inode.
@@ -139,6 +153,11 @@ impl FsError {
             | FsError::NoXattr(_)
             | FsError::XattrUnsupported(_)
             | FsError::Reopen(_)
+            // Routine on read-only mounts: a `stat` by path of a file that
+            // changed since the kernel looked it up, retried by the kernel
+            // on the new version's inode (55 warn lines for 830 changes
+            // before).
+            | FsError::Superseded(_)
             | FsError::NotDir(_)
             | FsError::IsDir(_)
             | FsError::Exists(_)
@@ -158,6 +177,15 @@ impl fmt::Display for FsError {
             FsError::Stale(p) => write!(
                 f,
                 "{p}: node changed identity (deleted, re-created or changed kind)"
+            ),
+            FsError::Superseded(p) => write!(
+                f,
+                "{p}: the node has a newer version than this inode shows (a lookup by name finds it)"
+            ),
+            FsError::VersionGone(p) => write!(
+                f,
+                "{p}: the version this descriptor reads is no longer held (evicted by \
+                 --cache-size after the node changed); reopen it to read the current one"
             ),
             FsError::Reopen(p) => write!(
                 f,
@@ -211,5 +239,17 @@ mod tests {
             libc::ETIMEDOUT
         );
         assert_eq!(FsError::ReadOnly("/a".into()).errno(), libc::EROFS);
+    }
+
+    #[test]
+    fn an_older_version_is_routine_a_lost_one_is_not() {
+        // The kernel retries a path's stat of an older version on the new
+        // version's inode: nobody sees it fail. A descriptor whose version
+        // is gone does see it.
+        let older = FsError::Superseded("/a".into());
+        assert_eq!((older.errno(), older.level()), (libc::ESTALE, Level::DEBUG));
+        let gone = FsError::VersionGone("/a".into());
+        assert_eq!((gone.errno(), gone.level()), (libc::ESTALE, Level::WARN));
+        assert!(!older.to_string().contains("identity"), "{older}");
     }
 }

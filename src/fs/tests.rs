@@ -660,7 +660,7 @@ async fn another_clients_changes_become_visible() {
     assert_ne!(after.ino, before.ino);
     assert!(matches!(
         h.fs.getattr(before.ino).await,
-        Err(FsError::Stale(_))
+        Err(FsError::Superseded(_))
     ));
     assert_eq!(after.size, 9);
     assert!(
