@@ -116,7 +116,7 @@ pub struct MountArgs {
     /// Refuse every modification with EROFS. The kernel then opens files and
     /// directories by itself (no daemon round trip per open); a reader keeps
     /// the version it opened until it closes it.
-    #[arg(long, help_heading = "Mount")]
+    #[arg(long, conflicts_with_all = ["ephemeral", "last_writer_wins"], help_heading = "Mount")]
     pub read_only: bool,
     /// Let other users access the mount (turns on kernel permission checks).
     #[arg(long, help_heading = "Mount")]
@@ -128,7 +128,7 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Mount")]
     pub nonempty: bool,
     /// Source shown by findmnt and /proc/mounts (default: SERVERS).
-    #[arg(long, value_name = "NAME", help_heading = "Mount")]
+    #[arg(long, value_name = "NAME", value_parser = parse_fsname, help_heading = "Mount")]
     pub fsname: Option<String>,
     /// Mount options as key=value,... (the long options without dashes; for fstab).
     #[arg(short = 'o', value_name = "OPTIONS", help_heading = "Mount")]
@@ -144,11 +144,11 @@ pub struct MountArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration, help_heading = "ZooKeeper")]
     pub connect_timeout: Duration,
 
-    /// Owner of every file (default: the mounting user).
-    #[arg(long, help_heading = "Presentation")]
+    /// Owner of every file, a user name or number (default: the mounting user).
+    #[arg(long, value_parser = crate::fs::attrs::parse_uid, help_heading = "Presentation")]
     pub uid: Option<u32>,
-    /// Group of every file (default: the mounting user's group).
-    #[arg(long, help_heading = "Presentation")]
+    /// Group of every file, a group name or number (default: the mounting user's group).
+    #[arg(long, value_parser = crate::fs::attrs::parse_gid, help_heading = "Presentation")]
     pub gid: Option<u32>,
     /// Permission bits of files, octal.
     #[arg(long, default_value = "0644", value_parser = parse_mode, help_heading = "Presentation")]
@@ -192,7 +192,7 @@ pub struct MountArgs {
     /// Largest node data accepted (EFBIG beyond it): the server's
     /// jute.maxbuffer less 1 KiB for the path and framing (a longer path
     /// lowers it by the excess).
-    #[arg(long, default_value = "1047552", value_parser = parse_size, help_heading = "Writes")]
+    #[arg(long, default_value = "1047552", value_parser = parse_max_data, help_heading = "Writes")]
     pub max_data: u64,
 
     /// Files created in directories matching GLOB (relative to the mount
@@ -609,13 +609,40 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size '{s}' (use e.g. 64M, 1G or a byte count)"))
 }
 
-/// Octal permission bits, at most 0777.
+/// Octal permission bits, at most 0777 (digits only: `from_str_radix`
+/// also takes a sign).
 pub fn parse_mode(s: &str) -> Result<u16, String> {
     let digits = s.trim_start_matches("0o");
+    let octal = !digits.is_empty() && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
     match u16::from_str_radix(digits, 8) {
-        Ok(m) if m <= 0o777 => Ok(m),
+        Ok(m) if octal && m <= 0o777 => Ok(m),
         _ => Err(format!("invalid mode '{s}' (octal, at most 0777)")),
     }
+}
+
+/// `--max-data`: a size from 1 byte to what one ZooKeeper packet can carry
+/// (its length is a signed 32-bit number).
+pub fn parse_max_data(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err(format!(
+            "--max-data '{s}' would refuse every write with data (at least 1 byte)"
+        )),
+        n if n > i32::MAX as u64 => Err(format!(
+            "--max-data '{s}' exceeds what a ZooKeeper packet can carry (at most 2147483647 bytes)"
+        )),
+        n => Ok(n),
+    }
+}
+
+/// `--fsname`: shown by findmnt; it travels inside the kernel's mount
+/// options, which a comma would split, and cannot be empty.
+pub fn parse_fsname(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(',') {
+        return Err(format!(
+            "invalid --fsname '{s}' (not empty, no commas: it is passed in the mount options)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// An absolute ZooKeeper path without trailing slash.
@@ -707,6 +734,46 @@ mod tests {
     }
 
     #[test]
+    fn option_values_that_cannot_work_are_refused_at_start() {
+        for bad in [
+            &["--uid", "4294967295"][..],
+            &["--gid", "4294967295"],
+            &["--uid", "no-such-user-zkfs"],
+            &["--file-mode", "+644"],
+            &["--dir-mode", "-755"],
+            &["--dir-mode", ""],
+            &["--attrs", "x=::+644"],
+            &["--attrs", "x=4294967295::"],
+            &["--max-data", "0"],
+            &["--max-data", "10G"],
+            &["--fsname", ""],
+            &["--fsname", "a,b"],
+            &["--read-only", "--ephemeral", "svc"],
+            &["--read-only", "--last-writer-wins"],
+        ] {
+            let args = [&["zkfs", "mount"][..], bad, &["s", "m"]].concat();
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?} was accepted");
+        }
+        let args = [
+            "zkfs",
+            "mount",
+            "--uid",
+            "root",
+            "--gid",
+            "0",
+            "--file-mode",
+            "0o640",
+            "s",
+            "m",
+        ];
+        let cli = Cli::try_parse_from(args).expect("parses");
+        let Command::Mount(m) = cli.command else {
+            panic!("not mount")
+        };
+        assert_eq!((m.uid, m.gid, m.file_mode), (Some(0), Some(0), 0o640));
+    }
+
+    #[test]
     fn a_repeated_mount_option_takes_the_last_value() {
         // mount(8) appends the command line's -o to fstab's: the later wins,
         // and a flag given twice is given.
@@ -714,10 +781,10 @@ mod tests {
             "zkfs",
             "mount",
             "-o",
-            "op_timeout=1s,ro,attrs=a=::0600,ephemeral=svc",
+            "op_timeout=1s,nonempty,attrs=a=::0600,ephemeral=svc",
             "-o",
-            "op_timeout=3s,ro,attrs=b=::0640,ephemeral=reg",
-            "--read-only",
+            "op_timeout=3s,nonempty,attrs=b=::0640,ephemeral=reg",
+            "--nonempty",
             "s",
             "m",
         ]
@@ -728,7 +795,7 @@ mod tests {
         let Command::Mount(m) = cli.command else {
             panic!("not mount")
         };
-        assert!(m.read_only);
+        assert!(m.nonempty);
         assert_eq!(m.op_timeout, Duration::from_secs(3));
         assert_eq!(m.attrs.len(), 2, "repeatable options keep every value");
         assert_eq!(m.ephemeral, ["svc", "reg"]);

@@ -66,21 +66,9 @@ impl AttrRule {
             if name.is_empty() {
                 return Ok(None);
             }
-            if name.bytes().all(|b| b.is_ascii_digit()) {
-                return name.parse::<u32>().map(Some).map_err(|_| {
-                    format!(
-                        "--attrs rule '{text}': {} id '{name}' is too large",
-                        db.noun()
-                    )
-                });
-            }
-            match lookup(db, name)? {
-                Some(id) => Ok(Some(id)),
-                None => Err(format!(
-                    "--attrs rule '{text}': unknown {} '{name}'",
-                    db.noun()
-                )),
-            }
+            owner_id(db, name, lookup)
+                .map(Some)
+                .map_err(|e| format!("--attrs rule '{text}': {e}"))
         };
         let uid = id(Database::User, user)?;
         let gid = id(Database::Group, group)?;
@@ -101,6 +89,35 @@ impl AttrRule {
             mode,
         })
     }
+}
+
+/// A user or group given as a number or a name (looked up). Not 4294967295:
+/// to `chown(2)` that id means "leave unchanged", and the kernel shows it
+/// as the overflow id (65534).
+pub fn owner_id(db: Database, name: &str, lookup: &Lookup) -> Result<u32, String> {
+    if name.bytes().all(|b| b.is_ascii_digit()) && !name.is_empty() {
+        return match name.parse::<u32>() {
+            Ok(id) if id != u32::MAX => Ok(id),
+            _ => Err(format!(
+                "{} id '{name}' is too large (at most 4294967294)",
+                db.noun()
+            )),
+        };
+    }
+    match lookup(db, name)? {
+        Some(id) => Ok(id),
+        None => Err(format!("unknown {} '{name}'", db.noun())),
+    }
+}
+
+/// `--uid`: a user name or number.
+pub fn parse_uid(text: &str) -> Result<u32, String> {
+    owner_id(Database::User, text, &lookup_id)
+}
+
+/// `--gid`: a group name or number.
+pub fn parse_gid(text: &str) -> Result<u32, String> {
+    owner_id(Database::Group, text, &lookup_id)
 }
 
 /// The `--attrs` rules of a mount, in command-line order.
