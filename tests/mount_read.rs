@@ -473,3 +473,35 @@ fn a_read_only_mount_is_not_polled_unless_asked() {
         "--busy-poll 200us: the burst is polled"
     );
 }
+
+/// The mount root node deleted by another client: the mount point answers
+/// `ENOENT` (nothing to show) while the session is fine, and one warn line
+/// says why; created again, it is served again.
+#[test]
+fn a_deleted_mount_root_is_said_and_served_again_once_created() {
+    let zk = shared_zk();
+    let root = unique_root("root-gone");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    other.create(&format!("{root}/f"), b"x");
+    let mount = Mount::start(&format!("{zk}{root}"), &[]);
+    let m = mount.path();
+    assert_eq!(fs::read(m.join("f")).expect("cat f"), b"x");
+    other.delete(&format!("{root}/f"));
+    other.delete(&root);
+    wait_until("the mount point answers ENOENT", DEADLINE, || {
+        fs::metadata(m).is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
+    });
+    assert_eq!(xattr_string(m, "user.zkfs.state"), "connected");
+    let log = mount.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("the mount root node was deleted"))
+        .count();
+    assert_eq!(warned, 1, "{log}");
+    other.ensure(&root);
+    other.create(&format!("{root}/g"), b"y");
+    wait_until("served again", DEADLINE, || {
+        fs::read(m.join("g")).is_ok_and(|d| d == b"y")
+    });
+}

@@ -2047,6 +2047,20 @@ impl<B: ZkBackend> ZkFs<B> {
         if event.kind == NodeEventKind::Deleted {
             self.registry.node_deleted(&event.path);
         }
+        // The mount point then answers ENOENT while the session is fine:
+        // say why, once each way.
+        if event.path == self.config.root {
+            match event.kind {
+                NodeEventKind::Deleted => tracing::warn!(
+                    root = %event.path,
+                    "the mount root node was deleted; the mount shows nothing (ENOENT) until it is created again"
+                ),
+                NodeEventKind::Created => {
+                    tracing::info!(root = %event.path, "the mount root node exists again")
+                }
+                NodeEventKind::DataChanged => {}
+            }
+        }
         if self.config.opens == Opens::Kernel
             && matches!(
                 event.kind,
