@@ -71,10 +71,48 @@ impl Write for LogFileWriter<'_> {
 }
 
 impl<'a> MakeWriter<'a> for LogFile {
-    type Writer = LogFileWriter<'a>;
+    type Writer = Unfailing<LogFileWriter<'a>>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LogFileWriter(self.0.file.lock().unwrap_or_else(|e| e.into_inner()))
+        Unfailing(LogFileWriter(
+            self.0.file.lock().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
+
+/// A log destination whose failures are not the daemon's: a line that
+/// cannot be written (a full disk, stderr a pipe nobody reads any more) is
+/// dropped and the daemon goes on serving. Handing the error to the
+/// logging library instead made it report the failure on stderr with
+/// `eprint!`, which panics when that write fails too: a panic in whatever
+/// thread logged, a FUSE request among them (a `mv` that was applied
+/// answered `EIO`), and a dying daemon left requests hanging in the
+/// kernel.
+struct Unfailing<W>(W);
+
+impl<W: Write> Write for Unfailing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.0.write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(_) => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
+}
+
+/// Stderr as a log destination, through [`Unfailing`].
+struct UnfailingStderr;
+
+impl<'a> MakeWriter<'a> for UnfailingStderr {
+    type Writer = Unfailing<io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Unfailing(io::stderr())
     }
 }
 
@@ -135,7 +173,7 @@ pub fn init(
         }
         Destination::Stderr => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
+            .with_writer(UnfailingStderr)
             .finish()
             .with(filter)
             .init(),

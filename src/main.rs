@@ -26,6 +26,7 @@ mod watch;
 mod zk;
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -58,7 +59,8 @@ fn main() -> ExitCode {
         Ok(Some(args)) => args,
         Ok(None) => return ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("mount.zkfs: {message}");
+            // Not `eprintln!`: it panics when stderr is gone (exit 101).
+            let _ = writeln!(std::io::stderr(), "mount.zkfs: {message}");
             // mount(8)'s "incorrect invocation".
             return ExitCode::from(1);
         }
@@ -102,7 +104,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("zkfs: {}", failure.message);
+            let _ = writeln!(std::io::stderr(), "zkfs: {}", failure.message);
             ExitCode::from(failure.code)
         }
     }

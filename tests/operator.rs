@@ -729,6 +729,56 @@ fn background_mount_without_log_file_logs_to_syslog() {
     assert_eq!((pri, from), (28, pid), "{message}");
 }
 
+/// A log line that cannot be written (stderr a pipe nobody reads any more,
+/// a full disk) is dropped: the daemon keeps serving. It panicked in the
+/// logging library (which reports its own write error with `eprint!`,
+/// itself failing), so a `mv` that was applied reported failure, and in
+/// the background the dying daemon left requests hanging in the kernel.
+#[test]
+fn a_log_line_that_cannot_be_written_does_not_stop_the_daemon() {
+    let zk = shared_zk();
+    let root = unique_root("log-epipe");
+    let other = Other::connect(&zk);
+    other.ensure(&root);
+    let dir = TempDir::new("log-epipe");
+    let mp = dir.path().join("mnt");
+    fs::create_dir(&mp).expect("mkdir mountpoint");
+    let mut child = Command::new(zkfs_bin())
+        .args(["mount", "--foreground", "--log-level", "zkfs=info"])
+        .arg(format!("{zk}{root}"))
+        .arg(&mp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start zkfs");
+    let mut stderr = child.stderr.take().expect("stderr");
+    // Read until the mount is made, then stop reading: writes get EPIPE.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("mounted") {
+        let n = stderr.read(&mut buf).expect("read the daemon's stderr");
+        assert!(
+            n > 0,
+            "the daemon ended: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(stderr);
+    for i in 0..20 {
+        let (a, b) = (mp.join(format!("t{i}")), mp.join(format!("r{i}")));
+        fs::write(&a, b"x").expect("write");
+        fs::rename(&a, &b).unwrap_or_else(|e| panic!("mv {i}: {e}"));
+        fs::remove_file(&b).unwrap_or_else(|e| panic!("rm {i}: {e}"));
+    }
+    assert!(child.try_wait().expect("poll").is_none(), "the daemon died");
+    let (code, out) = zkfs(&["unmount", &mp.to_string_lossy()]);
+    assert_eq!(code, Some(0), "{out}");
+    let status = child.wait().expect("wait for the daemon");
+    assert_eq!(status.code(), Some(0), "the daemon's exit status");
+}
+
 #[test]
 fn log_file_dash_is_stderr() {
     let zk = shared_zk();
