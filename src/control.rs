@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cli::StatusFormat;
-use crate::daemon::{Failure, is_mount_point, now_ms};
+use crate::daemon::{Failure, ZKFS_FSTYPE, is_mount_point, mounted_fstype, now_ms};
 
 /// How long `status` and `unmount` wait for the mount's daemon to answer
 /// (its attributes are requests to it). A stopped or wedged daemon never
@@ -451,6 +451,17 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), Failure> {
     };
     if !is_mount_point(&canonical) {
         return Err(fail(format!("{} is not mounted", mountpoint.display())));
+    }
+    // Only a zkfs mount: a typo (with --lazy, as root) must not detach /var.
+    match mounted_fstype(&canonical) {
+        Some(fstype) if fstype == ZKFS_FSTYPE => {}
+        other => {
+            return Err(fail(format!(
+                "{} is not a zkfs mount ({}); not unmounting it",
+                mountpoint.display(),
+                other.unwrap_or_else(|| "unknown type".into())
+            )));
+        }
     }
     let cpath = CString::new(canonical.as_os_str().as_bytes())
         .map_err(|_| fail(format!("{}: invalid path", mountpoint.display())))?;

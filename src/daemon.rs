@@ -122,6 +122,27 @@ pub fn is_mount_point(path: &Path) -> bool {
         .any(|mp| unescape_mountinfo(mp) == target)
 }
 
+/// The filesystem type of what is mounted on `path` now (the last, i.e.
+/// topmost, of the mounts there), e.g. `fuse.zkfs`; `None` when nothing is.
+pub fn mounted_fstype(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let target = path.to_string_lossy();
+    info.lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| unescape_mountinfo(mp) == target)
+        })
+        .filter_map(|l| {
+            let (_, after) = l.split_once(" - ")?;
+            after.split(' ').next().map(str::to_string)
+        })
+        .next_back()
+}
+
+/// The type zkfs mounts have (`-o subtype=zkfs`).
+pub const ZKFS_FSTYPE: &str = "fuse.zkfs";
+
 fn unescape_mountinfo(s: &str) -> String {
     s.replace("\\040", " ")
         .replace("\\011", "\t")

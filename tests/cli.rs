@@ -5,6 +5,7 @@ mod common;
 #[path = "support/zkops.rs"]
 mod zkops;
 
+use std::ffi::CString;
 use std::time::{Duration, Instant};
 
 use common::{Mount, TempDir, free_port, run_zkfs, shared_zk, unique_root};
@@ -152,6 +153,27 @@ fn status_and_unmount_on_something_else() {
     assert_one_line_error(code, &err, 1, "not a zkfs mount");
     let (code, err) = zkfs(&["unmount", &p]);
     assert_one_line_error(code, &err, 1, "not mounted");
+    // Another filesystem mounted there is left alone, --lazy or not (it
+    // was unmounted: `zkfs unmount` only checked for a mount point).
+    let c = CString::new(p.as_bytes()).expect("path");
+    // SAFETY: valid C strings; a tmpfs on our own temporary directory.
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+    for args in [&["unmount", &p][..], &["unmount", "--lazy", &p]] {
+        let (code, err) = zkfs(args);
+        assert_one_line_error(code, &err, 1, "is not a zkfs mount (tmpfs)");
+        assert!(common::is_mounted(dir.path()), "{args:?} unmounted a tmpfs");
+    }
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::umount(c.as_ptr()) }, 0);
 }
 
 #[test]
