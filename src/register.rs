@@ -89,6 +89,29 @@ fn mount_session(dir: &Path) -> Option<String> {
         .find_map(|a| xattr(a, "user.zkfs.session_id"))
 }
 
+/// Mark `file` as the holder of the registration at `path`.
+fn set_hold(file: &File, path: &Path) -> Result<(), String> {
+    let name = CString::new("user.zkfs.hold").map_err(|e| e.to_string())?;
+    // SAFETY: a valid descriptor, a NUL-terminated name and a 1-byte value.
+    let rc =
+        unsafe { libc::fsetxattr(file.as_raw_fd(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    Err(match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOTSUP) => format!(
+            "{}: not a registration (a file in an --ephemeral directory of a zkfs mount): {e}",
+            path.display()
+        ),
+        Some(libc::EBUSY) => format!(
+            "{}: the registration is held by another descriptor (another zkfs register for it is running); left alone",
+            path.display()
+        ),
+        _ => format!("cannot hold {}: {e}", path.display()),
+    })
+}
+
 /// Create (or overwrite) the registration, send it, and mark the descriptor
 /// as its holder. On failure a file created here is removed again.
 fn hold(path: &Path, data: &[u8]) -> Result<File, Failure> {
@@ -117,33 +140,26 @@ fn hold(path: &Path, data: &[u8]) -> Result<File, Failure> {
                     owner.as_deref().unwrap_or("unknown")
                 )));
             }
+            // Held first, then written: a registration another descriptor
+            // holds (another wrapper's) is refused before anything changes.
             let f = OpenOptions::new()
                 .write(true)
-                .truncate(true)
                 .open(path)
                 .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
+            set_hold(&f, path).map_err(fail)?;
+            f.set_len(0)
+                .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
             (f, false)
         }
         Err(e) => return Err(fail(format!("cannot create {}: {e}", path.display()))),
     };
-    let result = (|| {
+    let result = (|| -> Result<(), String> {
         file.write_all(data)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         file.sync_all()
             .map_err(|e| format!("cannot register {}: {e}", path.display()))?;
-        let name = CString::new("user.zkfs.hold").map_err(|e| e.to_string())?;
-        // SAFETY: a valid descriptor, a NUL-terminated name and a 1-byte value.
-        let rc =
-            unsafe { libc::fsetxattr(file.as_raw_fd(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EINVAL) | Some(libc::ENOTSUP) => format!(
-                    "{}: not a registration (a file in an --ephemeral directory of a zkfs mount): {e}",
-                    path.display()
-                ),
-                _ => format!("cannot hold {}: {e}", path.display()),
-            });
+        if created {
+            set_hold(&file, path)?;
         }
         Ok(())
     })();

@@ -308,6 +308,40 @@ fn register_holds_while_cmd_runs_and_kill9_of_cmd_removes_it() {
     let _ = r.root;
 }
 
+/// A second `zkfs register` for a PATH a running wrapper holds is refused
+/// before it changes anything: it took the registration over (its data),
+/// and deleted it when its own command ended while the first still ran.
+#[test]
+fn a_second_register_for_a_held_path_is_refused_and_changes_nothing() {
+    let mut r = start_registered("register-twice");
+    let expected = format!("{{\"pid\": {}}}", r.sleep_pid);
+    assert_eq!(
+        stat(&r.other, &r.node).map(|(d, _)| d),
+        Some(expected.clone().into_bytes())
+    );
+    let file = r.mount.path().join("svc/api/servers/10.2.0.1:80");
+    let out = Command::new(common::zkfs_bin())
+        .arg("register")
+        .args(["--data", "second"])
+        .arg(&file)
+        .args(["--", "true"])
+        .output()
+        .expect("zkfs register");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("held by another descriptor"), "{err}");
+    assert_eq!(
+        stat(&r.other, &r.node).map(|(d, _)| d),
+        Some(expected.into_bytes()),
+        "the first wrapper's registration is untouched"
+    );
+    kill9(r.sleep_pid);
+    let _ = r.wrapper.wait();
+    wait_until("gone with the first wrapper", DEADLINE, || {
+        stat(&r.other, &r.node).is_none()
+    });
+}
+
 #[test]
 fn register_kill9_of_the_wrapper_removes_it() {
     let mut r = start_registered("register-wrapper");

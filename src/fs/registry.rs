@@ -233,13 +233,20 @@ impl Registry {
         counts
     }
 
-    /// Mark `handles` as holders of the registration at `path`.
-    pub fn hold(&self, path: &str, handles: impl IntoIterator<Item = u64>) {
-        lock(&self.inner)
-            .holders
-            .entry(path.to_string())
-            .or_default()
-            .extend(handles);
+    /// Mark `handles` (every write handle of the file: `setxattr` does not
+    /// say whose it is) as holders of the registration at `path`, unless
+    /// it is held already and some of them are new (false: a descriptor
+    /// opened since wants to hold what another holds; its release would
+    /// not end the registration, but its wrapper's `unlink` would, under
+    /// the first holder). Holding again with the same handles is a no-op.
+    pub fn hold(&self, path: &str, handles: &[u64]) -> bool {
+        let mut inner = lock(&self.inner);
+        let set = inner.holders.entry(path.to_string()).or_default();
+        if !set.is_empty() && handles.iter().any(|fh| !set.contains(fh)) {
+            return false;
+        }
+        set.extend(handles.iter().copied());
+        true
     }
 
     /// A handle was released: the path whose last holder it was, if any.
@@ -490,7 +497,12 @@ mod tests {
     pub(super) fn last_holder_release_names_the_path() {
         let r = Registry::default();
         r.insert("/a", Vec::new());
-        r.hold("/a", [7, 8]);
+        assert!(r.hold("/a", &[7, 8]));
+        assert!(r.hold("/a", &[7, 8]), "holding again is a no-op");
+        assert!(
+            !r.hold("/a", &[7, 8, 9]),
+            "a new descriptor wants what 7 and 8 hold"
+        );
         assert_eq!(r.release_holder(7), None, "8 still holds it");
         assert_eq!(r.release_holder(9), None, "not a holder");
         assert_eq!(r.release_holder(8).as_deref(), Some("/a"));

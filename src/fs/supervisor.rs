@@ -164,12 +164,21 @@ impl<B: ZkBackend> ZkFs<B> {
             );
             return Err(FsError::BadFileHandle);
         }
+        if !self.registry.hold(&path, &handles) {
+            warn!(
+                path,
+                "user.zkfs.hold refused: the registration is held by another descriptor"
+            );
+            return Err(FsError::Busy(
+                path,
+                "the registration is held by another descriptor (another zkfs register for it?)",
+            ));
+        }
         info!(
             path,
             handles = handles.len(),
             "registration held by its open descriptor(s)"
         );
-        self.registry.hold(&path, handles);
         Ok(())
     }
 
