@@ -515,6 +515,15 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), Failure> {
         while process_alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        if lazy && process_alive(pid) {
+            // Not an error (the mount is gone from the tree), but not the
+            // end the help promises either: say what is left.
+            eprintln!(
+                "zkfs: {} detached; its daemon (pid {pid}) keeps serving the files still open \
+                 there and closes its ZooKeeper session when the last one is closed",
+                mountpoint.display()
+            );
+        }
     }
     Ok(())
 }

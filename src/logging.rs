@@ -145,9 +145,20 @@ pub fn init(
     destination: &Destination,
     stderr_is_file: bool,
 ) -> Result<LogHandle, Failure> {
+    if level.is_some_and(|l| l.trim().is_empty()) {
+        return Err(Failure::new(
+            "invalid log filter '': empty (give a level, e.g. info, or leave --log-level out)"
+                .to_string(),
+        ));
+    }
+    // An empty ZKFS_LOG is as good as unset.
     let spec = level
         .map(str::to_string)
-        .or_else(|| std::env::var("ZKFS_LOG").ok())
+        .or_else(|| {
+            std::env::var("ZKFS_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        })
         .unwrap_or_else(|| "info".to_string());
     let filter = parse_filter(&spec)
         .map_err(|e| Failure::new(format!("invalid log filter '{spec}': {e}")))?;

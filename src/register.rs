@@ -190,6 +190,15 @@ fn spawn_gated(argv: &[CString]) -> Result<(libc::pid_t, libc::c_int), Failure> 
         )));
     }
     let (gate_read, gate_write) = (fds[0], fds[1]);
+    // The child's failure lines, made before the fork (it may not allocate):
+    // one line as every other error of this program, naming the command.
+    let cmd = argv
+        .first()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let not_found = format!("zkfs: cannot run {cmd}: No such file or directory\n");
+    let denied = format!("zkfs: cannot run {cmd}: Permission denied\n");
+    let other = format!("zkfs: cannot run {cmd}\n");
     // SAFETY: the child only makes async-signal-safe calls before execvp.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -214,7 +223,11 @@ fn spawn_gated(argv: &[CString]) -> Result<(libc::pid_t, libc::c_int), Failure> 
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::execvp(ptrs[0], ptrs.as_ptr());
-            let msg = b"zkfs register: cannot run the command\n";
+            let msg = match *libc::__errno_location() {
+                libc::ENOENT => not_found.as_bytes(),
+                libc::EACCES => denied.as_bytes(),
+                _ => other.as_bytes(),
+            };
             libc::write(2, msg.as_ptr().cast(), msg.len());
             libc::_exit(127);
         }

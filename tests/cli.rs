@@ -124,6 +124,8 @@ fn invalid_options_are_refused_by_the_parser() {
     // A misspelt level would name a module that never logs: every line off.
     let (code, err) = zkfs(&["mount", "-f", "--log-level", "warning", &zk, &mp]);
     assert_one_line_error(code, &err, 1, "'warning' is neither a level");
+    let (code, err) = zkfs(&["mount", "-f", "--log-level", "", &zk, &mp]);
+    assert_one_line_error(code, &err, 1, "invalid log filter '': empty");
 }
 
 #[test]

@@ -864,6 +864,11 @@ fn unmount_lazy_detaches_a_busy_mount() {
         let (code, err) = zkfs(&["unmount", flag, &mp]);
         assert_eq!(code, Some(0), "{flag}: {err}");
         assert!(!is_mounted(mount.path()), "{flag}: detached at once");
+        // It returned without the daemon's end the help speaks of: said.
+        assert!(
+            err.contains("keeps serving the files still open"),
+            "{flag}: {err}"
+        );
         // The open file still works; the daemon goes once it is closed.
         let mut text = String::new();
         held.read_to_string(&mut text).expect("read the held file");

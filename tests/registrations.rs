@@ -426,6 +426,20 @@ fn register_passes_data_and_exit_status_and_refuses_non_registrations() {
         Some((b"theirs".to_vec(), other.session_id()))
     );
 
+    // A command that cannot be run: one line naming it and why, status 127.
+    let out = Command::new(common::zkfs_bin())
+        .arg("register")
+        .arg(&file)
+        .args(["--", "/nonexistent/zkfs-cmd"])
+        .output()
+        .expect("zkfs register");
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "zkfs: cannot run /nonexistent/zkfs-cmd: No such file or directory\n"
+    );
+    assert!(stat(&other, &node).is_none(), "removed when CMD failed");
+
     // Not in a zkfs mount at all: refused before anything is created.
     let local = format!("{probe}.local");
     let out = Command::new(common::zkfs_bin())

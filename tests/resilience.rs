@@ -38,10 +38,23 @@ fn server_down_cached_reads_continue_and_recover() {
     assert_eq!(status_exit(&mount), Some(0));
     drop(other);
 
-    server.stop();
+    // Gracefully, as `systemctl stop` does: it closes client connections.
+    server.stop_gracefully();
     wait_until("status says disconnected", DEADLINE, || {
         xattr_string(m, "user.zkfs.state") == "disconnected"
     });
+    // The root watch and the client's state both tell a stopped server's
+    // loss (two warn lines before): one loss, one line. Both have told it
+    // by the time the takeover starts, 0.5 s later.
+    wait_until("the takeover starts", DEADLINE, || {
+        mount.log().contains("re-attaching the session")
+    });
+    let log = mount.log();
+    let losses = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("lost connection to ZooKeeper"))
+        .count();
+    assert_eq!(losses, 1, "one loss, one warn line:\n{log}");
     assert_eq!(
         status_exit(&mount),
         Some(1),

@@ -924,6 +924,7 @@ impl ZkSession {
                                 }
                                 zk::SessionState::Disconnected if !link.was_disconnected => {
                                     warn!("lost connection to ZooKeeper (seen by the root watch); serving cached data");
+                                    link.loss_told = true;
                                     link.lose(self);
                                 }
                                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
@@ -948,7 +949,14 @@ impl ZkSession {
                 new_state = state.changed() => {
                     match new_state {
                         zk::SessionState::Disconnected => {
-                            warn!("lost connection to ZooKeeper; serving cached data");
+                            // The root watch may have told this loss first:
+                            // one loss, one warn line.
+                            if link.loss_told {
+                                debug!("lost connection to ZooKeeper (the client's state; the root watch told it first)");
+                            } else {
+                                warn!("lost connection to ZooKeeper; serving cached data");
+                                link.loss_told = true;
+                            }
                             link.lose(self);
                         }
                         zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
@@ -1096,6 +1104,9 @@ impl Drop for Clear<'_> {
 struct Link {
     /// Lost, and not yet handled as back (watch re-added, resync asked).
     was_disconnected: bool,
+    /// That loss was logged (by the root watch, which may see it before the
+    /// client's state does): one loss, one warn line.
+    loss_told: bool,
     /// While disconnected: when the client's own reconnecting is taken
     /// over, and when the connection was lost.
     takeover: Option<(tokio::time::Instant, Instant)>,
