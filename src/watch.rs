@@ -301,14 +301,31 @@ async fn run_command(command: Vec<OsString>, changed: BTreeSet<PathBuf>) -> Resu
         .split_first()
         .ok_or_else(|| fail("no command given"))?;
     debug!(changed = changed.len(), "running the command");
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .env(CHANGED_ENV, &list)
-        .spawn()
-        .map_err(|e| Failure {
-            message: format!("cannot run {}: {e}", program.to_string_lossy()),
-            code: 127,
-        })?;
+    let mut command = std::process::Command::new(program);
+    command.args(args).env(CHANGED_ENV, &list);
+    // CMD ends with the watcher: a signal that ends `zkfs watch` (SIGTERM
+    // from a service manager, `kill`, SIGKILL) sends CMD SIGTERM instead of
+    // leaving it running with no parent. The death signal follows the
+    // thread that forks, this runtime's only one (`watch` runs it on the
+    // main thread), so it fires when the process does. A watcher gone
+    // before the call took effect is caught by the parent check.
+    let parent = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| Failure {
+        message: format!("cannot run {}: {e}", program.to_string_lossy()),
+        code: 127,
+    })?;
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .map_err(|e| fail(format!("waiting for the command: {e}")))?

@@ -362,3 +362,45 @@ fn changes_while_disconnected_run_the_command_after_the_resync() {
     });
     assert_eq!(watcher.runs().last().map(|r| r.1.as_str()), Some("v1"));
 }
+
+/// `zkfs watch` ended by a signal while CMD runs takes CMD with it (CMD
+/// gets SIGTERM): it kept running with no parent, unlike `zkfs register`'s
+/// command.
+#[test]
+fn a_command_running_when_the_watcher_is_killed_ends_with_it() {
+    let (_other, _root, mount) = seeded("watch-orphan", &[]);
+    let file = mount.path().join("config/app.json");
+    let dir = common::TempDir::new("watch-orphan");
+    let pidfile = dir.path().join("pid");
+    let mut watch = std::process::Command::new(common::zkfs_bin())
+        .args(["watch", "--initial"])
+        .arg(&file)
+        .args(["--", "sh", "-c"])
+        .arg(format!("echo $$ > '{}'; exec sleep 30", pidfile.display()))
+        .spawn()
+        .expect("zkfs watch");
+    let mut pid = 0;
+    common::wait_until("the command runs", DEADLINE, || {
+        pid = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+        pid > 0
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(watch.id() as libc::pid_t, libc::SIGTERM) };
+    let status = watch.wait().expect("wait for zkfs watch");
+    assert_eq!(status.code(), None, "ended by the signal");
+    let alive = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    common::wait_until("the command ended with the watcher", DEADLINE, || {
+        !alive(pid)
+    });
+}
