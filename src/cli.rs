@@ -116,7 +116,7 @@ pub struct MountArgs {
     /// Refuse every modification with EROFS. The kernel then opens files and
     /// directories by itself (no daemon round trip per open); a reader keeps
     /// the version it opened until it closes it.
-    #[arg(long, conflicts_with_all = ["ephemeral", "last_writer_wins"], help_heading = "Mount")]
+    #[arg(long, help_heading = "Mount")]
     pub read_only: bool,
     /// Let other users access the mount (turns on kernel permission checks).
     #[arg(long, help_heading = "Mount")]
@@ -634,13 +634,12 @@ pub fn parse_max_data(s: &str) -> Result<u64, String> {
     }
 }
 
-/// `--fsname`: shown by findmnt; it travels inside the kernel's mount
-/// options, which a comma would split, and cannot be empty.
+/// `--fsname`: shown by findmnt; the kernel refuses an empty one late (in
+/// fusermount3). Commas are escaped in the mount options (as the default,
+/// a server list, has them).
 pub fn parse_fsname(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.contains(',') {
-        return Err(format!(
-            "invalid --fsname '{s}' (not empty, no commas: it is passed in the mount options)"
-        ));
+    if s.is_empty() {
+        return Err("invalid --fsname '': empty".to_string());
     }
     Ok(s.to_string())
 }
@@ -747,13 +746,23 @@ mod tests {
             &["--max-data", "0"],
             &["--max-data", "10G"],
             &["--fsname", ""],
-            &["--fsname", "a,b"],
-            &["--read-only", "--ephemeral", "svc"],
-            &["--read-only", "--last-writer-wins"],
         ] {
             let args = [&["zkfs", "mount"][..], bad, &["s", "m"]].concat();
             assert!(Cli::try_parse_from(&args).is_err(), "{bad:?} was accepted");
         }
+        // A server list's commas are escaped in the mount options.
+        assert!(Cli::try_parse_from(["zkfs", "mount", "--fsname", "zk1,zk2", "s", "m"]).is_ok());
+        // `mount -o ro` over fstab write options: read-only wins (a warning).
+        let ro = [
+            "zkfs",
+            "mount",
+            "--ephemeral",
+            "svc",
+            "--read-only",
+            "s",
+            "m",
+        ];
+        assert!(Cli::try_parse_from(ro).is_ok());
         let args = [
             "zkfs",
             "mount",

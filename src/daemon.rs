@@ -140,6 +140,25 @@ pub fn mounted_fstype(path: &Path) -> Option<String> {
         .next_back()
 }
 
+/// The kernel's id of the zkfs mount on `path` (the first field of its
+/// mountinfo line), if there is one.
+pub fn mount_id(path: &Path) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let target = path.to_string_lossy();
+    info.lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| unescape_mountinfo(mp) == target)
+        })
+        .filter(|l| {
+            l.split_once(" - ")
+                .is_some_and(|(_, after)| after.split(' ').next() == Some(ZKFS_FSTYPE))
+        })
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .next_back()
+}
+
 /// The type zkfs mounts have (`-o subtype=zkfs`).
 pub const ZKFS_FSTYPE: &str = "fuse.zkfs";
 
@@ -507,6 +526,13 @@ fn run_foreground(
     let background = matches!(reporter, Reporter::Pipe(_));
     let destination = Destination::choose(args.log_file.as_deref(), background);
     let log = crate::logging::init(args.log_level.as_deref(), &destination, background)?;
+    // `mount -o ro` over an fstab line with write options: the mount is
+    // read-only, and says what that leaves unused.
+    if args.read_only && (!args.ephemeral.is_empty() || args.last_writer_wins) {
+        warn!(
+            "--read-only: --ephemeral and --last-writer-wins have no effect on a read-only mount"
+        );
+    }
     // Read before anything could change the environment; only the process
     // systemd started (the foreground one) has NOTIFY_SOCKET.
     let notifier = Arc::new(Notifier::from_env());
@@ -898,6 +924,12 @@ fn run_foreground(
         });
     }
 
+    match mount_id(&mountpoint) {
+        Some(id) => fs.set_mount_id(id),
+        None => {
+            debug!(mountpoint = %mountpoint.display(), "no mount id found: opens wait for pending releases")
+        }
+    }
     info!(servers = %servers, root = %args.root, mountpoint = %mountpoint.display(), "mounted");
     reporter.ready();
     notifier.ready();

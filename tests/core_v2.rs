@@ -198,6 +198,24 @@ fn a_descriptor_on_a_directory_that_is_gone_creates_nothing() {
     assert_eq!(at(&dir, "unlink", "kept"), Some(libc::ESTALE));
     assert_eq!(other.children(&format!("{root}/inc")), ["kept"]);
 
+    // Shown as a file now (data, no children: `tar x` writes a directory's
+    // `.data` before its children), but the same node: a child through the
+    // old directory inode makes it a directory again.
+    other.create(&format!("{root}/dst"), b"");
+    other.create(&format!("{root}/dst/first"), b"f");
+    let dir = fs::File::open(m.join("dst")).expect("open dst");
+    other.delete(&format!("{root}/dst/first"));
+    other.set(&format!("{root}/dst"), b"tdata");
+    wait_until("dst shows its data", DEADLINE, || {
+        fs::read(m.join("dst")).is_ok_and(|d| d == b"tdata")
+            || fs::read(m.join("dst/.data")).is_ok_and(|d| d == b"tdata")
+    });
+    assert_eq!(at(&dir, "create", "leaf"), None, "a child of the same node");
+    // (An empty new file is created by the release after the close.)
+    wait_until("leaf created", DEADLINE, || {
+        other.children(&format!("{root}/dst")) == ["leaf"]
+    });
+
     // Turned into a pointer.
     other.create(&format!("{root}/conf"), b"c");
     other.create(&format!("{root}/ed"), b"");

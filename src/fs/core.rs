@@ -290,6 +290,9 @@ pub struct ZkFs<B: ZkBackend> {
     /// version; until the kernel forgets it).
     pub(super) held: super::held::Held,
     pub(super) next_fh: AtomicU64,
+    /// The kernel's id of this mount (`mnt_id` in `/proc/*/fdinfo`), 0 until
+    /// the daemon has mounted and said it ([`Self::set_mount_id`]).
+    mount_id: AtomicU64,
     /// When the last operation started, in µs since `epoch`.
     last_activity_us: AtomicU64,
     epoch: Instant,
@@ -349,6 +352,7 @@ impl<B: ZkBackend> ZkFs<B> {
             )),
             held: Default::default(),
             next_fh: AtomicU64::new(1),
+            mount_id: AtomicU64::new(0),
             last_activity_us: AtomicU64::new(0),
             epoch: Instant::now(),
             overlay: super::overlay::Overlay::default(),
@@ -1333,6 +1337,12 @@ impl<B: ZkBackend> ZkFs<B> {
     /// A close that left a truncation unsent (`: > f`) is sent by the
     /// release that follows; an open of the same node waits for it (at most
     /// a second), so the next `cat` sees the emptied file.
+    /// The kernel's id of this mount, once mounted (`/proc/self/mountinfo`'s
+    /// first field): descriptors of this mount in `/proc/*/fdinfo` have it.
+    pub fn set_mount_id(&self, id: u64) {
+        self.mount_id.store(id, Ordering::Relaxed);
+    }
+
     async fn wait_for_pending_release(&self, path: &str, asker: Option<u32>) {
         type Waiting = (
             Arc<tokio::sync::Mutex<Writer>>,
@@ -1357,7 +1367,8 @@ impl<B: ZkBackend> ZkFs<B> {
             // closed its copy once `cmd` had one (dash closes it in the
             // parent after the fork, bash in the child before the exec);
             // `cmd`'s `fstat` of its output would wait the whole bound.
-            if asker.is_some_and(|pid| holds_for_writing(pid, ino)) {
+            let mount_id = self.mount_id.load(Ordering::Relaxed);
+            if mount_id != 0 && asker.is_some_and(|pid| holds_for_writing(pid, mount_id, ino)) {
                 continue;
             }
             debug!(
@@ -2411,15 +2422,17 @@ impl<B: ZkBackend> ZkFs<B> {
 }
 
 /// Whether thread `tid` (a request's caller) has a descriptor open for
-/// writing on inode `ino` of this mount, by `/proc/TID/fdinfo` (which,
-/// unlike following `/proc/TID/fd`, never calls into this filesystem). An
-/// inode of the same number on another filesystem counts too: the answer
-/// only spares a wait. Unreadable (the thread is gone): no.
-fn holds_for_writing(tid: u32, ino: u64) -> bool {
+/// writing on inode `ino` of the mount `mount_id`, by `/proc/TID/fdinfo`
+/// (which, unlike following `/proc/TID/fd`, never calls into this
+/// filesystem; inode numbers here are small, so the mount must match too:
+/// `/dev/null` is inode 3 on devtmpfs). At most [`FDINFO_SCAN_MAX`]
+/// descriptors are looked at (a few µs each, on the thread serving the
+/// request): beyond them, or unreadable (the thread is gone), no.
+fn holds_for_writing(tid: u32, mount_id: u64, ino: u64) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{tid}/fdinfo")) else {
         return false;
     };
-    fds.flatten().any(|fd| {
+    fds.flatten().take(FDINFO_SCAN_MAX).any(|fd| {
         let Ok(info) = std::fs::read_to_string(fd.path()) else {
             return false;
         };
@@ -2428,10 +2441,49 @@ fn holds_for_writing(tid: u32, ino: u64) -> bool {
                 .find_map(|l| l.strip_prefix(name))
                 .map(|v| v.trim().to_string())
         };
-        let same_inode = field("ino:").and_then(|v| v.parse::<u64>().ok()) == Some(ino);
+        let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
         let writing = field("flags:")
             .and_then(|v| i32::from_str_radix(&v, 8).ok())
             .is_some_and(|flags| flags & libc::O_ACCMODE != libc::O_RDONLY);
-        same_inode && writing
+        number("mnt_id:") == Some(mount_id) && number("ino:") == Some(ino) && writing
     })
+}
+
+/// How many of a caller's descriptors [`holds_for_writing`] reads at most.
+const FDINFO_SCAN_MAX: usize = 1024;
+
+#[cfg(test)]
+mod fdinfo_tests {
+    use super::holds_for_writing;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_descriptor_counts_only_on_its_own_mount() {
+        // /dev/null open for writing: its inode number is small, like
+        // zkfs's; only its own mount id makes it a holder.
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .expect("open /dev/null");
+        let ino = null.metadata().expect("fstat").ino();
+        let fdinfo = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&null)
+        ))
+        .expect("fdinfo");
+        let mnt: u64 = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("mnt_id:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("mnt_id");
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        assert!(holds_for_writing(tid, mnt, ino));
+        assert!(
+            !holds_for_writing(tid, mnt + 1_000_000, ino),
+            "another mount's inode"
+        );
+        assert!(!holds_for_writing(tid, mnt, ino + 1_000_000));
+        drop(null);
+    }
 }

@@ -152,17 +152,19 @@ impl<B: ZkBackend> ZkFs<B> {
     /// A directory inode a name is made or removed in (a descriptor, a
     /// shell's cwd) still denotes its node: `ENOENT` once the node is gone
     /// (as in a deleted directory anywhere), `ESTALE` once it was created
-    /// again or is no longer a directory (a pointer now, say). Without
-    /// this a cwd on the old incarnation created its children in the new
-    /// one, a pointer's old directory inode turned the pointer back into a
-    /// directory, and a create in a deleted directory said success and
-    /// created nothing. The mount root denotes whatever node is at its
-    /// path. Usually a cache hit: the inode was looked up through it.
+    /// again or is a pointer now. Without this a cwd on the old
+    /// incarnation created its children in the new one, a pointer's old
+    /// directory inode turned the pointer back into a directory, and a
+    /// create in a deleted directory said success and created nothing. A
+    /// node shown as a file now (childless, with data: `tar x` of a tree
+    /// writes a directory's `.data` before its children) is still the
+    /// node: a child makes it a directory again, as it always did. The
+    /// mount root denotes whatever node is at its path. Usually a cache
+    /// hit: the inode was looked up through it.
     async fn check_parent(&self, parent: u64, dir: &super::inode::Inode) -> Result<(), FsError> {
         let view = self.view_for_write(&dir.path).await?;
         if parent != ROOT_INO
-            && (view.stat.czxid != dir.czxid
-                || self.kind_of(&dir.path, &view) != FileKind::Directory)
+            && (view.stat.czxid != dir.czxid || self.kind_of(&dir.path, &view) == FileKind::Symlink)
         {
             return Err(FsError::Stale(dir.path.to_string()));
         }
