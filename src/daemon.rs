@@ -122,10 +122,12 @@ pub fn is_mount_point(path: &Path) -> bool {
         .any(|mp| unescape_mountinfo(mp) == target)
 }
 
-/// The filesystem type of what is mounted on `path` now (the last, i.e.
-/// topmost, of the mounts there), e.g. `fuse.zkfs`; `None` when nothing is.
-pub fn mounted_fstype(path: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+/// What is mounted on `path` now, oldest first: each mount's id (the first
+/// field of its mountinfo line) and filesystem type (`fuse.zkfs`, ...).
+fn mounts_at(path: &Path) -> Vec<(u64, String)> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     let target = path.to_string_lossy();
     info.lines()
         .filter(|l| {
@@ -134,29 +136,26 @@ pub fn mounted_fstype(path: &Path) -> Option<String> {
                 .is_some_and(|mp| unescape_mountinfo(mp) == target)
         })
         .filter_map(|l| {
+            let id = l.split(' ').next()?.parse().ok()?;
             let (_, after) = l.split_once(" - ")?;
-            after.split(' ').next().map(str::to_string)
+            Some((id, after.split(' ').next()?.to_string()))
         })
-        .next_back()
+        .collect()
 }
 
-/// The kernel's id of the zkfs mount on `path` (the first field of its
-/// mountinfo line), if there is one.
+/// The filesystem type of what is mounted on `path` now (the topmost of
+/// the mounts there), e.g. `fuse.zkfs`; `None` when nothing is.
+pub fn mounted_fstype(path: &Path) -> Option<String> {
+    mounts_at(path).pop().map(|(_, fstype)| fstype)
+}
+
+/// The kernel's id of the topmost zkfs mount on `path`, if there is one.
 pub fn mount_id(path: &Path) -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let target = path.to_string_lossy();
-    info.lines()
-        .filter(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|mp| unescape_mountinfo(mp) == target)
-        })
-        .filter(|l| {
-            l.split_once(" - ")
-                .is_some_and(|(_, after)| after.split(' ').next() == Some(ZKFS_FSTYPE))
-        })
-        .filter_map(|l| l.split(' ').next()?.parse().ok())
-        .next_back()
+    mounts_at(path)
+        .into_iter()
+        .rev()
+        .find(|(_, fstype)| fstype == ZKFS_FSTYPE)
+        .map(|(id, _)| id)
 }
 
 /// The type zkfs mounts have (`-o subtype=zkfs`).
