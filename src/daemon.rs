@@ -3,7 +3,7 @@
 //! waiting for a readiness message), then wires the layers together:
 //! ZooKeeper session → store → filesystem core → fuser adapter, plus the
 //! watch-event loop, the invalidation thread, systemd notification and
-//! signal handling (SIGTERM/SIGINT unmount and exit 0; SIGHUP reopens the
+//! signal handling (SIGTERM/SIGINT/SIGQUIT unmount and exit 0; SIGHUP reopens the
 //! log file). Owns process lifetime only.
 
 use std::ffi::OsString;
@@ -386,7 +386,11 @@ fn block_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SIGQUIT too, ending the daemon as SIGTERM does: its default (a
+        // core dump) with requests in flight leaves them hanging in the
+        // kernel until the dump ends, which an invalidation blocked in the
+        // kernel can keep from ever happening (use gcore for a dump).
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
             libc::sigaddset(&mut set, sig);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -1043,7 +1047,7 @@ struct Mounted {
     runtime: tokio::runtime::Handle,
 }
 
-/// Waits for SIGTERM, SIGINT and SIGHUP (blocked in every other thread).
+/// Waits for SIGTERM, SIGINT, SIGQUIT and SIGHUP (blocked in every other thread).
 struct SignalThread {
     signals: libc::sigset_t,
     log: LogHandle,

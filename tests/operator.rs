@@ -195,7 +195,11 @@ fn registered(tag: &str, zk: &str) -> (Other, String) {
 #[test]
 fn foreground_sigterm_and_sigint_unmount_and_exit_0_within_a_second() {
     let zk = shared_zk();
-    for (sig, name) in [(libc::SIGTERM, "TERM"), (libc::SIGINT, "INT")] {
+    for (sig, name) in [
+        (libc::SIGTERM, "TERM"),
+        (libc::SIGINT, "INT"),
+        (libc::SIGQUIT, "QUIT"),
+    ] {
         let (other, root) = registered(&format!("sigfg-{name}"), &zk);
         let mut mount = Mount::start(&format!("{zk}{root}"), &["--ephemeral", "svc"]);
         fs::write(mount.path().join("svc/host-1"), b"up").expect("register");
