@@ -388,6 +388,79 @@ pub fn expand_mount_options(args: Vec<OsString>) -> Vec<OsString> {
     expand_mount_options_with(args, None)
 }
 
+/// Refuse `-o` options that would otherwise fail as clap errors about
+/// long options a `-o` user never typed (`use '-- --bogus-key'`,
+/// `unexpected value '1' for '--read-only'`), or hang mount(8):
+/// `foreground` (mount(8) would wait for the daemon to exit). `sloppy`
+/// (mount(8)'s `-s`): unknown keys are dropped later, not refused.
+pub fn check_mount_options(args: &[OsString], sloppy: bool) -> Result<(), String> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let Some(mount) = command.find_subcommand("mount") else {
+        return Ok(());
+    };
+    let mut lists = Vec::new();
+    let mut iter = mount_option_args(args).iter();
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy();
+        if text == "-o" {
+            if let Some(v) = iter.next() {
+                lists.push(v.to_string_lossy().into_owned());
+            }
+        } else if let Some(rest) = text.strip_prefix("-o").filter(|r| !r.is_empty()) {
+            lists.push(rest.to_string());
+        }
+    }
+    for list in lists {
+        for item in list.split(',').filter(|s| !s.is_empty()) {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (item, None),
+            };
+            if ignored_option(key) {
+                continue;
+            }
+            let long = if key == "ro" {
+                "read-only".to_string()
+            } else {
+                key.replace('_', "-")
+            };
+            if long == "foreground" {
+                return Err(
+                    "mount option 'foreground' is for `zkfs mount --foreground` only: mount(8) \
+                     would wait for the daemon to exit"
+                        .into(),
+                );
+            }
+            let Some(arg) = mount
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()))
+            else {
+                if sloppy {
+                    continue;
+                }
+                return Err(format!(
+                    "unknown mount option '{key}' (the options are `zkfs mount`'s long options \
+                     without the dashes, e.g. session_timeout=10s, ro)"
+                ));
+            };
+            let takes_value = arg.get_action().takes_values();
+            match (takes_value, value) {
+                (false, Some(v)) => {
+                    return Err(format!(
+                        "mount option '{key}' takes no value (got '{key}={v}')"
+                    ));
+                }
+                (true, None) => {
+                    return Err(format!("mount option '{key}' needs a value ({key}=VALUE)"));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The long options of `zkfs mount`, for sloppy `-o` expansion.
 pub fn mount_long_options() -> Vec<String> {
     use clap::CommandFactory;
@@ -404,8 +477,14 @@ pub fn mount_long_options() -> Vec<String> {
 
 /// [`expand_mount_options`]; with `known` (mount(8)'s `-s`, sloppy), `-o`
 /// options that are not among those long options are dropped instead of refused.
-pub fn expand_mount_options_with(args: Vec<OsString>, known: Option<&[String]>) -> Vec<OsString> {
-    let mut out = Vec::with_capacity(args.len());
+pub fn expand_mount_options_with(
+    mut args: Vec<OsString>,
+    known: Option<&[String]>,
+) -> Vec<OsString> {
+    // What follows the options (another subcommand's, or after `--`) is
+    // passed on as it is: `zkfs watch P -- ssh -o X host` keeps its `-o`.
+    let rest = args.split_off(mount_option_args(&args).len());
+    let mut out = Vec::with_capacity(args.len() + rest.len());
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
         let text = arg.to_string_lossy().into_owned();
@@ -444,7 +523,18 @@ pub fn expand_mount_options_with(args: Vec<OsString>, known: Option<&[String]>) 
             });
         }
     }
+    out.extend(rest);
     out
+}
+
+/// The part of `args` where `-o` means mount options: all of a `zkfs mount`
+/// command line up to a `--`; nothing of another subcommand's.
+fn mount_option_args(args: &[OsString]) -> &[OsString] {
+    if args.get(1).is_none_or(|a| a != "mount") {
+        return &[];
+    }
+    let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    &args[..end]
 }
 
 /// ZooKeeper's client port, used for hosts given without one.
@@ -917,6 +1007,49 @@ mod tests {
         };
         assert!(u.lazy);
         assert_eq!(u.mountpoint, std::path::Path::new("/mnt/zk"));
+    }
+
+    #[test]
+    fn another_commands_dash_o_is_left_alone() {
+        // `zkfs watch P -- ssh -o X host`: CMD's `-o` became `--X`.
+        for argv in [
+            &[
+                "zkfs",
+                "watch",
+                "/m/p",
+                "--",
+                "ssh",
+                "-o",
+                "BatchMode=yes",
+                "h",
+            ][..],
+            &[
+                "zkfs",
+                "register",
+                "/m/s/x",
+                "--",
+                "ssh",
+                "-oBatchMode=yes",
+                "h",
+            ],
+        ] {
+            let out = expand_mount_options(os(argv));
+            assert_eq!(strings(&out), argv, "{argv:?}");
+            assert!(check_mount_options(&os(argv), false).is_ok(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn dash_o_mistakes_are_named_as_dash_o_options() {
+        let check = |opts: &str| check_mount_options(&os(&["zkfs", "mount", "-o", opts]), false);
+        assert!(check("ro,session_timeout=4s,attrs=a=::0600,_netdev,x-systemd.automount").is_ok());
+        let err = |opts: &str| check(opts).expect_err(opts);
+        assert!(err("bogus_key").contains("unknown mount option 'bogus_key'"));
+        assert!(err("ro=1").contains("'ro' takes no value"));
+        assert!(err("session_timeout").contains("needs a value"));
+        assert!(err("foreground").contains("mount(8)"));
+        let sloppy = check_mount_options(&os(&["zkfs", "mount", "-o", "bogus=1"]), true);
+        assert!(sloppy.is_ok(), "mount -s drops unknown options");
     }
 
     #[test]

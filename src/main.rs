@@ -40,17 +40,22 @@ fn command_line(raw: Vec<OsString>) -> Result<Option<Vec<OsString>>, String> {
     if let Some(argv0) = raw.first()
         && cli::is_mount_helper(argv0)
     {
-        let call = cli::mount_helper_args(raw)?;
+        let call = cli::mount_helper_args(raw).map_err(|e| format!("mount.zkfs: {e}"))?;
         if call.fake {
             return Ok(None);
         }
+        cli::check_mount_options(&call.args, call.sloppy)
+            .map_err(|e| format!("mount.zkfs: {e}"))?;
         let known = call.sloppy.then(cli::mount_long_options);
         return Ok(Some(cli::expand_mount_options_with(
             call.args,
             known.as_deref(),
         )));
     }
-    Ok(Some(cli::expand_mount_options(cli::default_to_mount(raw))))
+    let args = cli::default_to_mount(raw);
+    // A usage error, worded as clap words its own (exit status 2).
+    cli::check_mount_options(&args, false).map_err(|e| format!("error: {e}"))?;
+    Ok(Some(cli::expand_mount_options(args)))
 }
 
 fn main() -> ExitCode {
@@ -60,9 +65,14 @@ fn main() -> ExitCode {
         Ok(None) => return ExitCode::SUCCESS,
         Err(message) => {
             // Not `eprintln!`: it panics when stderr is gone (exit 101).
-            let _ = writeln!(std::io::stderr(), "mount.zkfs: {message}");
-            // mount(8)'s "incorrect invocation".
-            return ExitCode::from(1);
+            let _ = writeln!(std::io::stderr(), "{message}");
+            // mount(8)'s "incorrect invocation"; a usage error otherwise,
+            // as clap's.
+            return ExitCode::from(if message.starts_with("mount.zkfs:") {
+                1
+            } else {
+                2
+            });
         }
     };
     let cli = match Cli::try_parse_from(&args) {
