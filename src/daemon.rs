@@ -529,6 +529,14 @@ fn run_foreground(
     let background = matches!(reporter, Reporter::Pipe(_));
     let destination = Destination::choose(args.log_file.as_deref(), background);
     let log = crate::logging::init(args.log_level.as_deref(), &destination, background)?;
+    // A panic (a bug) reaches the log too, not only stderr (which is
+    // /dev/null in the background with syslog); the request it happened in
+    // is answered `EIO` (fuse/mod.rs).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(%info, "panic (a bug in zkfs)");
+        default_hook(info);
+    }));
     // `mount -o ro` over an fstab line with write options: the mount is
     // read-only, and says what that leaves unused.
     if args.read_only && (!args.ephemeral.is_empty() || args.last_writer_wins) {

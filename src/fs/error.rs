@@ -52,6 +52,8 @@ pub enum FsError {
     Busy(String, &'static str),
     /// Cannot be done in one transaction; `mv` falls back to copy + delete.
     CrossDevice(String, &'static str),
+    /// The request's handler panicked (a bug): answered, not left hanging.
+    Internal(String),
     /// A ZooKeeper call failed.
     Zk {
         path: String,
@@ -123,6 +125,9 @@ impl FsError {
             FsError::Busy(..) => libc::EBUSY,
             // What mv(1) understands as "copy, then delete".
             FsError::CrossDevice(..) => libc::EXDEV,
+            // Whatever the handler did is unknown: the caller must not take
+            // it as done, nor as a refusal of its request.
+            FsError::Internal(_) => libc::EIO,
             FsError::Zk { error, .. } => match error {
                 ZkError::NoNode => libc::ENOENT,
                 ZkError::NodeExists => libc::EEXIST,
@@ -211,6 +216,11 @@ impl fmt::Display for FsError {
             FsError::Unsupported(p, what) => write!(f, "{p}: {what} is not supported"),
             FsError::Busy(p, why) => write!(f, "{p}: {why}"),
             FsError::CrossDevice(p, why) => write!(f, "{p}: {why}"),
+            FsError::Internal(p) => write!(
+                f,
+                "{p}: the request's handler panicked (a bug in zkfs; the panic message is on \
+                 stderr); answered EIO"
+            ),
             FsError::Zk { path, op, error } => write!(f, "{path}: ZooKeeper {op} failed: {error}"),
         }
     }

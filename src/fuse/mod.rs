@@ -14,6 +14,7 @@ pub mod invalidate;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -217,7 +218,13 @@ impl<B: ZkBackend> ZkFuse<B> {
         R: FnOnce(Result<T, FsError>) + Send + 'static,
     {
         let _guard = self.runtime.enter();
-        let mut fut = Box::pin(fut);
+        // A panic in the handler is caught and answered (EIO): uncaught it
+        // ended the FUSE thread that polled it here, or, in a task, left
+        // the request unanswered and its caller waiting for ever.
+        let mut fut = Answered {
+            fut: Box::pin(fut),
+            op,
+        };
         let report = move |r: Result<T, FsError>| {
             if let Err(e) = &r {
                 log_error(op, e);
@@ -225,7 +232,7 @@ impl<B: ZkBackend> ZkFuse<B> {
             reply(r)
         };
         let mut cx = Context::from_waker(Waker::noop());
-        match fut.as_mut().poll(&mut cx) {
+        match Pin::new(&mut fut).poll(&mut cx) {
             Poll::Ready(r) => {
                 report(r);
                 if let Some(poll) = &self.busy_poll {
@@ -238,6 +245,29 @@ impl<B: ZkBackend> ZkFuse<B> {
                 }
                 self.runtime.spawn(async move { report(fut.await) });
             }
+        }
+    }
+}
+
+/// A request's future whose panic becomes [`FsError::Internal`].
+struct Answered<T> {
+    fut: Pin<Box<dyn Future<Output = Result<T, FsError>> + Send>>,
+    op: &'static str,
+}
+
+impl<T> Future for Answered<T> {
+    type Output = Result<T, FsError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let op = self.op;
+        // Unwind safety: the core's locks are taken with
+        // `unwrap_or_else(into_inner)` and its state changes are guarded
+        // (see the module docs of `fs`); a handler that panicked mid-way
+        // leaves what a cancelled one would.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.fut.as_mut().poll(cx)))
+        {
+            Ok(poll) => poll,
+            Err(_) => Poll::Ready(Err(FsError::Internal(op.to_string()))),
         }
     }
 }
@@ -972,7 +1002,37 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::RetryFilter;
+    use super::{Answered, FsError, RetryFilter};
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    #[test]
+    fn a_handler_that_panics_is_answered_eio() {
+        let panicking = async {
+            if std::hint::black_box(true) {
+                panic!("a bug in a handler");
+            }
+            Ok::<u32, FsError>(1)
+        };
+        let mut fut = Answered {
+            fut: Box::pin(panicking),
+            op: "lookup",
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut fut).poll(&mut cx) {
+            Poll::Ready(Err(e @ FsError::Internal(_))) => assert_eq!(e.errno(), libc::EIO),
+            other => panic!("not answered EIO: {:?}", other.map(|r| r.map(|_| ()))),
+        }
+        let mut fine = Answered {
+            fut: Box::pin(async { Ok::<u32, FsError>(7) }),
+            op: "getattr",
+        };
+        assert!(matches!(
+            Pin::new(&mut fine).poll(&mut cx),
+            Poll::Ready(Ok(7))
+        ));
+    }
 
     #[test]
     fn the_kernels_retry_of_a_refusal_is_one_failure() {
