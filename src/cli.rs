@@ -412,19 +412,7 @@ pub fn check_mount_options(args: &[OsString], sloppy: bool) -> Result<(), String
         }
     }
     for list in lists {
-        for item in list.split(',').filter(|s| !s.is_empty()) {
-            let (key, value) = match item.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (item, None),
-            };
-            if ignored_option(key) {
-                continue;
-            }
-            let long = if key == "ro" {
-                "read-only".to_string()
-            } else {
-                key.replace('_', "-")
-            };
+        for (key, long, value) in option_items(&list) {
             if long == "foreground" {
                 return Err(
                     "mount option 'foreground' is for `zkfs mount --foreground` only: mount(8) \
@@ -502,16 +490,7 @@ pub fn expand_mount_options_with(
             out.push(arg);
             continue;
         };
-        for item in list.split(',').filter(|s| !s.is_empty()) {
-            let (key, value) = match item.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (item, None),
-            };
-            if ignored_option(key) {
-                continue;
-            }
-            let key = if key == "ro" { "read-only" } else { key };
-            let key = key.replace('_', "-");
+        for (_, key, value) in option_items(&list) {
             if let Some(known) = known
                 && !known.contains(&key)
             {
@@ -525,6 +504,27 @@ pub fn expand_mount_options_with(
     }
     out.extend(rest);
     out
+}
+
+/// The items of one `-o` list that are not ignored: (the key as given,
+/// the long option it stands for, its value).
+fn option_items(list: &str) -> Vec<(&str, String, Option<&str>)> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (item, None),
+        })
+        .filter(|(key, _)| !ignored_option(key))
+        .map(|(key, value)| {
+            let long = if key == "ro" {
+                "read-only".to_string()
+            } else {
+                key.replace('_', "-")
+            };
+            (key, long, value)
+        })
+        .collect()
 }
 
 /// The part of `args` where `-o` means mount options: all of a `zkfs mount`
