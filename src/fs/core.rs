@@ -1334,15 +1334,16 @@ impl<B: ZkBackend> ZkFs<B> {
         }
     }
 
-    /// A close that left a truncation unsent (`: > f`) is sent by the
-    /// release that follows; an open of the same node waits for it (at most
-    /// a second), so the next `cat` sees the emptied file.
     /// The kernel's id of this mount, once mounted (`/proc/self/mountinfo`'s
     /// first field): descriptors of this mount in `/proc/*/fdinfo` have it.
     pub fn set_mount_id(&self, id: u64) {
         self.mount_id.store(id, Ordering::Relaxed);
     }
 
+    /// A close that left a truncation unsent (`: > f`) is sent by the
+    /// release that follows; an open or stat of the same node by a caller
+    /// holding no write descriptor on it waits for it (at most a second),
+    /// so the next `cat` sees the emptied file.
     async fn wait_for_pending_release(&self, path: &str, asker: Option<u32>) {
         type Waiting = (
             Arc<tokio::sync::Mutex<Writer>>,
